@@ -1,0 +1,273 @@
+//! Loading a model: the protobuf file is memory-mapped and decoded without copying weights,
+//! external data files are validated (paths confined to the model's directory, offsets and
+//! lengths inside the file, lengths matching dims) and memory-mapped, and every external tensor
+//! is resolved to a zero-copy `raw_data` slice of its mapping.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Component, Path, PathBuf};
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::dtype;
+use crate::error::{ModelError, Result};
+use crate::proto::tensor_proto::DataLocation;
+use crate::proto::{ModelProto, TensorProto};
+use crate::tensor;
+use crate::walk;
+
+/// Where an external tensor's bytes came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalRef {
+    pub tensor: String,
+    pub location: String,
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// A loaded model: the decoded proto with every tensor's payload available in memory
+/// (memory-mapped, not copied), and a record of which tensors came from external files.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub proto: ModelProto,
+    /// The model file as given.
+    pub path: PathBuf,
+    /// Tensors whose payload was read from external data files, in model order.
+    pub external: Vec<ExternalRef>,
+    /// Canonical paths of every file the model was read from (the model and its data files).
+    pub source_files: Vec<PathBuf>,
+    /// Size of the model file plus every external data file, in bytes.
+    pub file_bytes: u64,
+}
+
+/// Memory-maps a file as `Bytes` (an empty file gives empty bytes).
+pub fn map_file(path: &Path) -> Result<Bytes> {
+    let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: the mapping is read-only. Like every tool that maps model files, we rely on the
+    // file not being truncated while we read it; the writer never writes to its inputs.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    Ok(Bytes::from_owner(map))
+}
+
+impl Model {
+    /// Reads a model file and its external data.
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        let bytes = map_file(path)?;
+        if bytes.is_empty() {
+            return Err(ModelError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        let file_len = bytes.len() as u64;
+        let proto = ModelProto::decode(bytes).map_err(|source| ModelError::Decode {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Model::from_proto(proto, path, file_len)
+    }
+
+    /// Wraps an already decoded proto read from `path` (external data is resolved relative to
+    /// the directory of `path`).
+    pub fn from_proto(mut proto: ModelProto, path: &Path, file_len: u64) -> Result<Model> {
+        if proto.graph.is_none() {
+            return Err(ModelError::NoGraph {
+                path: path.to_path_buf(),
+            });
+        }
+        let canonical = path
+            .canonicalize()
+            .map_err(|e| ModelError::io(path, e))?;
+        let dir = canonical
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut resolver = Resolver {
+            model_path: path,
+            dir: &dir,
+            maps: BTreeMap::new(),
+            refs: Vec::new(),
+        };
+        walk::for_each_tensor_mut(&mut proto, &mut |t: &mut TensorProto| resolver.resolve(t))?;
+        let mut source_files = vec![canonical.clone()];
+        let mut file_bytes = file_len;
+        for (p, b) in &resolver.maps {
+            file_bytes += b.len() as u64;
+            source_files.push(p.clone());
+        }
+        Ok(Model {
+            proto,
+            path: path.to_path_buf(),
+            external: resolver.refs,
+            source_files,
+            file_bytes,
+        })
+    }
+
+    /// The model's main graph (present: `load` refuses models without one).
+    pub fn graph(&self) -> &crate::proto::GraphProto {
+        self.proto.graph.as_ref().expect("checked at load")
+    }
+
+    /// Opset version imported for `domain` ("" or "ai.onnx" for the default domain).
+    pub fn opset(&self, domain: &str) -> Option<i64> {
+        opset_version(&self.proto, domain)
+    }
+}
+
+/// Opset version imported for `domain` ("" and "ai.onnx" both mean the default domain).
+pub fn opset_version(model: &ModelProto, domain: &str) -> Option<i64> {
+    let norm = |d: &str| if d == "ai.onnx" { String::new() } else { d.to_string() };
+    let want = norm(domain);
+    model
+        .opset_import
+        .iter()
+        .find(|o| norm(o.domain.as_deref().unwrap_or("")) == want)
+        .and_then(|o| o.version)
+}
+
+struct Resolver<'a> {
+    model_path: &'a Path,
+    dir: &'a Path,
+    maps: BTreeMap<PathBuf, Bytes>,
+    refs: Vec<ExternalRef>,
+}
+
+impl Resolver<'_> {
+    fn fail(&self, t: &TensorProto, reason: impl Into<String>) -> ModelError {
+        ModelError::ExternalData {
+            path: self.model_path.to_path_buf(),
+            tensor: t.name.clone().unwrap_or_default(),
+            reason: reason.into(),
+        }
+    }
+
+    fn resolve(&mut self, t: &mut TensorProto) -> Result<()> {
+        if !tensor::is_external(t) {
+            if let Some(loc) = t.data_location {
+                if DataLocation::try_from(loc).is_err() {
+                    return Err(self.fail(t, format!("unknown data_location {loc}")));
+                }
+            }
+            return Ok(());
+        }
+        let mut location = None;
+        let mut offset = 0u64;
+        let mut length = None;
+        for kv in &t.external_data {
+            let key = kv.key.as_deref().unwrap_or("");
+            let value = kv.value.as_deref().unwrap_or("");
+            match key {
+                "location" => location = Some(value.to_string()),
+                "offset" => {
+                    offset = value
+                        .parse()
+                        .map_err(|_| self.fail(t, format!("offset '{value}' is not a non-negative integer")))?
+                }
+                "length" => {
+                    length = Some(value.parse::<u64>().map_err(|_| {
+                        self.fail(t, format!("length '{value}' is not a non-negative integer"))
+                    })?)
+                }
+                _ => {} // "checksum" and future keys carry no layout information
+            }
+        }
+        let location = location.ok_or_else(|| self.fail(t, "no 'location' key"))?;
+        let file = self.confine(t, &location)?;
+        let data = match self.maps.get(&file) {
+            Some(b) => b.clone(),
+            None => {
+                let b = map_file(&file).map_err(|e| self.fail(t, format!("{location}: {e}")))?;
+                self.maps.insert(file.clone(), b.clone());
+                b
+            }
+        };
+        let file_len = data.len() as u64;
+        if offset > file_len {
+            return Err(self.fail(
+                t,
+                format!("offset {offset} is past the end of {location} ({file_len} bytes)"),
+            ));
+        }
+        let length = length.unwrap_or(file_len - offset);
+        let end = offset
+            .checked_add(length)
+            .filter(|&e| e <= file_len)
+            .ok_or_else(|| {
+                self.fail(
+                    t,
+                    format!(
+                        "offset {offset} + length {length} is past the end of {location} ({file_len} bytes)"
+                    ),
+                )
+            })?;
+        let code = tensor::data_type(self.model_path, t)?;
+        let count = tensor::element_count(self.model_path, t)?;
+        let expected = dtype::byte_len(code, count)
+            .ok_or_else(|| self.fail(t, format!("{} has no binary layout", dtype::name(code))))?;
+        if expected != length {
+            return Err(self.fail(
+                t,
+                format!(
+                    "{location} holds {length} bytes for it but dims {:?} of {} need {expected}",
+                    t.dims,
+                    dtype::name(code)
+                ),
+            ));
+        }
+        self.refs.push(ExternalRef {
+            tensor: t.name.clone().unwrap_or_default(),
+            location,
+            offset,
+            length,
+        });
+        t.raw_data = Some(data.slice(offset as usize..end as usize));
+        t.external_data.clear();
+        t.data_location = None;
+        Ok(())
+    }
+
+    /// Resolves `location` inside the model's directory, refusing absolute paths, `..`, and
+    /// symlinks that lead outside it (CVE-2022-25882, CVE-2024-27318).
+    fn confine(&self, t: &TensorProto, location: &str) -> Result<PathBuf> {
+        let rel = Path::new(location);
+        if location.is_empty() {
+            return Err(self.fail(t, "empty location"));
+        }
+        if rel.is_absolute() || location.starts_with('/') || location.starts_with('\\') {
+            return Err(self.fail(t, format!("location '{location}' is an absolute path")));
+        }
+        for c in rel.components() {
+            match c {
+                Component::Normal(_) | Component::CurDir => {}
+                Component::ParentDir => {
+                    return Err(self.fail(t, format!("location '{location}' contains '..'")))
+                }
+                _ => return Err(self.fail(t, format!("location '{location}' is not a relative path"))),
+            }
+        }
+        let joined = self.dir.join(rel);
+        let canonical = joined.canonicalize().map_err(|e| {
+            self.fail(t, format!("cannot open '{}': {e}", joined.display()))
+        })?;
+        if !canonical.starts_with(self.dir) {
+            return Err(self.fail(
+                t,
+                format!(
+                    "location '{location}' resolves to {} outside the model directory {}",
+                    canonical.display(),
+                    self.dir.display()
+                ),
+            ));
+        }
+        if !canonical.is_file() {
+            return Err(self.fail(t, format!("location '{location}' is not a regular file")));
+        }
+        Ok(canonical)
+    }
+}
