@@ -21,13 +21,14 @@ pub fn bits(data_type: i32) -> Option<u64> {
         DataType::Int64 | DataType::Uint64 | DataType::Double | DataType::Complex64 => 64,
         DataType::Complex128 => 128,
         DataType::Uint4 | DataType::Int4 | DataType::Float4e2m1 => 4,
+        DataType::Float6e2m3 | DataType::Float6e3m2 => 6,
         DataType::Uint2 | DataType::Int2 => 2,
-        _ => return None,
     })
 }
 
-/// Bytes taken by `count` elements of `data_type` in `raw_data` (sub-byte types are packed,
-/// the last byte padded). `None` when the type has no binary encoding or the size overflows.
+/// Bytes taken by `count` elements of `data_type` in `raw_data` (sub-byte types are packed
+/// into an LSB-first bitstream, the last byte padded). `None` when the type has no binary
+/// encoding or the size overflows.
 pub fn byte_len(data_type: i32, count: u64) -> Option<u64> {
     let b = bits(data_type)?;
     count.checked_mul(b).map(|total| total.div_ceil(8))

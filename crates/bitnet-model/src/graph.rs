@@ -40,8 +40,16 @@ impl<'g> GraphIndex<'g> {
             .iter()
             .filter_map(|t| t.name.as_deref().map(|n| (n, t)))
             .collect();
-        let inputs = graph.input.iter().filter_map(|v| v.name.as_deref()).collect();
-        let outputs = graph.output.iter().filter_map(|v| v.name.as_deref()).collect();
+        let inputs = graph
+            .input
+            .iter()
+            .filter_map(|v| v.name.as_deref())
+            .collect();
+        let outputs = graph
+            .output
+            .iter()
+            .filter_map(|v| v.name.as_deref())
+            .collect();
         let value_info = graph
             .input
             .iter()
@@ -246,8 +254,10 @@ pub fn parameter_stats(model: &crate::proto::ModelProto) -> BTreeMap<String, Par
             let code = t.data_type.unwrap_or(0);
             let s = out.entry(crate::dtype::short_name(code)).or_default();
             s.tensors += 1;
-            s.elements += t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>();
-            s.bytes += crate::tensor::payload_len(t);
+            s.elements = s
+                .elements
+                .saturating_add(crate::tensor::saturating_element_count(t));
+            s.bytes = s.bytes.saturating_add(crate::tensor::payload_len(t));
         }
     });
     out

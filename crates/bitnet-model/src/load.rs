@@ -55,7 +55,8 @@ pub fn map_file(path: &Path) -> Result<Bytes> {
 }
 
 impl Model {
-    /// Reads a model file and its external data.
+    /// Reads a model file and its external data, and checks every tensor (type, dims, payload
+    /// length). Errors name the file and, where there is one, the tensor.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
         let bytes = map_file(path)?;
@@ -73,16 +74,14 @@ impl Model {
     }
 
     /// Wraps an already decoded proto read from `path` (external data is resolved relative to
-    /// the directory of `path`).
+    /// the directory of `path`; every tensor is checked as in [`Model::load`]).
     pub fn from_proto(mut proto: ModelProto, path: &Path, file_len: u64) -> Result<Model> {
         if proto.graph.is_none() {
             return Err(ModelError::NoGraph {
                 path: path.to_path_buf(),
             });
         }
-        let canonical = path
-            .canonicalize()
-            .map_err(|e| ModelError::io(path, e))?;
+        let canonical = path.canonicalize().map_err(|e| ModelError::io(path, e))?;
         let dir = canonical
             .parent()
             .map(Path::to_path_buf)
@@ -97,8 +96,11 @@ impl Model {
         let mut source_files = vec![canonical.clone()];
         let mut file_bytes = file_len;
         for (p, b) in &resolver.maps {
-            file_bytes += b.len() as u64;
-            source_files.push(p.clone());
+            // A tensor may point into the model file itself: list and count it once.
+            if *p != canonical {
+                file_bytes += b.len() as u64;
+                source_files.push(p.clone());
+            }
         }
         Ok(Model {
             proto,
@@ -122,7 +124,13 @@ impl Model {
 
 /// Opset version imported for `domain` ("" and "ai.onnx" both mean the default domain).
 pub fn opset_version(model: &ModelProto, domain: &str) -> Option<i64> {
-    let norm = |d: &str| if d == "ai.onnx" { String::new() } else { d.to_string() };
+    let norm = |d: &str| {
+        if d == "ai.onnx" {
+            String::new()
+        } else {
+            d.to_string()
+        }
+    };
     let want = norm(domain);
     model
         .opset_import
@@ -154,7 +162,9 @@ impl Resolver<'_> {
                     return Err(self.fail(t, format!("unknown data_location {loc}")));
                 }
             }
-            return Ok(());
+            // Embedded payloads get the same checks as external ones: a known type, sane
+            // dims, and a payload whose length matches them.
+            return tensor::validate(self.model_path, t);
         }
         let mut location = None;
         let mut offset = 0u64;
@@ -165,9 +175,9 @@ impl Resolver<'_> {
             match key {
                 "location" => location = Some(value.to_string()),
                 "offset" => {
-                    offset = value
-                        .parse()
-                        .map_err(|_| self.fail(t, format!("offset '{value}' is not a non-negative integer")))?
+                    offset = value.parse().map_err(|_| {
+                        self.fail(t, format!("offset '{value}' is not a non-negative integer"))
+                    })?
                 }
                 "length" => {
                     length = Some(value.parse::<u64>().map_err(|_| {
@@ -248,13 +258,17 @@ impl Resolver<'_> {
                 Component::ParentDir => {
                     return Err(self.fail(t, format!("location '{location}' contains '..'")))
                 }
-                _ => return Err(self.fail(t, format!("location '{location}' is not a relative path"))),
+                _ => {
+                    return Err(
+                        self.fail(t, format!("location '{location}' is not a relative path"))
+                    )
+                }
             }
         }
         let joined = self.dir.join(rel);
-        let canonical = joined.canonicalize().map_err(|e| {
-            self.fail(t, format!("cannot open '{}': {e}", joined.display()))
-        })?;
+        let canonical = joined
+            .canonicalize()
+            .map_err(|e| self.fail(t, format!("cannot open '{}': {e}", joined.display())))?;
         if !canonical.starts_with(self.dir) {
             return Err(self.fail(
                 t,

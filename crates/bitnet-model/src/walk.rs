@@ -1,7 +1,9 @@
 //! Visiting every graph and every tensor of a model: the main graph, subgraphs held in node
 //! attributes (If/Loop/Scan bodies), model-local functions and training-info graphs.
 
-use crate::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, SparseTensorProto, TensorProto};
+use crate::proto::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, SparseTensorProto, TensorProto,
+};
 
 /// Calls `f` on every graph of the model, outer graphs before the subgraphs they hold.
 pub fn for_each_graph_mut<E>(

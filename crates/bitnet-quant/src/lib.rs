@@ -1,1 +1,4 @@
 //! placeholder
+
+pub mod pack;
+pub mod quant;

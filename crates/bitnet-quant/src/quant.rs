@@ -1,0 +1,1081 @@
+//! Ternary quantization of weight matrices (DESIGN.md section 2).
+//!
+//! Everything here is pure math over `f32` slices; no ONNX types. A weight is always given
+//! *channel-major*: `w` has shape `[N][K]` row-major, `N` output features (channels), `K` input
+//! features. A `MatMul` weight `B` is `[K, N]`: [`transpose`] it first.
+//!
+//! # Decisions
+//!
+//! * **Rounding / ties.** BitNet's published code (Microsoft's training-tips code, Hugging Face
+//!   `BitLinear`, BitNet's own converters) computes `s = 1 / mean(|W|).clamp(1e-5)` and then
+//!   `(W * s).round().clamp(-1, 1)`: it multiplies by the `f32` reciprocal (for a tensor,
+//!   `1 / t` is `t.reciprocal()`), and `round` rounds half to even. We do the same: with
+//!   `s = 1.0_f32 / a` and `r = |w| * s` (one `f32` multiply), the code is `0` when
+//!   `r <= threshold` and `sign(w)` otherwise. With `threshold = 0.5` this reproduces
+//!   `clamp(round_half_even(w * s), -1, 1)` bit for bit *for the same `a`*: `r == 0.5` gives `0`
+//!   (torch rounds the tie to even), `r == 1.5` gives `1` (rounds to 2, then clamps). DESIGN.md
+//!   writes the rule as "zero where `|W| < threshold * a`"; the two only differ on exact ties,
+//!   where we follow torch. Dividing (`w / a`) instead of multiplying by `1 / a` can differ in
+//!   the last bit, which moves codes near the tie, so we do not divide.
+//! * **Scale precision.** Sums are accumulated in `f64` in a fixed order, the mean is rounded to
+//!   `f32` once and then clamped below at [`SCALE_EPS`]. Torch sums in `f32` with its own order,
+//!   so its `a` may differ from ours by an ulp; codes agree exactly whenever the `a` agree.
+//! * **TWN.** `delta = 0.7 * mean|W|` (in `f64`); a weight is kept when it is non-zero and
+//!   `|w| >= delta`; `a` is the mean of the kept magnitudes, or [`SCALE_EPS`] when none is kept.
+//!   `threshold` is ignored.
+//! * **Lossless detection** runs first whatever the method: per-tensor, then per-channel, then
+//!   the configured `Group(G)` (only when the configuration asks for groups). The first
+//!   granularity for which *every* group holds only `{-a, 0, +a}` wins, even when it is finer
+//!   than a configured `Tensor` (a per-channel exact model stays exact). Zeros must be exactly
+//!   `±0.0`; every other magnitude must lie within `lossless_rel_tol * a` of `a`, where `a` is the
+//!   most frequent magnitude (exact bit pattern; ties go to the smallest). Codes are `sign(W)`.
+//! * **All-zero groups** get the scale [`SCALE_EPS`] (`1e-5`) and zero codes, both in lossless
+//!   detection (an all-zero tensor is lossless per-tensor) and in quantization (BitNet's clamp).
+//! * **Determinism.** Work is split over rows (channels) with rayon; per-tensor sums are per-row
+//!   partial sums added sequentially in row order. Results are bit-identical for any thread count.
+
+use std::fmt;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Lower clamp of every absmean scale, as BitNet does (`mean.clamp(min=1e-5)`); also the scale
+/// of an all-zero group.
+pub const SCALE_EPS: f32 = 1e-5;
+
+/// TWN threshold factor: weights below `0.7 * mean|W|` become zero.
+pub const TWN_DELTA_FACTOR: f64 = 0.7;
+
+/// Largest accepted `lossless_rel_tol`. Beyond 1% a "lossless" conversion would not be one.
+pub const MAX_LOSSLESS_REL_TOL: f32 = 1e-2;
+
+/// Each rayon task gets rows holding at least this many weights, so short rows are batched.
+const MIN_TASK_ELEMS: usize = 1 << 14;
+
+/// How many weights share one scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Granularity {
+    /// One scale for the whole tensor.
+    Tensor,
+    /// One scale per output channel (row of the channel-major weight).
+    Channel,
+    /// One scale per `G` consecutive input-dimension weights of one channel; the last group of a
+    /// channel is shorter when `G` does not divide `K`.
+    Group(usize),
+}
+
+impl Granularity {
+    /// Number of scales per channel for `k` input features (1 for `Tensor` and `Channel`).
+    pub fn groups_per_channel(self, k: usize) -> usize {
+        match self {
+            Granularity::Tensor | Granularity::Channel => 1,
+            Granularity::Group(g) => k.div_ceil(g.max(1)),
+        }
+    }
+
+    /// Number of scales of a `[n][k]` weight.
+    pub fn scale_count(self, n: usize, k: usize) -> usize {
+        match self {
+            Granularity::Tensor => 1,
+            Granularity::Channel => n,
+            Granularity::Group(_) => n * self.groups_per_channel(k),
+        }
+    }
+}
+
+impl fmt::Display for Granularity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Granularity::Tensor => f.write_str("per-tensor"),
+            Granularity::Channel => f.write_str("per-channel"),
+            Granularity::Group(g) => write!(f, "group({g})"),
+        }
+    }
+}
+
+/// How scales and codes are chosen when the weight is not already ternary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Method {
+    /// BitNet b1.58: `a = mean|W|`, codes by threshold on `|W| / a`.
+    AbsMean,
+    /// Ternary weight networks: zero below `0.7 mean|W|`, least-squares scale of the rest.
+    Twn,
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Method::AbsMean => f.write_str("absmean"),
+            Method::Twn => f.write_str("twn"),
+        }
+    }
+}
+
+/// Quantizer settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct QuantConfig {
+    pub granularity: Granularity,
+    pub method: Method,
+    /// AbsMean only: a weight becomes 0 when `|w| * (1/a) <= threshold` (see the module docs
+    /// for the tie rule). In `(0, 1]`; 0.5 is BitNet's `round`.
+    pub threshold: f32,
+    /// Relative tolerance of lossless detection, in `[0, MAX_LOSSLESS_REL_TOL]`.
+    pub lossless_rel_tol: f32,
+}
+
+impl Default for QuantConfig {
+    fn default() -> Self {
+        QuantConfig {
+            granularity: Granularity::Channel,
+            method: Method::AbsMean,
+            threshold: 0.5,
+            lossless_rel_tol: 1e-6,
+        }
+    }
+}
+
+impl QuantConfig {
+    /// The published BitNet b1.58 recipe: per-tensor absmean, threshold 0.5.
+    pub fn bitnet_b158() -> Self {
+        QuantConfig {
+            granularity: Granularity::Tensor,
+            ..QuantConfig::default()
+        }
+    }
+
+    /// Checks the settings alone (not a weight).
+    pub fn validate(&self) -> Result<(), QuantError> {
+        if let Granularity::Group(0) = self.granularity {
+            return Err(QuantError::ZeroGroupSize);
+        }
+        if !(self.threshold > 0.0 && self.threshold <= 1.0) {
+            return Err(QuantError::InvalidThreshold(self.threshold));
+        }
+        if !(self.lossless_rel_tol >= 0.0 && self.lossless_rel_tol <= MAX_LOSSLESS_REL_TOL) {
+            return Err(QuantError::InvalidTolerance(self.lossless_rel_tol));
+        }
+        Ok(())
+    }
+}
+
+/// Why a weight could not be quantized.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum QuantError {
+    #[error("weight has a zero-sized dimension (shape [{n}, {k}])")]
+    EmptyShape { n: usize, k: usize },
+    #[error("weight shape [{n}, {k}] has more elements than can be addressed")]
+    ShapeOverflow { n: usize, k: usize },
+    #[error("weight has {len} elements but shape [{n}, {k}] needs {expected}")]
+    LengthMismatch {
+        len: usize,
+        n: usize,
+        k: usize,
+        expected: usize,
+    },
+    #[error("group size must be at least 1")]
+    ZeroGroupSize,
+    #[error("threshold {0} is outside (0, 1]")]
+    InvalidThreshold(f32),
+    #[error("lossless_rel_tol {0} is outside [0, {max}]", max = MAX_LOSSLESS_REL_TOL)]
+    InvalidTolerance(f32),
+    #[error(
+        "weight element {index} (channel {row}, input {col}) is {value}: weights must be finite"
+    )]
+    NonFinite {
+        index: usize,
+        row: usize,
+        col: usize,
+        value: f32,
+    },
+}
+
+/// A ternary weight: codes in `{-1, 0, 1}` times per-group scales.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ternary {
+    /// Output features (channels).
+    pub n: usize,
+    /// Input features.
+    pub k: usize,
+    /// `[N][K]`, each -1, 0 or +1.
+    pub codes: Vec<i8>,
+    /// The granularity actually used (lossless detection may pick another than the config).
+    pub granularity: Granularity,
+    /// Tensor: 1; Channel: N; Group(G): `N * ceil(K / G)`, `[N][groups]`.
+    pub scales: Vec<f32>,
+    /// Every group already held only `{-a, 0, +a}` within the tolerance.
+    pub lossless: bool,
+}
+
+impl Ternary {
+    /// The scale of the weight at `(row, col)` (channel, input feature).
+    pub fn scale_at(&self, row: usize, col: usize) -> f32 {
+        match self.granularity {
+            Granularity::Tensor => self.scales[0],
+            Granularity::Channel => self.scales[row],
+            Granularity::Group(g) => self.scales[row * self.groups_per_channel() + col / g],
+        }
+    }
+
+    /// Scales per channel: 1 for `Tensor` and `Channel`, `ceil(K / G)` for `Group(G)`.
+    pub fn groups_per_channel(&self) -> usize {
+        self.granularity.groups_per_channel(self.k)
+    }
+
+    /// `[N][K]` values `code * scale`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.codes.len()];
+        if self.k == 0 {
+            return out;
+        }
+        out.par_chunks_mut(self.k)
+            .zip(self.codes.par_chunks(self.k))
+            .enumerate()
+            .with_min_len(min_rows(self.k))
+            .for_each(|(row, (o, c))| {
+                for (col, (o, &c)) in o.iter_mut().zip(c).enumerate() {
+                    *o = f32::from(c) * self.scale_at(row, col);
+                }
+            });
+        out
+    }
+
+    /// Number of -1, 0 and +1 codes.
+    pub fn counts(&self) -> [u64; 3] {
+        let mut counts = [0u64; 3];
+        for &c in &self.codes {
+            // Codes outside {-1, 0, 1} break the invariant; count them with the nearest.
+            counts[(c.clamp(-1, 1) + 1) as usize] += 1;
+        }
+        counts
+    }
+
+    /// Smallest and largest scale (`(0, 0)` when there are none).
+    pub fn scale_range(&self) -> (f32, f32) {
+        let mut it = self.scales.iter().copied();
+        let Some(first) = it.next() else {
+            return (0.0, 0.0);
+        };
+        it.fold((first, first), |(lo, hi), s| (lo.min(s), hi.max(s)))
+    }
+}
+
+/// Transposes a row-major `[rows][cols]` matrix into `[cols][rows]`.
+///
+/// # Panics
+/// When `src.len() != rows * cols`.
+pub fn transpose<T: Copy + Send + Sync>(src: &[T], rows: usize, cols: usize) -> Vec<T> {
+    assert_eq!(
+        Some(src.len()),
+        rows.checked_mul(cols),
+        "transpose: {} elements for shape [{rows}, {cols}]",
+        src.len()
+    );
+    if src.is_empty() {
+        return Vec::new();
+    }
+    // Each task fills TILE output rows (= source columns). Inside it, BLOCK source rows at a
+    // time go through a small stack tile: every source line is read, and every output line
+    // written, in one contiguous burst, so power-of-two strides do not thrash cache sets.
+    const TILE: usize = 32;
+    const BLOCK: usize = 16;
+    let mut out = vec![src[0]; src.len()];
+    out.par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(tile, chunk)| {
+            let c0 = tile * TILE;
+            let nc = chunk.len() / rows;
+            let mut buf = [[src[0]; TILE]; BLOCK];
+            for r0 in (0..rows).step_by(BLOCK) {
+                let r1 = (r0 + BLOCK).min(rows);
+                for (b, r) in buf.iter_mut().zip(r0..r1) {
+                    b[..nc].copy_from_slice(&src[r * cols + c0..r * cols + c0 + nc]);
+                }
+                for j in 0..nc {
+                    let dst = &mut chunk[j * rows + r0..j * rows + r1];
+                    for (d, b) in dst.iter_mut().zip(&buf) {
+                        *d = b[j];
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// The ternary code of `x` for the reciprocal scale `inv_scale = 1.0 / a`: 0 when
+/// `|x| * inv_scale <= threshold`, else `sign(x)`. With threshold 0.5 this equals torch's
+/// `(x * inv_scale).round().clamp(-1, 1)` (round half to even).
+#[inline]
+pub fn ternary_code(x: f32, inv_scale: f32, threshold: f32) -> i8 {
+    let keep = x.abs() * inv_scale > threshold;
+    let sign = if x.is_sign_negative() { -1 } else { 1 };
+    i8::from(keep) * sign
+}
+
+/// Quantizes a channel-major `[n][k]` weight. Lossless detection runs first (see module docs).
+pub fn quantize(w: &[f32], n: usize, k: usize, cfg: &QuantConfig) -> Result<Ternary, QuantError> {
+    check_shape(w, n, k)?;
+    cfg.validate()?;
+    let tol = f64::from(cfg.lossless_rel_tol);
+    let mut order = vec![Granularity::Tensor, Granularity::Channel];
+    if let Granularity::Group(g) = cfg.granularity {
+        // A group as long as the channel is the channel, already tried.
+        if g < k {
+            order.push(cfg.granularity);
+        }
+    }
+    for gran in order {
+        if let Some(t) = detect_at(w, n, k, gran, tol) {
+            return Ok(t);
+        }
+    }
+    match cfg.method {
+        Method::AbsMean => absmean(w, n, k, cfg.granularity, cfg.threshold),
+        Method::Twn => twn(w, n, k, cfg.granularity),
+    }
+}
+
+/// `||W - dequantize(T)||_2 / ||W||_2`, summed in `f64`. 0 when both are all zero; infinite
+/// when `W` is all zero and `T` is not.
+///
+/// # Panics
+/// When `w` and `t` have different lengths.
+pub fn rel_error(w: &[f32], t: &Ternary) -> f64 {
+    assert_eq!(
+        w.len(),
+        t.codes.len(),
+        "rel_error: weight and ternary sizes differ"
+    );
+    if t.k == 0 || w.is_empty() {
+        return 0.0;
+    }
+    let parts: Vec<(f64, f64)> = w
+        .par_chunks(t.k)
+        .zip(t.codes.par_chunks(t.k))
+        .enumerate()
+        .with_min_len(min_rows(t.k))
+        .map(|(row, (wr, cr))| {
+            let (mut err, mut norm) = (0f64, 0f64);
+            for (col, (&x, &c)) in wr.iter().zip(cr).enumerate() {
+                let d = f64::from(x) - f64::from(f32::from(c) * t.scale_at(row, col));
+                err += d * d;
+                norm += f64::from(x) * f64::from(x);
+            }
+            (err, norm)
+        })
+        .collect();
+    let (err, norm) = parts
+        .iter()
+        .fold((0f64, 0f64), |(e, n), &(pe, pn)| (e + pe, n + pn));
+    if norm == 0.0 {
+        if err == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        (err / norm).sqrt()
+    }
+}
+
+/// Lossless detection alone: per-tensor, then per-channel. `None` when neither granularity
+/// holds only `{-a, 0, +a}` per group (within `rel_tol` relative), or a weight is not finite.
+/// [`quantize`] runs the same detection (plus its configured `Group(G)`) before quantizing.
+///
+/// # Panics
+/// When `w.len() != n * k`.
+pub fn detect_ternary(w: &[f32], n: usize, k: usize, rel_tol: f32) -> Option<Ternary> {
+    detect_ternary_at(w, n, k, Granularity::Tensor, rel_tol)
+        .or_else(|| detect_ternary_at(w, n, k, Granularity::Channel, rel_tol))
+}
+
+/// Lossless detection at one granularity. `rel_tol` is clamped into
+/// `[0, MAX_LOSSLESS_REL_TOL]` (NaN counts as 0).
+///
+/// # Panics
+/// When `w.len() != n * k`.
+pub fn detect_ternary_at(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    granularity: Granularity,
+    rel_tol: f32,
+) -> Option<Ternary> {
+    assert_eq!(
+        Some(w.len()),
+        n.checked_mul(k),
+        "detect_ternary: {} elements for shape [{n}, {k}]",
+        w.len()
+    );
+    if n == 0 || k == 0 || matches!(granularity, Granularity::Group(0)) {
+        return None;
+    }
+    let tol = if rel_tol.is_nan() {
+        0.0
+    } else {
+        rel_tol.clamp(0.0, MAX_LOSSLESS_REL_TOL)
+    };
+    detect_at(w, n, k, granularity, f64::from(tol))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Internals
+
+fn check_shape(w: &[f32], n: usize, k: usize) -> Result<(), QuantError> {
+    if n == 0 || k == 0 {
+        return Err(QuantError::EmptyShape { n, k });
+    }
+    let expected = n.checked_mul(k).ok_or(QuantError::ShapeOverflow { n, k })?;
+    if w.len() != expected {
+        return Err(QuantError::LengthMismatch {
+            len: w.len(),
+            n,
+            k,
+            expected,
+        });
+    }
+    Ok(())
+}
+
+/// Minimum rows per rayon task so a task holds at least `MIN_TASK_ELEMS` weights.
+fn min_rows(k: usize) -> usize {
+    (MIN_TASK_ELEMS / k.max(1)).max(1)
+}
+
+/// Elements per group along K (`k` for Tensor and Channel).
+fn group_len(gran: Granularity, k: usize) -> usize {
+    match gran {
+        Granularity::Tensor | Granularity::Channel => k,
+        Granularity::Group(g) => g.min(k),
+    }
+}
+
+/// Sum of `|x|` in `f64` with four fixed lanes (deterministic; NaN/inf propagate).
+#[inline]
+fn sum_abs(xs: &[f32]) -> f64 {
+    let mut acc = [0f64; 4];
+    let mut chunks = xs.chunks_exact(4);
+    for c in &mut chunks {
+        acc[0] += f64::from(c[0].abs());
+        acc[1] += f64::from(c[1].abs());
+        acc[2] += f64::from(c[2].abs());
+        acc[3] += f64::from(c[3].abs());
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for &x in chunks.remainder() {
+        s += f64::from(x.abs());
+    }
+    s
+}
+
+/// BitNet's clamped absmean scale from an `f64` mean.
+#[inline]
+fn clamp_scale(mean: f64) -> f32 {
+    (mean as f32).max(SCALE_EPS)
+}
+
+fn non_finite(w: &[f32], k: usize, row: usize) -> QuantError {
+    let r = &w[row * k..(row + 1) * k];
+    let col = r.iter().position(|x| !x.is_finite()).unwrap_or(0);
+    let index = row * k + col;
+    QuantError::NonFinite {
+        index,
+        row,
+        col,
+        value: w[index],
+    }
+}
+
+fn code_slice(ws: &[f32], cs: &mut [i8], inv: f32, thr: f32) {
+    for (c, &x) in cs.iter_mut().zip(ws) {
+        *c = ternary_code(x, inv, thr);
+    }
+}
+
+fn sign_slice(ws: &[f32], cs: &mut [i8]) {
+    for (c, &x) in cs.iter_mut().zip(ws) {
+        *c = if x > 0.0 {
+            1
+        } else if x < 0.0 {
+            -1
+        } else {
+            0
+        };
+    }
+}
+
+fn absmean(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    gran: Granularity,
+    thr: f32,
+) -> Result<Ternary, QuantError> {
+    let mut codes = vec![0i8; n * k];
+    let scales = match gran {
+        Granularity::Tensor => {
+            let sums: Vec<f64> = w
+                .par_chunks(k)
+                .with_min_len(min_rows(k))
+                .map(sum_abs)
+                .collect();
+            let mut total = 0f64;
+            for (row, &s) in sums.iter().enumerate() {
+                if !s.is_finite() {
+                    return Err(non_finite(w, k, row));
+                }
+                total += s;
+            }
+            let a = clamp_scale(total / (n as f64 * k as f64));
+            let inv = 1.0 / a;
+            codes
+                .par_chunks_mut(k)
+                .zip(w.par_chunks(k))
+                .with_min_len(min_rows(k))
+                .for_each(|(c, x)| code_slice(x, c, inv, thr));
+            vec![a]
+        }
+        Granularity::Channel | Granularity::Group(_) => {
+            let g = group_len(gran, k);
+            let gpc = k.div_ceil(g);
+            let mut scales = vec![0f32; n * gpc];
+            let bad: Vec<bool> = codes
+                .par_chunks_mut(k)
+                .zip(scales.par_chunks_mut(gpc))
+                .zip(w.par_chunks(k))
+                .with_min_len(min_rows(k))
+                .map(|((c, s), x)| {
+                    for ((cg, xg), sg) in c.chunks_mut(g).zip(x.chunks(g)).zip(s.iter_mut()) {
+                        let sum = sum_abs(xg);
+                        if !sum.is_finite() {
+                            return true;
+                        }
+                        let a = clamp_scale(sum / xg.len() as f64);
+                        *sg = a;
+                        code_slice(xg, cg, 1.0 / a, thr);
+                    }
+                    false
+                })
+                .collect();
+            if let Some(row) = bad.iter().position(|&b| b) {
+                return Err(non_finite(w, k, row));
+            }
+            scales
+        }
+    };
+    Ok(Ternary {
+        n,
+        k,
+        codes,
+        granularity: gran,
+        scales,
+        lossless: false,
+    })
+}
+
+/// TWN on one group: codes into `cs`, returns (sum of kept |w|, kept count).
+#[inline]
+fn twn_code(xs: &[f32], cs: &mut [i8], delta: f64) -> (f64, u64) {
+    // `|x| >= delta` with an f64 delta is `|x| >= d32` for the smallest f32 `d32 >= delta`,
+    // which lets the coding loop run on f32 lanes.
+    let mut d32 = delta as f32;
+    if f64::from(d32) < delta {
+        d32 = d32.next_up();
+    }
+    let mut count = 0u64;
+    for (c, &x) in cs.iter_mut().zip(xs) {
+        let keep = (x != 0.0) & (x.abs() >= d32);
+        let sign = if x.is_sign_negative() { -1 } else { 1 };
+        *c = i8::from(keep) * sign;
+        count += u64::from(keep);
+    }
+    // Kept magnitudes summed in f64 over four fixed lanes (deterministic).
+    let mut acc = [0f64; 4];
+    let mut xc = xs.chunks_exact(4);
+    let mut cc = cs.chunks_exact(4);
+    for (x4, c4) in (&mut xc).zip(&mut cc) {
+        for i in 0..4 {
+            // c * c is 1 for a kept weight, 0 otherwise: no unpredictable branch.
+            acc[i] += f64::from(x4[i].abs()) * f64::from(c4[i] * c4[i]);
+        }
+    }
+    let mut sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (x, c) in xc.remainder().iter().zip(cc.remainder()) {
+        if *c != 0 {
+            sum += f64::from(x.abs());
+        }
+    }
+    (sum, count)
+}
+
+fn twn_scale(sum: f64, count: u64) -> f32 {
+    if count == 0 {
+        SCALE_EPS
+    } else {
+        (sum / count as f64) as f32
+    }
+}
+
+fn twn(w: &[f32], n: usize, k: usize, gran: Granularity) -> Result<Ternary, QuantError> {
+    let mut codes = vec![0i8; n * k];
+    let scales = match gran {
+        Granularity::Tensor => {
+            let sums: Vec<f64> = w
+                .par_chunks(k)
+                .with_min_len(min_rows(k))
+                .map(sum_abs)
+                .collect();
+            let mut total = 0f64;
+            for (row, &s) in sums.iter().enumerate() {
+                if !s.is_finite() {
+                    return Err(non_finite(w, k, row));
+                }
+                total += s;
+            }
+            let delta = TWN_DELTA_FACTOR * (total / (n as f64 * k as f64));
+            let kept: Vec<(f64, u64)> = codes
+                .par_chunks_mut(k)
+                .zip(w.par_chunks(k))
+                .with_min_len(min_rows(k))
+                .map(|(c, x)| twn_code(x, c, delta))
+                .collect();
+            let (sum, count) = kept
+                .iter()
+                .fold((0f64, 0u64), |(s, c), &(ps, pc)| (s + ps, c + pc));
+            vec![twn_scale(sum, count)]
+        }
+        Granularity::Channel | Granularity::Group(_) => {
+            let g = group_len(gran, k);
+            let gpc = k.div_ceil(g);
+            let mut scales = vec![0f32; n * gpc];
+            let bad: Vec<bool> = codes
+                .par_chunks_mut(k)
+                .zip(scales.par_chunks_mut(gpc))
+                .zip(w.par_chunks(k))
+                .with_min_len(min_rows(k))
+                .map(|((c, s), x)| {
+                    for ((cg, xg), sg) in c.chunks_mut(g).zip(x.chunks(g)).zip(s.iter_mut()) {
+                        let total = sum_abs(xg);
+                        if !total.is_finite() {
+                            return true;
+                        }
+                        let delta = TWN_DELTA_FACTOR * (total / xg.len() as f64);
+                        let (sum, count) = twn_code(xg, cg, delta);
+                        *sg = twn_scale(sum, count);
+                    }
+                    false
+                })
+                .collect();
+            if let Some(row) = bad.iter().position(|&b| b) {
+                return Err(non_finite(w, k, row));
+            }
+            scales
+        }
+    };
+    Ok(Ternary {
+        n,
+        k,
+        codes,
+        granularity: gran,
+        scales,
+        lossless: false,
+    })
+}
+
+/// Marker: the data is not ternary at the granularity being tried.
+struct NotTernary;
+
+/// Necessary condition for all magnitudes in `[lo, hi]` to lie within `tol * a` of one `a`:
+/// `a >= lo / (1 + tol)` … and `a <= lo / (1 - tol)`, so `hi - lo <= 2 tol a <= 2 tol lo / (1 - tol)`.
+/// Slightly generous (rounding slack); the exact check follows once `a` is known.
+#[inline]
+fn band_ok(lo: f32, hi: f32, tol: f64) -> bool {
+    let (lo, hi) = (f64::from(lo), f64::from(hi));
+    hi - lo <= 2.0 * tol * lo / (1.0 - tol) * (1.0 + 1e-9)
+}
+
+/// Smallest and largest non-zero magnitude of `xs`, failing fast when they cannot share one `a`
+/// or a value is not finite. `None` when every value is ±0.
+fn scan_band(xs: &[f32], tol: f64) -> Result<Option<(f32, f32)>, NotTernary> {
+    let mut lo = f32::INFINITY;
+    let mut hi = 0f32;
+    for &x in xs {
+        if x == 0.0 {
+            continue;
+        }
+        let m = x.abs();
+        if !m.is_finite() {
+            return Err(NotTernary);
+        }
+        if m < lo || m > hi {
+            lo = lo.min(m);
+            hi = hi.max(m);
+            if !band_ok(lo, hi, tol) {
+                return Err(NotTernary);
+            }
+        }
+    }
+    Ok((hi > 0.0).then_some((lo, hi)))
+}
+
+/// `a` within tolerance of both ends of the band (hence of every magnitude, as they are ordered).
+fn within_tol(a: f32, lo: f32, hi: f32, tol: f64) -> bool {
+    let a64 = f64::from(a);
+    let lim = tol * a64;
+    (f64::from(lo) - a64).abs() <= lim && (f64::from(hi) - a64).abs() <= lim
+}
+
+/// Most frequent value of ascending-sortable bit patterns (ties: the smallest). `bits` non-empty.
+fn mode_of_sorted(bits: &mut [u32]) -> u32 {
+    bits.sort_unstable();
+    let (mut best, mut best_count) = (bits[0], 0usize);
+    let mut i = 0;
+    while i < bits.len() {
+        let v = bits[i];
+        let mut j = i + 1;
+        while j < bits.len() && bits[j] == v {
+            j += 1;
+        }
+        if j - i > best_count {
+            best = v;
+            best_count = j - i;
+        }
+        i = j;
+    }
+    best
+}
+
+/// Lossless scale of one group, or `NotTernary`. `scratch` is reused between groups.
+fn detect_group(xs: &[f32], tol: f64, scratch: &mut Vec<u32>) -> Result<f32, NotTernary> {
+    let Some((lo, hi)) = scan_band(xs, tol)? else {
+        return Ok(SCALE_EPS);
+    };
+    let a = if lo == hi {
+        lo
+    } else {
+        scratch.clear();
+        scratch.extend(xs.iter().filter(|x| **x != 0.0).map(|x| x.abs().to_bits()));
+        f32::from_bits(mode_of_sorted(scratch))
+    };
+    if within_tol(a, lo, hi, tol) {
+        Ok(a)
+    } else {
+        Err(NotTernary)
+    }
+}
+
+fn detect_at(w: &[f32], n: usize, k: usize, gran: Granularity, tol: f64) -> Option<Ternary> {
+    match gran {
+        Granularity::Tensor => detect_tensor(w, n, k, tol),
+        Granularity::Channel | Granularity::Group(_) => detect_grouped(w, n, k, gran, tol),
+    }
+}
+
+fn detect_tensor(w: &[f32], n: usize, k: usize, tol: f64) -> Option<Ternary> {
+    let bands: Vec<Option<(f32, f32)>> = w
+        .par_chunks(k)
+        .with_min_len(min_rows(k))
+        .map(|row| scan_band(row, tol))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let band = bands
+        .iter()
+        .flatten()
+        .fold(None, |acc: Option<(f32, f32)>, &(lo, hi)| match acc {
+            None => Some((lo, hi)),
+            Some((l, h)) => Some((l.min(lo), h.max(hi))),
+        });
+    let a = match band {
+        None => SCALE_EPS,
+        Some((lo, hi)) if lo == hi => lo,
+        Some((lo, hi)) => {
+            if !band_ok(lo, hi, tol) {
+                return None;
+            }
+            // Positive floats order like their bit patterns, and the band is narrow
+            // (at most ~2 * tol * 2^24 patterns): count them in a histogram. Integer counts
+            // make the parallel reduction exact whatever the order.
+            let base = lo.to_bits();
+            let len = (hi.to_bits() - base) as usize + 1;
+            let hist = w
+                .par_chunks(k)
+                .with_min_len(min_rows(k))
+                .fold(
+                    || vec![0u64; len],
+                    |mut h, row| {
+                        for &x in row {
+                            if x != 0.0 {
+                                h[(x.abs().to_bits() - base) as usize] += 1;
+                            }
+                        }
+                        h
+                    },
+                )
+                .reduce(
+                    || vec![0u64; len],
+                    |mut a, b| {
+                        for (x, y) in a.iter_mut().zip(b) {
+                            *x += y;
+                        }
+                        a
+                    },
+                );
+            let mut best = 0usize;
+            for (i, &c) in hist.iter().enumerate() {
+                if c > hist[best] {
+                    best = i;
+                }
+            }
+            let a = f32::from_bits(base + best as u32);
+            if !within_tol(a, lo, hi, tol) {
+                return None;
+            }
+            a
+        }
+    };
+    let mut codes = vec![0i8; n * k];
+    codes
+        .par_chunks_mut(k)
+        .zip(w.par_chunks(k))
+        .with_min_len(min_rows(k))
+        .for_each(|(c, x)| sign_slice(x, c));
+    Some(Ternary {
+        n,
+        k,
+        codes,
+        granularity: Granularity::Tensor,
+        scales: vec![a],
+        lossless: true,
+    })
+}
+
+fn detect_grouped(w: &[f32], n: usize, k: usize, gran: Granularity, tol: f64) -> Option<Ternary> {
+    let g = group_len(gran, k);
+    let gpc = k.div_ceil(g);
+    let mut codes = vec![0i8; n * k];
+    let mut scales = vec![0f32; n * gpc];
+    codes
+        .par_chunks_mut(k)
+        .zip(scales.par_chunks_mut(gpc))
+        .zip(w.par_chunks(k))
+        .with_min_len(min_rows(k))
+        .try_for_each_init(Vec::new, |scratch, ((c, s), x)| {
+            for ((cg, xg), sg) in c.chunks_mut(g).zip(x.chunks(g)).zip(s.iter_mut()) {
+                *sg = detect_group(xg, tol, scratch)?;
+                sign_slice(xg, cg);
+            }
+            Ok::<(), NotTernary>(())
+        })
+        .ok()?;
+    Some(Ternary {
+        n,
+        k,
+        codes,
+        granularity: gran,
+        scales,
+        lossless: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(granularity: Granularity, method: Method) -> QuantConfig {
+        QuantConfig {
+            granularity,
+            method,
+            ..QuantConfig::default()
+        }
+    }
+
+    #[test]
+    fn transpose_small() {
+        let m = [1, 2, 3, 4, 5, 6]; // [2][3]
+        assert_eq!(transpose(&m, 2, 3), vec![1, 4, 2, 5, 3, 6]);
+        assert_eq!(transpose(&transpose(&m, 2, 3), 3, 2), m.to_vec());
+        let empty: [f32; 0] = [];
+        assert!(transpose(&empty, 0, 5).is_empty());
+    }
+
+    #[test]
+    fn transpose_larger_than_tile() {
+        let (r, c) = (37, 70);
+        let m: Vec<u32> = (0..r * c).map(|i| i as u32).collect();
+        let t = transpose(&m, r, c);
+        for i in 0..r {
+            for j in 0..c {
+                assert_eq!(t[j * r + i], m[i * c + j]);
+            }
+        }
+    }
+
+    #[test]
+    fn absmean_per_tensor_ties_follow_torch() {
+        // mean |W| = (0.5 + 0.5 + 1.5 + 1.5 + 1 + 1 + 0 + 2) / 8 = 1
+        let w = [0.5, -0.5, 1.5, -1.5, 1.0, -1.0, 0.0, 2.0];
+        let t = quantize(&w, 2, 4, &QuantConfig::bitnet_b158()).unwrap();
+        assert!(!t.lossless);
+        assert_eq!(t.granularity, Granularity::Tensor);
+        assert_eq!(t.scales, vec![1.0]);
+        assert_eq!(t.codes, vec![0, 0, 1, -1, 1, -1, 0, 1]);
+        assert_eq!(t.counts(), [2, 3, 3]);
+    }
+
+    #[test]
+    fn absmean_per_channel_and_group() {
+        // row 0: mean 2 ; row 1: mean 0.25 (groups of 2: [0.5, 0] -> 0.25, [0.25, 0.25] -> 0.25)
+        let w = [1.0, -3.0, 2.0, 2.0, 0.5, 0.0, -0.25, 0.25];
+        let t = quantize(&w, 2, 4, &cfg(Granularity::Channel, Method::AbsMean)).unwrap();
+        assert_eq!(t.scales, vec![2.0, 0.25]);
+        // row 0: |w|/2 = .5 .. 1.5 1 1 ; row 1: 2 0 1 1
+        assert_eq!(t.codes, vec![0, -1, 1, 1, 1, 0, -1, 1]);
+        let t = quantize(&w, 2, 4, &cfg(Granularity::Group(3), Method::AbsMean)).unwrap();
+        // groups: [1,-3,2] mean 2, [2] mean 2, [0.5,0,-0.25] mean 0.25, [0.25] mean .25
+        assert_eq!(t.scales, vec![2.0, 2.0, 0.25, 0.25]);
+        assert_eq!(t.groups_per_channel(), 2);
+        assert_eq!(t.scale_at(1, 2), 0.25);
+        assert_eq!(t.scale_at(0, 3), 2.0);
+        assert_eq!(t.scale_range(), (0.25, 2.0));
+    }
+
+    #[test]
+    fn twn_small() {
+        // mean |W| = (4 + 0.1 + 1 + 3) / 4 = 2.025, delta = 1.4175: keeps 4 and -3.
+        let w = [4.0, 0.1, -1.0, -3.0];
+        let t = quantize(&w, 1, 4, &cfg(Granularity::Tensor, Method::Twn)).unwrap();
+        assert_eq!(t.codes, vec![1, 0, 0, -1]);
+        assert_eq!(t.scales, vec![3.5]);
+    }
+
+    #[test]
+    fn all_zero_is_lossless_with_eps_scale() {
+        let w = [0.0f32, -0.0, 0.0, 0.0, 0.0, 0.0];
+        for m in [Method::AbsMean, Method::Twn] {
+            let t = quantize(&w, 2, 3, &cfg(Granularity::Group(2), m)).unwrap();
+            assert!(t.lossless);
+            assert_eq!(t.granularity, Granularity::Tensor);
+            assert_eq!(t.scales, vec![SCALE_EPS]);
+            assert_eq!(t.codes, vec![0; 6]);
+            assert_eq!(rel_error(&w, &t), 0.0);
+        }
+    }
+
+    #[test]
+    fn zero_channel_in_per_channel_lossless() {
+        // row 0 is ternary with a = 0.5, row 1 all zero, row 2 ternary with a = 3.
+        let w = [0.5, -0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0, -3.0];
+        let t = quantize(&w, 3, 3, &QuantConfig::default()).unwrap();
+        assert!(t.lossless);
+        assert_eq!(t.granularity, Granularity::Channel);
+        assert_eq!(t.scales, vec![0.5, SCALE_EPS, 3.0]);
+        assert_eq!(t.codes, vec![1, -1, 0, 0, 0, 0, 0, 1, -1]);
+    }
+
+    #[test]
+    fn lossless_mode_and_tolerance() {
+        let a = 0.125f32;
+        let up = f32::from_bits(a.to_bits() + 2);
+        let down = f32::from_bits(a.to_bits() - 1);
+        // mode is `a` (3 times) even though `up` comes first.
+        let w = [up, -a, a, 0.0, -down, a];
+        let t = detect_ternary(&w, 2, 3, 1e-6).unwrap();
+        assert_eq!(t.granularity, Granularity::Tensor);
+        assert_eq!(t.scales, vec![a]);
+        assert_eq!(t.codes, vec![1, -1, 1, 0, -1, 1]);
+        // zero tolerance: not lossless any more
+        assert!(detect_ternary(&w, 2, 3, 0.0).is_none());
+        // tie in the mode goes to the smallest magnitude
+        let w = [up, up, down, down];
+        let t = detect_ternary(&w, 1, 4, 1e-6).unwrap();
+        assert_eq!(t.scales, vec![down]);
+    }
+
+    #[test]
+    fn lossless_group_only_when_configured() {
+        // each half-row has its own a: group(2) lossless, channel not.
+        let w = [1.0, -1.0, 0.0, 4.0, 2.0, 0.0, -8.0, 8.0];
+        let t = quantize(&w, 2, 4, &cfg(Granularity::Group(2), Method::AbsMean)).unwrap();
+        assert!(t.lossless);
+        assert_eq!(t.granularity, Granularity::Group(2));
+        assert_eq!(t.scales, vec![1.0, 4.0, 2.0, 8.0]);
+        let t = quantize(&w, 2, 4, &cfg(Granularity::Channel, Method::AbsMean)).unwrap();
+        assert!(!t.lossless);
+        assert_eq!(t.granularity, Granularity::Channel);
+    }
+
+    #[test]
+    fn errors() {
+        let c = QuantConfig::default();
+        assert_eq!(
+            quantize(&[], 0, 3, &c),
+            Err(QuantError::EmptyShape { n: 0, k: 3 })
+        );
+        assert!(matches!(
+            quantize(&[1.0; 5], 2, 3, &c),
+            Err(QuantError::LengthMismatch { len: 5, .. })
+        ));
+        assert_eq!(
+            quantize(
+                &[1.0; 6],
+                2,
+                3,
+                &cfg(Granularity::Group(0), Method::AbsMean)
+            ),
+            Err(QuantError::ZeroGroupSize)
+        );
+        for thr in [0.0, -0.5, 1.5, f32::NAN] {
+            let c = QuantConfig {
+                threshold: thr,
+                ..c
+            };
+            assert!(matches!(
+                quantize(&[1.0; 6], 2, 3, &c),
+                Err(QuantError::InvalidThreshold(_))
+            ));
+        }
+        let bad_tol = QuantConfig {
+            lossless_rel_tol: 0.5,
+            ..c
+        };
+        assert!(matches!(
+            quantize(&[1.0; 6], 2, 3, &bad_tol),
+            Err(QuantError::InvalidTolerance(_))
+        ));
+        let w = [0.1, 0.2, 0.3, 0.4, f32::NAN, f32::INFINITY];
+        for gran in [
+            Granularity::Tensor,
+            Granularity::Channel,
+            Granularity::Group(2),
+        ] {
+            for m in [Method::AbsMean, Method::Twn] {
+                match quantize(&w, 2, 3, &cfg(gran, m)) {
+                    Err(QuantError::NonFinite {
+                        index: 4,
+                        row: 1,
+                        col: 1,
+                        value,
+                    }) => assert!(value.is_nan()),
+                    other => panic!("{gran} {m}: {other:?}"),
+                }
+            }
+        }
+        let msg = quantize(&w, 2, 3, &c).unwrap_err().to_string();
+        assert!(msg.contains("element 4"), "{msg}");
+    }
+
+    #[test]
+    fn rel_error_zero_weight() {
+        let t = Ternary {
+            n: 1,
+            k: 2,
+            codes: vec![1, 0],
+            granularity: Granularity::Tensor,
+            scales: vec![1.0],
+            lossless: false,
+        };
+        assert_eq!(rel_error(&[0.0, 0.0], &t), f64::INFINITY);
+        assert_eq!(rel_error(&[1.0, 0.0], &t), 0.0);
+        assert!((rel_error(&[2.0, 0.0], &t) - 0.5).abs() < 1e-12);
+    }
+}
