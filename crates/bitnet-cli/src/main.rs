@@ -1,1 +1,41 @@
-fn main() {}
+//! `bitnet-onnx`: a thin binary over the library crates.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod convert;
+mod inspect;
+
+/// Turn ternary (BitNet b1.58) ONNX models into deployable ternary graphs and prove they still
+/// compute the same thing.
+#[derive(Parser, Debug)]
+#[command(name = "bitnet-onnx", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show what is inside a model and which linear layers can become ternary.
+    Inspect(inspect::InspectArgs),
+    /// Convert MatMul/Gemm weights to ternary codes plus scales.
+    Convert(convert::ConvertArgs),
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Convert(a) => convert::run(a, &argv).map(|_| ()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! `bitnet-onnx convert`: load, convert linear layers to ternary, save atomically, report.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use bitnet_model::{save, ExternalData, Model, SaveOptions};
+use bitnet_quant::convert::{self, ConvertOptions, Report, Selection};
+use bitnet_quant::emit::Emitter;
+use bitnet_quant::quant::{Granularity, Method, QuantConfig};
+use regex::Regex;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// INT8 ternary codes + DequantizeLinear feeding the original MatMul/Gemm (runs everywhere).
+    QdqInt8,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodArg {
+    Absmean,
+    Twn,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    /// Per-tensor absmean scale, threshold 0.5: the published BitNet b1.58 recipe.
+    #[value(name = "bitnet-b1.58")]
+    BitnetB158,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ConvertArgs {
+    /// The ONNX model to convert.
+    pub model: PathBuf,
+    /// Output model path (never the input).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Output format. Only qdq-int8 exists so far; ort, onnx and tensorrt are not implemented yet.
+    #[arg(long, value_enum, default_value = "qdq-int8")]
+    pub target: Target,
+    /// Scale granularity: tensor, channel (per output feature) or group:G.
+    #[arg(long, default_value = "channel", value_parser = parse_granularity)]
+    pub scale: Granularity,
+    /// absmean (BitNet) or twn (zero below 0.7 mean|W|, least-squares scale).
+    #[arg(long, value_enum, default_value = "absmean")]
+    pub method: MethodArg,
+    /// Zero where |W| <= threshold * scale (absmean only; 0.5 is BitNet's round-and-clip).
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f32,
+    /// Use a published recipe (overrides --scale, --method and --threshold).
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Convert only nodes whose name matches this regex.
+    #[arg(long)]
+    pub include: Option<String>,
+    /// Skip nodes whose name matches this regex.
+    #[arg(long)]
+    pub exclude: Option<String>,
+    /// Skip weights with fewer elements than this.
+    #[arg(long, default_value_t = 0)]
+    pub min_params: u64,
+    /// Also convert the output projection that feeds a graph output.
+    #[arg(long)]
+    pub quantize_head: bool,
+    /// Write weights to `<output>.data` even when the model would fit in one file.
+    #[arg(long)]
+    pub external_data: bool,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Threads for quantization (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn parse_granularity(s: &str) -> Result<Granularity, String> {
+    match s {
+        "tensor" => Ok(Granularity::Tensor),
+        "channel" => Ok(Granularity::Channel),
+        _ => match s.strip_prefix("group:").map(str::parse::<usize>) {
+            Some(Ok(g)) if g > 0 => Ok(Granularity::Group(g)),
+            _ => Err(format!(
+                "'{s}': expected tensor, channel or group:G with G > 0"
+            )),
+        },
+    }
+}
+
+fn emitter(t: Target) -> &'static dyn Emitter {
+    match t {
+        Target::QdqInt8 => &bitnet_quant::emit::qdq_int8::QdqInt8,
+    }
+}
+
+pub fn run(args: &ConvertArgs, argv: &[String]) -> Result<Report> {
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .context("cannot set up the thread pool")?;
+    }
+    let quant = match args.preset {
+        Some(Preset::BitnetB158) => QuantConfig::bitnet_b158(),
+        None => QuantConfig {
+            granularity: args.scale,
+            method: match args.method {
+                MethodArg::Absmean => Method::AbsMean,
+                MethodArg::Twn => Method::Twn,
+            },
+            threshold: args.threshold,
+            ..QuantConfig::default()
+        },
+    };
+    quant.validate().context("invalid quantization flags")?;
+    let re = |s: &Option<String>, flag: &str| -> Result<Option<Regex>> {
+        s.as_deref()
+            .map(|r| Regex::new(r).with_context(|| format!("{flag} '{r}' is not a valid regex")))
+            .transpose()
+    };
+    let selection = Selection {
+        include: re(&args.include, "--include")?,
+        exclude: re(&args.exclude, "--exclude")?,
+        min_params: args.min_params,
+        quantize_head: args.quantize_head,
+    };
+    let mut model = Model::load(&args.model)
+        .with_context(|| format!("cannot convert {}", args.model.display()))?;
+    if args.output.exists() && args.output.canonicalize().ok() == args.model.canonicalize().ok() {
+        bail!(
+            "refusing to write {}: it is the input model",
+            args.output.display()
+        );
+    }
+    let flags = argv
+        .iter()
+        .skip(1)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let opts = ConvertOptions {
+        quant,
+        selection,
+        emitter: emitter(args.target),
+        flags,
+    };
+    let mut report = convert::convert(&mut model.proto, &model.path, &opts)
+        .with_context(|| format!("cannot convert {}", args.model.display()))?;
+    let save_opts = SaveOptions {
+        external_data: if args.external_data {
+            ExternalData::Always
+        } else {
+            ExternalData::Auto
+        },
+        ..SaveOptions::default()
+    };
+    let saved = save(&model.proto, &args.output, &save_opts, &model.source_files)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    report.totals.file_bytes_before = model.file_bytes;
+    report.totals.file_bytes_after = saved.total_bytes();
+    report.totals.file_compression = model.file_bytes as f64 / saved.total_bytes().max(1) as f64;
+    if let Some(path) = &args.report {
+        let text = serde_json::to_string_pretty(&report)? + "\n";
+        bitnet_model::save::write_atomic(path, |w| std::io::Write::write_all(w, text.as_bytes()))
+            .with_context(|| format!("cannot write report {}", path.display()))?;
+    }
+    if !args.quiet {
+        print_report(&report, &saved);
+    }
+    Ok(report)
+}
+
+fn pct(n: u64, total: u64) -> f64 {
+    100.0 * n as f64 / total.max(1) as f64
+}
+
+pub fn print_report(r: &Report, saved: &bitnet_model::Saved) {
+    if r.already_converted {
+        println!("model was already converted by bitnet-onnx: no linear layer left to convert; written unchanged");
+    }
+    println!(
+        "{:<36} {:>11} {:>7} {:>7} {:>7} {:>8} {:>21} {:>9} {:>9} {:>9}",
+        "layer",
+        "shape",
+        "-1 %",
+        "0 %",
+        "+1 %",
+        "sparsity",
+        "scale range",
+        "rel err",
+        "before",
+        "after"
+    );
+    for l in &r.layers {
+        let total = l.codes.neg + l.codes.zero + l.codes.pos;
+        let shape: Vec<String> = l.shape.iter().map(|d| d.to_string()).collect();
+        println!(
+            "{:<36} {:>11} {:>6.2}% {:>6.2}% {:>6.2}% {:>7.2}% {:>10.4e}..{:<9.4e} {:>9.2e} {:>9} {:>9}{}",
+            l.node,
+            shape.join("x"),
+            pct(l.codes.neg, total),
+            pct(l.codes.zero, total),
+            pct(l.codes.pos, total),
+            100.0 * l.sparsity,
+            l.scale_min,
+            l.scale_max,
+            l.rel_error,
+            l.bytes_before,
+            l.bytes_after,
+            if l.lossless { "  lossless" } else { "" }
+        );
+    }
+    for s in &r.totals.skipped {
+        println!("skipped {:<36} {}", s.node, s.reason);
+    }
+    let t = &r.totals;
+    println!(
+        "converted {} layers ({} weights), skipped {}; removed {} folded nodes",
+        t.converted,
+        r.layers.len(),
+        t.skipped.len(),
+        t.removed_nodes
+    );
+    println!(
+        "linear weights {} -> {} bytes ({:.2}x); files {} -> {} bytes ({:.2}x)",
+        t.weight_bytes_before,
+        t.weight_bytes_after,
+        t.weight_compression,
+        t.file_bytes_before,
+        t.file_bytes_after,
+        t.file_compression
+    );
+    if t.opset_before != t.opset_after {
+        println!(
+            "default-domain opset raised from {:?} to {:?}",
+            t.opset_before, t.opset_after
+        );
+    }
+    match &saved.data_path {
+        Some(d) => println!("wrote {} and {}", saved.model_path.display(), d.display()),
+        None => println!("wrote {}", saved.model_path.display()),
+    }
+}

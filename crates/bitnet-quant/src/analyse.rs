@@ -1,0 +1,198 @@
+//! Finding linear layers: every `MatMul` and `Gemm` node, whether its weight is a constant
+//! 2-D float tensor (folding constant subgraphs when needed), and, when it is not a conversion
+//! candidate, why not.
+
+use std::path::Path;
+
+use bitnet_model::graph::GraphIndex;
+use bitnet_model::proto::tensor_proto::DataType;
+use bitnet_model::proto::{GraphProto, NodeProto};
+use serde::Serialize;
+
+use crate::fold::{Const, Folder};
+
+/// How the weight is laid out in the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Layout {
+    /// `[K, N]`: MatMul's B, or Gemm with transB = 0.
+    KN,
+    /// `[N, K]`: Gemm with transB = 1.
+    NK,
+}
+
+/// One `MatMul`/`Gemm` node and what can be done with it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinearLayer {
+    pub node_index: usize,
+    pub node: String,
+    pub op: String,
+    /// The value feeding the weight input (input 1).
+    pub weight: String,
+    /// Weight shape as stored in the graph, when known.
+    pub shape: Vec<i64>,
+    pub output: String,
+    pub candidate: bool,
+    pub reason: Option<String>,
+    /// True when the weight is produced by constant nodes that folding evaluated.
+    pub folded: bool,
+    #[serde(skip)]
+    pub layout: Layout,
+    #[serde(skip)]
+    pub dtype: i32,
+}
+
+/// Ops through which a linear layer's output may reach a graph output and still be "the head".
+const HEAD_PASS_THROUGH: &[&str] = &[
+    "Add",
+    "Identity",
+    "Reshape",
+    "Transpose",
+    "Cast",
+    "Softmax",
+    "LogSoftmax",
+    "Squeeze",
+    "Unsqueeze",
+    "Flatten",
+];
+
+fn attr_i(node: &NodeProto, name: &str) -> Option<i64> {
+    node.attribute
+        .iter()
+        .find(|a| a.name.as_deref() == Some(name))
+        .and_then(|a| a.i)
+}
+
+/// Name used for a node in reports: its name, or `op_type#index` when unnamed.
+pub fn node_label(node: &NodeProto, index: usize) -> String {
+    match node.name.as_deref() {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => format!("{}#{index}", node.op_type.as_deref().unwrap_or("?")),
+    }
+}
+
+/// True when `value` reaches a graph output through pass-through ops only.
+pub fn feeds_graph_output(index: &GraphIndex, value: &str) -> bool {
+    let mut stack = vec![value.to_string()];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v.clone()) {
+            continue;
+        }
+        if index.is_graph_output(&v) {
+            return true;
+        }
+        for &c in index.consumers(&v) {
+            let n = index.node(c);
+            if HEAD_PASS_THROUGH.contains(&n.op_type.as_deref().unwrap_or("")) {
+                stack.extend(n.output.iter().cloned());
+            }
+        }
+    }
+    false
+}
+
+/// Finds every MatMul/Gemm of `graph`, folding constant weights. Returns the layers and the
+/// folded weights of the candidates (by weight value name).
+pub fn find_linear_layers(
+    graph: &GraphProto,
+    path: &Path,
+) -> (
+    Vec<LinearLayer>,
+    std::collections::BTreeMap<String, Const>,
+    Vec<usize>,
+) {
+    let index = GraphIndex::new(graph);
+    let mut folder = Folder::new(&index, path);
+    let mut layers = Vec::new();
+    let mut weights = std::collections::BTreeMap::new();
+    for (i, node) in graph.node.iter().enumerate() {
+        let op = node.op_type.as_deref().unwrap_or("");
+        let domain = node.domain.as_deref().unwrap_or("");
+        if !(op == "MatMul" || op == "Gemm") || !(domain.is_empty() || domain == "ai.onnx") {
+            continue;
+        }
+        let label = node_label(node, i);
+        let a = node.input.first().cloned().unwrap_or_default();
+        let w = node.input.get(1).cloned().unwrap_or_default();
+        let output = node.output.first().cloned().unwrap_or_default();
+        let layout = if op == "Gemm" && attr_i(node, "transB").unwrap_or(0) == 1 {
+            Layout::NK
+        } else {
+            Layout::KN
+        };
+        let mut layer = LinearLayer {
+            node_index: i,
+            node: label,
+            op: op.to_string(),
+            weight: w.clone(),
+            shape: index
+                .shape(&w)
+                .map(|s| {
+                    s.iter()
+                        .map(|d| match d {
+                            bitnet_model::Dim::Fixed(n) => *n,
+                            _ => -1,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            output,
+            candidate: false,
+            reason: None,
+            folded: false,
+            layout,
+            dtype: index.elem_type(&w).unwrap_or(0),
+        };
+        let reason = (|| -> Result<(), String> {
+            if index.is_overridable_initializer(&w) {
+                return Err("weight is a graph input with a default initializer (can be overridden at run time)".into());
+            }
+            let from_dq = index
+                .producer(&w)
+                .map(|p| index.node(p).op_type.as_deref() == Some("DequantizeLinear"))
+                .unwrap_or(false);
+            if from_dq {
+                return Err("weight is already quantized (produced by DequantizeLinear)".into());
+            }
+            let c = match folder.eval(&w) {
+                Ok(c) => c,
+                Err(crate::fold::FoldError::RunTime(_)) => {
+                    let a_const = folder.eval(&a).is_ok();
+                    return Err(if a_const {
+                        "weight is computed at run time (only the first operand is constant)".into()
+                    } else {
+                        "both operands computed at run time".into()
+                    });
+                }
+                Err(e) => return Err(format!("weight cannot be folded: {e}")),
+            };
+            layer.shape = c.dims.iter().map(|&d| d as i64).collect();
+            layer.dtype = c.dtype;
+            layer.folded = index.initializer(&w).is_none();
+            if c.dims.len() != 2 {
+                return Err(format!("weight is not 2-D (shape {:?})", c.dims));
+            }
+            if !matches!(
+                DataType::try_from(c.dtype),
+                Ok(DataType::Float | DataType::Float16 | DataType::Bfloat16)
+            ) {
+                return Err(format!(
+                    "weight is {}, not float32/float16/bfloat16",
+                    bitnet_model::dtype::name(c.dtype)
+                ));
+            }
+            if c.is_empty() {
+                return Err("weight is empty".into());
+            }
+            weights.insert(w.clone(), c);
+            Ok(())
+        })();
+        match reason {
+            Ok(()) => layer.candidate = true,
+            Err(r) => layer.reason = Some(r),
+        }
+        layers.push(layer);
+    }
+    let visited = std::mem::take(&mut folder.visited);
+    (layers, weights, visited)
+}

@@ -1,0 +1,532 @@
+//! The rewrite driver: for every graph of the model (subgraphs of If/Loop/Scan included),
+//! find linear layers, select them, quantize each distinct weight once (in parallel), let the
+//! target's emitter rewrite the graph, remove what became dead, raise the opset when the new
+//! nodes need it and it is safe, and record what was done in `metadata_props` and a report.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use bitnet_model::graph::GraphIndex;
+use bitnet_model::proto::{GraphProto, ModelProto, StringStringEntryProto};
+use bitnet_model::walk;
+use rayon::prelude::*;
+use regex::Regex;
+use serde::Serialize;
+
+use crate::analyse::{self, Layout, LinearLayer};
+use crate::emit::{Emitter, NameGen, WeightJob};
+use crate::quant::{self, QuantConfig, Ternary};
+
+pub const METADATA_PREFIX: &str = "bitnet_onnx.";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{path}: weight '{weight}' of node '{node}': {source}")]
+    Quant {
+        path: String,
+        weight: String,
+        node: String,
+        #[source]
+        source: quant::QuantError,
+    },
+    #[error("{path}: weight '{weight}': {source}")]
+    Pack {
+        path: String,
+        weight: String,
+        #[source]
+        source: crate::pack::PackError,
+    },
+    #[error("{path}: the converted nodes need default-domain opset {needed} but the model imports opset {have} and node '{node}' ({op}) changes meaning between them; re-export the model at opset {needed} or newer")]
+    OpsetUpgrade {
+        path: String,
+        needed: i64,
+        have: i64,
+        node: String,
+        op: String,
+    },
+    #[error("{path}: {reason}")]
+    Other { path: String, reason: String },
+}
+
+/// Which linear layers to convert.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub include: Option<Regex>,
+    pub exclude: Option<Regex>,
+    pub min_params: u64,
+    pub quantize_head: bool,
+}
+
+pub struct ConvertOptions<'a> {
+    pub quant: QuantConfig,
+    pub selection: Selection,
+    pub emitter: &'a dyn Emitter,
+    /// The command line flags, recorded in the output's metadata.
+    pub flags: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Codes {
+    #[serde(rename = "-1")]
+    pub neg: u64,
+    #[serde(rename = "0")]
+    pub zero: u64,
+    #[serde(rename = "1")]
+    pub pos: u64,
+}
+
+/// One converted weight (and the layers reading it).
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    pub node: String,
+    /// Other nodes sharing this weight.
+    pub shared_with: Vec<String>,
+    pub op: String,
+    pub weight: String,
+    pub shape: Vec<i64>,
+    pub dtype: String,
+    pub granularity: String,
+    pub codes: Codes,
+    pub sparsity: f64,
+    pub scale_min: f32,
+    pub scale_max: f32,
+    pub rel_error: f64,
+    pub lossless: bool,
+    pub folded: bool,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub node: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Totals {
+    pub converted: usize,
+    pub skipped: Vec<Skipped>,
+    pub weight_bytes_before: u64,
+    pub weight_bytes_after: u64,
+    pub weight_compression: f64,
+    pub file_bytes_before: u64,
+    pub file_bytes_after: u64,
+    pub file_compression: f64,
+    pub removed_nodes: usize,
+    pub opset_before: Option<i64>,
+    pub opset_after: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub tool: String,
+    pub target: String,
+    pub already_converted: bool,
+    pub layers: Vec<LayerReport>,
+    pub totals: Totals,
+}
+
+/// Ops whose meaning is the same in every default-domain opset from 10 to 21 (checked against
+/// the ONNX changelog: later versions only added types). Anything else blocks an upgrade.
+const UPGRADE_SAFE: &[&str] = &[
+    "Abs",
+    "Add",
+    "And",
+    "Cast",
+    "Ceil",
+    "Concat",
+    "Constant",
+    "ConstantOfShape",
+    "Cos",
+    "Div",
+    "Equal",
+    "Erf",
+    "Exp",
+    "Expand",
+    "Flatten",
+    "Floor",
+    "Gather",
+    "Gemm",
+    "Greater",
+    "Identity",
+    "LayerNormalization",
+    "Less",
+    "Log",
+    "MatMul",
+    "Max",
+    "Mean",
+    "Min",
+    "Mul",
+    "Neg",
+    "Not",
+    "Or",
+    "Pow",
+    "Reciprocal",
+    "Relu",
+    "Reshape",
+    "Round",
+    "Shape",
+    "Sigmoid",
+    "Sign",
+    "Sin",
+    "Sqrt",
+    "Sub",
+    "Sum",
+    "Tanh",
+    "Tile",
+    "Transpose",
+    "Where",
+    "Xor",
+    "Gelu",
+    "DequantizeLinear",
+    "QuantizeLinear",
+];
+
+fn bytes_of(dtype: i32, count: u64) -> u64 {
+    bitnet_model::dtype::byte_len(dtype, count).unwrap_or(0)
+}
+
+/// Converts `model` in place. `path` names the input in errors.
+pub fn convert(
+    model: &mut ModelProto,
+    path: &Path,
+    opts: &ConvertOptions,
+) -> Result<Report, ConvertError> {
+    let p = path.display().to_string();
+    let already = model.metadata_props.iter().any(|kv| {
+        kv.key
+            .as_deref()
+            .is_some_and(|k| k.starts_with(METADATA_PREFIX))
+    });
+    let opset_before = bitnet_model::load::opset_version(model, "");
+    let mut layers_out = Vec::new();
+    let mut skipped = Vec::new();
+    let mut meta_layers = Vec::new();
+    let mut min_opset = 0i64;
+    let mut removed = 0usize;
+    walk::for_each_graph_mut(
+        model,
+        &mut |g: &mut GraphProto| -> Result<(), ConvertError> {
+            let r = convert_graph(g, path, opts)?;
+            layers_out.extend(r.layers);
+            skipped.extend(r.skipped);
+            meta_layers.extend(r.meta);
+            min_opset = min_opset.max(r.min_opset);
+            removed += r.removed;
+            Ok(())
+        },
+    )?;
+    let mut opset_after = opset_before;
+    if !layers_out.is_empty() {
+        if let Some(have) = opset_before {
+            if have < min_opset {
+                check_upgrade(model, &p, have, min_opset)?;
+                for o in &mut model.opset_import {
+                    let d = o.domain.as_deref().unwrap_or("");
+                    if d.is_empty() || d == "ai.onnx" {
+                        o.version = Some(min_opset);
+                    }
+                }
+                opset_after = Some(min_opset);
+            }
+        }
+    }
+    let weight_bytes_before: u64 = layers_out.iter().map(|l| l.bytes_before).sum();
+    let weight_bytes_after: u64 = layers_out.iter().map(|l| l.bytes_after).sum();
+    let totals = Totals {
+        converted: layers_out.len()
+            + layers_out
+                .iter()
+                .map(|l| l.shared_with.len())
+                .sum::<usize>(),
+        skipped,
+        weight_bytes_before,
+        weight_bytes_after,
+        weight_compression: if weight_bytes_after > 0 {
+            weight_bytes_before as f64 / weight_bytes_after as f64
+        } else {
+            1.0
+        },
+        removed_nodes: removed,
+        opset_before,
+        opset_after,
+        ..Default::default()
+    };
+    let report = Report {
+        tool: format!("bitnet-onnx {}", env!("CARGO_PKG_VERSION")),
+        target: opts.emitter.name().to_string(),
+        already_converted: already && layers_out.is_empty(),
+        layers: layers_out,
+        totals,
+    };
+    if !report.layers.is_empty() {
+        let mut set = |k: &str, v: String| {
+            let key = format!("{METADATA_PREFIX}{k}");
+            model
+                .metadata_props
+                .retain(|kv| kv.key.as_deref() != Some(key.as_str()));
+            model.metadata_props.push(StringStringEntryProto {
+                key: Some(key),
+                value: Some(v),
+            });
+        };
+        set("version", env!("CARGO_PKG_VERSION").to_string());
+        set("target", opts.emitter.name().to_string());
+        set("flags", opts.flags.clone());
+        set(
+            "layers",
+            serde_json::to_string(&meta_layers).unwrap_or_default(),
+        );
+        set(
+            "totals",
+            serde_json::json!({
+                "converted": report.totals.converted,
+                "skipped": report.totals.skipped.len(),
+                "weight_bytes_before": report.totals.weight_bytes_before,
+                "weight_bytes_after": report.totals.weight_bytes_after,
+            })
+            .to_string(),
+        );
+        if opts.emitter.dequantize_linear_weights() {
+            set("dequantized_reference", "available".to_string());
+        }
+    }
+    Ok(report)
+}
+
+fn check_upgrade(
+    model: &ModelProto,
+    path: &str,
+    have: i64,
+    needed: i64,
+) -> Result<(), ConvertError> {
+    let mut bad = None;
+    walk::for_each_graph(model, &mut |g| {
+        for n in &g.node {
+            let d = n.domain.as_deref().unwrap_or("");
+            let op = n.op_type.as_deref().unwrap_or("");
+            if bad.is_none() && (d.is_empty() || d == "ai.onnx") && !UPGRADE_SAFE.contains(&op) {
+                bad = Some((n.name.clone().unwrap_or_default(), op.to_string()));
+            }
+        }
+    });
+    match bad {
+        Some((node, op)) => Err(ConvertError::OpsetUpgrade {
+            path: path.to_string(),
+            needed,
+            have,
+            node,
+            op,
+        }),
+        None => Ok(()),
+    }
+}
+
+struct GraphResult {
+    layers: Vec<LayerReport>,
+    skipped: Vec<Skipped>,
+    meta: Vec<serde_json::Value>,
+    min_opset: i64,
+    removed: usize,
+}
+
+fn convert_graph(
+    g: &mut GraphProto,
+    path: &Path,
+    opts: &ConvertOptions,
+) -> Result<GraphResult, ConvertError> {
+    let p = path.display().to_string();
+    let (layers, weights, folded_nodes) = analyse::find_linear_layers(g, path);
+    // Identify folded nodes by their outputs: indices shift once emitters insert nodes.
+    let folded_outputs: HashSet<String> = folded_nodes
+        .iter()
+        .filter_map(|&i| g.node[i].output.first().cloned())
+        .collect();
+    let index = GraphIndex::new(g);
+    let sel = &opts.selection;
+    let mut chosen: BTreeMap<String, Vec<LinearLayer>> = BTreeMap::new();
+    let mut skipped = Vec::new();
+    for l in layers {
+        let params: i64 = l.shape.iter().product();
+        let reason = if let Some(r) = &l.reason {
+            Some(r.clone())
+        } else if sel.include.as_ref().is_some_and(|re| !re.is_match(&l.node)) {
+            Some("not matched by --include".to_string())
+        } else if sel.exclude.as_ref().is_some_and(|re| re.is_match(&l.node)) {
+            Some("matched by --exclude".to_string())
+        } else if (params as u64) < sel.min_params {
+            Some(format!(
+                "{params} weights, below --min-params {}",
+                sel.min_params
+            ))
+        } else if !sel.quantize_head && analyse::feeds_graph_output(&index, &l.output) {
+            Some(
+                "output projection feeding a graph output stays float (use --quantize-head)"
+                    .to_string(),
+            )
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => skipped.push(Skipped {
+                node: l.node,
+                reason,
+            }),
+            None => chosen.entry(l.weight.clone()).or_default().push(l),
+        }
+    }
+    // A weight shared with a skipped layer of another layout cannot be rewritten for one only:
+    // keep the float copy for those consumers (the rewrite only rewires chosen layers).
+    // Mixed layouts among chosen layers of one weight: keep the first layout's group only.
+    let mut jobs = Vec::new();
+    for (w, ls) in &chosen {
+        let layout = ls[0].layout;
+        let (same, other): (Vec<&LinearLayer>, Vec<&LinearLayer>) =
+            ls.iter().partition(|l| l.layout == layout);
+        for l in other {
+            skipped.push(Skipped {
+                node: l.node.clone(),
+                reason: format!("weight '{w}' is shared with a layer that reads it transposed"),
+            });
+        }
+        jobs.push((w.clone(), same));
+    }
+    drop(index);
+    // Quantize every distinct weight once, in parallel, results in weight-name order.
+    let quantized: Vec<Result<(Vec<f32>, Ternary), ConvertError>> = jobs
+        .par_iter()
+        .map(|(w, ls)| {
+            let c = &weights[w];
+            let (r, cdim) = (c.dims[0], c.dims[1]);
+            let data = c.f32();
+            let (n, k, cm) = match ls[0].layout {
+                Layout::KN => (cdim, r, quant::transpose(&data, r, cdim)),
+                Layout::NK => (r, cdim, data),
+            };
+            let t =
+                quant::quantize(&cm, n, k, &opts.quant).map_err(|source| ConvertError::Quant {
+                    path: p.clone(),
+                    weight: w.clone(),
+                    node: ls[0].node.clone(),
+                    source,
+                })?;
+            Ok((cm, t))
+        })
+        .collect();
+    let mut names = NameGen::new(g);
+    let mut reports = Vec::new();
+    let mut meta = Vec::new();
+    let mut min_opset = 0;
+    for ((w, ls), q) in jobs.iter().zip(quantized) {
+        let (cm, t) = q?;
+        let dtype = weights[w].dtype;
+        let job = WeightJob {
+            weight: w,
+            dtype,
+            layers: ls,
+            ternary: &t,
+        };
+        let emitted = opts.emitter.emit(g, &job, &mut names)?;
+        min_opset = min_opset.max(emitted.min_opset);
+        let [neg, zero, pos] = t.counts();
+        let (smin, smax) = t.scale_range();
+        let total = (t.n * t.k) as u64;
+        reports.push(LayerReport {
+            node: ls[0].node.clone(),
+            shared_with: ls[1..].iter().map(|l| l.node.clone()).collect(),
+            op: ls[0].op.clone(),
+            weight: w.clone(),
+            shape: weights[w].dims.iter().map(|&d| d as i64).collect(),
+            dtype: bitnet_model::dtype::short_name(dtype),
+            granularity: t.granularity.to_string(),
+            codes: Codes { neg, zero, pos },
+            sparsity: zero as f64 / total.max(1) as f64,
+            scale_min: smin,
+            scale_max: smax,
+            rel_error: quant::rel_error(&cm, &t),
+            lossless: t.lossless,
+            folded: ls[0].folded,
+            bytes_before: bytes_of(dtype, total),
+            bytes_after: emitted.bytes,
+        });
+        for l in ls {
+            meta.push(serde_json::json!({"node": l.node, "op": l.op, "weight": l.weight, "output": l.output}));
+        }
+    }
+    let removed = if reports.is_empty() {
+        0
+    } else {
+        remove_dead(
+            g,
+            &folded_outputs,
+            &jobs.iter().map(|(w, _)| w.clone()).collect(),
+        )
+    };
+    Ok(GraphResult {
+        layers: reports,
+        skipped,
+        meta,
+        min_opset,
+        removed,
+    })
+}
+
+/// Removes the folded constant nodes that no longer feed anything, and the initializers that
+/// only they or the converted layers read. Dead code the model already had is left alone.
+/// Returns the number of nodes removed.
+fn remove_dead(g: &mut GraphProto, folded: &HashSet<String>, weights: &HashSet<String>) -> usize {
+    let before = g.node.len();
+    let mut released: HashSet<String> = weights.clone();
+    loop {
+        let index = GraphIndex::new(g);
+        let dead: HashSet<usize> = (0..g.node.len())
+            .filter(|&i| {
+                let n = index.node(i);
+                let pure = matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx"))
+                    && n.attribute
+                        .iter()
+                        .all(|a| a.g.is_none() && a.graphs.is_empty());
+                let was_folded = n.output.first().is_some_and(|o| folded.contains(o));
+                was_folded
+                    && pure
+                    && n.output.iter().all(|o| {
+                        o.is_empty()
+                            || (index.consumers(o).is_empty()
+                                && !index.is_graph_output(o)
+                                && !index.is_captured(o))
+                    })
+            })
+            .collect();
+        drop(index);
+        if dead.is_empty() {
+            break;
+        }
+        for &i in &dead {
+            released.extend(g.node[i].input.iter().cloned());
+        }
+        let mut i = 0;
+        g.node.retain(|_| {
+            let keep = !dead.contains(&i);
+            i += 1;
+            keep
+        });
+    }
+    let index = GraphIndex::new(g);
+    let unused: HashSet<String> = g
+        .initializer
+        .iter()
+        .filter_map(|t| t.name.clone())
+        .filter(|n| {
+            released.contains(n.as_str())
+                && index.consumers(n).is_empty()
+                && !index.is_graph_output(n)
+                && !index.is_captured(n)
+                && !index.is_graph_input(n)
+        })
+        .collect();
+    drop(index);
+    g.initializer
+        .retain(|t| !t.name.as_ref().is_some_and(|n| unused.contains(n)));
+    before - g.node.len()
+}

@@ -1,0 +1,78 @@
+//! One module per output format. An emitter rewrites the linear layers that share one weight,
+//! given that weight's ternary codes and scales, and says how many bytes the new weight takes.
+
+pub mod qdq_int8;
+
+use bitnet_model::proto::GraphProto;
+
+use crate::analyse::LinearLayer;
+use crate::convert::ConvertError;
+use crate::quant::Ternary;
+
+/// What an emitter is given for one weight.
+pub struct WeightJob<'a> {
+    /// The weight value name in the graph.
+    pub weight: &'a str,
+    /// Element type of the weight (float32, float16 or bfloat16): scales use it.
+    pub dtype: i32,
+    /// The layers reading this weight.
+    pub layers: &'a [&'a LinearLayer],
+    pub ternary: &'a Ternary,
+}
+
+/// Result of emitting one weight.
+pub struct Emitted {
+    /// Bytes of codes plus scales as stored.
+    pub bytes: u64,
+    /// Lowest default-domain opset the new nodes need.
+    pub min_opset: i64,
+}
+
+/// A deployment format.
+pub trait Emitter: Sync {
+    /// The `--target` name.
+    fn name(&self) -> &'static str;
+    /// Rewrites `graph` for one weight. New nodes go before their consumers; the caller
+    /// removes whatever becomes dead.
+    fn emit(
+        &self,
+        graph: &mut GraphProto,
+        job: &WeightJob,
+        names: &mut NameGen,
+    ) -> Result<Emitted, ConvertError>;
+    /// True when every converted weight reaches its node through a constant DequantizeLinear,
+    /// so a verifier can rebuild the dequantized reference from the output alone.
+    fn dequantize_linear_weights(&self) -> bool;
+}
+
+/// Generates value/node names that do not clash with any name in the graph.
+pub struct NameGen {
+    used: std::collections::HashSet<String>,
+}
+
+impl NameGen {
+    pub fn new(graph: &GraphProto) -> Self {
+        let mut used = std::collections::HashSet::new();
+        for n in &graph.node {
+            used.extend(n.output.iter().cloned());
+            used.extend(n.input.iter().cloned());
+            used.extend(n.name.iter().cloned());
+        }
+        used.extend(graph.initializer.iter().filter_map(|t| t.name.clone()));
+        used.extend(graph.input.iter().filter_map(|v| v.name.clone()));
+        used.extend(graph.output.iter().filter_map(|v| v.name.clone()));
+        NameGen { used }
+    }
+
+    /// `base` if free, else `base_2`, `base_3`...
+    pub fn fresh(&mut self, base: &str) -> String {
+        let mut name = base.to_string();
+        let mut i = 2;
+        while self.used.contains(&name) {
+            name = format!("{base}_{i}");
+            i += 1;
+        }
+        self.used.insert(name.clone());
+        name
+    }
+}
