@@ -1,0 +1,70 @@
+//! Helpers shared by the CLI's integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+pub fn sample(rel: &str) -> PathBuf {
+    workspace().join("samples").join(rel)
+}
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bitnet-onnx"))
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run bitnet-onnx");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The Python interpreter with the pinned onnxruntime (created by scripts/test.sh).
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("BITNET_ONNX_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} not found: run scripts/test.sh, which installs the pinned onnxruntime used as the test oracle",
+        p.display()
+    );
+    p
+}
+
+/// Runs tests/python/ort_compare.py and returns its JSON.
+pub fn ort_compare(
+    reference: &Path,
+    candidate: &Path,
+    level: &str,
+    dims: &[&str],
+) -> serde_json::Value {
+    let mut cmd = Command::new(python());
+    cmd.arg(workspace().join("tests/python/ort_compare.py"))
+        .arg(reference)
+        .arg(candidate)
+        .args(["--level", level]);
+    for d in dims {
+        cmd.args(["--dim", d]);
+    }
+    let out = cmd.output().expect("run python");
+    assert!(
+        out.status.success(),
+        "ONNX Runtime could not run {} / {}: {}",
+        reference.display(),
+        candidate.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ort_compare JSON")
+}

@@ -1,0 +1,171 @@
+//! End-to-end: `bitnet-onnx convert` on every sample, the output loaded and run by the pinned
+//! ONNX Runtime (CPU) next to the original on the same inputs.
+
+mod common;
+use common::*;
+
+fn convert(
+    sample_rel: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (std::path::PathBuf, serde_json::Value) {
+    let out = dir.join(sample_rel.replace('/', "_"));
+    let report = dir.join(format!("{}.json", sample_rel.replace('/', "_")));
+    run_ok(
+        bin()
+            .arg("convert")
+            .arg(sample(sample_rel))
+            .arg("-o")
+            .arg(&out)
+            .arg("--report")
+            .arg(&report)
+            .args(extra),
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    (out, r)
+}
+
+/// BitLinear exports are already ternary once their fake-quant chain is folded: the converted
+/// model must compute the same thing to float rounding, with the chain gone.
+#[test]
+fn bitlinear_samples_convert_losslessly_and_match_in_ort() {
+    let dir = tempfile::tempdir().unwrap();
+    for s in ["bitlinear_ts.onnx", "bitlinear_dynamo.onnx"] {
+        let (out, r) = convert(s, dir.path(), &["--quantize-head"]);
+        let layers = r["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 3, "{s}: {r}");
+        assert!(layers.iter().all(|l| l["lossless"] == true), "{s}: {r}");
+        assert!(r["totals"]["weight_compression"].as_f64().unwrap() > 3.9);
+        // ORT_ENABLE_BASIC keeps DequantizeLinear -> MatMul exact (no int8-activation fusion).
+        let cmp = ort_compare(&sample(s), &out, "basic", &["batch=4"]);
+        for o in cmp["outputs"].as_array().unwrap() {
+            assert!(o["rel_l2"].as_f64().unwrap() < 1e-5, "{s}: {cmp}");
+        }
+        // Default optimisations may fuse into int8-activation kernels: about 1e-2 relative.
+        let cmp = ort_compare(&sample(s), &out, "all", &["batch=4"]);
+        for o in cmp["outputs"].as_array().unwrap() {
+            assert!(o["rel_l2"].as_f64().unwrap() < 5e-2, "{s}: {cmp}");
+        }
+        // The weight fake-quant chain is gone: no ReduceMean (absmean) is left.
+        let inspect = run_ok(bin().arg("inspect").arg("--json").arg(&out));
+        let j: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+        assert!(j["ops"].get("ReduceMean").is_none(), "{s}: {}", j["ops"]);
+        assert_eq!(j["ops"]["DequantizeLinear"], 3);
+    }
+}
+
+/// Every sample converts and ONNX Runtime loads and runs the result at both optimisation levels.
+#[test]
+fn every_sample_converts_and_runs_in_ort() {
+    let dir = tempfile::tempdir().unwrap();
+    for s in [
+        "mlp.onnx",
+        "transformer.onnx",
+        "transformer_dynamo.onnx",
+        "transformer_ext/model.onnx",
+        "gemm/transB.onnx",
+        "gemm/transA.onnx",
+        "gemm/alpha_beta.onnx",
+        "gemm/scalar_bias.onnx",
+        "gemm/no_bias.onnx",
+        "gemm/both_trans.onnx",
+    ] {
+        let (out, r) = convert(s, dir.path(), &["--quantize-head"]);
+        assert!(r["totals"]["converted"].as_u64().unwrap() >= 1, "{s}: {r}");
+        for level in ["basic", "all"] {
+            let cmp = ort_compare(&sample(s), &out, level, &["batch=2", "seq=8"]);
+            for o in cmp["outputs"].as_array().unwrap() {
+                assert_eq!(o["finite"], true, "{s}: {cmp}");
+                // Random float weights lose information when made ternary (rel. weight error
+                // about 0.4); the outputs must still be clearly correlated with the original.
+                assert!(o["cosine"].as_f64().unwrap() > 0.7, "{s} {level}: {cmp}");
+            }
+        }
+    }
+}
+
+#[test]
+fn transformer_attention_products_are_not_candidates() {
+    let out = run_ok(
+        bin()
+            .arg("inspect")
+            .arg("--json")
+            .arg(sample("transformer_ext/model.onnx")),
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layers = j["linear_layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 17);
+    let cands: Vec<_> = layers.iter().filter(|l| l["candidate"] == true).collect();
+    assert_eq!(cands.len(), 13);
+    for l in layers.iter().filter(|l| l["candidate"] == false) {
+        assert_eq!(l["reason"], "both operands computed at run time", "{l}");
+    }
+    // Parameters add up to the initializers' sizes, external data included.
+    let by_dtype = j["parameters"]["by_dtype"].as_object().unwrap();
+    let sum: u64 = by_dtype
+        .values()
+        .map(|v| v["bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, j["parameters"]["bytes"].as_u64().unwrap());
+    assert!(j["external_data"]["tensors"].as_u64().unwrap() > 0);
+    assert!(sum >= j["external_data"]["bytes"].as_u64().unwrap());
+}
+
+#[test]
+fn conversion_is_deterministic_and_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.onnx");
+    // Same input and flags (the flags, output path included, are recorded in the metadata),
+    // different thread counts: byte-identical output.
+    let mut runs = Vec::new();
+    for threads in ["1", "2"] {
+        run_ok(
+            bin()
+                .arg("convert")
+                .arg(sample("transformer.onnx"))
+                .arg("-o")
+                .arg(&a)
+                .args(["--threads", threads]),
+        );
+        runs.push(std::fs::read(&a).unwrap());
+    }
+    let strip = |b: &[u8]| String::from_utf8_lossy(b).replace("--threads 1", "--threads 2");
+    assert_eq!(strip(&runs[0]), strip(&runs[1]));
+    let c = dir.path().join("c.onnx");
+    let out = run_ok(bin().arg("convert").arg(&a).arg("-o").arg(&c));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("already converted"), "{text}");
+    assert!(text.contains("already quantized"), "{text}");
+}
+
+#[test]
+fn convert_refuses_to_overwrite_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.onnx");
+    std::fs::copy(sample("mlp.onnx"), &m).unwrap();
+    let before = std::fs::read(&m).unwrap();
+    let out = bin()
+        .arg("convert")
+        .arg(&m)
+        .arg("-o")
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("m.onnx"));
+    assert_eq!(std::fs::read(&m).unwrap(), before);
+}
+
+#[test]
+fn bad_model_gives_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("bad.onnx");
+    std::fs::write(&m, b"this is not a model").unwrap();
+    let out = bin().arg("inspect").arg(&m).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.onnx") && !err.contains("panicked"),
+        "{err}"
+    );
+}

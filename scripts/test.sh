@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: creates .venv with the pinned test oracles
+# (onnx, onnxruntime, numpy from tests/python/requirements.txt), writes the ONNX backend test
+# models to target/onnx-backend, then runs every Rust test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+# Reinstall only when the pinned requirements changed.
+stamp=.venv/.requirements.sha
+want=$(sha256sum tests/python/requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+  echo "$want" > "$stamp"
+fi
+
+backend=target/onnx-backend
+if [ ! -f "$backend/.complete" ]; then
+  rm -rf "$backend"
+  .venv/bin/python tests/python/dump_backend_models.py "$backend"
+  touch "$backend/.complete"
+fi
+
+export BITNET_ONNX_PYTHON="$root/.venv/bin/python"
+export BITNET_ONNX_BACKEND_DIR="$root/$backend"
+cargo test --workspace --locked "$@"
