@@ -232,6 +232,18 @@ pub fn convert(
             }
         }
     }
+    if !layers_out.is_empty() {
+        for &(domain, version) in opts.emitter.domains() {
+            if bitnet_model::load::opset_version(model, domain).is_none() {
+                model
+                    .opset_import
+                    .push(bitnet_model::proto::OperatorSetIdProto {
+                        domain: Some(domain.to_string()),
+                        version: Some(version),
+                    });
+            }
+        }
+    }
     let weight_bytes_before: u64 = layers_out.iter().map(|l| l.bytes_before).sum();
     let weight_bytes_after: u64 = layers_out.iter().map(|l| l.bytes_after).sum();
     let totals = Totals {
@@ -414,6 +426,15 @@ fn convert_graph(
             Ok((cm, t))
         })
         .collect();
+    // Initializers read before the rewrite: those nobody reads afterwards became dead through it.
+    let read_before: HashSet<String> = {
+        let index = GraphIndex::new(g);
+        g.initializer
+            .iter()
+            .filter_map(|t| t.name.clone())
+            .filter(|n| !index.consumers(n).is_empty())
+            .collect()
+    };
     let mut names = NameGen::new(g);
     let mut reports = Vec::new();
     let mut meta = Vec::new();
@@ -457,11 +478,7 @@ fn convert_graph(
     let removed = if reports.is_empty() {
         0
     } else {
-        remove_dead(
-            g,
-            &folded_outputs,
-            &jobs.iter().map(|(w, _)| w.clone()).collect(),
-        )
+        remove_dead(g, &folded_outputs, &read_before)
     };
     Ok(GraphResult {
         layers: reports,
@@ -475,9 +492,13 @@ fn convert_graph(
 /// Removes the folded constant nodes that no longer feed anything, and the initializers that
 /// only they or the converted layers read. Dead code the model already had is left alone.
 /// Returns the number of nodes removed.
-fn remove_dead(g: &mut GraphProto, folded: &HashSet<String>, weights: &HashSet<String>) -> usize {
+fn remove_dead(
+    g: &mut GraphProto,
+    folded: &HashSet<String>,
+    read_before: &HashSet<String>,
+) -> usize {
     let before = g.node.len();
-    let mut released: HashSet<String> = weights.clone();
+    let mut released: HashSet<String> = read_before.clone();
     loop {
         let index = GraphIndex::new(g);
         let dead: HashSet<usize> = (0..g.node.len())

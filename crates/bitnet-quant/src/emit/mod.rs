@@ -1,6 +1,7 @@
 //! One module per output format. An emitter rewrites the linear layers that share one weight,
 //! given that weight's ternary codes and scales, and says how many bytes the new weight takes.
 
+pub mod ort;
 pub mod qdq_int8;
 
 use bitnet_model::proto::GraphProto;
@@ -43,6 +44,10 @@ pub trait Emitter: Sync {
     /// True when every converted weight reaches its node through a constant DequantizeLinear,
     /// so a verifier can rebuild the dequantized reference from the output alone.
     fn dequantize_linear_weights(&self) -> bool;
+    /// Operator-set domains (besides the default one) the emitted nodes need, with versions.
+    fn domains(&self) -> &'static [(&'static str, i64)] {
+        &[]
+    }
 }
 
 /// Generates value/node names that do not clash with any name in the graph.

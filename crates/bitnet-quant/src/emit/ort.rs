@@ -1,0 +1,235 @@
+//! `--target ort`: ONNX Runtime's `com.microsoft::MatMulNBits` with bits = 2 (DESIGN.md 3.1).
+//! `B` is uint8 `[N, ceil(K / block_size), block_size / 4]` (codes `t + 2`, four per byte, least
+//! significant bits first, K padded with code 2), `scales` `[N, blocks]` in the activation type,
+//! zero points omitted (default 2). Each MatMul/Gemm node is replaced in place by a
+//! MatMulNBits node keeping its name and output. Gemm is converted whatever its attributes:
+//! `transA` becomes a Transpose, `alpha` is folded into the scales, `beta * C` becomes the bias
+//! input when C is a constant vector or scalar, else an Add after the node.
+
+use bitnet_model::proto::attribute_proto::AttributeType;
+use bitnet_model::proto::tensor_proto::DataType;
+use bitnet_model::proto::{AttributeProto, GraphProto, NodeProto};
+use bitnet_model::tensor;
+
+use super::{Emitted, Emitter, NameGen, WeightJob};
+use crate::convert::ConvertError;
+use crate::pack;
+
+pub struct Ort {
+    pub block_size: usize,
+    /// 0: float activations (exact); 4: int8 activations (fast at M = 1).
+    pub accuracy_level: i64,
+}
+
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        i: Some(v),
+        r#type: Some(AttributeType::Int as i32),
+        ..Default::default()
+    }
+}
+
+fn attr<'n>(n: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
+    n.attribute.iter().find(|a| a.name.as_deref() == Some(name))
+}
+
+impl Emitter for Ort {
+    fn name(&self) -> &'static str {
+        "ort"
+    }
+
+    fn dequantize_linear_weights(&self) -> bool {
+        false
+    }
+
+    fn emit(
+        &self,
+        g: &mut GraphProto,
+        job: &WeightJob,
+        names: &mut NameGen,
+    ) -> Result<Emitted, ConvertError> {
+        let t = job.ternary;
+        let other = |reason: String| ConvertError::Other {
+            path: String::new(),
+            reason,
+        };
+        if job.dtype == DataType::Bfloat16 as i32 {
+            return Err(other(format!(
+                "weight '{}' is bfloat16: ONNX Runtime's CPU MatMulNBits has no bfloat16 kernel; use --target qdq-int8",
+                job.weight
+            )));
+        }
+        let pack_err = |source| ConvertError::Pack {
+            path: String::new(),
+            weight: job.weight.to_string(),
+            source,
+        };
+        let b = pack::pack_matmulnbits_2bit(t, self.block_size).map_err(pack_err)?;
+        let b_shape = pack::matmulnbits_b_shape(t.n, t.k, self.block_size, 2).map_err(pack_err)?;
+        let base_scales = pack::matmulnbits_scales(t, self.block_size).map_err(pack_err)?;
+        let s_shape =
+            pack::matmulnbits_scales_shape(t.n, t.k, self.block_size).map_err(pack_err)?;
+        let b_name = names.fresh(&format!("{}_MatMulNBits_B", job.weight));
+        g.initializer.push(tensor::from_raw(
+            &b_name,
+            DataType::Uint8,
+            &b_shape.map(|d| d as i64),
+            b.clone(),
+        ));
+        let mut scale_names: Vec<(u32, String)> = Vec::new();
+        let mut scale_bytes = 0u64;
+        for layer in job.layers {
+            let Some(pos) = g.node.iter().position(|n| {
+                n.output.first() == Some(&layer.output)
+                    && n.input.get(1).map(String::as_str) == Some(job.weight)
+            }) else {
+                continue;
+            };
+            let node = g.node[pos].clone();
+            let is_gemm = layer.op == "Gemm";
+            let alpha = if is_gemm {
+                attr(&node, "alpha").and_then(|a| a.f).unwrap_or(1.0)
+            } else {
+                1.0
+            };
+            let beta = if is_gemm {
+                attr(&node, "beta").and_then(|a| a.f).unwrap_or(1.0)
+            } else {
+                1.0
+            };
+            let trans_a = is_gemm && attr(&node, "transA").and_then(|a| a.i).unwrap_or(0) == 1;
+            // Scales (alpha folded in), shared by layers with the same alpha.
+            let key = alpha.to_bits();
+            let scales_name = match scale_names.iter().find(|(k, _)| *k == key) {
+                Some((_, n)) => n.clone(),
+                None => {
+                    let n = names.fresh(&format!("{}_MatMulNBits_scales", job.weight));
+                    let vals: Vec<f32> = base_scales.iter().map(|s| s * alpha).collect();
+                    g.initializer.push(tensor::from_f32_as(
+                        &n,
+                        job.dtype,
+                        &s_shape.map(|d| d as i64),
+                        &vals,
+                    ));
+                    scale_bytes +=
+                        bitnet_model::dtype::byte_len(job.dtype, vals.len() as u64).unwrap_or(0);
+                    scale_names.push((key, n.clone()));
+                    n
+                }
+            };
+            let mut before = Vec::new();
+            let mut after = Vec::new();
+            let mut a_in = node.input[0].clone();
+            if trans_a {
+                let out = names.fresh(&format!("{}_transposed", a_in));
+                before.push(NodeProto {
+                    name: Some(names.fresh(&format!("{}_TransposeA", layer.node))),
+                    op_type: Some("Transpose".into()),
+                    input: vec![a_in.clone()],
+                    output: vec![out.clone()],
+                    ..Default::default()
+                });
+                a_in = out;
+            }
+            let mut inputs = vec![a_in, b_name.clone(), scales_name];
+            let mut output = layer.output.clone();
+            if let Some(c) = node.input.get(2).filter(|c| !c.is_empty() && beta != 0.0) {
+                let init = g
+                    .initializer
+                    .iter()
+                    .find(|t| t.name.as_deref() == Some(c.as_str()));
+                let bias = init
+                    .filter(|t| {
+                        t.dims.iter().product::<i64>() as usize
+                            == t.dims.last().copied().unwrap_or(1).max(1) as usize
+                    })
+                    .and_then(|t| {
+                        tensor::to_f32(std::path::Path::new(""), t)
+                            .ok()
+                            .map(|v| (v, t.dims.clone()))
+                    });
+                match bias {
+                    // Scalar, [N] or [1, N]: becomes the bias input (index 5).
+                    Some((v, _)) if v.len() == 1 || v.len() == t.n => {
+                        let vals: Vec<f32> = if v.len() == 1 {
+                            vec![v[0] * beta; t.n]
+                        } else {
+                            v.iter().map(|x| x * beta).collect()
+                        };
+                        let bn = names.fresh(&format!("{c}_bias"));
+                        g.initializer.push(tensor::from_f32_as(
+                            &bn,
+                            job.dtype,
+                            &[t.n as i64],
+                            &vals,
+                        ));
+                        inputs.extend([String::new(), String::new(), bn]);
+                    }
+                    _ => {
+                        // Matrix or run-time C: Y = MatMulNBits(...) + beta * C.
+                        let mm_out = names.fresh(&format!("{}_matmul", layer.output));
+                        let mut c_val = c.clone();
+                        if beta != 1.0 {
+                            let beta_name = names.fresh(&format!("{}_beta", layer.node));
+                            g.initializer.push(tensor::from_f32_as(
+                                &beta_name,
+                                job.dtype,
+                                &[],
+                                &[beta],
+                            ));
+                            let scaled = names.fresh(&format!("{c}_scaled"));
+                            after.push(NodeProto {
+                                name: Some(names.fresh(&format!("{}_MulBeta", layer.node))),
+                                op_type: Some("Mul".into()),
+                                input: vec![c.clone(), beta_name],
+                                output: vec![scaled.clone()],
+                                ..Default::default()
+                            });
+                            c_val = scaled;
+                        }
+                        after.push(NodeProto {
+                            name: Some(names.fresh(&format!("{}_AddC", layer.node))),
+                            op_type: Some("Add".into()),
+                            input: vec![mm_out.clone(), c_val],
+                            output: vec![layer.output.clone()],
+                            ..Default::default()
+                        });
+                        output = mm_out;
+                    }
+                }
+            }
+            let mut attribute = vec![
+                int_attr("K", t.k as i64),
+                int_attr("N", t.n as i64),
+                int_attr("bits", 2),
+                int_attr("block_size", self.block_size as i64),
+            ];
+            if self.accuracy_level != 0 {
+                attribute.push(int_attr("accuracy_level", self.accuracy_level));
+            }
+            let nbits = NodeProto {
+                name: node.name.clone(),
+                op_type: Some("MatMulNBits".into()),
+                domain: Some("com.microsoft".into()),
+                input: inputs,
+                output: vec![output],
+                attribute,
+                doc_string: node.doc_string.clone(),
+                ..Default::default()
+            };
+            let mut replacement = before;
+            replacement.push(nbits);
+            replacement.extend(after);
+            g.node.splice(pos..=pos, replacement);
+        }
+        Ok(Emitted {
+            bytes: b.len() as u64 + scale_bytes,
+            min_opset: 0,
+        })
+    }
+
+    fn domains(&self) -> &'static [(&'static str, i64)] {
+        &[("com.microsoft", 1)]
+    }
+}
