@@ -13,6 +13,10 @@ use regex::Regex;
 pub enum Target {
     /// ONNX Runtime: com.microsoft::MatMulNBits with 2-bit codes (about 16x smaller weights).
     Ort,
+    /// Standard ONNX: INT2 codes + DequantizeLinear (opset 25, IR 13).
+    Onnx,
+    /// TensorRT: INT4 codes blocked along K (or per-channel INT8 with --tensorrt-int8).
+    Tensorrt,
     /// INT8 ternary codes + DequantizeLinear feeding the original MatMul/Gemm (runs everywhere).
     QdqInt8,
 }
@@ -37,7 +41,7 @@ pub struct ConvertArgs {
     /// Output model path (never the input).
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Output format (ort-int8, onnx and tensorrt are not implemented yet).
+    /// Output format (ort-int8 is not implemented yet).
     #[arg(long, value_enum, default_value = "ort")]
     pub target: Target,
     /// ort: MatMulNBits block size along K (power of two, >= 16). 64 keeps the repeated f32
@@ -60,6 +64,12 @@ pub struct ConvertArgs {
     /// Use a published recipe (overrides --scale, --method and --threshold).
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
+    /// tensorrt: INT4 block size along K (64 or 128).
+    #[arg(long, default_value_t = 128)]
+    pub tensorrt_block_size: usize,
+    /// tensorrt: per-channel INT8 codes instead of blocked INT4.
+    #[arg(long)]
+    pub tensorrt_int8: bool,
     /// Convert only nodes whose name matches this regex.
     #[arg(long)]
     pub include: Option<String>,
@@ -106,6 +116,11 @@ fn emitter(args: &ConvertArgs) -> Box<dyn Emitter> {
             accuracy_level: args.accuracy_level,
         }),
         Target::QdqInt8 => Box::new(bitnet_quant::emit::qdq_int8::QdqInt8),
+        Target::Onnx => Box::new(bitnet_quant::emit::onnx_int2::OnnxInt2),
+        Target::Tensorrt => Box::new(bitnet_quant::emit::tensorrt::TensorRt {
+            block_size: args.tensorrt_block_size,
+            int8: args.tensorrt_int8,
+        }),
     }
 }
 

@@ -70,7 +70,7 @@ fn every_sample_converts_and_runs_in_ort() {
         "gemm/no_bias.onnx",
         "gemm/both_trans.onnx",
     ] {
-        for target in ["qdq-int8", "ort"] {
+        for target in ["qdq-int8", "ort", "onnx", "tensorrt"] {
             let (out, r) = convert(s, dir.path(), &["--quantize-head", "--target", target]);
             assert!(r["totals"]["converted"].as_u64().unwrap() >= 1, "{s}: {r}");
             for level in ["basic", "all"] {
@@ -85,6 +85,40 @@ fn every_sample_converts_and_runs_in_ort() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The standard-ONNX INT2 and TensorRT INT4 outputs of the BitLinear samples are lossless too:
+/// ONNX Runtime runs them (opset raised to 25 / 21, Reduce axes rewritten as inputs) and matches
+/// the fake-quant original to float rounding.
+#[test]
+fn bitlinear_onnx_and_tensorrt_targets_are_lossless() {
+    let dir = tempfile::tempdir().unwrap();
+    for s in ["bitlinear_ts.onnx", "bitlinear_dynamo.onnx"] {
+        for (target, opset, code) in [("onnx", 25, "INT2"), ("tensorrt", 21, "INT4")] {
+            let (out, r) = convert(s, dir.path(), &["--quantize-head", "--target", target]);
+            assert!(
+                r["layers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|l| l["lossless"] == true),
+                "{r}"
+            );
+            assert_eq!(r["totals"]["opset_after"], opset, "{s} {target}: {r}");
+            let cmp = ort_compare(&sample(s), &out, "basic", &["batch=4"]);
+            for o in cmp["outputs"].as_array().unwrap() {
+                assert!(o["rel_l2"].as_f64().unwrap() < 1e-5, "{s} {target}: {cmp}");
+            }
+            let m = bitnet_model::Model::load(&out).unwrap();
+            let n = m
+                .graph()
+                .initializer
+                .iter()
+                .filter(|t| t.data_type.map(bitnet_model::dtype::name).as_deref() == Some(code))
+                .count();
+            assert_eq!(n, 3, "{s} {target}");
         }
     }
 }

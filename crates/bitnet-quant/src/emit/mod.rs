@@ -1,8 +1,11 @@
 //! One module per output format. An emitter rewrites the linear layers that share one weight,
 //! given that weight's ternary codes and scales, and says how many bytes the new weight takes.
 
+pub mod dq;
+pub mod onnx_int2;
 pub mod ort;
 pub mod qdq_int8;
+pub mod tensorrt;
 
 use bitnet_model::proto::GraphProto;
 
@@ -47,6 +50,14 @@ pub trait Emitter: Sync {
     /// Operator-set domains (besides the default one) the emitted nodes need, with versions.
     fn domains(&self) -> &'static [(&'static str, i64)] {
         &[]
+    }
+    /// Lowest IR version the output needs (INT2 tensors need IR 13).
+    fn min_ir_version(&self) -> i64 {
+        0
+    }
+    /// Highest default-domain opset the target runtime parses, if it has a limit.
+    fn max_opset(&self) -> Option<i64> {
+        None
     }
 }
 

@@ -1,0 +1,145 @@
+//! Shared by the DequantizeLinear-based targets (`qdq-int8`, `onnx`, `tensorrt`): a constant
+//! `DequantizeLinear(codes, scale)` whose output replaces the weight input of every layer of
+//! the job. Scales are in the weight's float type; zero points are omitted (symmetric).
+
+use bitnet_model::proto::attribute_proto::AttributeType;
+use bitnet_model::proto::tensor_proto::DataType;
+use bitnet_model::proto::{AttributeProto, GraphProto, NodeProto};
+use bitnet_model::tensor;
+
+use super::{NameGen, WeightJob};
+use crate::analyse::Layout;
+use crate::pack;
+
+/// Scales laid out for DequantizeLinear: values, dims, axis, block_size.
+pub struct DqScales {
+    pub values: Vec<f32>,
+    pub dims: Vec<i64>,
+    pub axis: Option<i64>,
+    pub block_size: Option<i64>,
+}
+
+/// The weight's ONNX dims and whether it is stored `[N, K]`.
+pub fn weight_dims(job: &WeightJob) -> (Vec<i64>, bool) {
+    let t = job.ternary;
+    let transposed = job.layers[0].layout == Layout::NK;
+    let dims = if transposed {
+        vec![t.n as i64, t.k as i64]
+    } else {
+        vec![t.k as i64, t.n as i64]
+    };
+    (dims, transposed)
+}
+
+/// Scales as the quantizer produced them (per-tensor scalar, per-axis, or blocked by its group).
+pub fn natural_scales(job: &WeightJob) -> DqScales {
+    let (_, transposed) = weight_dims(job);
+    let (values, dims, axis, block_size) = pack::dq_scales(job.ternary, transposed);
+    DqScales {
+        values,
+        dims,
+        axis,
+        block_size,
+    }
+}
+
+/// Scales blocked along K with `block` (a per-tensor or per-channel scale repeated per block).
+pub fn blocked_scales(job: &WeightJob, block: usize) -> Result<DqScales, pack::PackError> {
+    let t = job.ternary;
+    let (_, transposed) = weight_dims(job);
+    let nk = pack::matmulnbits_scales(t, block)?; // [N][blocks]
+    let nb = t.k.div_ceil(block);
+    Ok(if transposed {
+        DqScales {
+            values: nk,
+            dims: vec![t.n as i64, nb as i64],
+            axis: Some(1),
+            block_size: Some(block as i64),
+        }
+    } else {
+        DqScales {
+            values: crate::quant::transpose(&nk, t.n, nb),
+            dims: vec![nb as i64, t.n as i64],
+            axis: Some(0),
+            block_size: Some(block as i64),
+        }
+    })
+}
+
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        i: Some(v),
+        r#type: Some(AttributeType::Int as i32),
+        ..Default::default()
+    }
+}
+
+/// Adds the codes, scales and DequantizeLinear node and rewires the job's layers to it.
+/// `codes` is already packed for `code_type`. Returns the bytes of codes plus scales.
+pub fn emit(
+    g: &mut GraphProto,
+    job: &WeightJob,
+    names: &mut NameGen,
+    code_type: DataType,
+    codes: Vec<u8>,
+    scales: &DqScales,
+) -> u64 {
+    let (dims, _) = weight_dims(job);
+    let suffix = code_type.as_str_name().to_ascii_lowercase();
+    let codes_name = names.fresh(&format!("{}_ternary_{suffix}", job.weight));
+    let scale_name = names.fresh(&format!("{}_scale", job.weight));
+    let out_name = names.fresh(&format!("{}_dequantized", job.weight));
+    let node_name = names.fresh(&format!("{}_DequantizeLinear", job.weight));
+    let code_bytes = codes.len() as u64;
+    g.initializer
+        .push(tensor::from_raw(&codes_name, code_type, &dims, codes));
+    g.initializer.push(tensor::from_f32_as(
+        &scale_name,
+        job.dtype,
+        &scales.dims,
+        &scales.values,
+    ));
+    let mut attribute = Vec::new();
+    if let Some(a) = scales.axis {
+        attribute.push(int_attr("axis", a));
+    }
+    if let Some(b) = scales.block_size {
+        attribute.push(int_attr("block_size", b));
+    }
+    g.node.insert(
+        0,
+        NodeProto {
+            name: Some(node_name),
+            op_type: Some("DequantizeLinear".into()),
+            input: vec![codes_name, scale_name],
+            output: vec![out_name.clone()],
+            attribute,
+            ..Default::default()
+        },
+    );
+    for layer in job.layers {
+        if let Some(n) = g.node.iter_mut().find(|n| {
+            n.output.first() == Some(&layer.output)
+                && n.input.get(1).map(String::as_str) == Some(job.weight)
+        }) {
+            n.input[1] = out_name.clone();
+        }
+    }
+    code_bytes + bitnet_model::dtype::byte_len(job.dtype, scales.values.len() as u64).unwrap_or(0)
+}
+
+/// Lowest default-domain opset for a DequantizeLinear with these scales and weight type.
+pub fn min_opset(job: &WeightJob, scales: &DqScales, code_type: DataType) -> i64 {
+    let mut v = if scales.axis.is_some() { 13 } else { 10 };
+    if job.dtype != DataType::Float as i32 {
+        v = v.max(19);
+    }
+    if scales.block_size.is_some() || matches!(code_type, DataType::Int4 | DataType::Uint4) {
+        v = v.max(21);
+    }
+    if matches!(code_type, DataType::Int2 | DataType::Uint2) {
+        v = v.max(25);
+    }
+    v
+}

@@ -1,0 +1,43 @@
+//! `--target onnx`: standard ONNX only. Ternary codes as `INT2` initializers (ONNX 1.20, IR 13:
+//! four per byte, first element in the least significant bits, two's complement) and a
+//! per-tensor, per-axis or blocked `DequantizeLinear` (opset 25) feeding the original
+//! `MatMul`/`Gemm`. About 16x smaller weights than float32 once scales are counted.
+
+use bitnet_model::proto::tensor_proto::DataType;
+use bitnet_model::proto::GraphProto;
+
+use super::{dq, Emitted, Emitter, NameGen, WeightJob};
+use crate::convert::ConvertError;
+use crate::pack;
+
+pub struct OnnxInt2;
+
+impl Emitter for OnnxInt2 {
+    fn name(&self) -> &'static str {
+        "onnx"
+    }
+
+    fn dequantize_linear_weights(&self) -> bool {
+        true
+    }
+
+    fn min_ir_version(&self) -> i64 {
+        13
+    }
+
+    fn emit(
+        &self,
+        g: &mut GraphProto,
+        job: &WeightJob,
+        names: &mut NameGen,
+    ) -> Result<Emitted, ConvertError> {
+        let (_, transposed) = dq::weight_dims(job);
+        let codes = pack::pack_int2(&pack::codes_in_onnx_order(job.ternary, transposed));
+        let scales = dq::natural_scales(job);
+        let bytes = dq::emit(g, job, names, DataType::Int2, codes, &scales);
+        Ok(Emitted {
+            bytes,
+            min_opset: dq::min_opset(job, &scales, DataType::Int2),
+        })
+    }
+}

@@ -1,0 +1,88 @@
+//! `--target tensorrt`: what TensorRT's ONNX parser accepts for weight-only quantization
+//! (DESIGN.md 3.3): symmetric INT4 codes blocked along K (block 64 or 128, opset 21), or with
+//! `--tensorrt-int8` per-channel INT8 (opset 13). No INT2, no contrib ops, constant scales,
+//! DequantizeLinear directly on the weight initializer.
+
+use bitnet_model::proto::tensor_proto::DataType;
+use bitnet_model::proto::GraphProto;
+
+use super::{dq, Emitted, Emitter, NameGen, WeightJob};
+use crate::convert::ConvertError;
+use crate::pack;
+use crate::quant::Granularity;
+
+pub struct TensorRt {
+    /// INT4 block size along K: 64 or 128.
+    pub block_size: usize,
+    /// Per-channel INT8 instead of blocked INT4.
+    pub int8: bool,
+}
+
+impl Emitter for TensorRt {
+    fn name(&self) -> &'static str {
+        "tensorrt"
+    }
+
+    fn dequantize_linear_weights(&self) -> bool {
+        true
+    }
+
+    fn max_opset(&self) -> Option<i64> {
+        Some(24)
+    }
+
+    fn emit(
+        &self,
+        g: &mut GraphProto,
+        job: &WeightJob,
+        names: &mut NameGen,
+    ) -> Result<Emitted, ConvertError> {
+        let (_, transposed) = dq::weight_dims(job);
+        let codes = pack::codes_in_onnx_order(job.ternary, transposed);
+        let pack_err = |source| ConvertError::Pack {
+            path: String::new(),
+            weight: job.weight.to_string(),
+            source,
+        };
+        let (code_type, packed, scales) = if self.int8 {
+            if matches!(job.ternary.granularity, Granularity::Group(_)) {
+                return Err(ConvertError::Other {
+                    path: String::new(),
+                    reason: format!(
+                        "weight '{}': TensorRT INT8 weights take per-channel scales only; use --scale channel or tensor, or INT4 blocks",
+                        job.weight
+                    ),
+                });
+            }
+            let mut s = dq::natural_scales(job);
+            if s.axis.is_none() {
+                // TensorRT wants a 1-D scale along the output channel axis: repeat the scalar.
+                let n = job.ternary.n;
+                s = dq::DqScales {
+                    values: vec![s.values[0]; n],
+                    dims: vec![n as i64],
+                    axis: Some(if transposed { 0 } else { 1 }),
+                    block_size: None,
+                };
+            }
+            (DataType::Int8, pack::pack_int8(&codes), s)
+        } else {
+            if self.block_size != 64 && self.block_size != 128 {
+                return Err(ConvertError::Other {
+                    path: String::new(),
+                    reason: format!(
+                        "TensorRT INT4 block size must be 64 or 128, not {}",
+                        self.block_size
+                    ),
+                });
+            }
+            let s = dq::blocked_scales(job, self.block_size).map_err(pack_err)?;
+            (DataType::Int4, pack::pack_int4(&codes), s)
+        };
+        let bytes = dq::emit(g, job, names, code_type, packed, &scales);
+        Ok(Emitted {
+            bytes,
+            min_opset: dq::min_opset(job, &scales, code_type),
+        })
+    }
+}
