@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod check;
 mod convert;
 mod inspect;
 
@@ -22,17 +23,20 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Convert MatMul/Gemm weights to ternary codes plus scales.
     Convert(convert::ConvertArgs),
+    /// Lint a model against a runtime's quantization rules (exit 1 on violations).
+    Check(check::CheckArgs),
 }
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Inspect(a) => inspect::run(a),
-        Command::Convert(a) => convert::run(a, &argv).map(|_| ()),
+        Command::Inspect(a) => inspect::run(a).map(|_| 0),
+        Command::Convert(a) => convert::run(a, &argv).map(|_| 0),
+        Command::Check(a) => check::run(a),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

@@ -237,3 +237,18 @@ fn bad_model_gives_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn tensorrt_int8_variant_passes_check_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, _) = convert(
+        "bitlinear_ts.onnx",
+        dir.path(),
+        &["--quantize-head", "--target", "tensorrt", "--tensorrt-int8"],
+    );
+    run_ok(bin().args(["check", "--target", "tensorrt"]).arg(&out));
+    let cmp = ort_compare(&sample("bitlinear_ts.onnx"), &out, "basic", &["batch=4"]);
+    for o in cmp["outputs"].as_array().unwrap() {
+        assert!(o["rel_l2"].as_f64().unwrap() < 1e-5, "{cmp}");
+    }
+}
