@@ -44,10 +44,10 @@ pub struct ConvertArgs {
     /// Output format (ort-int8 is not implemented yet).
     #[arg(long, value_enum, default_value = "ort")]
     pub target: Target,
-    /// ort: MatMulNBits block size along K (power of two, >= 16). 64 keeps the repeated f32
-    /// scales at 0.5 bit per weight (2.5 bits in all, 12.8x smaller than float32).
-    #[arg(long, default_value_t = 64)]
-    pub block_size: usize,
+    /// ort: MatMulNBits block size along K (power of two, >= 16). Default: 128, the fastest
+    /// measured (bench/ort_targets.py), capped at K rounded up to a power of two.
+    #[arg(long)]
+    pub block_size: Option<usize>,
     /// ort: MatMulNBits accuracy_level; 4 = int8 activations (fast, about 1e-2 relative),
     /// 0 = float activations (exact, much slower at batch 1 in ONNX Runtime 1.32).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i64).range(0..=4))]

@@ -16,7 +16,8 @@ use crate::convert::ConvertError;
 use crate::pack;
 
 pub struct Ort {
-    pub block_size: usize,
+    /// Block size along K; `None` picks [`default_block_size`] per weight.
+    pub block_size: Option<usize>,
     /// 0: float activations (exact); 4: int8 activations (fast at M = 1).
     pub accuracy_level: i64,
 }
@@ -32,6 +33,13 @@ fn int_attr(name: &str, v: i64) -> AttributeProto {
 
 fn attr<'n>(n: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
     n.attribute.iter().find(|a| a.name.as_deref() == Some(name))
+}
+
+/// The default block size: 128 (the fastest in `bench/ort_targets.py` at both M=1 and M=128),
+/// but no larger than K rounded up to a power of two (at least 16), so small layers are not
+/// padded to twice their size.
+pub fn default_block_size(k: usize) -> usize {
+    k.next_power_of_two().clamp(16, 128)
 }
 
 impl Emitter for Ort {
@@ -65,11 +73,11 @@ impl Emitter for Ort {
             weight: job.weight.to_string(),
             source,
         };
-        let b = pack::pack_matmulnbits_2bit(t, self.block_size).map_err(pack_err)?;
-        let b_shape = pack::matmulnbits_b_shape(t.n, t.k, self.block_size, 2).map_err(pack_err)?;
-        let base_scales = pack::matmulnbits_scales(t, self.block_size).map_err(pack_err)?;
-        let s_shape =
-            pack::matmulnbits_scales_shape(t.n, t.k, self.block_size).map_err(pack_err)?;
+        let block = self.block_size.unwrap_or_else(|| default_block_size(t.k));
+        let b = pack::pack_matmulnbits_2bit(t, block).map_err(pack_err)?;
+        let b_shape = pack::matmulnbits_b_shape(t.n, t.k, block, 2).map_err(pack_err)?;
+        let base_scales = pack::matmulnbits_scales(t, block).map_err(pack_err)?;
+        let s_shape = pack::matmulnbits_scales_shape(t.n, t.k, block).map_err(pack_err)?;
         let b_name = names.fresh(&format!("{}_MatMulNBits_B", job.weight));
         g.initializer.push(tensor::from_raw(
             &b_name,
@@ -203,7 +211,7 @@ impl Emitter for Ort {
                 int_attr("K", t.k as i64),
                 int_attr("N", t.n as i64),
                 int_attr("bits", 2),
-                int_attr("block_size", self.block_size as i64),
+                int_attr("block_size", block as i64),
             ];
             if self.accuracy_level != 0 {
                 attribute.push(int_attr("accuracy_level", self.accuracy_level));
