@@ -66,7 +66,8 @@ pub fn blocked_scales(job: &WeightJob, block: usize) -> Result<DqScales, pack::P
     })
 }
 
-fn int_attr(name: &str, v: i64) -> AttributeProto {
+/// An INT attribute.
+pub fn int_attr(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
         i: Some(v),
@@ -142,4 +143,23 @@ pub fn min_opset(job: &WeightJob, scales: &DqScales, code_type: DataType) -> i64
         v = v.max(25);
     }
     v
+}
+
+/// The whole rewrite for a target that stores codes of `code_type` (packed by `pack_codes`, in
+/// ONNX order) with the quantizer's own scale layout.
+pub fn emit_natural(
+    g: &mut GraphProto,
+    job: &WeightJob,
+    names: &mut NameGen,
+    code_type: DataType,
+    pack_codes: fn(&[i8]) -> Vec<u8>,
+) -> super::Emitted {
+    let (_, transposed) = weight_dims(job);
+    let codes = pack_codes(&pack::codes_in_onnx_order(job.ternary, transposed));
+    let scales = natural_scales(job);
+    let bytes = emit(g, job, names, code_type, codes, &scales);
+    super::Emitted {
+        bytes,
+        min_opset: min_opset(job, &scales, code_type),
+    }
 }

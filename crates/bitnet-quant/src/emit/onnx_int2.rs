@@ -31,13 +31,12 @@ impl Emitter for OnnxInt2 {
         job: &WeightJob,
         names: &mut NameGen,
     ) -> Result<Emitted, ConvertError> {
-        let (_, transposed) = dq::weight_dims(job);
-        let codes = pack::pack_int2(&pack::codes_in_onnx_order(job.ternary, transposed));
-        let scales = dq::natural_scales(job);
-        let bytes = dq::emit(g, job, names, DataType::Int2, codes, &scales);
-        Ok(Emitted {
-            bytes,
-            min_opset: dq::min_opset(job, &scales, DataType::Int2),
-        })
+        Ok(dq::emit_natural(
+            g,
+            job,
+            names,
+            DataType::Int2,
+            pack::pack_int2,
+        ))
     }
 }

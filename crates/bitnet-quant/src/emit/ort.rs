@@ -6,11 +6,11 @@
 //! `transA` becomes a Transpose, `alpha` is folded into the scales, `beta * C` becomes the bias
 //! input when C is a constant vector or scalar, else an Add after the node.
 
-use bitnet_model::proto::attribute_proto::AttributeType;
 use bitnet_model::proto::tensor_proto::DataType;
 use bitnet_model::proto::{AttributeProto, GraphProto, NodeProto};
 use bitnet_model::tensor;
 
+use super::dq::int_attr;
 use super::{Emitted, Emitter, NameGen, WeightJob};
 use crate::convert::ConvertError;
 use crate::pack;
@@ -20,15 +20,6 @@ pub struct Ort {
     pub block_size: Option<usize>,
     /// 0: float activations (exact); 4: int8 activations (fast at M = 1).
     pub accuracy_level: i64,
-}
-
-fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        i: Some(v),
-        r#type: Some(AttributeType::Int as i32),
-        ..Default::default()
-    }
 }
 
 fn attr<'n>(n: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {

@@ -26,13 +26,12 @@ impl Emitter for QdqInt8 {
         job: &WeightJob,
         names: &mut NameGen,
     ) -> Result<Emitted, ConvertError> {
-        let (_, transposed) = dq::weight_dims(job);
-        let codes = pack::pack_int8(&pack::codes_in_onnx_order(job.ternary, transposed));
-        let scales = dq::natural_scales(job);
-        let bytes = dq::emit(g, job, names, DataType::Int8, codes, &scales);
-        Ok(Emitted {
-            bytes,
-            min_opset: dq::min_opset(job, &scales, DataType::Int8),
-        })
+        Ok(dq::emit_natural(
+            g,
+            job,
+            names,
+            DataType::Int8,
+            pack::pack_int8,
+        ))
     }
 }
