@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod check;
 mod convert;
 mod inspect;
+mod verify;
 
 /// Turn ternary (BitNet b1.58) ONNX models into deployable ternary graphs and prove they still
 /// compute the same thing.
@@ -23,6 +24,9 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Convert MatMul/Gemm weights to ternary codes plus scales.
     Convert(convert::ConvertArgs),
+    /// Run the original and the converted model in tract and compare them (exit 0 pass, 1 fail,
+    /// 2 could not run).
+    Verify(verify::VerifyArgs),
     /// Lint a model against a runtime's quantization rules (exit 1 on violations).
     Check(check::CheckArgs),
 }
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a).map(|_| 0),
         Command::Convert(a) => convert::run(a, &argv).map(|_| 0),
         Command::Check(a) => check::run(a),
+        Command::Verify(a) => verify::run(a).map(|c| c.clamp(0, 255) as u8),
     };
     match result {
         Ok(code) => ExitCode::from(code),

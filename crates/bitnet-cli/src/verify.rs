@@ -130,14 +130,22 @@ pub fn render(r: &VerifyReport) -> String {
         .dims
         .iter()
         .map(|(k, v)| {
-            let d = if r.default_dims.contains_key(k) { " (default)" } else { "" };
+            let d = if r.default_dims.contains_key(k) {
+                " (default)"
+            } else {
+                ""
+            };
             format!("{k}={v}{d}")
         })
         .collect();
     let _ = writeln!(
         s,
         "dims:      {}",
-        if dims.is_empty() { "-".to_string() } else { dims.join(", ") }
+        if dims.is_empty() {
+            "-".to_string()
+        } else {
+            dims.join(", ")
+        }
     );
     let _ = writeln!(s, "samples:   {}", r.samples);
     let _ = writeln!(s, "inputs:");
@@ -229,7 +237,11 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
             let mut msg = format!("error: could not verify: {e}");
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
-                msg.push_str(&format!("\n  caused by: {s}"));
+                // thiserror messages often embed their source already: say it once.
+                let text = s.to_string();
+                if !msg.contains(&text) {
+                    msg.push_str(&format!("\n  caused by: {text}"));
+                }
                 src = s.source();
             }
             eprintln!("{msg}");
@@ -289,10 +301,22 @@ mod tests {
 
     #[test]
     fn parses_dims_and_ranges() {
-        let a = args(&["a.onnx", "b.onnx", "--dim", "batch=2", "--dim", "seq=8", "--input-range", "ids=0..100"]);
+        let a = args(&[
+            "a.onnx",
+            "b.onnx",
+            "--dim",
+            "batch=2",
+            "--dim",
+            "seq=8",
+            "--input-range",
+            "ids=0..100",
+        ]);
         assert_eq!(a.dims, vec![("batch".into(), 2), ("seq".into(), 8)]);
         assert_eq!(a.input_ranges, vec![("ids".into(), (0, 100))]);
-        assert_eq!((a.samples, a.seed, a.max_rel_error, a.min_cosine), (1, 0, 0.05, 0.99));
+        assert_eq!(
+            (a.samples, a.seed, a.max_rel_error, a.min_cosine),
+            (1, 0, 0.05, 0.99)
+        );
         assert!(parse_range("x=5..5").is_err());
         assert!(parse_dim("x").is_err());
     }
@@ -303,6 +327,53 @@ mod tests {
         let t = t.to_str().unwrap();
         let a = args(&[t, t, "--dim", "batch=2", "--dim", "seq=8"]);
         assert_eq!(run(&a).unwrap(), 0);
+    }
+
+    #[test]
+    fn scaled_layer_fails_with_1_and_saves_the_inputs() {
+        use bitnet_model::{tensor, Model};
+        let dir = std::env::temp_dir().join(format!("bitnet-verify-fail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut m = Model::load(samples().join("mlp.onnx")).unwrap();
+        let g = m.proto.graph.as_mut().unwrap();
+        let w = g
+            .node
+            .iter()
+            .find(|n| n.name.as_deref() == Some("/fc2/Gemm"))
+            .unwrap()
+            .input[1]
+            .clone();
+        let t = g
+            .initializer
+            .iter_mut()
+            .find(|t| t.name.as_deref() == Some(w.as_str()))
+            .unwrap();
+        let v: Vec<f32> = tensor::to_f32(Path::new("mlp"), t)
+            .unwrap()
+            .iter()
+            .map(|x| x * 1.5)
+            .collect();
+        *t = tensor::from_f32(&w, &t.dims.clone(), &v);
+        m.proto.metadata_props.push(bitnet_model::proto::StringStringEntryProto {
+            key: Some("bitnet_onnx.layers".into()),
+            value: Some(r#"[{"node": "/fc2/Gemm", "op": "Gemm", "weight": "w", "output": "/fc2/Gemm_output_0"}]"#.into()),
+        });
+        let conv = dir.join("scaled.onnx");
+        bitnet_model::save(&m.proto, &conv, &Default::default(), &[]).unwrap();
+        let json = dir.join("report.json");
+        let a = args(&[
+            samples().join("mlp.onnx").to_str().unwrap(),
+            conv.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert_eq!(run(&a).unwrap(), 1);
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(report["pass"], false);
+        assert_eq!(report["first_failing_layer"], "/fc2/Gemm");
+        assert!(dir.join("report.inputs.npz").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -244,7 +244,7 @@ fn dequantized_reference_for_an_int8_qdq_conversion() {
     let d = r
         .dequantized_reference
         .as_ref()
-        .expect(r.dequantized_reference_note.as_deref().unwrap_or(""));
+        .unwrap_or_else(|| panic!("{:?}", r.dequantized_reference_note));
     assert!(d.agrees && d.max_rel_l2 < 1e-6, "{}", d.max_rel_l2);
     assert!(r.pass, "{:?}", r.outputs);
     assert!(r.layers[0].rel_l2 > 0.0 && r.layers[0].rel_l2 < 0.02);
