@@ -244,6 +244,7 @@ impl Runner {
         let mut used_dims = dims.clone();
         used_dims.extend(defaults.clone());
 
+        bind_symbols(&mut lowered, &used_dims);
         let bytes = lowered.encode_to_vec();
         let mut model = tract_onnx::onnx()
             .model_for_read(&mut &bytes[..])
@@ -352,5 +353,38 @@ impl Runner {
                 Ok((name.clone(), values, shape))
             })
             .collect()
+    }
+}
+
+/// Replaces every bound symbolic dim in the main graph's declared types (inputs, outputs and
+/// intermediate value_info) by its value, so tract does not try to unify a concrete input
+/// shape with a symbol left on an intermediate value (dynamo exports declare those).
+fn bind_symbols(model: &mut ModelProto, dims: &BTreeMap<String, usize>) {
+    use bitnet_model::proto::tensor_shape_proto::dimension::Value;
+    use bitnet_model::proto::type_proto;
+    let Some(g) = model.graph.as_mut() else {
+        return;
+    };
+    for v in g
+        .input
+        .iter_mut()
+        .chain(g.output.iter_mut())
+        .chain(g.value_info.iter_mut())
+    {
+        let Some(type_proto::Value::TensorType(t)) =
+            v.r#type.as_mut().and_then(|t| t.value.as_mut())
+        else {
+            continue;
+        };
+        let Some(shape) = t.shape.as_mut() else {
+            continue;
+        };
+        for d in &mut shape.dim {
+            if let Some(Value::DimParam(p)) = &d.value {
+                if let Some(&n) = dims.get(p) {
+                    d.value = Some(Value::DimValue(n as i64));
+                }
+            }
+        }
     }
 }

@@ -103,7 +103,8 @@ pub struct Tolerances {
     pub dequantized_max_rel_l2: f64,
 }
 
-/// Everything `verify` found. `pass` = every output within `tolerances` (and, when the
+/// Everything `verify` found. `pass` = every output and every converted layer within
+/// `tolerances` (and, when the
 /// dequantized reference exists, the converted model agrees with it to float rounding).
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
@@ -504,8 +505,11 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
             outputs,
         }
     });
-    let pass =
-        outputs.iter().all(|o| o.pass) && dequantized_reference.as_ref().is_none_or(|d| d.agrees);
+    // A layer outside the tolerances fails the check even when a later normalisation hides it
+    // from the outputs (a wrong scale in front of a LayerNorm, say).
+    let pass = outputs.iter().all(|o| o.pass)
+        && layer_reports.iter().all(|l| l.pass)
+        && dequantized_reference.as_ref().is_none_or(|d| d.agrees);
     Ok(VerifyReport {
         pass,
         original: olabel,
