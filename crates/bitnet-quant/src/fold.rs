@@ -294,6 +294,7 @@ fn binary(
     fi: fn(i64, i64) -> i64,
 ) -> Result<Const, OpError> {
     let dims = broadcast_shape(&a.dims, &b.dims)?;
+    checked_len(&dims)?;
     let ia = broadcast_index(&a.dims, &dims);
     let ib = broadcast_index(&b.dims, &dims);
     let data = if a.is_float() || b.is_float() {
@@ -456,8 +457,19 @@ fn transpose(node: &NodeProto, x: &Const) -> Result<Const, OpError> {
     })
 }
 
+/// Largest tensor the folder will materialise (elements): constants come from the file, but
+/// broadcasting can multiply their size.
+const MAX_FOLD_ELEMENTS: usize = 1 << 31;
+
+fn checked_len(dims: &[usize]) -> Result<usize, OpError> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_FOLD_ELEMENTS)
+        .ok_or_else(|| OpError::Invalid(format!("shape {dims:?} is too large to fold")))
+}
+
 fn with_dims(x: &Const, dims: Vec<usize>) -> Result<Const, OpError> {
-    if dims.iter().product::<usize>() != x.len() {
+    if checked_len(&dims)? != x.len() {
         return Err(OpError::Invalid(format!(
             "cannot reshape {:?} to {dims:?}",
             x.dims
@@ -578,7 +590,7 @@ fn eval_op(node: &NodeProto, op: &str, inputs: &[Option<Const>]) -> Result<Const
                 }
             }
             if let Some(i) = infer {
-                let rest: usize = dims.iter().product();
+                let rest = checked_len(&dims)?;
                 if rest == 0 || x.len() % rest != 0 {
                     return Err(OpError::Invalid(format!(
                         "cannot reshape {:?} to {shape:?}",
@@ -639,6 +651,15 @@ mod tests {
             data: Data::F32(v.to_vec()),
             dtype: 1,
         }
+    }
+
+    #[test]
+    fn huge_shapes_are_refused_not_allocated() {
+        let x = c(&[2], &[1., 2.]);
+        assert!(with_dims(&x, vec![usize::MAX, 3]).is_err());
+        let a = c(&[1 << 20, 1], &[]);
+        let b = c(&[1, 1 << 20], &[]);
+        assert!(binary(&a, &b, |x, y| x + y, |x, y| x + y).is_err());
     }
 
     #[test]
