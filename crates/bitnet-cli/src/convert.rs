@@ -91,6 +91,10 @@ pub struct ConvertArgs {
     /// Threads for quantization (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Verify the output against the input in tract right after converting (as `verify` with
+    /// its defaults); exit 1 when it fails.
+    #[arg(long)]
+    pub verify: bool,
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
@@ -200,6 +204,22 @@ pub fn run(args: &ConvertArgs, argv: &[String]) -> Result<Report> {
         print_report(&report, &saved);
     }
     Ok(report)
+}
+
+/// `convert`, then `verify` when asked: the process exit code.
+pub fn run_and_verify(args: &ConvertArgs, argv: &[String]) -> Result<u8> {
+    run(args, argv)?;
+    if !args.verify {
+        return Ok(0);
+    }
+    let opts = bitnet_eval::verify::VerifyOptions::default();
+    let r = bitnet_eval::verify::verify_paths(&args.model, &args.output, &opts)
+        .with_context(|| format!("cannot verify {}", args.output.display()))?;
+    if !args.quiet || !r.pass {
+        println!();
+        print!("{}", crate::verify::render(&r));
+    }
+    Ok(if r.pass { 0 } else { 1 })
 }
 
 fn pct(n: u64, total: u64) -> f64 {

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Inspect(a) => inspect::run(a).map(|_| 0),
-        Command::Convert(a) => convert::run(a, &argv).map(|_| 0),
+        Command::Convert(a) => convert::run_and_verify(a, &argv),
         Command::Check(a) => check::run(a),
         Command::Verify(a) => verify::run(a).map(|c| c.clamp(0, 255) as u8),
     };

@@ -109,3 +109,36 @@ fn an_unrunnable_model_exits_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("garbage.onnx"));
 }
+
+/// `convert --verify` gates on the same check: the lossless BitLinear sample passes (exit 0);
+/// the float MLP made ternary does not (exit 1), and the output file is still written.
+#[test]
+fn convert_with_verify_sets_the_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = dir.path().join("ok.onnx");
+    run_ok(
+        bin()
+            .arg("convert")
+            .arg(sample("bitlinear_ts.onnx"))
+            .arg("-o")
+            .arg(&ok)
+            .args(["--quantize-head", "--verify", "-q"]),
+    );
+    let bad = dir.path().join("lossy.onnx");
+    let o = bin()
+        .arg("convert")
+        .arg(sample("mlp.onnx"))
+        .arg("-o")
+        .arg(&bad)
+        .args(["--quantize-head", "--verify"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("FAIL"));
+    assert!(bad.exists());
+}
