@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bitnet_model::{save, ExternalData, Model, SaveOptions};
 use bitnet_quant::convert::{self, ConvertOptions, Report, Selection};
 use bitnet_quant::emit::Emitter;
@@ -161,12 +161,6 @@ pub fn run(args: &ConvertArgs, argv: &[String]) -> Result<Report> {
     };
     let mut model = Model::load(&args.model)
         .with_context(|| format!("cannot convert {}", args.model.display()))?;
-    if args.output.exists() && args.output.canonicalize().ok() == args.model.canonicalize().ok() {
-        bail!(
-            "refusing to write {}: it is the input model",
-            args.output.display()
-        );
-    }
     let flags = argv
         .iter()
         .skip(1)

@@ -449,20 +449,25 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
     }
 
     let within = |m: &Metrics| m.rel_l2 <= opts.max_rel_error && m.cosine >= opts.min_cosine;
-    let outputs: Vec<OutputReport> = out_names
-        .iter()
-        .zip(&out_acc)
-        .zip(&shapes)
-        .map(|((name, acc), shape)| {
-            let metrics = acc.finish();
-            OutputReport {
-                name: name.clone(),
-                shape: shape.clone(),
-                pass: within(&metrics),
-                metrics,
-            }
-        })
-        .collect();
+    // One report per graph output, judged by `pass`.
+    let output_reports =
+        |accs: &[Accumulator], pass: &dyn Fn(&Metrics) -> bool| -> Vec<OutputReport> {
+            out_names
+                .iter()
+                .zip(accs)
+                .zip(&shapes)
+                .map(|((name, acc), shape)| {
+                    let metrics = acc.finish();
+                    OutputReport {
+                        name: name.clone(),
+                        shape: shape.clone(),
+                        pass: pass(&metrics),
+                        metrics,
+                    }
+                })
+                .collect()
+        };
+    let outputs = output_reports(&out_acc, &within);
     let layer_reports: Vec<LayerReport> = layers
         .iter()
         .zip(&layer_acc)
@@ -484,20 +489,7 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
         .find(|l| !l.pass)
         .map(|l| l.node.clone());
     let dequantized_reference = deq_run.as_ref().map(|_| {
-        let outputs: Vec<OutputReport> = out_names
-            .iter()
-            .zip(&deq_acc)
-            .zip(&shapes)
-            .map(|((name, acc), shape)| {
-                let metrics = acc.finish();
-                OutputReport {
-                    name: name.clone(),
-                    shape: shape.clone(),
-                    pass: metrics.rel_l2 <= DEQUANTIZED_MAX_REL_L2,
-                    metrics,
-                }
-            })
-            .collect();
+        let outputs = output_reports(&deq_acc, &|m: &Metrics| m.rel_l2 <= DEQUANTIZED_MAX_REL_L2);
         let max_rel_l2 = outputs.iter().map(|o| o.metrics.rel_l2).fold(0.0, f64::max);
         DequantizedReport {
             max_rel_l2,

@@ -48,6 +48,23 @@ pub enum ConvertError {
     Other { path: String, reason: String },
 }
 
+impl ConvertError {
+    /// Fills in the model path for errors raised where it is not known (the emitters).
+    fn in_file(mut self, file: &str) -> Self {
+        match &mut self {
+            ConvertError::Quant { path, .. }
+            | ConvertError::Pack { path, .. }
+            | ConvertError::OpsetUpgrade { path, .. }
+            | ConvertError::Other { path, .. } => {
+                if path.is_empty() {
+                    *path = file.to_string();
+                }
+            }
+        }
+        self
+    }
+}
+
 /// Which linear layers to convert.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
@@ -559,7 +576,10 @@ fn convert_graph(
             layers: ls,
             ternary: &t,
         };
-        let emitted = opts.emitter.emit(g, &job, &mut names)?;
+        let emitted = opts
+            .emitter
+            .emit(g, &job, &mut names)
+            .map_err(|e| e.in_file(&p))?;
         min_opset = min_opset.max(emitted.min_opset);
         let [neg, zero, pos] = t.counts();
         let (smin, smax) = t.scale_range();
