@@ -253,7 +253,7 @@ pub fn convert(
     walk::for_each_graph_mut(
         model,
         &mut |g: &mut GraphProto| -> Result<(), ConvertError> {
-            let r = convert_graph(g, path, opts)?;
+            let r = convert_graph(g, path, opts, opset_before.unwrap_or(0))?;
             layers_out.extend(r.layers);
             skipped.extend(r.skipped);
             meta_layers.extend(r.meta);
@@ -475,6 +475,7 @@ fn convert_graph(
     g: &mut GraphProto,
     path: &Path,
     opts: &ConvertOptions,
+    opset: i64,
 ) -> Result<GraphResult, ConvertError> {
     let p = path.display().to_string();
     let (layers, weights, folded_nodes) = analyse::find_linear_layers(g, path);
@@ -575,6 +576,7 @@ fn convert_graph(
             dtype,
             layers: ls,
             ternary: &t,
+            opset,
         };
         let emitted = opts
             .emitter

@@ -22,6 +22,9 @@ pub struct WeightJob<'a> {
     /// The layers reading this weight.
     pub layers: &'a [&'a LinearLayer],
     pub ternary: &'a Ternary,
+    /// The model's default-domain opset (0 when it imports none): emitters that add standard
+    /// ops beyond DequantizeLinear pick the operator forms valid at this version.
+    pub opset: i64,
 }
 
 /// Result of emitting one weight.
