@@ -19,6 +19,7 @@ pub mod graph;
 pub mod load;
 pub mod save;
 pub mod tensor;
+pub mod text;
 pub mod walk;
 
 pub use error::{ModelError, Result};
