@@ -37,6 +37,17 @@ impl Emitter for TensorRt {
         job: &WeightJob,
         names: &mut NameGen,
     ) -> Result<Emitted, ConvertError> {
+        if job.dtype == DataType::Bfloat16 as i32 {
+            // The scale type is the DequantizeLinear output type, and TensorRT takes float32
+            // or float16 scales only (the `check --target tensorrt` rule scale-type).
+            return Err(ConvertError::Other {
+                path: String::new(),
+                reason: format!(
+                    "weight '{}' is bfloat16: TensorRT DequantizeLinear scales (and so the dequantized weight) must be float32 or float16; cast the model to float16 or use --target qdq-int8 or onnx",
+                    job.weight
+                ),
+            });
+        }
         let (_, transposed) = dq::weight_dims(job);
         let codes = pack::codes_in_onnx_order(job.ternary, transposed);
         let pack_err = |source| ConvertError::Pack {
