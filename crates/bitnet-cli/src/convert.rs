@@ -1,13 +1,17 @@
 //! `bitnet-onnx convert`: load, convert linear layers to ternary, save atomically, report.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use bitnet_model::{save, ExternalData, Model, SaveOptions};
+use bitnet_model::save::Writer;
+use bitnet_model::{ExternalData, Model, SaveOptions};
 use bitnet_quant::convert::{self, ConvertOptions, Report, Selection};
 use bitnet_quant::emit::Emitter;
 use bitnet_quant::quant::{Granularity, Method, QuantConfig};
 use regex::Regex;
+
+use crate::progress::ConvertProgress;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -168,14 +172,6 @@ pub fn run(args: &ConvertArgs, argv: &[String]) -> Result<Report> {
         .collect::<Vec<_>>()
         .join(" ");
     let emitter = emitter(args);
-    let opts = ConvertOptions {
-        quant,
-        selection,
-        emitter: emitter.as_ref(),
-        flags,
-    };
-    let mut report = convert::convert(&mut model.proto, &model.path, &opts)
-        .with_context(|| format!("cannot convert {}", args.model.display()))?;
     let save_opts = SaveOptions {
         external_data: if args.external_data {
             ExternalData::Always
@@ -184,8 +180,37 @@ pub fn run(args: &ConvertArgs, argv: &[String]) -> Result<Report> {
         },
         ..SaveOptions::default()
     };
-    let saved = save(&model.proto, &args.output, &save_opts, &model.source_files)
+    let progress = Arc::new(ConvertProgress::new(model.file_bytes, args.quiet));
+    let writer = {
+        let progress = progress.clone();
+        Writer::new(&args.output, &save_opts, &model.source_files)
+            .with_context(|| format!("cannot write {}", args.output.display()))?
+            .with_source(&model.mappings)
+            .with_progress(move |n| progress.written(n))
+    };
+    // A large model streams its new weights to the output's data file as they are made.
+    if args.external_data || model.file_bytes > bitnet_model::save::PROTOBUF_LIMIT {
+        writer
+            .stream()
+            .with_context(|| format!("cannot write {}", args.output.display()))?;
+    }
+    let opts = ConvertOptions {
+        quant,
+        selection,
+        emitter: emitter.as_ref(),
+        flags,
+        progress: Some(progress.as_ref()),
+        source: Some(&model.mappings),
+        sink: Some(&writer),
+        batch_bytes: None,
+    };
+    let mut report = convert::convert(&mut model.proto, &model.path, &opts)
+        .with_context(|| format!("cannot convert {}", args.model.display()))?;
+    progress.writing();
+    let saved = writer
+        .finish(&model.proto)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
+    progress.finish();
     report.totals.file_bytes_before = model.file_bytes;
     report.totals.file_bytes_after = saved.total_bytes();
     report.totals.file_compression = model.file_bytes as f64 / saved.total_bytes().max(1) as f64;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod check;
 mod convert;
 mod inspect;
+mod progress;
 mod verify;
 
 /// Turn ternary (BitNet b1.58) ONNX models into deployable ternary graphs and prove they still

@@ -6,8 +6,10 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
+use memmap2::Mmap;
 use prost::Message;
 
 use crate::dtype;
@@ -39,19 +41,107 @@ pub struct Model {
     pub source_files: Vec<PathBuf>,
     /// Size of the model file plus every external data file, in bytes.
     pub file_bytes: u64,
+    /// The memory maps every payload points into.
+    pub mappings: Mappings,
+}
+
+/// The read-only memory maps a model's payloads point into. Pages of a mapped file that the
+/// process has touched count in its resident memory until the kernel reclaims them;
+/// [`Mappings::release`] drops them at once when a payload has been used (touching it again
+/// reads it back from the file), which keeps conversion of models larger than RAM in bounded
+/// resident memory.
+#[derive(Clone, Default)]
+pub struct Mappings {
+    maps: Vec<Arc<Mmap>>,
+}
+
+impl std::fmt::Debug for Mappings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mappings")
+            .field("maps", &self.maps.len())
+            .field("bytes", &self.maps.iter().map(|m| m.len()).sum::<usize>())
+            .finish()
+    }
+}
+
+impl Mappings {
+    /// The map holding all of `data` and the offset of `data` in it.
+    fn locate(&self, data: &[u8]) -> Option<(&Mmap, usize)> {
+        let start = data.as_ptr() as usize;
+        let end = start.checked_add(data.len())?;
+        self.maps.iter().find_map(|m| {
+            let base = m.as_ptr() as usize;
+            (start >= base && end <= base + m.len()).then(|| (&**m, start - base))
+        })
+    }
+
+    /// True when `data` lies inside one of the maps.
+    pub fn contains(&self, data: &[u8]) -> bool {
+        !data.is_empty() && self.locate(data).is_some()
+    }
+
+    /// Drops the pages under `data` from the resident set when `data` lies in one of the maps
+    /// (anything else, such as heap memory, is left alone). Only the pages wholly inside `data`
+    /// are dropped. Best effort: failures are ignored.
+    pub fn release(&self, data: &[u8]) {
+        let Some((map, offset)) = self.locate(data) else {
+            return;
+        };
+        let page = 4096;
+        let base = map.as_ptr() as usize;
+        let start = (base + offset).next_multiple_of(page) - base;
+        let end = (base + offset + data.len()) / page * page - base;
+        if end <= start {
+            return;
+        }
+        // SAFETY: the maps are read-only mappings of files nobody writes while we run (see
+        // `map_file`); MADV_DONTNEED on such a mapping only unmaps pages, and touching them
+        // again faults the same file contents back in, so every live reference into the
+        // mapping keeps seeing the same bytes.
+        #[cfg(unix)]
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
+
+    /// Asks the kernel to start reading `data` in the background (best effort).
+    pub fn prefetch(&self, data: &[u8]) {
+        #[cfg(unix)]
+        if let Some((map, offset)) = self.locate(data) {
+            let _ = map.advise_range(memmap2::Advice::WillNeed, offset, data.len());
+        }
+    }
+
+    fn push(&mut self, map: Arc<Mmap>) {
+        self.maps.push(map);
+    }
+}
+
+/// A shared read-only map as the owner of `Bytes`.
+struct SharedMap(Arc<Mmap>);
+
+impl AsRef<[u8]> for SharedMap {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// Memory-maps a file as `Bytes` (an empty file gives empty bytes).
 pub fn map_file(path: &Path) -> Result<Bytes> {
+    Ok(map_shared(path)?.0)
+}
+
+/// Memory-maps a file as `Bytes` and returns the map too (none for an empty file).
+fn map_shared(path: &Path) -> Result<(Bytes, Option<Arc<Mmap>>)> {
     let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
     let len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
     if len == 0 {
-        return Ok(Bytes::new());
+        return Ok((Bytes::new(), None));
     }
     // SAFETY: the mapping is read-only. Like every tool that maps model files, we rely on the
     // file not being truncated while we read it; the writer never writes to its inputs.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-    Ok(Bytes::from_owner(map))
+    let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?);
+    Ok((Bytes::from_owner(SharedMap(map.clone())), Some(map)))
 }
 
 impl Model {
@@ -59,7 +149,7 @@ impl Model {
     /// length). Errors name the file and, where there is one, the tensor.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
-        let bytes = map_file(path)?;
+        let (bytes, map) = map_shared(path)?;
         if bytes.is_empty() {
             return Err(ModelError::Empty {
                 path: path.to_path_buf(),
@@ -70,7 +160,11 @@ impl Model {
             path: path.to_path_buf(),
             source,
         })?;
-        Model::from_proto(proto, path, file_len)
+        let mut model = Model::from_proto(proto, path, file_len)?;
+        if let Some(map) = map {
+            model.mappings.push(map);
+        }
+        Ok(model)
     }
 
     /// Wraps an already decoded proto read from `path` (external data is resolved relative to
@@ -91,6 +185,7 @@ impl Model {
             dir: &dir,
             maps: BTreeMap::new(),
             refs: Vec::new(),
+            mappings: Mappings::default(),
         };
         walk::for_each_tensor_mut(&mut proto, &mut |t: &mut TensorProto| resolver.resolve(t))?;
         let mut source_files = vec![canonical.clone()];
@@ -108,6 +203,7 @@ impl Model {
             external: resolver.refs,
             source_files,
             file_bytes,
+            mappings: resolver.mappings,
         })
     }
 
@@ -144,6 +240,7 @@ struct Resolver<'a> {
     dir: &'a Path,
     maps: BTreeMap<PathBuf, Bytes>,
     refs: Vec<ExternalRef>,
+    mappings: Mappings,
 }
 
 impl Resolver<'_> {
@@ -192,7 +289,14 @@ impl Resolver<'_> {
         let data = match self.maps.get(&file) {
             Some(b) => b.clone(),
             None => {
-                let b = map_file(&file).map_err(|e| self.fail(t, format!("{location}: {e}")))?;
+                let (b, map) =
+                    map_shared(&file).map_err(|e| self.fail(t, format!("{location}: {e}")))?;
+                if let Some(map) = map {
+                    // Read in order, mostly once: let the kernel read ahead generously.
+                    #[cfg(unix)]
+                    let _ = map.advise(memmap2::Advice::Sequential);
+                    self.mappings.push(map);
+                }
                 self.maps.insert(file.clone(), b.clone());
                 b
             }

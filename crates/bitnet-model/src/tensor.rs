@@ -339,6 +339,24 @@ pub fn to_f32(path: &Path, t: &TensorProto) -> Result<Vec<f32>> {
     })
 }
 
+/// A float32 tensor's `raw_data` seen as `f32` values without copying, when its length matches
+/// dims and it is 4-byte aligned (always for external data written by this crate, often for
+/// memory-mapped files); `None` otherwise (use [`to_f32`]). Little-endian targets only.
+pub fn f32_view(t: &TensorProto) -> Option<&[f32]> {
+    if !cfg!(target_endian = "little") || t.data_type != Some(DataType::Float as i32) {
+        return None;
+    }
+    let raw = t.raw_data.as_ref()?;
+    let count = usize::try_from(saturating_element_count(t)).ok()?;
+    if count.checked_mul(4) != Some(raw.len()) {
+        return None;
+    }
+    // SAFETY: every bit pattern is a valid f32; `align_to` only yields a middle part that is
+    // correctly aligned, and we use it only when it covers the whole payload.
+    let (head, body, tail) = unsafe { raw.align_to::<f32>() };
+    (head.is_empty() && tail.is_empty()).then_some(body)
+}
+
 /// Integer tensors (int64, int32, int16, int8, uint8, uint16, uint32, bool) as `i64`.
 pub fn to_i64(path: &Path, t: &TensorProto) -> Result<Vec<i64>> {
     let code = data_type(path, t)?;

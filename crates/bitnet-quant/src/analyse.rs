@@ -91,14 +91,49 @@ pub fn feeds_graph_output(index: &GraphIndex, value: &str) -> bool {
     false
 }
 
-/// Finds every MatMul/Gemm of `graph`, folding constant weights. Returns the layers and the
-/// folded weights of the candidates (by weight value name).
+/// The value of a candidate's weight.
+#[derive(Debug, Clone)]
+pub enum WeightValue {
+    /// Computed by folding constant nodes (held in memory as `f32`).
+    Folded(Const),
+    /// A float initializer of the graph, not decoded yet: the converter reads it when it
+    /// quantizes it, so analysis costs no memory for it.
+    Initializer { dims: Vec<usize>, dtype: i32 },
+}
+
+impl WeightValue {
+    pub fn dims(&self) -> &[usize] {
+        match self {
+            WeightValue::Folded(c) => &c.dims,
+            WeightValue::Initializer { dims, .. } => dims,
+        }
+    }
+
+    pub fn dtype(&self) -> i32 {
+        match self {
+            WeightValue::Folded(c) => c.dtype,
+            WeightValue::Initializer { dtype, .. } => *dtype,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.dims().iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Finds every MatMul/Gemm of `graph`, folding constant weights. Returns the layers, the
+/// weights of the candidates (by weight value name) and the folded nodes.
 pub fn find_linear_layers(
     graph: &GraphProto,
     path: &Path,
 ) -> (
     Vec<LinearLayer>,
-    std::collections::BTreeMap<String, Const>,
+    std::collections::BTreeMap<String, WeightValue>,
     Vec<usize>,
 ) {
     let index = GraphIndex::new(graph);
@@ -154,31 +189,31 @@ pub fn find_linear_layers(
             if from_dq {
                 return Err("weight is already quantized (produced by DequantizeLinear)".into());
             }
-            let c = match folder.eval(&w) {
-                Ok(c) => c,
-                Err(crate::fold::FoldError::RunTime(_)) => {
-                    let a_const = folder.eval(&a).is_ok();
-                    return Err(if a_const {
-                        "weight is computed at run time (only the first operand is constant)".into()
-                    } else {
-                        "both operands computed at run time".into()
-                    });
-                }
-                Err(e) => return Err(format!("weight cannot be folded: {e}")),
+            // A plain initializer is described from its header (validated at load); only
+            // computed weights are folded (and so decoded) here.
+            let c = match index.initializer(&w) {
+                Some(t) => WeightValue::Initializer {
+                    dims: t.dims.iter().map(|&d| d.max(0) as usize).collect(),
+                    dtype: t.data_type.unwrap_or(0),
+                },
+                None => match folder.eval(&w) {
+                    Ok(c) => WeightValue::Folded(c),
+                    Err(e) => return Err(fold_reason(&mut folder, &a, e)),
+                },
             };
-            layer.shape = c.dims.iter().map(|&d| d as i64).collect();
-            layer.dtype = c.dtype;
+            layer.shape = c.dims().iter().map(|&d| d as i64).collect();
+            layer.dtype = c.dtype();
             layer.folded = index.initializer(&w).is_none();
-            if c.dims.len() != 2 {
-                return Err(format!("weight is not 2-D (shape {:?})", c.dims));
+            if c.dims().len() != 2 {
+                return Err(format!("weight is not 2-D (shape {:?})", c.dims()));
             }
             if !matches!(
-                DataType::try_from(c.dtype),
+                DataType::try_from(c.dtype()),
                 Ok(DataType::Float | DataType::Float16 | DataType::Bfloat16)
             ) {
                 return Err(format!(
                     "weight is {}, not float32/float16/bfloat16",
-                    bitnet_model::dtype::name(c.dtype)
+                    bitnet_model::dtype::name(c.dtype())
                 ));
             }
             if c.is_empty() {
@@ -195,4 +230,18 @@ pub fn find_linear_layers(
     }
     let visited = std::mem::take(&mut folder.visited);
     (layers, weights, visited)
+}
+
+/// Why a weight that is not an initializer cannot be folded.
+fn fold_reason(folder: &mut Folder, a: &str, e: crate::fold::FoldError) -> String {
+    match e {
+        crate::fold::FoldError::RunTime(_) => {
+            if folder.eval(a).is_ok() {
+                "weight is computed at run time (only the first operand is constant)".into()
+            } else {
+                "both operands computed at run time".into()
+            }
+        }
+        e => format!("weight cannot be folded: {e}"),
+    }
 }

@@ -3,17 +3,20 @@
 //! target's emitter rewrite the graph, remove what became dead, raise the opset when the new
 //! nodes need it and it is safe, and record what was done in `metadata_props` and a report.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use bitnet_model::graph::GraphIndex;
+use bitnet_model::load::Mappings;
 use bitnet_model::proto::{GraphProto, ModelProto, StringStringEntryProto};
+use bitnet_model::save::Writer;
 use bitnet_model::walk;
 use rayon::prelude::*;
 use regex::Regex;
 use serde::Serialize;
 
-use crate::analyse::{self, Layout, LinearLayer};
+use crate::analyse::{self, Layout, LinearLayer, WeightValue};
 use crate::emit::{Emitter, NameGen, WeightJob};
 use crate::quant::{self, QuantConfig, Ternary};
 
@@ -80,6 +83,27 @@ pub struct ConvertOptions<'a> {
     pub emitter: &'a dyn Emitter,
     /// The command line flags, recorded in the output's metadata.
     pub flags: String,
+    /// Told what is queued and what is done (the library never prints).
+    pub progress: Option<&'a dyn Progress>,
+    /// The memory maps the model's payloads point into: each weight's pages are released once
+    /// it is quantized, and the next batch's are read ahead.
+    pub source: Option<&'a Mappings>,
+    /// Takes every initializer an emitter adds, once final: `save::Writer::store` moves its
+    /// payload to the output's external data file at once.
+    pub sink: Option<&'a Writer>,
+    /// Bytes of float copies and codes one batch of weights may hold; a batch always takes at
+    /// least one weight. `None`: 16 MiB per thread, or the largest weight's need if more.
+    /// Batching never changes the output.
+    pub batch_bytes: Option<u64>,
+}
+
+/// Progress of a conversion, as it happens. Calls come from the converting thread, in order.
+pub trait Progress: Sync {
+    /// `weights` more distinct weights holding `bytes` bytes will be converted (called once
+    /// per graph that has any).
+    fn queued(&self, weights: usize, bytes: u64);
+    /// `weight` (`bytes` bytes before conversion) was converted.
+    fn converted(&self, weight: &str, bytes: u64);
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -478,7 +502,7 @@ fn convert_graph(
     opset: i64,
 ) -> Result<GraphResult, ConvertError> {
     let p = path.display().to_string();
-    let (layers, weights, folded_nodes) = analyse::find_linear_layers(g, path);
+    let (layers, mut weights, folded_nodes) = analyse::find_linear_layers(g, path);
     // Identify folded nodes by their outputs: indices shift once emitters insert nodes.
     let folded_outputs: HashSet<String> = folded_nodes
         .iter()
@@ -534,27 +558,6 @@ fn convert_graph(
         jobs.push((w.clone(), same));
     }
     drop(index);
-    // Quantize every distinct weight once, in parallel, results in weight-name order.
-    let quantized: Vec<Result<(Vec<f32>, Ternary), ConvertError>> = jobs
-        .par_iter()
-        .map(|(w, ls)| {
-            let c = &weights[w];
-            let (r, cdim) = (c.dims[0], c.dims[1]);
-            let data = c.f32();
-            let (n, k, cm) = match ls[0].layout {
-                Layout::KN => (cdim, r, quant::transpose(&data, r, cdim)),
-                Layout::NK => (r, cdim, data),
-            };
-            let t =
-                quant::quantize(&cm, n, k, &opts.quant).map_err(|source| ConvertError::Quant {
-                    path: p.clone(),
-                    weight: w.clone(),
-                    node: ls[0].node.clone(),
-                    source,
-                })?;
-            Ok((cm, t))
-        })
-        .collect();
     // Initializers read before the rewrite: those nobody reads afterwards became dead through it.
     let read_before: HashSet<String> = {
         let index = GraphIndex::new(g);
@@ -564,49 +567,140 @@ fn convert_graph(
             .filter(|n| !index.consumers(n).is_empty())
             .collect()
     };
+    if let Some(pr) = opts.progress {
+        let bytes = jobs
+            .iter()
+            .map(|(w, _)| bytes_of(weights[w].dtype(), weights[w].len() as u64))
+            .sum();
+        pr.queued(jobs.len(), bytes);
+    }
+    // Quantize every distinct weight once, in weight-name order, in batches bounded by memory:
+    // the weights of a batch are quantized in parallel (and each large one in parallel
+    // inside), then emitted in order, so at most one batch of float copies and codes exists
+    // at a time. The output does not depend on the batching (nor on the thread count).
+    let costs: Vec<u64> = jobs
+        .iter()
+        .map(|(w, ls)| job_cost(weights[w].len(), ls[0].layout))
+        .collect();
+    let largest = costs.iter().copied().max().unwrap_or(0);
+    let budget = opts.batch_bytes.unwrap_or_else(|| {
+        largest.max(rayon::current_num_threads() as u64 * BATCH_BYTES_PER_THREAD)
+    });
     let mut names = NameGen::new(g);
     let mut reports = Vec::new();
     let mut meta = Vec::new();
     let mut min_opset = 0;
-    for ((w, ls), q) in jobs.iter().zip(quantized) {
-        let (cm, t) = q?;
-        let dtype = weights[w].dtype;
-        let job = WeightJob {
-            weight: w,
-            dtype,
-            layers: ls,
-            ternary: &t,
-            opset,
-        };
-        let emitted = opts
-            .emitter
-            .emit(g, &job, &mut names)
-            .map_err(|e| e.in_file(&p))?;
-        min_opset = min_opset.max(emitted.min_opset);
-        let [neg, zero, pos] = t.counts();
-        let (smin, smax) = t.scale_range();
-        let total = (t.n * t.k) as u64;
-        reports.push(LayerReport {
-            node: ls[0].node.clone(),
-            shared_with: ls[1..].iter().map(|l| l.node.clone()).collect(),
-            op: ls[0].op.clone(),
-            weight: w.clone(),
-            shape: weights[w].dims.iter().map(|&d| d as i64).collect(),
-            dtype: bitnet_model::dtype::short_name(dtype),
-            granularity: t.granularity.to_string(),
-            codes: Codes { neg, zero, pos },
-            sparsity: zero as f64 / total.max(1) as f64,
-            scale_min: smin,
-            scale_max: smax,
-            rel_error: quant::rel_error(&cm, &t),
-            lossless: t.lossless,
-            folded: ls[0].folded,
-            bytes_before: bytes_of(dtype, total),
-            bytes_after: emitted.bytes,
-        });
-        for l in ls {
-            meta.push(serde_json::json!({"node": l.node, "op": l.op, "weight": l.weight, "output": l.output}));
+    let mut start = 0;
+    while start < jobs.len() {
+        let mut end = start;
+        let mut used = 0;
+        while end < jobs.len() && (end == start || used + costs[end] <= budget) {
+            used += costs[end];
+            end += 1;
         }
+        let batch = &jobs[start..end];
+        let by_name: std::collections::HashMap<&str, &bitnet_model::proto::TensorProto> = g
+            .initializer
+            .iter()
+            .filter_map(|t| Some((t.name.as_deref()?, t)))
+            .collect();
+        // Each job owns its input (a folded value, or a cheap clone of the initializer whose
+        // payload stays in the memory-mapped file), so the graph is free for the emitter.
+        let inputs = batch
+            .iter()
+            .map(|(w, ls)| {
+                let input = match weights.remove(w) {
+                    Some(WeightValue::Folded(c)) => JobInput::Folded(c),
+                    _ => match by_name.get(w.as_str()) {
+                        Some(t) => JobInput::Tensor(Box::new((*t).clone())),
+                        None => {
+                            return Err(ConvertError::Other {
+                                path: p.clone(),
+                                reason: format!(
+                                    "weight '{w}' of node '{}' is not an initializer of its graph",
+                                    ls[0].node
+                                ),
+                            })
+                        }
+                    },
+                };
+                Ok((input, ls.as_slice()))
+            })
+            .collect::<Result<Vec<(JobInput, &[&LinearLayer])>, ConvertError>>()?;
+        // Start reading the next batch from disk while this one is quantized.
+        if let Some(src) = opts.source {
+            let mut ahead = 0;
+            for ((w, _), &c) in jobs[end..].iter().zip(&costs[end..]) {
+                if ahead > 0 && ahead + c > budget {
+                    break;
+                }
+                ahead += c;
+                if let Some(raw) = by_name.get(w.as_str()).and_then(|t| t.raw_data.as_ref()) {
+                    src.prefetch(raw);
+                }
+            }
+        }
+        drop(by_name);
+        let quantized: Vec<Result<Quantized, ConvertError>> = inputs
+            .into_par_iter()
+            .zip(batch.par_iter())
+            .map(|((input, ls), (w, _))| quantize_job(input, w, ls, path, opts))
+            .collect();
+        for ((w, ls), q) in batch.iter().zip(quantized) {
+            let q = q?;
+            let t = &q.ternary;
+            let dtype = q.dtype;
+            let job = WeightJob {
+                weight: w,
+                dtype,
+                layers: ls,
+                ternary: t,
+                opset,
+            };
+            let first_new = g.initializer.len();
+            let emitted = opts
+                .emitter
+                .emit(g, &job, &mut names)
+                .map_err(|e| e.in_file(&p))?;
+            if let Some(sink) = opts.sink {
+                for init in g.initializer.iter_mut().skip(first_new) {
+                    sink.store(init).map_err(|e| ConvertError::Other {
+                        path: p.clone(),
+                        reason: e.to_string(),
+                    })?;
+                }
+            }
+            min_opset = min_opset.max(emitted.min_opset);
+            let [neg, zero, pos] = q.counts;
+            let (smin, smax) = t.scale_range();
+            let total = (t.n * t.k) as u64;
+            let bytes_before = bytes_of(dtype, total);
+            reports.push(LayerReport {
+                node: ls[0].node.clone(),
+                shared_with: ls[1..].iter().map(|l| l.node.clone()).collect(),
+                op: ls[0].op.clone(),
+                weight: w.clone(),
+                shape: q.dims.iter().map(|&d| d as i64).collect(),
+                dtype: bitnet_model::dtype::short_name(dtype),
+                granularity: t.granularity.to_string(),
+                codes: Codes { neg, zero, pos },
+                sparsity: zero as f64 / total.max(1) as f64,
+                scale_min: smin,
+                scale_max: smax,
+                rel_error: q.rel_error,
+                lossless: t.lossless,
+                folded: ls[0].folded,
+                bytes_before,
+                bytes_after: emitted.bytes,
+            });
+            for l in ls {
+                meta.push(serde_json::json!({"node": l.node, "op": l.op, "weight": l.weight, "output": l.output}));
+            }
+            if let Some(pr) = opts.progress {
+                pr.converted(w, bytes_before);
+            }
+        }
+        start = end;
     }
     let removed = if reports.is_empty() {
         0
@@ -620,6 +714,187 @@ fn convert_graph(
         min_opset,
         removed,
     })
+}
+
+/// Memory a batch may hold per thread; a batch always takes at least its largest weight.
+const BATCH_BYTES_PER_THREAD: u64 = 16 << 20;
+
+/// Peak bytes quantizing one weight of `elems` elements holds: the f32 source (a decoded copy,
+/// or the memory-mapped pages until they are released), its channel-major transpose for a
+/// `[K, N]` weight, and one byte of code per weight.
+fn job_cost(elems: usize, layout: Layout) -> u64 {
+    let per = match layout {
+        Layout::KN => 4 + 4 + 1,
+        Layout::NK => 4 + 1,
+    };
+    elems as u64 * per
+}
+
+/// A weight to quantize, owned by its job.
+enum JobInput {
+    Folded(crate::fold::Const),
+    /// The initializer (its payload shared with the loaded file, not copied).
+    Tensor(Box<bitnet_model::proto::TensorProto>),
+}
+
+/// One quantized weight with the statistics the report needs (computed in the parallel step,
+/// so no float copy outlives it).
+struct Quantized {
+    ternary: Ternary,
+    rel_error: f64,
+    counts: [u64; 3],
+    dims: Vec<usize>,
+    dtype: i32,
+}
+
+/// Reads, transposes when needed, quantizes and measures one weight, then releases the
+/// memory-mapped pages it read.
+fn quantize_job(
+    input: JobInput,
+    weight: &str,
+    ls: &[&LinearLayer],
+    path: &Path,
+    opts: &ConvertOptions,
+) -> Result<Quantized, ConvertError> {
+    let (dims, dtype) = match &input {
+        JobInput::Folded(c) => (c.dims.clone(), c.dtype),
+        JobInput::Tensor(t) => (
+            t.dims
+                .iter()
+                .map(|&d| d.max(0) as usize)
+                .collect::<Vec<_>>(),
+            t.data_type.unwrap_or(0),
+        ),
+    };
+    let other = |reason: String| ConvertError::Other {
+        path: path.display().to_string(),
+        reason: format!("weight '{weight}': {reason}"),
+    };
+    let [r, c] = dims[..] else {
+        return Err(other(format!("shape {dims:?} is not 2-D")));
+    };
+    let layout = ls[0].layout;
+    let (n, k) = match layout {
+        Layout::KN => (c, r),
+        Layout::NK => (r, c),
+    };
+    let cm = channel_major(&input, layout, r, c, path).map_err(other)?;
+    if Some(cm.len()) != r.checked_mul(c) {
+        return Err(other(format!(
+            "shape {dims:?} does not match its {} values",
+            cm.len()
+        )));
+    }
+    let release = || {
+        if let (Some(src), JobInput::Tensor(t)) = (opts.source, &input) {
+            if let Some(raw) = &t.raw_data {
+                src.release(raw);
+            }
+        }
+    };
+    if matches!(cm, Cow::Owned(_)) {
+        release(); // the pages were read into the copy
+    }
+    let ternary =
+        quant::quantize(&cm, n, k, &opts.quant).map_err(|source| ConvertError::Quant {
+            path: path.display().to_string(),
+            weight: weight.to_string(),
+            node: ls[0].node.clone(),
+            source,
+        })?;
+    let rel_error = quant::rel_error(&cm, &ternary);
+    drop(cm);
+    release();
+    let counts = ternary
+        .codes
+        .par_chunks(1 << 20)
+        .map(|c| {
+            let mut n = [0u64; 3];
+            for &x in c {
+                n[(x.clamp(-1, 1) + 1) as usize] += 1;
+            }
+            n
+        })
+        .reduce(|| [0; 3], |a, b| [a[0] + b[0], a[1] + b[1], a[2] + b[2]]);
+    Ok(Quantized {
+        ternary,
+        rel_error,
+        counts,
+        dims,
+        dtype,
+    })
+}
+
+/// The weight as channel-major `[N][K]` `f32`: borrowed from the file when it is an aligned
+/// float32 `[N, K]` payload, else decoded (and for `[K, N]` transposed) in one parallel pass.
+fn channel_major<'a>(
+    input: &'a JobInput,
+    layout: Layout,
+    rows: usize,
+    cols: usize,
+    path: &Path,
+) -> Result<Cow<'a, [f32]>, String> {
+    use bitnet_model::proto::tensor_proto::DataType;
+    let finish = |v: Cow<'a, [f32]>| -> Result<Cow<'a, [f32]>, String> {
+        if Some(v.len()) != rows.checked_mul(cols) {
+            return Ok(v); // the caller reports the mismatch
+        }
+        Ok(match layout {
+            Layout::NK => v,
+            Layout::KN => Cow::Owned(quant::transpose(&v, rows, cols)),
+        })
+    };
+    let t = match input {
+        JobInput::Folded(c) => {
+            return finish(match &c.data {
+                crate::fold::Data::F32(v) => Cow::Borrowed(v.as_slice()),
+                crate::fold::Data::I64(v) => v.iter().map(|&x| x as f32).collect(),
+            })
+        }
+        JobInput::Tensor(t) => t,
+    };
+    if let Some(v) = bitnet_model::tensor::f32_view(t) {
+        return finish(Cow::Borrowed(v));
+    }
+    let count = rows.checked_mul(cols).ok_or("element count overflows")?;
+    let dt = DataType::try_from(t.data_type.unwrap_or(0));
+    let width = match dt {
+        Ok(DataType::Float) => 4,
+        Ok(DataType::Float16 | DataType::Bfloat16) => 2,
+        _ => 0,
+    };
+    let raw = match &t.raw_data {
+        Some(raw) if width > 0 && count.checked_mul(width) == Some(raw.len()) => raw,
+        // Typed fields, other float types, or a length the checked decoder should explain.
+        _ => {
+            return finish(Cow::Owned(
+                bitnet_model::tensor::to_f32(path, t).map_err(|e| e.to_string())?,
+            ))
+        }
+    };
+    let f16 = dt == Ok(DataType::Float16);
+    let two = move |b: [u8; 2]| {
+        if f16 {
+            half::f16::from_le_bytes(b).to_f32()
+        } else {
+            half::bf16::from_le_bytes(b).to_f32()
+        }
+    };
+    let (b4, b2) = (raw.as_chunks::<4>().0, raw.as_chunks::<2>().0);
+    Ok(Cow::Owned(match (layout, width) {
+        (Layout::KN, 4) => quant::transpose_map(b4, rows, cols, f32::from_le_bytes),
+        (Layout::KN, _) => quant::transpose_map(b2, rows, cols, two),
+        (Layout::NK, 4) => b4
+            .par_iter()
+            .with_min_len(1 << 16)
+            .map(|&b| f32::from_le_bytes(b))
+            .collect(),
+        (Layout::NK, _) => b2
+            .par_iter()
+            .with_min_len(1 << 16)
+            .map(|&b| two(b))
+            .collect(),
+    }))
 }
 
 /// Removes the folded constant nodes that no longer feed anything, and the initializers that

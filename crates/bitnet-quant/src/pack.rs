@@ -103,7 +103,18 @@ pub fn check_ternary(t: &Ternary) -> Result<(), PackError> {
             expected: scales,
         });
     }
-    if let Some(i) = t.codes.iter().position(|c| !(-1..=1).contains(c)) {
+    // In parallel over large chunks, each scanned branch-free (vectorised).
+    const CHUNK: usize = 1 << 16;
+    let bad = |c: &i8| !(-1..=1).contains(c);
+    let first_bad = t
+        .codes
+        .par_chunks(CHUNK)
+        .position_first(|c| c.iter().fold(false, |any, x| any | bad(x)))
+        .and_then(|ci| {
+            let p = t.codes[ci * CHUNK..].iter().position(bad)?;
+            Some(ci * CHUNK + p)
+        });
+    if let Some(i) = first_bad {
         return Err(PackError::InvalidTernary(format!(
             "code {} at index {i} is not -1, 0 or 1",
             t.codes[i]
@@ -128,8 +139,17 @@ pub fn pack_matmulnbits(t: &Ternary, block_size: usize, bits: u32) -> Result<Vec
     // positions, so byte `i` of a row holds K positions `i * per_byte ..`.
     out.par_chunks_mut(row_bytes)
         .zip(t.codes.par_chunks(k))
+        .with_min_len((1 << 14) / k.max(1) + 1)
         .for_each(|(orow, crow)| {
-            for (i, byte) in orow.iter_mut().enumerate() {
+            // Whole bytes first (a fixed number of codes each), then the partial byte and the
+            // padding, both filled with the zero point.
+            let full = crow.len() / per_byte;
+            match bits {
+                2 => pack_full::<4>(&mut orow[..full], crow, zp, 2),
+                4 => pack_full::<2>(&mut orow[..full], crow, zp, 4),
+                _ => pack_full::<1>(&mut orow[..full], crow, zp, 8),
+            }
+            for (i, byte) in orow.iter_mut().enumerate().skip(full) {
                 let mut b = 0u8;
                 for j in 0..per_byte {
                     let kk = i * per_byte + j;
@@ -143,6 +163,18 @@ pub fn pack_matmulnbits(t: &Ternary, block_size: usize, bits: u32) -> Result<Vec
             }
         });
     Ok(out)
+}
+
+/// Packs `PER` codes into each byte of `out`, least significant bits first.
+#[inline]
+fn pack_full<const PER: usize>(out: &mut [u8], codes: &[i8], zp: u8, bits: u32) {
+    for (byte, cs) in out.iter_mut().zip(codes.chunks_exact(PER)) {
+        let mut b = 0u8;
+        for (j, &c) in cs.iter().enumerate() {
+            b |= zp.wrapping_add_signed(c) << (j as u32 * bits);
+        }
+        *byte = b;
+    }
 }
 
 /// MatMulNBits `B` with bits = 2: `byte = q0 | q1 << 2 | q2 << 4 | q3 << 6`, `q = t + 2`.

@@ -265,6 +265,20 @@ impl Ternary {
 /// # Panics
 /// When `src.len() != rows * cols`.
 pub fn transpose<T: Copy + Send + Sync>(src: &[T], rows: usize, cols: usize) -> Vec<T> {
+    transpose_map(src, rows, cols, |x| x)
+}
+
+/// [`transpose`] converting each element with `f` on the way (e.g. little-endian bytes to
+/// `f32`, so a weight is decoded and transposed in one pass).
+///
+/// # Panics
+/// When `src.len() != rows * cols`.
+pub fn transpose_map<S: Copy + Send + Sync, T: Copy + Send + Sync>(
+    src: &[S],
+    rows: usize,
+    cols: usize,
+    f: impl Fn(S) -> T + Sync,
+) -> Vec<T> {
     assert_eq!(
         Some(src.len()),
         rows.checked_mul(cols),
@@ -279,7 +293,8 @@ pub fn transpose<T: Copy + Send + Sync>(src: &[T], rows: usize, cols: usize) -> 
     // written, in one contiguous burst, so power-of-two strides do not thrash cache sets.
     const TILE: usize = 32;
     const BLOCK: usize = 16;
-    let mut out = vec![src[0]; src.len()];
+    let fill = f(src[0]);
+    let mut out = vec![fill; src.len()];
     out.par_chunks_mut(TILE * rows)
         .enumerate()
         .for_each(|(tile, chunk)| {
@@ -294,7 +309,7 @@ pub fn transpose<T: Copy + Send + Sync>(src: &[T], rows: usize, cols: usize) -> 
                 for j in 0..nc {
                     let dst = &mut chunk[j * rows + r0..j * rows + r1];
                     for (d, b) in dst.iter_mut().zip(&buf) {
-                        *d = b[j];
+                        *d = f(b[j]);
                     }
                 }
             }
@@ -349,6 +364,7 @@ pub fn rel_error(w: &[f32], t: &Ternary) -> f64 {
     if t.k == 0 || w.is_empty() {
         return 0.0;
     }
+    let glen = group_len(t.granularity, t.k);
     let parts: Vec<(f64, f64)> = w
         .par_chunks(t.k)
         .zip(t.codes.par_chunks(t.k))
@@ -356,10 +372,10 @@ pub fn rel_error(w: &[f32], t: &Ternary) -> f64 {
         .with_min_len(min_rows(t.k))
         .map(|(row, (wr, cr))| {
             let (mut err, mut norm) = (0f64, 0f64);
-            for (col, (&x, &c)) in wr.iter().zip(cr).enumerate() {
-                let d = f64::from(x) - f64::from(f32::from(c) * t.scale_at(row, col));
-                err += d * d;
-                norm += f64::from(x) * f64::from(x);
+            for (g, (wg, cg)) in wr.chunks(glen).zip(cr.chunks(glen)).enumerate() {
+                let (e, n) = sq_err(wg, cg, t.scale_at(row, g * glen));
+                err += e;
+                norm += n;
             }
             (err, norm)
         })
@@ -466,6 +482,33 @@ fn sum_abs(xs: &[f32]) -> f64 {
         s += f64::from(x.abs());
     }
     s
+}
+
+/// `(sum (x - c * s)^2, sum x^2)` over one group of one scale `s`, in `f64` with four fixed
+/// lanes (deterministic, and independent chains the compiler can vectorise).
+#[inline]
+fn sq_err(xs: &[f32], cs: &[i8], s: f32) -> (f64, f64) {
+    let mut err = [0f64; 4];
+    let mut norm = [0f64; 4];
+    let mut xc = xs.chunks_exact(4);
+    let mut cc = cs.chunks_exact(4);
+    for (x, c) in (&mut xc).zip(&mut cc) {
+        for l in 0..4 {
+            let xv = f64::from(x[l]);
+            let d = xv - f64::from(f32::from(c[l]) * s);
+            err[l] += d * d;
+            norm[l] += xv * xv;
+        }
+    }
+    let mut e = (err[0] + err[1]) + (err[2] + err[3]);
+    let mut n = (norm[0] + norm[1]) + (norm[2] + norm[3]);
+    for (&x, &c) in xc.remainder().iter().zip(cc.remainder()) {
+        let xv = f64::from(x);
+        let d = xv - f64::from(f32::from(c) * s);
+        e += d * d;
+        n += xv * xv;
+    }
+    (e, n)
 }
 
 /// BitNet's clamped absmean scale from an `f64` mean.
