@@ -31,6 +31,15 @@ impl Emitter for TensorRt {
         Some(24)
     }
 
+    /// INT4 tensors exist from IR version 10 on.
+    fn min_ir_version(&self) -> i64 {
+        if self.int8 {
+            0
+        } else {
+            10
+        }
+    }
+
     fn emit(
         &self,
         g: &mut GraphProto,
