@@ -206,6 +206,69 @@ fn conversion_is_deterministic_and_idempotent() {
     assert!(text.contains("already converted"), "{text}");
 }
 
+/// The streaming path (new weights written to the output's data file as they are made, input
+/// pages released): byte-identical model and data files whatever the thread count, and the
+/// same tensors as the in-memory path.
+#[test]
+fn external_data_conversion_is_deterministic_across_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ext.onnx");
+    let data = dir.path().join("ext.onnx.data");
+    let mut runs = Vec::new();
+    for threads in ["1", "2", "3"] {
+        let o = run_ok(
+            bin()
+                .arg("convert")
+                .arg(sample("transformer_ext/model.onnx"))
+                .arg("-o")
+                .arg(&out)
+                .args([
+                    "--external-data",
+                    "--quantize-head",
+                    "-q",
+                    "--threads",
+                    threads,
+                ]),
+        );
+        // --quiet: no report, no progress.
+        assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{o:?}");
+        let model = String::from_utf8_lossy(&std::fs::read(&out).unwrap())
+            .replace(&format!("--threads {threads}"), "--threads N");
+        runs.push((model, std::fs::read(&data).unwrap()));
+    }
+    assert!(runs.windows(2).all(|w| w[0] == w[1]));
+    // The embedded output of the same conversion holds the same tensors.
+    let emb = dir.path().join("emb.onnx");
+    run_ok(
+        bin()
+            .arg("convert")
+            .arg(sample("transformer_ext/model.onnx"))
+            .arg("-o")
+            .arg(&emb)
+            .args(["--quantize-head", "-q"]),
+    );
+    let tensors = |p: &std::path::Path| {
+        let m = bitnet_model::Model::load(p).unwrap();
+        let mut v: Vec<(String, Vec<u8>)> = m
+            .graph()
+            .initializer
+            .iter()
+            .map(|t| {
+                let raw = bitnet_model::tensor::raw_bytes(p, t).unwrap().into_owned();
+                (t.name.clone().unwrap(), raw)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(tensors(&out) == tensors(&emb));
+    assert!(!dir.path().read_dir().unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains(".tmp-")));
+}
+
 #[test]
 fn convert_refuses_to_overwrite_its_input() {
     let dir = tempfile::tempdir().unwrap();

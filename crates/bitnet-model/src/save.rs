@@ -142,7 +142,8 @@ impl Writer {
         self
     }
 
-    /// Called with the length of every large payload once it is written.
+    /// Called with the length of every large payload of the source maps (see
+    /// [`Writer::with_source`]) once it is written: the input's bytes copied through.
     pub fn with_progress(mut self, f: impl Fn(u64) + Send + Sync + 'static) -> Self {
         self.progress = Some(Box::new(f));
         self
@@ -199,6 +200,9 @@ impl Writer {
     }
 
     fn payload_written(&self, data: &[u8]) {
+        if !self.source.contains(data) {
+            return;
+        }
         self.source.release(data);
         if let Some(p) = &self.progress {
             p(data.len() as u64);

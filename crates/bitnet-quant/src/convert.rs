@@ -97,7 +97,8 @@ pub struct ConvertOptions<'a> {
     pub batch_bytes: Option<u64>,
 }
 
-/// Progress of a conversion, as it happens. Calls come from the converting thread, in order.
+/// Progress of a conversion, as it happens. Calls come one at a time, in weight order (not
+/// necessarily from the calling thread).
 pub trait Progress: Sync {
     /// `weights` more distinct weights holding `bytes` bytes will be converted (called once
     /// per graph that has any).
@@ -586,10 +587,14 @@ fn convert_graph(
     let budget = opts.batch_bytes.unwrap_or_else(|| {
         largest.max(rayon::current_num_threads() as u64 * BATCH_BYTES_PER_THREAD)
     });
-    let mut names = NameGen::new(g);
-    let mut reports = Vec::new();
-    let mut meta = Vec::new();
-    let mut min_opset = 0;
+    let mut em = Emission {
+        names: NameGen::new(g),
+        reports: Vec::new(),
+        meta: Vec::new(),
+        min_opset: 0,
+    };
+    type Batch<'j, 'l> = &'j [(String, Vec<&'l LinearLayer>)];
+    let mut pending: Option<(Batch, Vec<Result<Quantized, ConvertError>>)> = None;
     let mut start = 0;
     while start < jobs.len() {
         let mut end = start;
@@ -641,11 +646,67 @@ fn convert_graph(
             }
         }
         drop(by_name);
-        let quantized: Vec<Result<Quantized, ConvertError>> = inputs
-            .into_par_iter()
-            .zip(batch.par_iter())
-            .map(|((input, ls), (w, _))| quantize_job(input, w, ls, path, opts))
-            .collect();
+        // Quantize this batch while the previous one is emitted (in order, on the graph).
+        let (quantized, emitted) = rayon::join(
+            || -> Vec<Result<Quantized, ConvertError>> {
+                inputs
+                    .into_par_iter()
+                    .zip(batch.par_iter())
+                    .map(|((input, ls), (w, _))| quantize_job(input, w, ls, path, opts))
+                    .collect()
+            },
+            || match pending.take() {
+                Some((b, q)) => em.emit_batch(g, b, q, opts, &p, opset),
+                None => Ok(()),
+            },
+        );
+        emitted?;
+        pending = Some((batch, quantized));
+        start = end;
+    }
+    if let Some((b, q)) = pending.take() {
+        em.emit_batch(g, b, q, opts, &p, opset)?;
+    }
+    let Emission {
+        reports,
+        meta,
+        min_opset,
+        ..
+    } = em;
+    let removed = if reports.is_empty() {
+        0
+    } else {
+        remove_dead(g, &folded_outputs, &read_before)
+    };
+    Ok(GraphResult {
+        layers: reports,
+        skipped,
+        meta,
+        min_opset,
+        removed,
+    })
+}
+
+/// The emitting side of the driver: names, and what the report and metadata collect.
+struct Emission {
+    names: NameGen,
+    reports: Vec<LayerReport>,
+    meta: Vec<serde_json::Value>,
+    min_opset: i64,
+}
+
+impl Emission {
+    /// Rewrites the graph for one batch of quantized weights, in order; new initializers go
+    /// to the sink as they are made.
+    fn emit_batch(
+        &mut self,
+        g: &mut GraphProto,
+        batch: &[(String, Vec<&LinearLayer>)],
+        quantized: Vec<Result<Quantized, ConvertError>>,
+        opts: &ConvertOptions,
+        p: &str,
+        opset: i64,
+    ) -> Result<(), ConvertError> {
         for ((w, ls), q) in batch.iter().zip(quantized) {
             let q = q?;
             let t = &q.ternary;
@@ -660,22 +721,22 @@ fn convert_graph(
             let first_new = g.initializer.len();
             let emitted = opts
                 .emitter
-                .emit(g, &job, &mut names)
-                .map_err(|e| e.in_file(&p))?;
+                .emit(g, &job, &mut self.names)
+                .map_err(|e| e.in_file(p))?;
             if let Some(sink) = opts.sink {
                 for init in g.initializer.iter_mut().skip(first_new) {
                     sink.store(init).map_err(|e| ConvertError::Other {
-                        path: p.clone(),
+                        path: p.to_string(),
                         reason: e.to_string(),
                     })?;
                 }
             }
-            min_opset = min_opset.max(emitted.min_opset);
+            self.min_opset = self.min_opset.max(emitted.min_opset);
             let [neg, zero, pos] = q.counts;
             let (smin, smax) = t.scale_range();
             let total = (t.n * t.k) as u64;
             let bytes_before = bytes_of(dtype, total);
-            reports.push(LayerReport {
+            self.reports.push(LayerReport {
                 node: ls[0].node.clone(),
                 shared_with: ls[1..].iter().map(|l| l.node.clone()).collect(),
                 op: ls[0].op.clone(),
@@ -694,40 +755,27 @@ fn convert_graph(
                 bytes_after: emitted.bytes,
             });
             for l in ls {
-                meta.push(serde_json::json!({"node": l.node, "op": l.op, "weight": l.weight, "output": l.output}));
+                self.meta.push(serde_json::json!({"node": l.node, "op": l.op, "weight": l.weight, "output": l.output}));
             }
             if let Some(pr) = opts.progress {
                 pr.converted(w, bytes_before);
             }
         }
-        start = end;
+        Ok(())
     }
-    let removed = if reports.is_empty() {
-        0
-    } else {
-        remove_dead(g, &folded_outputs, &read_before)
-    };
-    Ok(GraphResult {
-        layers: reports,
-        skipped,
-        meta,
-        min_opset,
-        removed,
-    })
 }
+
+/// Bytes of a `[K, N]` source transposed at a time (its pages are released after each part).
+const TRANSPOSE_BAND_BYTES: usize = 8 << 20;
 
 /// Memory a batch may hold per thread; a batch always takes at least its largest weight.
 const BATCH_BYTES_PER_THREAD: u64 = 16 << 20;
 
-/// Peak bytes quantizing one weight of `elems` elements holds: the f32 source (a decoded copy,
-/// or the memory-mapped pages until they are released), its channel-major transpose for a
-/// `[K, N]` weight, and one byte of code per weight.
-fn job_cost(elems: usize, layout: Layout) -> u64 {
-    let per = match layout {
-        Layout::KN => 4 + 4 + 1,
-        Layout::NK => 4 + 1,
-    };
-    elems as u64 * per
+/// Peak bytes quantizing one weight of `elems` elements holds: the f32 channel-major values (a
+/// transposed copy for a `[K, N]` weight, whose source pages are released as it is made; the
+/// memory-mapped or decoded source for `[N, K]`) and one byte of code per weight.
+fn job_cost(elems: usize, _layout: Layout) -> u64 {
+    elems as u64 * (4 + 1)
 }
 
 /// A weight to quantize, owned by its job.
@@ -778,7 +826,13 @@ fn quantize_job(
         Layout::KN => (c, r),
         Layout::NK => (r, c),
     };
-    let cm = channel_major(&input, layout, r, c, path).map_err(other)?;
+    let source = opts.source.filter(|_| matches!(input, JobInput::Tensor(_)));
+    let release_part = |part: &[u8]| {
+        if let Some(src) = source {
+            src.release(part);
+        }
+    };
+    let cm = channel_major(&input, layout, r, c, path, &release_part).map_err(other)?;
     if Some(cm.len()) != r.checked_mul(c) {
         return Err(other(format!(
             "shape {dims:?} does not match its {} values",
@@ -809,11 +863,9 @@ fn quantize_job(
         .codes
         .par_chunks(1 << 20)
         .map(|c| {
-            let mut n = [0u64; 3];
-            for &x in c {
-                n[(x.clamp(-1, 1) + 1) as usize] += 1;
-            }
-            n
+            let neg = c.iter().filter(|&&x| x < 0).count() as u64;
+            let pos = c.iter().filter(|&&x| x > 0).count() as u64;
+            [neg, c.len() as u64 - neg - pos, pos]
         })
         .reduce(|| [0; 3], |a, b| [a[0] + b[0], a[1] + b[1], a[2] + b[2]]);
     Ok(Quantized {
@@ -827,21 +879,43 @@ fn quantize_job(
 
 /// The weight as channel-major `[N][K]` `f32`: borrowed from the file when it is an aligned
 /// float32 `[N, K]` payload, else decoded (and for `[K, N]` transposed) in one parallel pass.
+/// A `[K, N]` source is transposed `TRANSPOSE_BAND_BYTES` of it at a time, and `release` is
+/// called with each part of the payload once it has been read.
 fn channel_major<'a>(
     input: &'a JobInput,
     layout: Layout,
     rows: usize,
     cols: usize,
     path: &Path,
+    release: &dyn Fn(&[u8]),
 ) -> Result<Cow<'a, [f32]>, String> {
     use bitnet_model::proto::tensor_proto::DataType;
+    let band = |width: usize| (TRANSPOSE_BAND_BYTES / (cols * width).max(1)).max(1);
+    let raw_part = |rs: std::ops::Range<usize>, width: usize| {
+        if let JobInput::Tensor(t) = input {
+            if let Some(raw) = &t.raw_data {
+                if let Some(part) = raw.get(rs.start * cols * width..rs.end * cols * width) {
+                    release(part);
+                }
+            }
+        }
+    };
     let finish = |v: Cow<'a, [f32]>| -> Result<Cow<'a, [f32]>, String> {
         if Some(v.len()) != rows.checked_mul(cols) {
             return Ok(v); // the caller reports the mismatch
         }
-        Ok(match layout {
-            Layout::NK => v,
-            Layout::KN => Cow::Owned(quant::transpose(&v, rows, cols)),
+        Ok(match (layout, &v) {
+            (Layout::NK, _) => v,
+            // Borrowed from the mapped file: release it as the transpose goes.
+            (Layout::KN, Cow::Borrowed(b)) => Cow::Owned(quant::transpose_map_rows(
+                b,
+                rows,
+                cols,
+                band(4),
+                |x| x,
+                |rs| raw_part(rs, 4),
+            )),
+            (Layout::KN, Cow::Owned(o)) => Cow::Owned(quant::transpose(o, rows, cols)),
         })
     };
     let t = match input {
@@ -882,8 +956,14 @@ fn channel_major<'a>(
     };
     let (b4, b2) = (raw.as_chunks::<4>().0, raw.as_chunks::<2>().0);
     Ok(Cow::Owned(match (layout, width) {
-        (Layout::KN, 4) => quant::transpose_map(b4, rows, cols, f32::from_le_bytes),
-        (Layout::KN, _) => quant::transpose_map(b2, rows, cols, two),
+        (Layout::KN, 4) => {
+            quant::transpose_map_rows(b4, rows, cols, band(4), f32::from_le_bytes, |rs| {
+                raw_part(rs, 4)
+            })
+        }
+        (Layout::KN, _) => {
+            quant::transpose_map_rows(b2, rows, cols, band(2), two, |rs| raw_part(rs, 2))
+        }
         (Layout::NK, 4) => b4
             .par_iter()
             .with_min_len(1 << 16)

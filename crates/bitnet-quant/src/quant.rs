@@ -279,6 +279,23 @@ pub fn transpose_map<S: Copy + Send + Sync, T: Copy + Send + Sync>(
     cols: usize,
     f: impl Fn(S) -> T + Sync,
 ) -> Vec<T> {
+    transpose_map_rows(src, rows, cols, usize::MAX, f, |_| {})
+}
+
+/// [`transpose_map`] reading the source `band` rows at a time (in order, each band in
+/// parallel) and calling `done(rows)` once source rows `rows` are no longer needed, so a
+/// caller can release them (memory-mapped pages) while the rest is transposed.
+///
+/// # Panics
+/// When `src.len() != rows * cols`.
+pub fn transpose_map_rows<S: Copy + Send + Sync, T: Copy + Send + Sync>(
+    src: &[S],
+    rows: usize,
+    cols: usize,
+    band: usize,
+    f: impl Fn(S) -> T + Sync,
+    mut done: impl FnMut(std::ops::Range<usize>),
+) -> Vec<T> {
     assert_eq!(
         Some(src.len()),
         rows.checked_mul(cols),
@@ -293,27 +310,50 @@ pub fn transpose_map<S: Copy + Send + Sync, T: Copy + Send + Sync>(
     // written, in one contiguous burst, so power-of-two strides do not thrash cache sets.
     const TILE: usize = 32;
     const BLOCK: usize = 16;
+    let band = if band >= rows {
+        rows
+    } else {
+        band.max(1).next_multiple_of(BLOCK)
+    };
     let fill = f(src[0]);
     let mut out = vec![fill; src.len()];
-    out.par_chunks_mut(TILE * rows)
-        .enumerate()
-        .for_each(|(tile, chunk)| {
-            let c0 = tile * TILE;
-            let nc = chunk.len() / rows;
-            let mut buf = [[src[0]; TILE]; BLOCK];
-            for r0 in (0..rows).step_by(BLOCK) {
-                let r1 = (r0 + BLOCK).min(rows);
-                for (b, r) in buf.iter_mut().zip(r0..r1) {
-                    b[..nc].copy_from_slice(&src[r * cols + c0..r * cols + c0 + nc]);
-                }
-                for j in 0..nc {
-                    let dst = &mut chunk[j * rows + r0..j * rows + r1];
-                    for (d, b) in dst.iter_mut().zip(&buf) {
-                        *d = f(b[j]);
+    let mut b0 = 0;
+    while b0 < rows {
+        let b1 = b0.saturating_add(band).min(rows);
+        out.par_chunks_mut(TILE * rows)
+            .enumerate()
+            .for_each(|(tile, chunk)| {
+                let c0 = tile * TILE;
+                let nc = chunk.len() / rows;
+                let mut buf = [[fill; TILE]; BLOCK];
+                for r0 in (b0..b1).step_by(BLOCK) {
+                    let r1 = (r0 + BLOCK).min(b1);
+                    if nc == TILE && r1 - r0 == BLOCK {
+                        // Whole block: fixed sizes, so the copies are inlined and vectorised.
+                        for (i, b) in buf.iter_mut().enumerate() {
+                            let row = &src[(r0 + i) * cols + c0..][..TILE];
+                            for (d, &x) in b.iter_mut().zip(row) {
+                                *d = f(x);
+                            }
+                        }
+                        for j in 0..TILE {
+                            let dst = &mut chunk[j * rows + r0..][..BLOCK];
+                            for (d, b) in dst.iter_mut().zip(&buf) {
+                                *d = b[j];
+                            }
+                        }
+                        continue;
+                    }
+                    for r in r0..r1 {
+                        for j in 0..nc {
+                            chunk[j * rows + r] = f(src[r * cols + c0 + j]);
+                        }
                     }
                 }
-            }
-        });
+            });
+        done(b0..b1);
+        b0 = b1;
+    }
     out
 }
 
@@ -950,6 +990,24 @@ mod tests {
             for j in 0..c {
                 assert_eq!(t[j * r + i], m[i * c + j]);
             }
+        }
+    }
+
+    #[test]
+    fn transpose_in_bands_matches_and_reports_every_row() {
+        for (r, c) in [(37, 70), (64, 32), (1, 5), (100, 1), (48, 96)] {
+            let m: Vec<u32> = (0..r * c).map(|i| i as u32 * 7 + 1).collect();
+            let want = transpose(&m, r, c);
+            for band in [1, 16, 17, 33, 1000] {
+                let mut seen = Vec::new();
+                let got = transpose_map_rows(&m, r, c, band, |x| x, |rs| seen.push(rs));
+                assert_eq!(got, want, "{r}x{c} band {band}");
+                assert_eq!(seen.first().map(|s| s.start), Some(0));
+                assert_eq!(seen.last().map(|s| s.end), Some(r));
+                assert!(seen.windows(2).all(|w| w[0].end == w[1].start));
+            }
+            let f = transpose_map(&m, r, c, |x| x as u64 * 2);
+            assert!(f.iter().zip(&want).all(|(&a, &b)| a == b as u64 * 2));
         }
     }
 
