@@ -69,7 +69,8 @@ impl Accumulator {
         } else if self.aa == 0.0 || self.bb == 0.0 {
             0.0
         } else {
-            self.ab / (self.aa.sqrt() * self.bb.sqrt())
+            // Rounding can take |cos| a few ulps past 1 (identical outputs gave 1 + 2e-16).
+            (self.ab / (self.aa.sqrt() * self.bb.sqrt())).clamp(-1.0, 1.0)
         };
         let snr = if self.dd == 0.0 {
             SNR_CAP_DB
