@@ -206,9 +206,13 @@ const UPGRADE_SAFE_SINCE: &[(&str, i64)] = &[
     ("GlobalAveragePool", 1),
     ("Greater", 7),
     ("Identity", 1),
+    // Later versions only relax branch output shapes (11) or add types.
+    ("If", 1),
     ("LayerNormalization", 17),
     ("Less", 7),
     ("Log", 6),
+    // 11 made the trip count and condition optional; later versions add types.
+    ("Loop", 11),
     ("LogSoftmax", 13),
     ("MatMul", 1),
     ("MatMulInteger", 10),
@@ -232,6 +236,8 @@ const UPGRADE_SAFE_SINCE: &[(&str, i64)] = &[
     ("Relu", 6),
     ("Reshape", 5),
     ("Round", 11),
+    // 9 replaced the batch axis with scan_input_axes/directions; later versions add types.
+    ("Scan", 9),
     ("Shape", 1),
     ("Sigmoid", 6),
     ("Sign", 9),
@@ -275,6 +281,9 @@ pub fn convert(
     let mut meta_layers = Vec::new();
     let mut min_opset = 0i64;
     let mut removed = 0usize;
+    // Weights that If/Loop/Scan bodies capture from an enclosing graph are converted inside
+    // the subgraph that reads them: copy them in first, drop what is left over afterwards.
+    let copied = crate::scope::localize(model);
     walk::for_each_graph_mut(
         model,
         &mut |g: &mut GraphProto| -> Result<(), ConvertError> {
@@ -287,6 +296,7 @@ pub fn convert(
             Ok(())
         },
     )?;
+    crate::scope::release(model, &copied);
     let mut opset_after = opset_before;
     if !layers_out.is_empty() {
         if let Some(max) = opts.emitter.max_opset() {

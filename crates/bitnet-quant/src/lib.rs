@@ -9,3 +9,4 @@ pub mod emit;
 pub mod fold;
 pub mod pack;
 pub mod quant;
+pub mod scope;
