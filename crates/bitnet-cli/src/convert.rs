@@ -17,12 +17,22 @@ use crate::progress::ConvertProgress;
 pub enum Target {
     /// ONNX Runtime: com.microsoft::MatMulNBits with 2-bit codes (about 16x smaller weights).
     Ort,
+    /// ONNX Runtime, prefill-friendly: INT8 codes, BitNet per-token int8 activations,
+    /// MatMulInteger (fast at every batch size; 4x smaller weights).
+    OrtInt8,
     /// Standard ONNX: INT2 codes + DequantizeLinear (opset 25, IR 13).
     Onnx,
     /// TensorRT: INT4 codes blocked along K (or per-channel INT8 with --tensorrt-int8).
     Tensorrt,
     /// INT8 ternary codes + DequantizeLinear feeding the original MatMul/Gemm (runs everywhere).
     QdqInt8,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activations {
+    Auto,
+    Float,
+    Int8,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,17 +55,24 @@ pub struct ConvertArgs {
     /// Output model path (never the input).
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Output format (ort-int8 is not implemented yet).
+    /// Output format.
     #[arg(long, value_enum, default_value = "ort")]
     pub target: Target,
+    /// Activation precision: int8 = BitNet W1.58A8 with integer kernels (ort: MatMulNBits
+    /// accuracy_level 4; ort-int8: per-token absmax int8, always); float = float activations
+    /// (ort: accuracy_level 0). auto: each target's fastest (int8 for ort and ort-int8, float
+    /// for the DequantizeLinear targets, which cannot express integer activations).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub activations: Activations,
     /// ort: MatMulNBits block size along K (power of two, >= 16). Default: 128, the fastest
     /// measured (bench/ort_targets.py), capped at K rounded up to a power of two.
     #[arg(long)]
     pub block_size: Option<usize>,
     /// ort: MatMulNBits accuracy_level; 4 = int8 activations (fast, about 1e-2 relative),
     /// 0 = float activations (exact, much slower at batch 1 in ONNX Runtime 1.32).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(i64).range(0..=4))]
-    pub accuracy_level: i64,
+    /// Default: from --activations (4 unless float).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..=4))]
+    pub accuracy_level: Option<i64>,
     /// Scale granularity: tensor, channel (per output feature) or group:G.
     #[arg(long, default_value = "channel", value_parser = parse_granularity)]
     pub scale: Granularity,
@@ -117,19 +134,52 @@ fn parse_granularity(s: &str) -> Result<Granularity, String> {
     }
 }
 
-fn emitter(args: &ConvertArgs) -> Box<dyn Emitter> {
-    match args.target {
+fn emitter(args: &ConvertArgs) -> Result<Box<dyn Emitter>> {
+    let dq_target = matches!(
+        args.target,
+        Target::Onnx | Target::Tensorrt | Target::QdqInt8
+    );
+    if args.activations == Activations::Int8 && dq_target {
+        anyhow::bail!(
+            "--activations int8 needs a target with integer kernels: ort-int8 (BitNet per-token int8 \
+             activations, MatMulInteger) or ort (MatMulNBits accuracy_level 4); the DequantizeLinear \
+             targets keep float activations (ONNX Runtime's default optimisations may still fuse \
+             DequantizeLinear -> MatMul into int8-activation kernels)"
+        );
+    }
+    if args.activations == Activations::Float && args.target == Target::OrtInt8 {
+        anyhow::bail!(
+            "--target ort-int8 quantizes activations to int8 by construction; use --target ort \
+             --activations float or a DequantizeLinear target for float activations"
+        );
+    }
+    if args.accuracy_level.is_some() && args.target != Target::Ort {
+        anyhow::bail!("--accuracy-level applies to --target ort only");
+    }
+    let accuracy_level = match (args.activations, args.accuracy_level) {
+        (Activations::Float, Some(l)) if l != 0 => {
+            anyhow::bail!("--activations float means accuracy_level 0, not {l}")
+        }
+        (Activations::Int8, Some(l)) if l != 4 => {
+            anyhow::bail!("--activations int8 means accuracy_level 4, not {l}")
+        }
+        (_, Some(l)) => l,
+        (Activations::Float, None) => 0,
+        (_, None) => 4,
+    };
+    Ok(match args.target {
         Target::Ort => Box::new(bitnet_quant::emit::ort::Ort {
             block_size: args.block_size,
-            accuracy_level: args.accuracy_level,
+            accuracy_level,
         }),
+        Target::OrtInt8 => Box::new(bitnet_quant::emit::ort_int8::OrtInt8),
         Target::QdqInt8 => Box::new(bitnet_quant::emit::qdq_int8::QdqInt8),
         Target::Onnx => Box::new(bitnet_quant::emit::onnx_int2::OnnxInt2),
         Target::Tensorrt => Box::new(bitnet_quant::emit::tensorrt::TensorRt {
             block_size: args.tensorrt_block_size,
             int8: args.tensorrt_int8,
         }),
-    }
+    })
 }
 
 pub fn run(args: &ConvertArgs, argv: &[String]) -> Result<Report> {
@@ -171,7 +221,7 @@ pub fn run(args: &ConvertArgs, argv: &[String]) -> Result<Report> {
         .map(String::as_str)
         .collect::<Vec<_>>()
         .join(" ");
-    let emitter = emitter(args);
+    let emitter = emitter(args)?;
     let save_opts = SaveOptions {
         external_data: if args.external_data {
             ExternalData::Always
@@ -293,14 +343,31 @@ pub fn print_report(r: &Report, saved: &bitnet_model::Saved) {
         t.removed_nodes
     );
     println!(
-        "linear weights {} -> {} bytes ({:.2}x); files {} -> {} bytes ({:.2}x)",
+        "linear weights {} -> {} bytes ({:.2}x, {:.2} bits per weight); files {} -> {} bytes ({:.2}x)",
         t.weight_bytes_before,
         t.weight_bytes_after,
         t.weight_compression,
+        t.bits_per_weight,
         t.file_bytes_before,
         t.file_bytes_after,
         t.file_compression
     );
+    if !r.layers.is_empty() {
+        println!("activations: {}", r.activations);
+    }
+    if !r.layers.is_empty() && !r.ort_session_options.is_empty() {
+        let opts: Vec<String> = r
+            .ort_session_options
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "for batch-1 decoding in ONNX Runtime set the session config entries {} \
+             (SessionOptions.add_session_config_entry; recorded in the metadata as \
+             bitnet_onnx.ort_session_options): measured 1.4x faster at M=1, 2x slower at M=128",
+            opts.join(", ")
+        );
+    }
     if t.opset_before != t.opset_after {
         println!(
             "default-domain opset raised from {:?} to {:?}",

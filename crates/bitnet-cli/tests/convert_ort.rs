@@ -135,6 +135,9 @@ fn bitlinear_ort_target_is_small_and_exact_when_asked() {
             r["totals"]["weight_compression"].as_f64().unwrap() >= 12.0,
             "{s}: {r}"
         );
+        // 2-bit codes plus one float32 scale per block (K padded to the block).
+        let bits = r["totals"]["bits_per_weight"].as_f64().unwrap();
+        assert!(bits > 2.0 && bits < 2.7, "{s}: {bits}");
         for level in ["basic", "all"] {
             let cmp = ort_compare(&sample(s), &exact, level, &["batch=4"]);
             for o in cmp["outputs"].as_array().unwrap() {

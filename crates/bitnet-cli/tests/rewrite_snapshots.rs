@@ -18,7 +18,7 @@ const SAMPLES: &[&str] = &[
     "bitlinear_dynamo.onnx",
 ];
 
-const TARGETS: &[&str] = &["ort", "onnx", "tensorrt", "qdq-int8"];
+const TARGETS: &[&str] = &["ort", "ort-int8", "onnx", "tensorrt", "qdq-int8"];
 
 #[test]
 fn rewritten_graphs_match_their_snapshots() {

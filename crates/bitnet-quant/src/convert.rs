@@ -152,6 +152,8 @@ pub struct Totals {
     pub weight_bytes_before: u64,
     pub weight_bytes_after: u64,
     pub weight_compression: f64,
+    /// Bits per converted weight in the output: codes, padding and scales.
+    pub bits_per_weight: f64,
     pub file_bytes_before: u64,
     pub file_bytes_after: u64,
     pub file_compression: f64,
@@ -164,6 +166,10 @@ pub struct Totals {
 pub struct Report {
     pub tool: String,
     pub target: String,
+    /// What the output does with activations.
+    pub activations: String,
+    /// ONNX Runtime session config entries the output runs fastest with.
+    pub ort_session_options: BTreeMap<String, String>,
     pub already_converted: bool,
     pub layers: Vec<LayerReport>,
     pub totals: Totals,
@@ -353,6 +359,17 @@ pub fn convert(
         skipped,
         weight_bytes_before,
         weight_bytes_after,
+        bits_per_weight: {
+            let params: u64 = layers_out
+                .iter()
+                .map(|l| l.shape.iter().product::<i64>().max(0) as u64)
+                .sum();
+            if params > 0 {
+                8.0 * weight_bytes_after as f64 / params as f64
+            } else {
+                0.0
+            }
+        },
         weight_compression: if weight_bytes_after > 0 {
             weight_bytes_before as f64 / weight_bytes_after as f64
         } else {
@@ -366,6 +383,13 @@ pub fn convert(
     let report = Report {
         tool: format!("bitnet-onnx {}", env!("CARGO_PKG_VERSION")),
         target: opts.emitter.name().to_string(),
+        activations: opts.emitter.activations(),
+        ort_session_options: opts
+            .emitter
+            .ort_session_options()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         already_converted: already && layers_out.is_empty(),
         layers: layers_out,
         totals,
@@ -384,6 +408,13 @@ pub fn convert(
         set("version", env!("CARGO_PKG_VERSION").to_string());
         set("target", opts.emitter.name().to_string());
         set("flags", opts.flags.clone());
+        set("activations", report.activations.clone());
+        if !report.ort_session_options.is_empty() {
+            set(
+                "ort_session_options",
+                serde_json::to_string(&report.ort_session_options).unwrap_or_default(),
+            );
+        }
         set(
             "layers",
             serde_json::to_string(&meta_layers).unwrap_or_default(),

@@ -2,8 +2,10 @@
 //! given that weight's ternary codes and scales, and says how many bytes the new weight takes.
 
 pub mod dq;
+pub mod linear;
 pub mod onnx_int2;
 pub mod ort;
+pub mod ort_int8;
 pub mod qdq_int8;
 pub mod tensorrt;
 
@@ -57,6 +59,16 @@ pub trait Emitter: Sync {
     /// Lowest IR version the output needs (INT2 tensors need IR 13).
     fn min_ir_version(&self) -> i64 {
         0
+    }
+    /// What the output does with activations, for the report and the metadata.
+    fn activations(&self) -> String {
+        "float (weights dequantized by DequantizeLinear; ONNX Runtime's default optimisations \
+         may fuse DequantizeLinear -> MatMul into int8-activation kernels)"
+            .to_string()
+    }
+    /// ONNX Runtime session config entries the output runs fastest with (key, value).
+    fn ort_session_options(&self) -> Vec<(&'static str, &'static str)> {
+        Vec::new()
     }
     /// Highest default-domain opset the target runtime parses, if it has a limit.
     fn max_opset(&self) -> Option<i64> {

@@ -7,10 +7,11 @@
 //! input when C is a constant vector or scalar, else an Add after the node.
 
 use bitnet_model::proto::tensor_proto::DataType;
-use bitnet_model::proto::{AttributeProto, GraphProto, NodeProto};
+use bitnet_model::proto::{GraphProto, NodeProto};
 use bitnet_model::tensor;
 
 use super::dq::int_attr;
+use super::linear::{self, Bias};
 use super::{Emitted, Emitter, NameGen, WeightJob};
 use crate::convert::ConvertError;
 use crate::pack;
@@ -20,10 +21,6 @@ pub struct Ort {
     pub block_size: Option<usize>,
     /// 0: float activations (exact); 4: int8 activations (fast at M = 1).
     pub accuracy_level: i64,
-}
-
-fn attr<'n>(n: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
-    n.attribute.iter().find(|a| a.name.as_deref() == Some(name))
 }
 
 /// The default block size: 128 (the fastest in `bench/ort_targets.py` at both M=1 and M=128),
@@ -40,6 +37,28 @@ impl Emitter for Ort {
 
     fn dequantize_linear_weights(&self) -> bool {
         false
+    }
+
+    fn activations(&self) -> String {
+        if self.accuracy_level == 4 {
+            "int8, quantized by MatMulNBits per block of K (accuracy_level 4)".to_string()
+        } else {
+            format!("float (MatMulNBits accuracy_level {})", self.accuracy_level)
+        }
+    }
+
+    /// `mlas.use_lut_gemm=1` (ONNX Runtime 1.32): measured on 8 stacked 2048x2048 layers
+    /// (bench/ort_targets.py) 1.4x faster than the default kernels at M=1 but about half as fast
+    /// at M=128, so it is the setting for batch-1 decoding. ORT cannot read it from the model
+    /// (its `ort_config` metadata accepts only thread counts, execution mode, optimisation level
+    /// and profiling), so it is recorded and printed for the user to set. Measured with
+    /// accuracy_level 4 only.
+    fn ort_session_options(&self) -> Vec<(&'static str, &'static str)> {
+        if self.accuracy_level == 4 {
+            vec![("mlas.use_lut_gemm", "1")]
+        } else {
+            Vec::new()
+        }
     }
 
     fn emit(
@@ -79,32 +98,16 @@ impl Emitter for Ort {
         let mut scale_names: Vec<(u32, String)> = Vec::new();
         let mut scale_bytes = 0u64;
         for layer in job.layers {
-            let Some(pos) = g.node.iter().position(|n| {
-                n.output.first() == Some(&layer.output)
-                    && n.input.get(1).map(String::as_str) == Some(job.weight)
-            }) else {
+            let Some(lin) = linear::take(g, job, layer, names) else {
                 continue;
             };
-            let node = g.node[pos].clone();
-            let is_gemm = layer.op == "Gemm";
-            let alpha = if is_gemm {
-                attr(&node, "alpha").and_then(|a| a.f).unwrap_or(1.0)
-            } else {
-                1.0
-            };
-            let beta = if is_gemm {
-                attr(&node, "beta").and_then(|a| a.f).unwrap_or(1.0)
-            } else {
-                1.0
-            };
-            let trans_a = is_gemm && attr(&node, "transA").and_then(|a| a.i).unwrap_or(0) == 1;
             // Scales (alpha folded in), shared by layers with the same alpha.
-            let key = alpha.to_bits();
+            let key = lin.alpha.to_bits();
             let scales_name = match scale_names.iter().find(|(k, _)| *k == key) {
                 Some((_, n)) => n.clone(),
                 None => {
                     let n = names.fresh(&format!("{}_MatMulNBits_scales", job.weight));
-                    let vals: Vec<f32> = base_scales.iter().map(|s| s * alpha).collect();
+                    let vals: Vec<f32> = base_scales.iter().map(|s| s * lin.alpha).collect();
                     g.initializer.push(tensor::from_f32_as(
                         &n,
                         job.dtype,
@@ -117,85 +120,29 @@ impl Emitter for Ort {
                     n
                 }
             };
-            let mut before = Vec::new();
-            let mut after = Vec::new();
-            let mut a_in = node.input[0].clone();
-            if trans_a {
-                let out = names.fresh(&format!("{}_transposed", a_in));
-                before.push(NodeProto {
-                    name: Some(names.fresh(&format!("{}_TransposeA", layer.node))),
-                    op_type: Some("Transpose".into()),
-                    input: vec![a_in.clone()],
-                    output: vec![out.clone()],
-                    ..Default::default()
-                });
-                a_in = out;
-            }
-            let mut inputs = vec![a_in, b_name.clone(), scales_name];
+            let mut inputs = vec![lin.a.clone(), b_name.clone(), scales_name];
             let mut output = layer.output.clone();
-            if let Some(c) = node.input.get(2).filter(|c| !c.is_empty() && beta != 0.0) {
-                let init = g
-                    .initializer
-                    .iter()
-                    .find(|t| t.name.as_deref() == Some(c.as_str()));
-                let bias = init
-                    .filter(|t| {
-                        t.dims.iter().product::<i64>() as usize
-                            == t.dims.last().copied().unwrap_or(1).max(1) as usize
-                    })
-                    .and_then(|t| {
-                        tensor::to_f32(std::path::Path::new(""), t)
-                            .ok()
-                            .map(|v| (v, t.dims.clone()))
+            let mut after = Vec::new();
+            match &lin.bias {
+                Bias::None => {}
+                // The bias input (index 5), after the absent zero points and g_idx.
+                Bias::Vector(v) => {
+                    let bn = names.fresh(&format!("{}_bias", lin.node.input[2]));
+                    g.initializer
+                        .push(tensor::from_f32_as(&bn, job.dtype, &[t.n as i64], v));
+                    inputs.extend([String::new(), String::new(), bn]);
+                }
+                // Matrix or run-time C: Y = MatMulNBits(...) + beta * C.
+                Bias::Value(c) => {
+                    let mm_out = names.fresh(&format!("{}_matmul", layer.output));
+                    after.push(NodeProto {
+                        name: Some(names.fresh(&format!("{}_AddC", layer.node))),
+                        op_type: Some("Add".into()),
+                        input: vec![mm_out.clone(), c.clone()],
+                        output: vec![layer.output.clone()],
+                        ..Default::default()
                     });
-                match bias {
-                    // Scalar, [N] or [1, N]: becomes the bias input (index 5).
-                    Some((v, _)) if v.len() == 1 || v.len() == t.n => {
-                        let vals: Vec<f32> = if v.len() == 1 {
-                            vec![v[0] * beta; t.n]
-                        } else {
-                            v.iter().map(|x| x * beta).collect()
-                        };
-                        let bn = names.fresh(&format!("{c}_bias"));
-                        g.initializer.push(tensor::from_f32_as(
-                            &bn,
-                            job.dtype,
-                            &[t.n as i64],
-                            &vals,
-                        ));
-                        inputs.extend([String::new(), String::new(), bn]);
-                    }
-                    _ => {
-                        // Matrix or run-time C: Y = MatMulNBits(...) + beta * C.
-                        let mm_out = names.fresh(&format!("{}_matmul", layer.output));
-                        let mut c_val = c.clone();
-                        if beta != 1.0 {
-                            let beta_name = names.fresh(&format!("{}_beta", layer.node));
-                            g.initializer.push(tensor::from_f32_as(
-                                &beta_name,
-                                job.dtype,
-                                &[],
-                                &[beta],
-                            ));
-                            let scaled = names.fresh(&format!("{c}_scaled"));
-                            after.push(NodeProto {
-                                name: Some(names.fresh(&format!("{}_MulBeta", layer.node))),
-                                op_type: Some("Mul".into()),
-                                input: vec![c.clone(), beta_name],
-                                output: vec![scaled.clone()],
-                                ..Default::default()
-                            });
-                            c_val = scaled;
-                        }
-                        after.push(NodeProto {
-                            name: Some(names.fresh(&format!("{}_AddC", layer.node))),
-                            op_type: Some("Add".into()),
-                            input: vec![mm_out.clone(), c_val],
-                            output: vec![layer.output.clone()],
-                            ..Default::default()
-                        });
-                        output = mm_out;
-                    }
+                    output = mm_out;
                 }
             }
             let mut attribute = vec![
@@ -208,19 +155,19 @@ impl Emitter for Ort {
                 attribute.push(int_attr("accuracy_level", self.accuracy_level));
             }
             let nbits = NodeProto {
-                name: node.name.clone(),
+                name: lin.node.name.clone(),
                 op_type: Some("MatMulNBits".into()),
                 domain: Some("com.microsoft".into()),
                 input: inputs,
                 output: vec![output],
                 attribute,
-                doc_string: node.doc_string.clone(),
+                doc_string: lin.node.doc_string.clone(),
                 ..Default::default()
             };
-            let mut replacement = before;
+            let mut replacement = lin.before;
             replacement.push(nbits);
             replacement.extend(after);
-            g.node.splice(pos..=pos, replacement);
+            g.node.splice(lin.pos..=lin.pos, replacement);
         }
         Ok(Emitted {
             bytes: b.len() as u64 + scale_bytes,

@@ -1,0 +1,291 @@
+//! `--target ort-int8`: BitNet b1.58 W1.58A8 as ONNX Runtime runs it fastest at every batch
+//! size (DESIGN.md 2 and 3.4). Weights are INT8 ternary codes `[K, N]`; activations are
+//! quantized per token exactly as BitNet defines it, `s = 127 / max(|x|)` over the last axis
+//! (max clamped below at 1e-5), `x_q = clamp(round(x * s), -128, 127)`, and shifted by +128 into
+//! uint8 so that `MatMulInteger` with `a_zero_point = 128` takes ONNX Runtime's fast u8s8
+//! kernels. The int32 product is rescaled by the weight scales (Gemm's `alpha` folded in) and
+//! divided by `s`:
+//!
+//! ```text
+//! x --Abs--ReduceMax(-1)--Max(1e-5)--> m ;  s = 127 / m
+//! x * s --Round--Add(128)--Clip(0, 255)--Cast(uint8)--> x_u8
+//! y = Cast<float>(MatMulInteger(x_u8, codes, 128)) * scale / s  [+ beta * C]
+//! ```
+//!
+//! One activation quantization is shared by every converted layer reading the same value
+//! (attention's q/k/v projections). float16 activations are computed in float32 inside the
+//! chain (int32 sums overflow float16) and cast back. Scales must be per tensor or per channel:
+//! the int32 sum runs over all of K, so a per-group scale cannot be applied after it.
+//! A model that already carries BitLinear's activation fake-quant chain computes the same
+//! thing: re-quantizing `x_q / s` per token gives back `x_q` and `s`.
+
+use bitnet_model::proto::attribute_proto::AttributeType;
+use bitnet_model::proto::tensor_proto::DataType;
+use bitnet_model::proto::{AttributeProto, GraphProto, NodeProto, TensorProto};
+use bitnet_model::tensor;
+
+use super::dq::int_attr;
+use super::linear::{self, Bias};
+use super::{Emitted, Emitter, NameGen, WeightJob};
+use crate::convert::ConvertError;
+use crate::pack;
+use crate::quant::Granularity;
+
+pub struct OrtInt8;
+
+/// Opset the emitted nodes need: Round and Clip with min/max inputs (11).
+const MIN_OPSET: i64 = 11;
+
+/// Marks the nodes of an activation quantization so that later layers reading the same value
+/// reuse it: the final Cast (the uint8 activation) and the Div (the per-token scale `s`).
+fn marker(what: &str, a: &str) -> String {
+    format!("bitnet-onnx: per-token int8 {what} of '{a}'")
+}
+
+fn node(
+    names: &mut NameGen,
+    base: &str,
+    op: &str,
+    input: Vec<String>,
+    output: &str,
+    attribute: Vec<AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        name: Some(names.fresh(&format!("{base}_{op}"))),
+        op_type: Some(op.into()),
+        input,
+        output: vec![output.to_string()],
+        attribute,
+        ..Default::default()
+    }
+}
+
+/// The activation quantization of one value.
+struct Activation {
+    /// uint8 activation (codes shifted by 128).
+    q: String,
+    /// Per-token scale `s = 127 / max|x|`, float32 `[.., 1]`.
+    s: String,
+    /// Nodes and initializers to add, when no earlier layer built them.
+    new: Option<(Vec<NodeProto>, Vec<TensorProto>)>,
+}
+
+fn find_marked(g: &GraphProto, mark: &str) -> Option<String> {
+    g.node
+        .iter()
+        .find(|n| n.doc_string.as_deref() == Some(mark))
+        .and_then(|n| n.output.first().cloned())
+}
+
+/// The quantization of activation `a`: the one an earlier layer built, or a new one.
+fn quantize_activation(
+    g: &GraphProto,
+    job: &WeightJob,
+    a: &str,
+    names: &mut NameGen,
+) -> Activation {
+    let (q_mark, s_mark) = (marker("activation", a), marker("scale", a));
+    if let (Some(q), Some(s)) = (find_marked(g, &q_mark), find_marked(g, &s_mark)) {
+        return Activation { q, s, new: None };
+    }
+    let base = format!("{a}_int8");
+    let f = |names: &mut NameGen, what: &str| names.fresh(&format!("{base}_{what}"));
+    let mut nodes = Vec::new();
+    let mut inits = Vec::new();
+    let mut x = a.to_string();
+    if job.dtype != DataType::Float as i32 {
+        let x32 = f(names, "f32");
+        let to = vec![int_attr("to", DataType::Float as i64)];
+        nodes.push(node(names, &base, "Cast", vec![x], &x32, to));
+        x = x32;
+    }
+    let abs = f(names, "abs");
+    nodes.push(node(names, &base, "Abs", vec![x.clone()], &abs, vec![]));
+    let max = f(names, "absmax");
+    let keepdims = int_attr("keepdims", 1);
+    if job.opset.max(MIN_OPSET) >= 18 {
+        let axes = f(names, "axes");
+        inits.push(tensor::from_i64(&axes, &[1], &[-1]));
+        let input = vec![abs, axes];
+        nodes.push(node(names, &base, "ReduceMax", input, &max, vec![keepdims]));
+    } else {
+        let axes = AttributeProto {
+            name: Some("axes".into()),
+            ints: vec![-1],
+            r#type: Some(AttributeType::Ints as i32),
+            ..Default::default()
+        };
+        let attrs = vec![axes, keepdims];
+        nodes.push(node(names, &base, "ReduceMax", vec![abs], &max, attrs));
+    }
+    let mut constant = |names: &mut NameGen, what: &str, v: f32| {
+        let n = f(names, what);
+        inits.push(tensor::from_f32(&n, &[], &[v]));
+        n
+    };
+    let eps = constant(names, "eps", 1e-5);
+    let c127 = constant(names, "127", 127.0);
+    let c128 = constant(names, "128", 128.0);
+    let c0 = constant(names, "0", 0.0);
+    let c255 = constant(names, "255", 255.0);
+    let clamped = f(names, "absmax_clamped");
+    nodes.push(node(names, &base, "Max", vec![max, eps], &clamped, vec![]));
+    let s = f(names, "scale");
+    let mut div = node(names, &base, "Div", vec![c127, clamped], &s, vec![]);
+    div.doc_string = Some(s_mark);
+    nodes.push(div);
+    let xs = f(names, "scaled");
+    nodes.push(node(names, &base, "Mul", vec![x, s.clone()], &xs, vec![]));
+    let r = f(names, "rounded");
+    nodes.push(node(names, &base, "Round", vec![xs], &r, vec![]));
+    let shifted = f(names, "shifted");
+    nodes.push(node(names, &base, "Add", vec![r, c128], &shifted, vec![]));
+    let clipped = f(names, "clipped");
+    let input = vec![shifted, c0, c255];
+    nodes.push(node(names, &base, "Clip", input, &clipped, vec![]));
+    let q = f(names, "u8");
+    let to = vec![int_attr("to", DataType::Uint8 as i64)];
+    let mut cast = node(names, &base, "Cast", vec![clipped], &q, to);
+    cast.doc_string = Some(q_mark);
+    nodes.push(cast);
+    Activation {
+        q,
+        s,
+        new: Some((nodes, inits)),
+    }
+}
+
+impl Emitter for OrtInt8 {
+    fn name(&self) -> &'static str {
+        "ort-int8"
+    }
+
+    fn dequantize_linear_weights(&self) -> bool {
+        false
+    }
+
+    fn activations(&self) -> String {
+        "int8 per token (BitNet absmax: 127 / max|x| over the last axis), MatMulInteger on \
+         uint8 activations shifted by 128 and INT8 ternary weights"
+            .to_string()
+    }
+
+    fn emit(
+        &self,
+        g: &mut GraphProto,
+        job: &WeightJob,
+        names: &mut NameGen,
+    ) -> Result<Emitted, ConvertError> {
+        let t = job.ternary;
+        let other = |reason: String| ConvertError::Other {
+            path: String::new(),
+            reason,
+        };
+        if job.dtype == DataType::Bfloat16 as i32 {
+            return Err(other(format!(
+                "weight '{}' is bfloat16: ONNX Runtime's CPU provider has no bfloat16 kernels for the activation quantization; use --target qdq-int8",
+                job.weight
+            )));
+        }
+        if let Granularity::Group(gs) = t.granularity {
+            return Err(other(format!(
+                "weight '{}': --target ort-int8 applies the weight scale after the integer matmul over all of K, so it needs per-tensor or per-channel scales, not group:{gs}; use --scale channel or another target",
+                job.weight
+            )));
+        }
+        pack::check_ternary(t).map_err(|source| ConvertError::Pack {
+            path: String::new(),
+            weight: job.weight.to_string(),
+            source,
+        })?;
+        let codes = pack::pack_int8(&pack::codes_in_onnx_order(t, false));
+        let code_bytes = codes.len() as u64;
+        let codes_name = names.fresh(&format!("{}_ternary_int8", job.weight));
+        let dims = [t.k as i64, t.n as i64];
+        g.initializer
+            .push(tensor::from_raw(&codes_name, DataType::Int8, &dims, codes));
+        let zp = names.fresh(&format!("{}_activation_zero_point", job.weight));
+        g.initializer
+            .push(tensor::from_raw(&zp, DataType::Uint8, &[], vec![128]));
+        let scale_dims: Vec<i64> = if t.scales.len() == 1 {
+            vec![]
+        } else {
+            vec![t.n as i64]
+        };
+        let mut scale_names: Vec<(u32, String)> = Vec::new();
+        let mut scale_bytes = 0u64;
+        for layer in job.layers {
+            let Some(lin) = linear::take(g, job, layer, names) else {
+                continue;
+            };
+            let key = lin.alpha.to_bits();
+            let scale = match scale_names.iter().find(|(k, _)| *k == key) {
+                Some((_, n)) => n.clone(),
+                None => {
+                    let n = names.fresh(&format!("{}_scale", job.weight));
+                    let vals: Vec<f32> = t.scales.iter().map(|s| s * lin.alpha).collect();
+                    scale_bytes += 4 * vals.len() as u64;
+                    g.initializer.push(tensor::from_f32(&n, &scale_dims, &vals));
+                    scale_names.push((key, n.clone()));
+                    n
+                }
+            };
+            let act = quantize_activation(g, job, &lin.a, names);
+            // y = Cast<float>(MatMulInteger(q, codes, 128)) * scale / s [+ bias] [Cast] [+ C]
+            let mut steps: Vec<(&str, Option<String>, Vec<AttributeProto>)> = vec![
+                ("Cast", None, vec![int_attr("to", DataType::Float as i64)]),
+                ("Mul", Some(scale), vec![]),
+                ("Div", Some(act.s.clone()), vec![]),
+            ];
+            if let Bias::Vector(v) = &lin.bias {
+                let bn = names.fresh(&format!("{}_bias", lin.node.input[2]));
+                g.initializer.push(tensor::from_f32(&bn, &[t.n as i64], v));
+                steps.push(("Add", Some(bn), vec![]));
+            }
+            if job.dtype != DataType::Float as i32 {
+                steps.push(("Cast", None, vec![int_attr("to", job.dtype as i64)]));
+            }
+            if let Bias::Value(c) = &lin.bias {
+                steps.push(("Add", Some(c.clone()), vec![]));
+            }
+            let mut y = names.fresh(&format!("{}_int32", layer.output));
+            let mut replacement = lin.before;
+            replacement.push(NodeProto {
+                name: lin.node.name.clone(),
+                op_type: Some("MatMulInteger".into()),
+                input: vec![act.q, codes_name.clone(), zp.clone()],
+                output: vec![y.clone()],
+                doc_string: lin.node.doc_string.clone(),
+                ..Default::default()
+            });
+            let count = steps.len();
+            for (i, (op, operand, attrs)) in steps.into_iter().enumerate() {
+                let out = if i + 1 == count {
+                    layer.output.clone()
+                } else {
+                    names.fresh(&format!("{}_{}", layer.output, op.to_ascii_lowercase()))
+                };
+                let input: Vec<String> = std::iter::once(y).chain(operand).collect();
+                replacement.push(node(names, &layer.node, op, input, &out, attrs));
+                y = out;
+            }
+            g.node.splice(lin.pos..=lin.pos, replacement);
+            // A new activation quantization goes right after the producer of its input (the
+            // Transpose just added for transA, or any earlier node), so that it precedes every
+            // reader; at the start when the input is a graph input or an outer-scope value.
+            if let Some((nodes, inits)) = act.new {
+                let at = g
+                    .node
+                    .iter()
+                    .position(|n| n.output.iter().any(|o| *o == lin.a))
+                    .map_or(0, |p| p + 1);
+                g.initializer.extend(inits);
+                g.node.splice(at..at, nodes);
+            }
+        }
+        Ok(Emitted {
+            bytes: code_bytes + scale_bytes,
+            min_opset: MIN_OPSET,
+        })
+    }
+}
