@@ -141,7 +141,7 @@ def run_variants(binary, base, d, reps, ms, extra_flags):
 
 
 def print_table(rows, base_t, ms, what):
-    head = " | ".join(f"{w}={m} ms | {w}={m} vs f32" for m in ms)
+    head = " | ".join(f"{what}={m} ms | {what}={m} vs f32" for m in ms)
     print(f"| variant | bits/weight | file bytes | {head} |")
     print("|---|---|---|" + "---|---|" * len(ms))
     for label, bits, size, ts in rows:

@@ -355,19 +355,6 @@ pub fn print_report(r: &Report, saved: &bitnet_model::Saved) {
     if !r.layers.is_empty() {
         println!("activations: {}", r.activations);
     }
-    if !r.layers.is_empty() && !r.ort_session_options.is_empty() {
-        let opts: Vec<String> = r
-            .ort_session_options
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        println!(
-            "for batch-1 decoding in ONNX Runtime set the session config entries {} \
-             (SessionOptions.add_session_config_entry; recorded in the metadata as \
-             bitnet_onnx.ort_session_options): measured 1.4x faster at M=1, 2x slower at M=128",
-            opts.join(", ")
-        );
-    }
     if t.opset_before != t.opset_after {
         println!(
             "default-domain opset raised from {:?} to {:?}",

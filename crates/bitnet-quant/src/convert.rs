@@ -168,8 +168,6 @@ pub struct Report {
     pub target: String,
     /// What the output does with activations.
     pub activations: String,
-    /// ONNX Runtime session config entries the output runs fastest with.
-    pub ort_session_options: BTreeMap<String, String>,
     pub already_converted: bool,
     pub layers: Vec<LayerReport>,
     pub totals: Totals,
@@ -384,12 +382,6 @@ pub fn convert(
         tool: format!("bitnet-onnx {}", env!("CARGO_PKG_VERSION")),
         target: opts.emitter.name().to_string(),
         activations: opts.emitter.activations(),
-        ort_session_options: opts
-            .emitter
-            .ort_session_options()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
         already_converted: already && layers_out.is_empty(),
         layers: layers_out,
         totals,
@@ -409,12 +401,6 @@ pub fn convert(
         set("target", opts.emitter.name().to_string());
         set("flags", opts.flags.clone());
         set("activations", report.activations.clone());
-        if !report.ort_session_options.is_empty() {
-            set(
-                "ort_session_options",
-                serde_json::to_string(&report.ort_session_options).unwrap_or_default(),
-            );
-        }
         set(
             "layers",
             serde_json::to_string(&meta_layers).unwrap_or_default(),

@@ -66,10 +66,6 @@ pub trait Emitter: Sync {
          may fuse DequantizeLinear -> MatMul into int8-activation kernels)"
             .to_string()
     }
-    /// ONNX Runtime session config entries the output runs fastest with (key, value).
-    fn ort_session_options(&self) -> Vec<(&'static str, &'static str)> {
-        Vec::new()
-    }
     /// Highest default-domain opset the target runtime parses, if it has a limit.
     fn max_opset(&self) -> Option<i64> {
         None

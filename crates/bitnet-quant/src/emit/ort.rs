@@ -47,20 +47,6 @@ impl Emitter for Ort {
         }
     }
 
-    /// `mlas.use_lut_gemm=1` (ONNX Runtime 1.32): measured on 8 stacked 2048x2048 layers
-    /// (bench/ort_targets.py) 1.4x faster than the default kernels at M=1 but about half as fast
-    /// at M=128, so it is the setting for batch-1 decoding. ORT cannot read it from the model
-    /// (its `ort_config` metadata accepts only thread counts, execution mode, optimisation level
-    /// and profiling), so it is recorded and printed for the user to set. Measured with
-    /// accuracy_level 4 only.
-    fn ort_session_options(&self) -> Vec<(&'static str, &'static str)> {
-        if self.accuracy_level == 4 {
-            vec![("mlas.use_lut_gemm", "1")]
-        } else {
-            Vec::new()
-        }
-    }
-
     fn emit(
         &self,
         g: &mut GraphProto,
