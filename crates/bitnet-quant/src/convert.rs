@@ -622,6 +622,7 @@ fn convert_graph(
     };
     type Batch<'j, 'l> = &'j [(String, Vec<&'l LinearLayer>)];
     let mut pending: Option<(Batch, Vec<Result<Quantized, ConvertError>>)> = None;
+    let scratch = Scratch::default();
     let mut start = 0;
     while start < jobs.len() {
         let mut end = start;
@@ -679,7 +680,7 @@ fn convert_graph(
                 inputs
                     .into_par_iter()
                     .zip(batch.par_iter())
-                    .map(|((input, ls), (w, _))| quantize_job(input, w, ls, path, opts))
+                    .map(|((input, ls), (w, _))| quantize_job(input, w, ls, path, opts, &scratch))
                     .collect()
             },
             || match pending.take() {
@@ -805,6 +806,28 @@ fn job_cost(elems: usize, _layout: Layout) -> u64 {
     elems as u64 * (4 + 1)
 }
 
+/// `f32` buffers reused from one weight to the next (`quant::transpose_map_rows_into`): it
+/// never holds more buffers than were in use at once, so it stays within the batch budget.
+#[derive(Default)]
+struct Scratch(std::sync::Mutex<Vec<Vec<f32>>>);
+
+impl Scratch {
+    /// The largest free buffer, or a new empty one.
+    fn take(&self) -> Vec<f32> {
+        let Ok(mut free) = self.0.lock() else {
+            return Vec::new();
+        };
+        let largest = (0..free.len()).max_by_key(|&i| free[i].capacity());
+        largest.map(|i| free.swap_remove(i)).unwrap_or_default()
+    }
+
+    fn give(&self, v: Vec<f32>) {
+        if let Ok(mut free) = self.0.lock() {
+            free.push(v);
+        }
+    }
+}
+
 /// A weight to quantize, owned by its job.
 enum JobInput {
     Folded(crate::fold::Const),
@@ -830,6 +853,7 @@ fn quantize_job(
     ls: &[&LinearLayer],
     path: &Path,
     opts: &ConvertOptions,
+    scratch: &Scratch,
 ) -> Result<Quantized, ConvertError> {
     let (dims, dtype) = match &input {
         JobInput::Folded(c) => (c.dims.clone(), c.dtype),
@@ -859,7 +883,7 @@ fn quantize_job(
             src.release(part);
         }
     };
-    let cm = channel_major(&input, layout, r, c, path, &release_part).map_err(other)?;
+    let cm = channel_major(&input, layout, r, c, path, &release_part, scratch).map_err(other)?;
     if Some(cm.len()) != r.checked_mul(c) {
         return Err(other(format!(
             "shape {dims:?} does not match its {} values",
@@ -876,15 +900,16 @@ fn quantize_job(
     if matches!(cm, Cow::Owned(_)) {
         release(); // the pages were read into the copy
     }
-    let ternary =
-        quant::quantize(&cm, n, k, &opts.quant).map_err(|source| ConvertError::Quant {
+    let (ternary, rel_error) =
+        quant::quantize_measured(&cm, n, k, &opts.quant).map_err(|source| ConvertError::Quant {
             path: path.display().to_string(),
             weight: weight.to_string(),
             node: ls[0].node.clone(),
             source,
         })?;
-    let rel_error = quant::rel_error(&cm, &ternary);
-    drop(cm);
+    if let Cow::Owned(v) = cm {
+        scratch.give(v);
+    }
     release();
     let counts = ternary
         .codes
@@ -915,6 +940,7 @@ fn channel_major<'a>(
     cols: usize,
     path: &Path,
     release: &dyn Fn(&[u8]),
+    scratch: &Scratch,
 ) -> Result<Cow<'a, [f32]>, String> {
     use bitnet_model::proto::tensor_proto::DataType;
     let band = |width: usize| (TRANSPOSE_BAND_BYTES / (cols * width).max(1)).max(1);
@@ -934,14 +960,12 @@ fn channel_major<'a>(
         Ok(match (layout, &v) {
             (Layout::NK, _) => v,
             // Borrowed from the mapped file: release it as the transpose goes.
-            (Layout::KN, Cow::Borrowed(b)) => Cow::Owned(quant::transpose_map_rows(
-                b,
-                rows,
-                cols,
-                band(4),
-                |x| x,
-                |rs| raw_part(rs, 4),
-            )),
+            (Layout::KN, Cow::Borrowed(b)) => {
+                let mut out = scratch.take();
+                let done = |rs| raw_part(rs, 4);
+                quant::transpose_map_rows_into(b, rows, cols, band(4), |x| x, done, &mut out);
+                Cow::Owned(out)
+            }
             (Layout::KN, Cow::Owned(o)) => Cow::Owned(quant::transpose(o, rows, cols)),
         })
     };
@@ -984,12 +1008,17 @@ fn channel_major<'a>(
     let (b4, b2) = (raw.as_chunks::<4>().0, raw.as_chunks::<2>().0);
     Ok(Cow::Owned(match (layout, width) {
         (Layout::KN, 4) => {
-            quant::transpose_map_rows(b4, rows, cols, band(4), f32::from_le_bytes, |rs| {
-                raw_part(rs, 4)
-            })
+            let mut out = scratch.take();
+            let done = |rs| raw_part(rs, 4);
+            let f = f32::from_le_bytes;
+            quant::transpose_map_rows_into(b4, rows, cols, band(4), f, done, &mut out);
+            out
         }
         (Layout::KN, _) => {
-            quant::transpose_map_rows(b2, rows, cols, band(2), two, |rs| raw_part(rs, 2))
+            let mut out = scratch.take();
+            let done = |rs| raw_part(rs, 2);
+            quant::transpose_map_rows_into(b2, rows, cols, band(2), two, done, &mut out);
+            out
         }
         (Layout::NK, 4) => b4
             .par_iter()

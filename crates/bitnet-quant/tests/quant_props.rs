@@ -390,6 +390,15 @@ proptest! {
     }
 
     #[test]
+    fn quantize_measured_equals_quantize_then_rel_error((n, k, w) in matrix(5, 30), gran in granularity(), m in method()) {
+        let c = cfg(gran, m);
+        let (t, e) = bitnet_quant::quant::quantize_measured(&w, n, k, &c).unwrap();
+        let t2 = quantize(&w, n, k, &c).unwrap();
+        prop_assert_eq!(&t, &t2);
+        prop_assert_eq!(e.to_bits(), rel_error(&w, &t2).to_bits());
+    }
+
+    #[test]
     fn transpose_round_trips(rows in 1usize..80, cols in 1usize..80, seed in any::<u64>()) {
         let mut s = seed | 1;
         let m: Vec<u64> = (0..rows * cols).map(|_| xorshift(&mut s)).collect();
