@@ -277,7 +277,7 @@ impl Emitter for OrtInt8 {
                 let at = g
                     .node
                     .iter()
-                    .position(|n| n.output.iter().any(|o| *o == lin.a))
+                    .position(|n| n.output.contains(&lin.a))
                     .map_or(0, |p| p + 1);
                 g.initializer.extend(inits);
                 g.node.splice(at..at, nodes);
