@@ -52,6 +52,23 @@ pub enum ConvertError {
 }
 
 impl ConvertError {
+    /// An emitter's refusal; the driver fills in the model path.
+    pub(crate) fn refused(reason: String) -> Self {
+        ConvertError::Other {
+            path: String::new(),
+            reason,
+        }
+    }
+
+    /// An emitter's packing error for `weight`; the driver fills in the model path.
+    pub(crate) fn pack(weight: &str, source: crate::pack::PackError) -> Self {
+        ConvertError::Pack {
+            path: String::new(),
+            weight: weight.to_string(),
+            source,
+        }
+    }
+
     /// Fills in the model path for errors raised where it is not known (the emitters).
     fn in_file(mut self, file: &str) -> Self {
         match &mut self {

@@ -54,21 +54,14 @@ impl Emitter for Ort {
         names: &mut NameGen,
     ) -> Result<Emitted, ConvertError> {
         let t = job.ternary;
-        let other = |reason: String| ConvertError::Other {
-            path: String::new(),
-            reason,
-        };
+        let other = ConvertError::refused;
         if job.dtype == DataType::Bfloat16 as i32 {
             return Err(other(format!(
                 "weight '{}' is bfloat16: ONNX Runtime's CPU MatMulNBits has no bfloat16 kernel; use --target qdq-int8",
                 job.weight
             )));
         }
-        let pack_err = |source| ConvertError::Pack {
-            path: String::new(),
-            weight: job.weight.to_string(),
-            source,
-        };
+        let pack_err = |source| ConvertError::pack(job.weight, source);
         let block = self.block_size.unwrap_or_else(|| default_block_size(t.k));
         let b = pack::pack_matmulnbits_2bit(t, block).map_err(pack_err)?;
         let b_shape = pack::matmulnbits_b_shape(t.n, t.k, block, 2).map_err(pack_err)?;

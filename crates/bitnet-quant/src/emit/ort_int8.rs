@@ -177,10 +177,7 @@ impl Emitter for OrtInt8 {
         names: &mut NameGen,
     ) -> Result<Emitted, ConvertError> {
         let t = job.ternary;
-        let other = |reason: String| ConvertError::Other {
-            path: String::new(),
-            reason,
-        };
+        let other = ConvertError::refused;
         if job.dtype == DataType::Bfloat16 as i32 {
             return Err(other(format!(
                 "weight '{}' is bfloat16: ONNX Runtime's CPU provider has no bfloat16 kernels for the activation quantization; use --target qdq-int8",
@@ -193,11 +190,7 @@ impl Emitter for OrtInt8 {
                 job.weight
             )));
         }
-        pack::check_ternary(t).map_err(|source| ConvertError::Pack {
-            path: String::new(),
-            weight: job.weight.to_string(),
-            source,
-        })?;
+        pack::check_ternary(t).map_err(|source| ConvertError::pack(job.weight, source))?;
         let codes = pack::pack_int8(&pack::codes_in_onnx_order(t, false));
         let code_bytes = codes.len() as u64;
         let codes_name = names.fresh(&format!("{}_ternary_int8", job.weight));

@@ -49,30 +49,20 @@ impl Emitter for TensorRt {
         if job.dtype == DataType::Bfloat16 as i32 {
             // The scale type is the DequantizeLinear output type, and TensorRT takes float32
             // or float16 scales only (the `check --target tensorrt` rule scale-type).
-            return Err(ConvertError::Other {
-                path: String::new(),
-                reason: format!(
-                    "weight '{}' is bfloat16: TensorRT DequantizeLinear scales (and so the dequantized weight) must be float32 or float16; cast the model to float16 or use --target qdq-int8 or onnx",
-                    job.weight
-                ),
-            });
+            return Err(ConvertError::refused(format!(
+                "weight '{}' is bfloat16: TensorRT DequantizeLinear scales (and so the dequantized weight) must be float32 or float16; cast the model to float16 or use --target qdq-int8 or onnx",
+                job.weight
+            )));
         }
         let (_, transposed) = dq::weight_dims(job);
         let codes = pack::codes_in_onnx_order(job.ternary, transposed);
-        let pack_err = |source| ConvertError::Pack {
-            path: String::new(),
-            weight: job.weight.to_string(),
-            source,
-        };
+        let pack_err = |source| ConvertError::pack(job.weight, source);
         let (code_type, packed, scales) = if self.int8 {
             if matches!(job.ternary.granularity, Granularity::Group(_)) {
-                return Err(ConvertError::Other {
-                    path: String::new(),
-                    reason: format!(
-                        "weight '{}': TensorRT INT8 weights take per-channel scales only; use --scale channel or tensor, or INT4 blocks",
-                        job.weight
-                    ),
-                });
+                return Err(ConvertError::refused(format!(
+                    "weight '{}': TensorRT INT8 weights take per-channel scales only; use --scale channel or tensor, or INT4 blocks",
+                    job.weight
+                )));
             }
             let mut s = dq::natural_scales(job);
             if s.axis.is_none() {
@@ -88,13 +78,10 @@ impl Emitter for TensorRt {
             (DataType::Int8, pack::pack_int8(&codes), s)
         } else {
             if self.block_size != 64 && self.block_size != 128 {
-                return Err(ConvertError::Other {
-                    path: String::new(),
-                    reason: format!(
-                        "TensorRT INT4 block size must be 64 or 128, not {}",
-                        self.block_size
-                    ),
-                });
+                return Err(ConvertError::refused(format!(
+                    "TensorRT INT4 block size must be 64 or 128, not {}",
+                    self.block_size
+                )));
             }
             let s = dq::blocked_scales(job, self.block_size).map_err(pack_err)?;
             (DataType::Int4, pack::pack_int4(&codes), s)
