@@ -58,18 +58,7 @@ fn bitlinear_samples_convert_losslessly_and_match_in_ort() {
 #[test]
 fn every_sample_converts_and_runs_in_ort() {
     let dir = tempfile::tempdir().unwrap();
-    for s in [
-        "mlp.onnx",
-        "transformer.onnx",
-        "transformer_dynamo.onnx",
-        "transformer_ext/model.onnx",
-        "gemm/transB.onnx",
-        "gemm/transA.onnx",
-        "gemm/alpha_beta.onnx",
-        "gemm/scalar_bias.onnx",
-        "gemm/no_bias.onnx",
-        "gemm/both_trans.onnx",
-    ] {
+    for s in FLOAT_SAMPLES {
         for target in ["qdq-int8", "ort", "onnx", "tensorrt"] {
             let (out, r) = convert(s, dir.path(), &["--quantize-head", "--target", target]);
             assert!(r["totals"]["converted"].as_u64().unwrap() >= 1, "{s}: {r}");

@@ -59,18 +59,7 @@ fn bitlinear_samples_match_their_fake_quant_original_in_ort() {
 #[test]
 fn every_sample_converts_to_ort_int8_and_runs_in_ort() {
     let dir = tempfile::tempdir().unwrap();
-    for s in [
-        "mlp.onnx",
-        "transformer.onnx",
-        "transformer_dynamo.onnx",
-        "transformer_ext/model.onnx",
-        "gemm/transB.onnx",
-        "gemm/transA.onnx",
-        "gemm/alpha_beta.onnx",
-        "gemm/scalar_bias.onnx",
-        "gemm/no_bias.onnx",
-        "gemm/both_trans.onnx",
-    ] {
+    for s in FLOAT_SAMPLES {
         let out = dir.path().join(format!("{}.onnx", s.replace('/', "_")));
         let r = convert(
             &sample(s),

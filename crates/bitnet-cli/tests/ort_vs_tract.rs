@@ -16,21 +16,6 @@ use std::collections::BTreeMap;
 use bitnet_eval::inputs::read_npz;
 use bitnet_eval::{compare, make_inputs, save_npz, Runner, TensorData};
 
-const SAMPLES: &[&str] = &[
-    "bitlinear_ts.onnx",
-    "bitlinear_dynamo.onnx",
-    "mlp.onnx",
-    "transformer.onnx",
-    "transformer_dynamo.onnx",
-    "transformer_ext/model.onnx",
-    "gemm/transB.onnx",
-    "gemm/transA.onnx",
-    "gemm/alpha_beta.onnx",
-    "gemm/scalar_bias.onnx",
-    "gemm/no_bias.onnx",
-    "gemm/both_trans.onnx",
-];
-
 #[test]
 fn every_target_of_every_sample_agrees_between_ort_and_tract() {
     let dir = tempfile::tempdir().unwrap();
@@ -39,7 +24,7 @@ fn every_target_of_every_sample_agrees_between_ort_and_tract() {
         .map(|(k, v)| (k.to_string(), *v))
         .collect();
     let mut worst: BTreeMap<&str, f64> = BTreeMap::new();
-    for s in SAMPLES {
+    for s in BITLINEAR_SAMPLES.iter().chain(FLOAT_SAMPLES) {
         let original = bitnet_model::Model::load(sample(s)).unwrap();
         let (inputs, _) = make_inputs(&original.proto, &dims, 7, &BTreeMap::new()).unwrap();
         let fin = dir.path().join("inputs.npz");

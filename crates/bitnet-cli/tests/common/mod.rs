@@ -11,6 +11,23 @@ pub fn workspace() -> PathBuf {
         .expect("workspace root")
 }
 
+/// The bundled samples with float (not yet ternary) weights.
+pub const FLOAT_SAMPLES: &[&str] = &[
+    "mlp.onnx",
+    "transformer.onnx",
+    "transformer_dynamo.onnx",
+    "transformer_ext/model.onnx",
+    "gemm/transB.onnx",
+    "gemm/transA.onnx",
+    "gemm/alpha_beta.onnx",
+    "gemm/scalar_bias.onnx",
+    "gemm/no_bias.onnx",
+    "gemm/both_trans.onnx",
+];
+
+/// The BitLinear exports (weight fake-quant chain in the graph), one per torch.onnx exporter.
+pub const BITLINEAR_SAMPLES: &[&str] = &["bitlinear_ts.onnx", "bitlinear_dynamo.onnx"];
+
 pub fn sample(rel: &str) -> PathBuf {
     workspace().join("samples").join(rel)
 }
