@@ -819,9 +819,9 @@ const TRANSPOSE_BAND_BYTES: usize = 8 << 20;
 /// same wall time (bench/convert_speed.py models).
 const BATCH_BYTES_PER_THREAD: u64 = 4 << 20;
 
-/// Peak bytes quantizing one weight of `elems` elements holds: the f32 channel-major values (a
-/// transposed copy for a `[K, N]` weight, whose source pages are released as it is made; the
-/// memory-mapped or decoded source for `[N, K]`) and one byte of code per weight.
+/// Peak bytes quantizing one weight of `elems` elements holds: its source in memory (the
+/// memory-mapped pages a `[K, N]` weight is quantized from where it lies, released when it is
+/// done; or the `f32` channel-major copy of any other weight) and one byte of code per weight.
 fn job_cost(elems: usize, _layout: Layout) -> u64 {
     elems as u64 * (4 + 1)
 }
@@ -903,13 +903,12 @@ fn quantize_job(
             src.release(part);
         }
     };
-    let cm = channel_major(&input, layout, r, c, path, &release_part, scratch).map_err(other)?;
-    if Some(cm.len()) != r.checked_mul(c) {
-        return Err(other(format!(
-            "shape {dims:?} does not match its {} values",
-            cm.len()
-        )));
-    }
+    let quant_err = |source| ConvertError::Quant {
+        path: path.display().to_string(),
+        weight: weight.to_string(),
+        node: ls[0].node.clone(),
+        source,
+    };
     let release = || {
         if let (Some(src), JobInput::Tensor(t)) = (opts.source, &input) {
             if let Some(raw) = &t.raw_data {
@@ -917,19 +916,32 @@ fn quantize_job(
             }
         }
     };
-    if matches!(cm, Cow::Owned(_)) {
-        release(); // the pages were read into the copy
-    }
-    let (ternary, rel_error) =
-        quant::quantize_measured(&cm, n, k, &opts.quant).map_err(|source| ConvertError::Quant {
-            path: path.display().to_string(),
-            weight: weight.to_string(),
-            node: ls[0].node.clone(),
-            source,
-        })?;
-    if let Cow::Owned(v) = cm {
-        scratch.give(v);
-    }
+    // A `[K, N]` weight is quantized where it lies (no transposed float copy) when it can be.
+    let in_place = match layout {
+        Layout::KN => quantize_kn(&input, r, c, &opts.quant),
+        Layout::NK => None,
+    };
+    let (ternary, rel_error) = match in_place {
+        Some(result) => result.map_err(quant_err)?,
+        None => {
+            let cm =
+                channel_major(&input, layout, r, c, path, &release_part, scratch).map_err(other)?;
+            if Some(cm.len()) != r.checked_mul(c) {
+                return Err(other(format!(
+                    "shape {dims:?} does not match its {} values",
+                    cm.len()
+                )));
+            }
+            if matches!(cm, Cow::Owned(_)) {
+                release(); // the pages were read into the copy
+            }
+            let measured = quant::quantize_measured(&cm, n, k, &opts.quant).map_err(quant_err)?;
+            if let Cow::Owned(v) = cm {
+                scratch.give(v);
+            }
+            measured
+        }
+    };
     release();
     let counts = ternary
         .codes
@@ -947,6 +959,50 @@ fn quantize_job(
         dims,
         dtype,
     })
+}
+
+/// `quant::kn` on a `[rows = K, cols = N]` weight read where it lies: the memory-mapped or
+/// decoded float32, float16 or bfloat16 payload, or a folded float32 value. `None` when that
+/// path does not apply (TWN, integer or typed-field payloads, a length that does not match the
+/// shape): the caller transposes instead, and reports a bad length.
+fn quantize_kn(
+    input: &JobInput,
+    rows: usize,
+    cols: usize,
+    cfg: &QuantConfig,
+) -> Option<Result<(Ternary, f64), quant::QuantError>> {
+    use bitnet_model::proto::tensor_proto::DataType;
+    let count = rows.checked_mul(cols)?;
+    let t = match input {
+        JobInput::Folded(c) => match &c.data {
+            crate::fold::Data::F32(v) if v.len() == count => {
+                return quant::kn::quantize_measured_kn(v, rows, cols, |x| x, cfg)
+            }
+            _ => return None,
+        },
+        JobInput::Tensor(t) => t,
+    };
+    if let Some(v) = bitnet_model::tensor::f32_view(t) {
+        return quant::kn::quantize_measured_kn(v, rows, cols, |x| x, cfg);
+    }
+    let raw = t.raw_data.as_ref()?;
+    match DataType::try_from(t.data_type.unwrap_or(0)) {
+        Ok(DataType::Float) if raw.len() == count.checked_mul(4)? => {
+            let b4 = raw.as_chunks::<4>().0;
+            quant::kn::quantize_measured_kn(b4, rows, cols, f32::from_le_bytes, cfg)
+        }
+        Ok(DataType::Float16) if raw.len() == count.checked_mul(2)? => {
+            let b2 = raw.as_chunks::<2>().0;
+            let f = |b| half::f16::from_le_bytes(b).to_f32();
+            quant::kn::quantize_measured_kn(b2, rows, cols, f, cfg)
+        }
+        Ok(DataType::Bfloat16) if raw.len() == count.checked_mul(2)? => {
+            let b2 = raw.as_chunks::<2>().0;
+            let f = |b| half::bf16::from_le_bytes(b).to_f32();
+            quant::kn::quantize_measured_kn(b2, rows, cols, f, cfg)
+        }
+        _ => None,
+    }
 }
 
 /// The weight as channel-major `[N][K]` `f32`: borrowed from the file when it is an aligned

@@ -37,6 +37,8 @@
 use std::fmt;
 
 use rayon::prelude::*;
+
+pub mod kn;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -520,13 +522,17 @@ pub fn detect_ternary_at(
 // Internals
 
 fn check_shape(w: &[f32], n: usize, k: usize) -> Result<(), QuantError> {
+    check_shape_len(w.len(), n, k)
+}
+
+fn check_shape_len(len: usize, n: usize, k: usize) -> Result<(), QuantError> {
     if n == 0 || k == 0 {
         return Err(QuantError::EmptyShape { n, k });
     }
     let expected = n.checked_mul(k).ok_or(QuantError::ShapeOverflow { n, k })?;
-    if w.len() != expected {
+    if len != expected {
         return Err(QuantError::LengthMismatch {
-            len: w.len(),
+            len,
             n,
             k,
             expected,

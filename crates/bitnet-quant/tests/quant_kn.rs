@@ -1,0 +1,212 @@
+//! `quant::kn` (quantizing a `[K, N]` weight in place) gives the same bits as transposing it
+//! and using the channel-major quantizer: codes, scales, granularity, lossless flag, relative
+//! error, and the same error for a non-finite weight. Any stripe width gives the same result.
+
+use bitnet_quant::quant::kn::{quantize_measured_kn, quantize_measured_kn_striped};
+use bitnet_quant::quant::{quantize_measured, transpose, Granularity, Method, QuantConfig};
+use proptest::prelude::*;
+
+fn granularity() -> impl Strategy<Value = Granularity> {
+    prop_oneof![
+        Just(Granularity::Tensor),
+        Just(Granularity::Channel),
+        (1usize..24).prop_map(Granularity::Group),
+    ]
+}
+
+fn cfg(granularity: Granularity, threshold: f32, tol: f32) -> QuantConfig {
+    QuantConfig {
+        granularity,
+        method: Method::AbsMean,
+        threshold,
+        lossless_rel_tol: tol,
+    }
+}
+
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+/// What a `[K, N]` weight looks like: continuous, already ternary at some granularity (with
+/// jitter inside or outside the lossless tolerance), with zero columns, or holding a NaN/inf.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Normal,
+    Grid,
+    TernaryTensor,
+    TernaryChannel,
+    TernaryGroup(usize),
+    Jitter(usize),
+    NonFinite,
+}
+
+fn kind() -> impl Strategy<Value = Kind> {
+    prop_oneof![
+        3 => Just(Kind::Normal),
+        1 => Just(Kind::Grid),
+        2 => Just(Kind::TernaryTensor),
+        2 => Just(Kind::TernaryChannel),
+        2 => (1usize..12).prop_map(Kind::TernaryGroup),
+        1 => (0usize..3).prop_map(Kind::Jitter),
+        1 => Just(Kind::NonFinite),
+    ]
+}
+
+/// A row-major `[k][n]` weight of the given kind.
+fn make(kind: Kind, k: usize, n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    let mut unit = move || (xorshift(&mut s) >> 11) as f64 / (1u64 << 53) as f64;
+    let mut w = vec![0f32; k * n];
+    let code = |u: f64| -> f32 {
+        if u < 0.3 {
+            -1.0
+        } else if u < 0.6 {
+            0.0
+        } else {
+            1.0
+        }
+    };
+    let col_scale: Vec<f32> = (0..n).map(|_| 0.01 + unit() as f32).collect();
+    for r in 0..k {
+        for c in 0..n {
+            let u = unit();
+            w[r * n + c] = match kind {
+                Kind::Normal | Kind::NonFinite => ((u - 0.5) * 4.0) as f32,
+                Kind::Grid => ((u * 17.0).floor() - 8.0) as f32 * 0.25,
+                Kind::TernaryTensor => code(u) * 0.37,
+                Kind::TernaryChannel => code(u) * col_scale[c],
+                Kind::TernaryGroup(g) => code(u) * col_scale[c] * (1 + r / g) as f32,
+                Kind::Jitter(_) => code(u) * col_scale[c],
+            };
+        }
+    }
+    match kind {
+        Kind::Jitter(how) => {
+            // Nudge one weight by a relative 1e-7 (inside the default 1e-6 tolerance), 1e-3
+            // (outside), or zero a whole column.
+            let i = (unit() * (k * n) as f64) as usize % (k * n);
+            match how {
+                0 => w[i] *= 1.0 + 1e-7,
+                1 => w[i] *= 1.0 + 1e-3,
+                _ => {
+                    let c = i % n;
+                    for r in 0..k {
+                        w[r * n + c] = 0.0;
+                    }
+                }
+            }
+        }
+        Kind::NonFinite => {
+            for _ in 0..2 {
+                let i = (unit() * (k * n) as f64) as usize % (k * n);
+                w[i] = if unit() < 0.5 {
+                    f32::NAN
+                } else {
+                    f32::INFINITY
+                };
+            }
+        }
+        _ => {}
+    }
+    w
+}
+
+/// Results as comparable bits (NaN in an error compares by its debug text).
+fn same(
+    a: &Result<(bitnet_quant::quant::Ternary, f64), bitnet_quant::quant::QuantError>,
+    b: &Result<(bitnet_quant::quant::Ternary, f64), bitnet_quant::quant::QuantError>,
+) -> Result<(), TestCaseError> {
+    match (a, b) {
+        (Ok((ta, ea)), Ok((tb, eb))) => {
+            prop_assert_eq!(ta, tb);
+            prop_assert_eq!(ea.to_bits(), eb.to_bits());
+        }
+        (Err(x), Err(y)) => prop_assert_eq!(format!("{x:?}"), format!("{y:?}")),
+        _ => prop_assert!(false, "one failed, one did not: {a:?} vs {b:?}"),
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn kn_equals_transpose_then_quantize(
+        k in 1usize..70,
+        n in 1usize..70,
+        kind in kind(),
+        gran in granularity(),
+        thr in prop_oneof![Just(0.5f32), 0.05f32..1.0],
+        width in 1usize..80,
+        seed in any::<u64>(),
+    ) {
+        let w = make(kind, k, n, seed);
+        let c = cfg(gran, thr, 1e-6);
+        let want = quantize_measured(&transpose(&w, k, n), n, k, &c);
+        let got = quantize_measured_kn_striped(&w, k, n, |x| x, &c, width).unwrap();
+        same(&got, &want)?;
+        let auto = quantize_measured_kn(&w, k, n, |x| x, &c).unwrap();
+        same(&auto, &want)?;
+    }
+
+    #[test]
+    fn kn_from_bytes_and_half_floats(
+        k in 1usize..40,
+        n in 1usize..40,
+        kind in kind(),
+        gran in granularity(),
+        seed in any::<u64>(),
+    ) {
+        let w = make(kind, k, n, seed);
+        let c = cfg(gran, 0.5, 1e-6);
+        let bytes: Vec<[u8; 4]> = w.iter().map(|x| x.to_le_bytes()).collect();
+        let want = quantize_measured(&transpose(&w, k, n), n, k, &c);
+        same(&quantize_measured_kn(&bytes, k, n, f32::from_le_bytes, &c).unwrap(), &want)?;
+        let halves: Vec<half::f16> = w.iter().map(|&x| half::f16::from_f32(x)).collect();
+        let wide: Vec<f32> = halves.iter().map(|h| h.to_f32()).collect();
+        let want = quantize_measured(&transpose(&wide, k, n), n, k, &c);
+        same(&quantize_measured_kn(&halves, k, n, |h| h.to_f32(), &c).unwrap(), &want)?;
+    }
+}
+
+#[test]
+fn kn_leaves_twn_to_the_caller() {
+    let c = QuantConfig {
+        method: Method::Twn,
+        ..QuantConfig::default()
+    };
+    assert!(quantize_measured_kn(&[1.0f32; 4], 2, 2, |x| x, &c).is_none());
+}
+
+#[test]
+fn kn_large_matrices_match_across_widths() {
+    // Wider than one stripe and longer than one tile, with K not a multiple of 4.
+    for (kind, gran) in [
+        (Kind::Normal, Granularity::Channel),
+        (Kind::Normal, Granularity::Tensor),
+        (Kind::Normal, Granularity::Group(64)),
+        (Kind::TernaryChannel, Granularity::Channel),
+        (Kind::TernaryGroup(32), Granularity::Group(32)),
+    ] {
+        let (k, n) = (301, 1037);
+        let w = make(kind, k, n, 7);
+        let c = cfg(gran, 0.5, 1e-6);
+        let want = quantize_measured(&transpose(&w, k, n), n, k, &c);
+        for width in [1, 16, 100, 512, n] {
+            let got = quantize_measured_kn_striped(&w, k, n, |x| x, &c, width).unwrap();
+            same(&got, &want).unwrap();
+        }
+    }
+}
+
+#[test]
+fn kn_shape_errors() {
+    let c = QuantConfig::default();
+    let e = quantize_measured_kn(&[1.0f32; 5], 2, 3, |x| x, &c).unwrap();
+    assert!(e.is_err());
+    let e = quantize_measured_kn(&[0.0f32; 0], 0, 3, |x| x, &c).unwrap();
+    assert!(e.is_err());
+}
