@@ -943,15 +943,7 @@ fn quantize_job(
         }
     };
     release();
-    let counts = ternary
-        .codes
-        .par_chunks(1 << 20)
-        .map(|c| {
-            let neg = c.iter().filter(|&&x| x < 0).count() as u64;
-            let pos = c.iter().filter(|&&x| x > 0).count() as u64;
-            [neg, c.len() as u64 - neg - pos, pos]
-        })
-        .reduce(|| [0; 3], |a, b| [a[0] + b[0], a[1] + b[1], a[2] + b[2]]);
+    let counts = ternary.counts();
     Ok(Quantized {
         ternary,
         rel_error,
