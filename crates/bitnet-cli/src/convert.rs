@@ -103,9 +103,15 @@ pub struct ConvertArgs {
     /// Also convert the output projection that feeds a graph output.
     #[arg(long)]
     pub quantize_head: bool,
-    /// Write weights to `<output>.data` even when the model would fit in one file.
-    #[arg(long)]
+    /// Write weights to `<output>.data` even when the model would fit in one file. This is
+    /// the default when the input keeps its weights in external data: new weights then go to
+    /// the data file as they are made, so memory stays bounded by a few tensors.
+    #[arg(long, conflicts_with = "single_file")]
     pub external_data: bool,
+    /// Write one `.onnx` file even when the input has external data (up to protobuf's 2 GiB;
+    /// the converted weights are held in memory until the file is written).
+    #[arg(long)]
+    pub single_file: bool,
     /// Write the JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -222,8 +228,11 @@ pub fn run(args: &ConvertArgs, argv: &[String]) -> Result<Report> {
         .collect::<Vec<_>>()
         .join(" ");
     let emitter = emitter(args)?;
+    // External data in, external data out (unless asked otherwise): a model too big to be
+    // handled as one file is converted without holding its output in memory.
+    let external_out = args.external_data || (!model.external.is_empty() && !args.single_file);
     let save_opts = SaveOptions {
-        external_data: if args.external_data {
+        external_data: if external_out {
             ExternalData::Always
         } else {
             ExternalData::Auto
@@ -239,7 +248,7 @@ pub fn run(args: &ConvertArgs, argv: &[String]) -> Result<Report> {
             .with_progress(move |n| progress.written(n))
     };
     // A large model streams its new weights to the output's data file as they are made.
-    if args.external_data || model.file_bytes > bitnet_model::save::PROTOBUF_LIMIT {
+    if external_out || model.file_bytes > bitnet_model::save::PROTOBUF_LIMIT {
         writer
             .stream()
             .with_context(|| format!("cannot write {}", args.output.display()))?;

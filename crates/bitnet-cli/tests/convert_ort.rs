@@ -229,7 +229,21 @@ fn external_data_conversion_is_deterministic_across_threads() {
         runs.push((model, std::fs::read(&data).unwrap()));
     }
     assert!(runs.windows(2).all(|w| w[0] == w[1]));
-    // The embedded output of the same conversion holds the same tensors.
+    // Without a flag, an external-data input gives an external-data output: the same files.
+    let dflt = dir.path().join("dflt.onnx");
+    run_ok(
+        bin()
+            .arg("convert")
+            .arg(sample("transformer_ext/model.onnx"))
+            .arg("-o")
+            .arg(&dflt)
+            .args(["--quantize-head", "-q"]),
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("dflt.onnx.data")).unwrap(),
+        runs[0].1
+    );
+    // The single-file output of the same conversion holds the same tensors.
     let emb = dir.path().join("emb.onnx");
     run_ok(
         bin()
@@ -237,8 +251,9 @@ fn external_data_conversion_is_deterministic_across_threads() {
             .arg(sample("transformer_ext/model.onnx"))
             .arg("-o")
             .arg(&emb)
-            .args(["--quantize-head", "-q"]),
+            .args(["--quantize-head", "-q", "--single-file"]),
     );
+    assert!(!dir.path().join("emb.onnx.data").exists());
     let tensors = |p: &std::path::Path| {
         let m = bitnet_model::Model::load(p).unwrap();
         let mut v: Vec<(String, Vec<u8>)> = m

@@ -48,6 +48,8 @@ pub struct Folder<'a, 'g> {
     index: &'a GraphIndex<'g>,
     path: &'a Path,
     cache: HashMap<String, Result<Const, FoldError>>,
+    /// Memo of [`Folder::runtime_root`].
+    runtime: HashMap<String, Option<String>>,
     /// Nodes that were evaluated to produce folded values (for reporting and dead-code removal).
     pub visited: Vec<usize>,
 }
@@ -118,6 +120,7 @@ impl<'a, 'g> Folder<'a, 'g> {
             index,
             path,
             cache: HashMap::new(),
+            runtime: HashMap::new(),
             visited: Vec::new(),
         }
     }
@@ -129,6 +132,33 @@ impl<'a, 'g> Folder<'a, 'g> {
         }
         let r = self.eval_uncached(value);
         self.cache.insert(value.to_string(), r.clone());
+        r
+    }
+
+    /// The graph input (or outer-scope value) `value` depends on, found in the order `eval`
+    /// visits inputs, or `None` when only initializers and constants feed it. Looks at the
+    /// graph only: nothing is decoded. A cycle adds nothing.
+    fn runtime_root(&mut self, value: &str) -> Option<String> {
+        if let Some(r) = self.runtime.get(value) {
+            return r.clone();
+        }
+        self.runtime.insert(value.to_string(), None);
+        let r = if self.index.initializer(value).is_some() {
+            None
+        } else if let Some(ni) = self.index.producer(value) {
+            let names: Vec<String> = self
+                .index
+                .node(ni)
+                .input
+                .iter()
+                .filter(|i| !i.is_empty())
+                .cloned()
+                .collect();
+            names.iter().find_map(|i| self.runtime_root(i))
+        } else {
+            Some(value.to_string())
+        };
+        self.runtime.insert(value.to_string(), r.clone());
         r
     }
 
@@ -159,6 +189,17 @@ impl<'a, 'g> Folder<'a, 'g> {
             let c = self.constant(node).map_err(invalid)?;
             self.visited.push(ni);
             return Ok(c);
+        }
+        // A node reading a run-time value cannot be folded: say so before decoding any of its
+        // constant inputs (an activation's path reaches the embedding table, for one).
+        let names: Vec<String> = node
+            .input
+            .iter()
+            .filter(|i| !i.is_empty())
+            .cloned()
+            .collect();
+        if let Some(root) = names.iter().find_map(|i| self.runtime_root(i)) {
+            return Err(FoldError::RunTime(root));
         }
         let mut inputs = Vec::with_capacity(node.input.len());
         for i in &node.input {
