@@ -957,40 +957,8 @@ fn detect_tensor(w: &[f32], n: usize, k: usize, tol: f64) -> Option<Ternary> {
                 return None;
             }
             // Positive floats order like their bit patterns, and the band is narrow
-            // (at most ~2 * tol * 2^24 patterns): count them in a histogram. Integer counts
-            // make the parallel reduction exact whatever the order.
-            let base = lo.to_bits();
-            let len = (hi.to_bits() - base) as usize + 1;
-            let hist = w
-                .par_chunks(k)
-                .with_min_len(min_rows(k))
-                .fold(
-                    || vec![0u64; len],
-                    |mut h, row| {
-                        for &x in row {
-                            if x != 0.0 {
-                                h[(x.abs().to_bits() - base) as usize] += 1;
-                            }
-                        }
-                        h
-                    },
-                )
-                .reduce(
-                    || vec![0u64; len],
-                    |mut a, b| {
-                        for (x, y) in a.iter_mut().zip(b) {
-                            *x += y;
-                        }
-                        a
-                    },
-                );
-            let mut best = 0usize;
-            for (i, &c) in hist.iter().enumerate() {
-                if c > hist[best] {
-                    best = i;
-                }
-            }
-            let a = f32::from_bits(base + best as u32);
+            // (at most ~2 * tol * 2^24 patterns): count them in a histogram.
+            let a = band_mode(w, k * min_rows(k), &|x| x, lo, hi);
             if !within_tol(a, lo, hi, tol) {
                 return None;
             }
@@ -1011,6 +979,50 @@ fn detect_tensor(w: &[f32], n: usize, k: usize, tol: f64) -> Option<Ternary> {
         scales: vec![a],
         lossless: true,
     })
+}
+
+/// The most frequent non-zero magnitude of `src` (ties: the smallest), all of whose non-zero
+/// magnitudes lie in `[lo, hi]`: a histogram of their bit patterns, counted in parallel over
+/// chunks of `chunk` elements. Integer counts make the result independent of the order.
+fn band_mode<S: Copy + Sync>(
+    src: &[S],
+    chunk: usize,
+    f: &(impl Fn(S) -> f32 + Sync),
+    lo: f32,
+    hi: f32,
+) -> f32 {
+    let base = lo.to_bits();
+    let len = (hi.to_bits() - base) as usize + 1;
+    let hist = src
+        .par_chunks(chunk.max(1))
+        .fold(
+            || vec![0u64; len],
+            |mut h, part| {
+                for &x in part {
+                    let x = f(x);
+                    if x != 0.0 {
+                        h[(x.abs().to_bits() - base) as usize] += 1;
+                    }
+                }
+                h
+            },
+        )
+        .reduce(
+            || vec![0u64; len],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+                a
+            },
+        );
+    let mut best = 0usize;
+    for (i, &c) in hist.iter().enumerate() {
+        if c > hist[best] {
+            best = i;
+        }
+    }
+    f32::from_bits(base + best as u32)
 }
 
 fn detect_grouped(w: &[f32], n: usize, k: usize, gran: Granularity, tol: f64) -> Option<Ternary> {

@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rayon::prelude::*;
 
 use super::{
-    band_ok, check_shape_len, clamp_scale, code_slice, detect_group, finish_rel_error, group_len,
-    scan_band, sign_slice, sq_err, sum_abs, within_tol, Granularity, Method, QuantConfig,
-    QuantError, Ternary, SCALE_EPS,
+    band_mode, band_ok, check_shape_len, clamp_scale, code_slice, detect_group, finish_rel_error,
+    group_len, scan_band, sign_slice, sq_err, sum_abs, within_tol, Granularity, Method,
+    QuantConfig, QuantError, Ternary, SCALE_EPS,
 };
 
 /// Bytes of `f32` a stripe holds: a few hundred KiB stays in a core's L2 cache.
@@ -283,42 +283,9 @@ where
             if !band_ok(lo, hi, tol) {
                 return None;
             }
-            // As `quant::detect_tensor`: a histogram of the bit patterns in the narrow band
-            // (counts do not depend on the order the source is read in).
-            let base = lo.to_bits();
-            let len = (hi.to_bits() - base) as usize + 1;
+            // As `quant::detect_tensor`: the most frequent bit pattern in the narrow band.
             let rows = (super::MIN_TASK_ELEMS / n.max(1)).max(1);
-            let hist = m
-                .src
-                .par_chunks(rows * n)
-                .fold(
-                    || vec![0u64; len],
-                    |mut h, part| {
-                        for &x in part {
-                            let x = (m.f)(x);
-                            if x != 0.0 {
-                                h[(x.abs().to_bits() - base) as usize] += 1;
-                            }
-                        }
-                        h
-                    },
-                )
-                .reduce(
-                    || vec![0u64; len],
-                    |mut a, b| {
-                        for (x, y) in a.iter_mut().zip(b) {
-                            *x += y;
-                        }
-                        a
-                    },
-                );
-            let mut best = 0usize;
-            for (i, &c) in hist.iter().enumerate() {
-                if c > hist[best] {
-                    best = i;
-                }
-            }
-            let a = f32::from_bits(base + best as u32);
+            let a = band_mode(m.src, rows * n, m.f, lo, hi);
             if !within_tol(a, lo, hi, tol) {
                 return None;
             }
