@@ -697,22 +697,12 @@ fn absmean(
                 .zip(w.par_chunks(k))
                 .zip(parts.par_iter_mut())
                 .with_min_len(min_rows(k))
-                .map(|(((c, s), x), p)| {
-                    let (mut err, mut norm) = (0f64, 0f64);
-                    for ((cg, xg), sg) in c.chunks_mut(g).zip(x.chunks(g)).zip(s.iter_mut()) {
-                        let sum = sum_abs(xg);
-                        if !sum.is_finite() {
-                            return true;
-                        }
-                        let a = clamp_scale(sum / xg.len() as f64);
-                        *sg = a;
-                        code_slice(xg, cg, 1.0 / a, thr);
-                        let (e, nn) = sq_err(xg, cg, a);
-                        err += e;
-                        norm += nn;
+                .map(|(((c, s), x), p)| match absmean_channel(x, c, s, g, thr) {
+                    Some(en) => {
+                        *p = en;
+                        false
                     }
-                    *p = (err, norm);
-                    false
+                    None => true,
                 })
                 .collect();
             if let Some(row) = bad.iter().position(|&b| b) {
@@ -735,6 +725,32 @@ fn absmean(
         finish_rel_error(&parts)
     };
     Ok((t, e))
+}
+
+/// Absmean of one channel `x` in groups of `g`: scales into `s`, codes into `c`, and its
+/// `(err, norm)` sums as `rel_error` makes them. `None` when a weight is not finite.
+#[inline]
+fn absmean_channel(
+    x: &[f32],
+    c: &mut [i8],
+    s: &mut [f32],
+    g: usize,
+    thr: f32,
+) -> Option<(f64, f64)> {
+    let (mut err, mut norm) = (0f64, 0f64);
+    for ((cg, xg), sg) in c.chunks_mut(g).zip(x.chunks(g)).zip(s.iter_mut()) {
+        let sum = sum_abs(xg);
+        if !sum.is_finite() {
+            return None;
+        }
+        let a = clamp_scale(sum / xg.len() as f64);
+        *sg = a;
+        code_slice(xg, cg, 1.0 / a, thr);
+        let (e, nn) = sq_err(xg, cg, a);
+        err += e;
+        norm += nn;
+    }
+    Some((err, norm))
 }
 
 /// TWN on one group: codes into `cs`, returns (sum of kept |w|, kept count).

@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rayon::prelude::*;
 
 use super::{
-    band_mode, band_ok, check_shape_len, clamp_scale, code_slice, detect_group, finish_rel_error,
-    group_len, scan_band, sign_slice, sq_err, sum_abs, within_tol, Granularity, Method,
-    QuantConfig, QuantError, Ternary, SCALE_EPS,
+    absmean_channel, band_mode, band_ok, check_shape_len, clamp_scale, code_slice, detect_group,
+    finish_rel_error, group_len, scan_band, sign_slice, sq_err, sum_abs, within_tol, Granularity,
+    Method, QuantConfig, QuantError, Ternary, SCALE_EPS,
 };
 
 /// Bytes of `f32` a stripe holds: a few hundred KiB stays in a core's L2 cache.
@@ -404,20 +404,10 @@ where
             .zip(sh.scales.chunks_exact_mut(gpc))
             .zip(sh.parts.iter_mut())
         {
-            let (mut err, mut norm) = (0f64, 0f64);
-            for ((cg, xg), sg) in c.chunks_mut(g).zip(x.chunks(g)).zip(s.iter_mut()) {
-                let sum = sum_abs(xg);
-                if !sum.is_finite() {
-                    return true;
-                }
-                let a = clamp_scale(sum / xg.len() as f64);
-                *sg = a;
-                code_slice(xg, cg, 1.0 / a, thr);
-                let (e, nn) = sq_err(xg, cg, a);
-                err += e;
-                norm += nn;
+            match absmean_channel(x, c, s, g, thr) {
+                Some(en) => *p = en,
+                None => return true,
             }
-            *p = (err, norm);
         }
         false
     });
