@@ -395,8 +395,8 @@ def main():
             results.append(bench_model(label, p, binary, work, 1 if size > 2**30 else a.reps, with_ort, a.bits, False,
                                        with_cp))
             if not with_cp:
-                print(f"(cp skipped on the big model: {shutil.disk_usage(work).free / 2**30:.0f} GiB free "
-                      f"for a {size / 2**30:.1f} GiB copy)", file=sys.stderr)
+                print(f"(cp skipped on the big model: {shutil.disk_usage(work).free / 2**30:.0f} GiB free, "
+                      f"{size * 1.2 / 2**30:.1f} GiB needed for a copy and the output)", file=sys.stderr)
             if not with_ort:
                 print(f"(ORT quantizer skipped on the big model: {size / 2**30:.1f} GiB input, "
                       f"{ram / 2**30:.1f} GiB RAM)", file=sys.stderr)
@@ -407,7 +407,9 @@ def main():
 
     # The process alone (its code pages, libc, allocator): a fixed cost no model changes.
     base = measure([binary, "--version"], [], a.reps).rss
-    print(f"\nonnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}, {nproc} cores, warm page cache\n")
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    cache = "warm page cache" + (" (models larger than RAM are read from disk)" if any(r["size"] > ram for r in results) else "")
+    print(f"\nonnxruntime {onnxruntime.__version__}, onnx {onnx.__version__}, {nproc} cores, {cache}\n")
     report(results, a.bits, nproc, base)
 
 
