@@ -90,7 +90,7 @@ const DIRECT_WRITE: usize = 64 << 10;
 
 /// The buffer of every file written. Payloads at least this long bypass it (`BufWriter`
 /// writes them through), so a larger buffer only holds more small tensors in memory: 1 MiB
-/// buffers cost 0.75 MiB more peak RSS for no measurable speed on the bench models.
+/// buffers cost 0.75 MiB more peak RSS, with no speed difference measurable on the bench models.
 const WRITE_BUFFER: usize = 256 << 10;
 
 /// An output being written. [`save`] is `Writer::new(..)?.finish(model)`; a converter that
