@@ -951,6 +951,37 @@ fn detect_at(w: &[f32], n: usize, k: usize, gran: Granularity, tol: f64) -> Opti
     }
 }
 
+/// The band holding both `a` and `b` (`None` is the band of no non-zero value).
+fn merge_band(a: Option<(f32, f32)>, b: Option<(f32, f32)>) -> Option<(f32, f32)> {
+    match (a, b) {
+        (None, b) => b,
+        (a, None) => a,
+        (Some((l, h)), Some((lo, hi))) => Some((l.min(lo), h.max(hi))),
+    }
+}
+
+/// The one scale of a lossless per-tensor detection from the bands of its parts, or `None`
+/// when they cannot share one: `SCALE_EPS` for an all-zero tensor, the only magnitude when
+/// there is one, else `mode(lo, hi)` (the most frequent magnitude) if every magnitude is within
+/// tolerance of it.
+fn tensor_scale(
+    bands: &[Option<(f32, f32)>],
+    tol: f64,
+    mode: impl FnOnce(f32, f32) -> f32,
+) -> Option<f32> {
+    match bands.iter().copied().fold(None, merge_band) {
+        None => Some(SCALE_EPS),
+        Some((lo, hi)) if lo == hi => Some(lo),
+        Some((lo, hi)) => {
+            if !band_ok(lo, hi, tol) {
+                return None;
+            }
+            let a = mode(lo, hi);
+            within_tol(a, lo, hi, tol).then_some(a)
+        }
+    }
+}
+
 fn detect_tensor(w: &[f32], n: usize, k: usize, tol: f64) -> Option<Ternary> {
     let bands: Vec<Option<(f32, f32)>> = w
         .par_chunks(k)
@@ -958,29 +989,11 @@ fn detect_tensor(w: &[f32], n: usize, k: usize, tol: f64) -> Option<Ternary> {
         .map(|row| scan_band(row, tol))
         .collect::<Result<_, _>>()
         .ok()?;
-    let band = bands
-        .iter()
-        .flatten()
-        .fold(None, |acc: Option<(f32, f32)>, &(lo, hi)| match acc {
-            None => Some((lo, hi)),
-            Some((l, h)) => Some((l.min(lo), h.max(hi))),
-        });
-    let a = match band {
-        None => SCALE_EPS,
-        Some((lo, hi)) if lo == hi => lo,
-        Some((lo, hi)) => {
-            if !band_ok(lo, hi, tol) {
-                return None;
-            }
-            // Positive floats order like their bit patterns, and the band is narrow
-            // (at most ~2 * tol * 2^24 patterns): count them in a histogram.
-            let a = band_mode(w, k * min_rows(k), &|x| x, lo, hi);
-            if !within_tol(a, lo, hi, tol) {
-                return None;
-            }
-            a
-        }
-    };
+    // Positive floats order like their bit patterns, and the band is narrow
+    // (at most ~2 * tol * 2^24 patterns): count them in a histogram.
+    let a = tensor_scale(&bands, tol, |lo, hi| {
+        band_mode(w, k * min_rows(k), &|x| x, lo, hi)
+    })?;
     let mut codes = vec![0i8; n * k];
     codes
         .par_chunks_mut(k)

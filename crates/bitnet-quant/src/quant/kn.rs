@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rayon::prelude::*;
 
 use super::{
-    absmean_channel, band_mode, band_ok, check_shape_len, clamp_scale, code_slice, detect_group,
-    finish_rel_error, group_len, scan_band, sign_slice, sq_err, sum_abs, within_tol, Granularity,
-    Method, QuantConfig, QuantError, Ternary, SCALE_EPS,
+    absmean_channel, band_mode, check_shape_len, clamp_scale, code_slice, detect_group,
+    finish_rel_error, group_len, merge_band, scan_band, sign_slice, sq_err, sum_abs, tensor_scale,
+    Granularity, Method, QuantConfig, QuantError, Ternary,
 };
 
 /// Bytes of `f32` a stripe holds: a few hundred KiB stays in a core's L2 cache.
@@ -260,38 +260,16 @@ where
                 stop.store(true, Ordering::Relaxed);
                 return Err(());
             };
-            band = match (band, b) {
-                (None, b) => b,
-                (a, None) => a,
-                (Some((l, h)), Some((lo, hi))) => Some((l.min(lo), h.max(hi))),
-            };
+            band = merge_band(band, b);
         }
         Ok(band)
     });
     let bands: Vec<Option<(f32, f32)>> = bands.into_iter().collect::<Result<_, _>>().ok()?;
-    let band = bands
-        .iter()
-        .flatten()
-        .fold(None, |acc: Option<(f32, f32)>, &(lo, hi)| match acc {
-            None => Some((lo, hi)),
-            Some((l, h)) => Some((l.min(lo), h.max(hi))),
-        });
-    let a = match band {
-        None => SCALE_EPS,
-        Some((lo, hi)) if lo == hi => lo,
-        Some((lo, hi)) => {
-            if !band_ok(lo, hi, tol) {
-                return None;
-            }
-            // As `quant::detect_tensor`: the most frequent bit pattern in the narrow band.
-            let rows = (super::MIN_TASK_ELEMS / n.max(1)).max(1);
-            let a = band_mode(m.src, rows * n, m.f, lo, hi);
-            if !within_tol(a, lo, hi, tol) {
-                return None;
-            }
-            a
-        }
-    };
+    // As `quant::detect_tensor`: the most frequent bit pattern in the narrow band.
+    let rows = (super::MIN_TASK_ELEMS / n.max(1)).max(1);
+    let a = tensor_scale(&bands, tol, |lo, hi| {
+        band_mode(m.src, rows * n, m.f, lo, hi)
+    })?;
     stripes(m, width, 1, codes, parts, &mut [], |sh| {
         m.load(sh.c0, sh.parts.len(), sh.buf);
         let rows = sh.buf.chunks_exact(k).zip(sh.codes.chunks_exact_mut(k));
