@@ -918,7 +918,7 @@ fn quantize_job(
     };
     // A `[K, N]` weight is quantized where it lies (no transposed float copy) when it can be.
     let in_place = match layout {
-        Layout::KN => quantize_kn(&input, r, c, &opts.quant),
+        Layout::KN => quantize_kn(&input, r, c, &opts.quant, &release_part),
         Layout::NK => None,
     };
     let (ternary, rel_error) = match in_place {
@@ -954,44 +954,55 @@ fn quantize_job(
 }
 
 /// `quant::kn` on a `[rows = K, cols = N]` weight read where it lies: the memory-mapped or
-/// decoded float32, float16 or bfloat16 payload, or a folded float32 value. `None` when that
-/// path does not apply (TWN, integer or typed-field payloads, a length that does not match the
-/// shape): the caller transposes instead, and reports a bad length.
+/// decoded float32, float16 or bfloat16 payload, or a folded float32 value. `release` gets each
+/// band of the payload's bytes once a pass has read it. `None` when that path does not apply
+/// (TWN, integer or typed-field payloads, a length that does not match the shape): the caller
+/// transposes instead, and reports a bad length.
 fn quantize_kn(
     input: &JobInput,
     rows: usize,
     cols: usize,
     cfg: &QuantConfig,
+    release: &(dyn Fn(&[u8]) + Sync),
 ) -> Option<Result<(Ternary, f64), quant::QuantError>> {
     use bitnet_model::proto::tensor_proto::DataType;
     let count = rows.checked_mul(cols)?;
     let t = match input {
         JobInput::Folded(c) => match &c.data {
             crate::fold::Data::F32(v) if v.len() == count => {
-                return quant::kn::quantize_measured_kn(v, rows, cols, |x| x, cfg)
+                return quant::kn::quantize_measured_kn(v, rows, cols, |x| x, cfg, &|_| {})
             }
             _ => return None,
         },
         JobInput::Tensor(t) => t,
     };
+    let raw = t.raw_data.as_deref().unwrap_or_default();
+    // Rows `r` of a payload of `width`-byte elements.
+    let done = |width: usize| {
+        move |r: std::ops::Range<usize>| {
+            if let Some(part) = raw.get(r.start * cols * width..r.end * cols * width) {
+                release(part);
+            }
+        }
+    };
     if let Some(v) = bitnet_model::tensor::f32_view(t) {
-        return quant::kn::quantize_measured_kn(v, rows, cols, |x| x, cfg);
+        return quant::kn::quantize_measured_kn(v, rows, cols, |x| x, cfg, &done(4));
     }
     let raw = t.raw_data.as_ref()?;
     match DataType::try_from(t.data_type.unwrap_or(0)) {
         Ok(DataType::Float) if raw.len() == count.checked_mul(4)? => {
             let b4 = raw.as_chunks::<4>().0;
-            quant::kn::quantize_measured_kn(b4, rows, cols, f32::from_le_bytes, cfg)
+            quant::kn::quantize_measured_kn(b4, rows, cols, f32::from_le_bytes, cfg, &done(4))
         }
         Ok(DataType::Float16) if raw.len() == count.checked_mul(2)? => {
             let b2 = raw.as_chunks::<2>().0;
             let f = |b| half::f16::from_le_bytes(b).to_f32();
-            quant::kn::quantize_measured_kn(b2, rows, cols, f, cfg)
+            quant::kn::quantize_measured_kn(b2, rows, cols, f, cfg, &done(2))
         }
         Ok(DataType::Bfloat16) if raw.len() == count.checked_mul(2)? => {
             let b2 = raw.as_chunks::<2>().0;
             let f = |b| half::bf16::from_le_bytes(b).to_f32();
-            quant::kn::quantize_measured_kn(b2, rows, cols, f, cfg)
+            quant::kn::quantize_measured_kn(b2, rows, cols, f, cfg, &done(2))
         }
         _ => None,
     }

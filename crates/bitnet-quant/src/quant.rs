@@ -573,6 +573,16 @@ fn group_len(gran: Granularity, k: usize) -> usize {
 #[inline]
 fn sum_abs(xs: &[f32]) -> f64 {
     let mut acc = [0f64; 4];
+    let tail = abs_lanes(&mut acc, xs);
+    abs_total(acc, tail)
+}
+
+/// Adds `|x|` of every whole chunk of four in `xs` to the four lanes of `acc`; returns the
+/// elements left over. [`sum_abs`] is `abs_total` of this from zero lanes, so a channel can be
+/// summed a part at a time (parts whose lengths are multiples of four, then the last part) with
+/// the same bits.
+#[inline]
+pub(crate) fn abs_lanes<'a>(acc: &mut [f64; 4], xs: &'a [f32]) -> &'a [f32] {
     let mut chunks = xs.chunks_exact(4);
     for c in &mut chunks {
         acc[0] += f64::from(c[0].abs());
@@ -580,8 +590,14 @@ fn sum_abs(xs: &[f32]) -> f64 {
         acc[2] += f64::from(c[2].abs());
         acc[3] += f64::from(c[3].abs());
     }
+    chunks.remainder()
+}
+
+/// The sum [`abs_lanes`] was building: the lanes combined, then the left-over elements.
+#[inline]
+pub(crate) fn abs_total(acc: [f64; 4], tail: &[f32]) -> f64 {
     let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    for &x in chunks.remainder() {
+    for &x in tail {
         s += f64::from(x.abs());
     }
     s
@@ -591,27 +607,91 @@ fn sum_abs(xs: &[f32]) -> f64 {
 /// lanes (deterministic, and independent chains the compiler can vectorise).
 #[inline]
 fn sq_err(xs: &[f32], cs: &[i8], s: f32) -> (f64, f64) {
-    let mut err = [0f64; 4];
-    let mut norm = [0f64; 4];
-    let mut xc = xs.chunks_exact(4);
-    let mut cc = cs.chunks_exact(4);
-    for (x, c) in (&mut xc).zip(&mut cc) {
-        for l in 0..4 {
-            let xv = f64::from(x[l]);
-            let d = xv - f64::from(f32::from(c[l]) * s);
-            err[l] += d * d;
-            norm[l] += xv * xv;
+    let mut lanes = ErrLanes::default();
+    let n = lanes.add(xs, cs, s);
+    lanes.total(&xs[n..], &cs[n..], s)
+}
+
+/// The four `(err, norm)` lanes of [`sq_err`], so a channel can be measured a part at a time
+/// (parts whose lengths are multiples of four, then the last part) with the same bits.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ErrLanes {
+    err: [f64; 4],
+    norm: [f64; 4],
+}
+
+impl ErrLanes {
+    /// Adds every whole chunk of four; returns how many elements that was.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    pub(crate) fn add(&mut self, xs: &[f32], cs: &[i8], s: f32) -> usize {
+        // SAFETY: SSE2 is part of the x86-64 baseline: every CPU this code runs on has it.
+        unsafe { self.add_sse2(xs, cs, s) }
+    }
+
+    /// [`ErrLanes::add`] with the same operations as the portable version below, two lanes per
+    /// SSE2 register: the same IEEE results, so the same bits.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "sse2")]
+    fn add_sse2(&mut self, xs: &[f32], cs: &[i8], s: f32) -> usize {
+        use std::arch::x86_64::*;
+        let len = xs.len().min(cs.len()) / 4 * 4;
+        let sv = _mm_set1_ps(s);
+        let [e0, e1, e2, e3] = self.err;
+        let [n0, n1, n2, n3] = self.norm;
+        let (mut e01, mut e23) = (_mm_setr_pd(e0, e1), _mm_setr_pd(e2, e3));
+        let (mut n01, mut n23) = (_mm_setr_pd(n0, n1), _mm_setr_pd(n2, n3));
+        for (x, c) in xs[..len].chunks_exact(4).zip(cs[..len].chunks_exact(4)) {
+            let xv = _mm_setr_ps(x[0], x[1], x[2], x[3]);
+            let cv = _mm_setr_epi32(c[0].into(), c[1].into(), c[2].into(), c[3].into());
+            let q = _mm_mul_ps(_mm_cvtepi32_ps(cv), sv);
+            let (x01, x23) = (_mm_cvtps_pd(xv), _mm_cvtps_pd(_mm_movehl_ps(xv, xv)));
+            let (q01, q23) = (_mm_cvtps_pd(q), _mm_cvtps_pd(_mm_movehl_ps(q, q)));
+            let (d01, d23) = (_mm_sub_pd(x01, q01), _mm_sub_pd(x23, q23));
+            e01 = _mm_add_pd(e01, _mm_mul_pd(d01, d01));
+            e23 = _mm_add_pd(e23, _mm_mul_pd(d23, d23));
+            n01 = _mm_add_pd(n01, _mm_mul_pd(x01, x01));
+            n23 = _mm_add_pd(n23, _mm_mul_pd(x23, x23));
         }
+        let lanes = |v: __m128d| [_mm_cvtsd_f64(v), _mm_cvtsd_f64(_mm_unpackhi_pd(v, v))];
+        let ([e0, e1], [e2, e3]) = (lanes(e01), lanes(e23));
+        let ([n0, n1], [n2, n3]) = (lanes(n01), lanes(n23));
+        self.err = [e0, e1, e2, e3];
+        self.norm = [n0, n1, n2, n3];
+        len
     }
-    let mut e = (err[0] + err[1]) + (err[2] + err[3]);
-    let mut n = (norm[0] + norm[1]) + (norm[2] + norm[3]);
-    for (&x, &c) in xc.remainder().iter().zip(cc.remainder()) {
-        let xv = f64::from(x);
-        let d = xv - f64::from(f32::from(c) * s);
-        e += d * d;
-        n += xv * xv;
+
+    /// Adds every whole chunk of four; returns how many elements that was.
+    #[cfg(not(target_arch = "x86_64"))]
+    #[inline]
+    pub(crate) fn add(&mut self, xs: &[f32], cs: &[i8], s: f32) -> usize {
+        let mut xc = xs.chunks_exact(4);
+        let mut cc = cs.chunks_exact(4);
+        for (x, c) in (&mut xc).zip(&mut cc) {
+            for l in 0..4 {
+                let xv = f64::from(x[l]);
+                let d = xv - f64::from(f32::from(c[l]) * s);
+                self.err[l] += d * d;
+                self.norm[l] += xv * xv;
+            }
+        }
+        xs.len().min(cs.len()) / 4 * 4
     }
-    (e, n)
+
+    /// The sums: the lanes combined, then the left-over elements `xs`, `cs`.
+    #[inline]
+    pub(crate) fn total(self, xs: &[f32], cs: &[i8], s: f32) -> (f64, f64) {
+        let (err, norm) = (self.err, self.norm);
+        let mut e = (err[0] + err[1]) + (err[2] + err[3]);
+        let mut n = (norm[0] + norm[1]) + (norm[2] + norm[3]);
+        for (&x, &c) in xs.iter().zip(cs) {
+            let xv = f64::from(x);
+            let d = xv - f64::from(f32::from(c) * s);
+            e += d * d;
+            n += xv * xv;
+        }
+        (e, n)
+    }
 }
 
 /// BitNet's clamped absmean scale from an `f64` mean.
@@ -1020,10 +1100,21 @@ fn band_mode<S: Copy + Sync>(
     lo: f32,
     hi: f32,
 ) -> f32 {
+    hist_mode(&band_hist(src, chunk, f, lo, hi), lo)
+}
+
+/// The histogram [`band_mode`] counts: entry `i` is how many magnitudes of `src` have the bit
+/// pattern `lo.to_bits() + i`. Histograms of parts add up to the histogram of the whole.
+fn band_hist<S: Copy + Sync>(
+    src: &[S],
+    chunk: usize,
+    f: &(impl Fn(S) -> f32 + Sync),
+    lo: f32,
+    hi: f32,
+) -> Vec<u64> {
     let base = lo.to_bits();
     let len = (hi.to_bits() - base) as usize + 1;
-    let hist = src
-        .par_chunks(chunk.max(1))
+    src.par_chunks(chunk.max(1))
         .fold(
             || vec![0u64; len],
             |mut h, part| {
@@ -1036,22 +1127,27 @@ fn band_mode<S: Copy + Sync>(
                 h
             },
         )
-        .reduce(
-            || vec![0u64; len],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-                a
-            },
-        );
+        .reduce(|| vec![0u64; len], add_hist)
+}
+
+/// `a + b`, entry by entry (same lengths).
+fn add_hist(mut a: Vec<u64>, b: Vec<u64>) -> Vec<u64> {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+    a
+}
+
+/// The most frequent magnitude of a [`band_hist`] histogram starting at `lo` (ties: the
+/// smallest).
+fn hist_mode(hist: &[u64], lo: f32) -> f32 {
     let mut best = 0usize;
     for (i, &c) in hist.iter().enumerate() {
         if c > hist[best] {
             best = i;
         }
     }
-    f32::from_bits(base + best as u32)
+    f32::from_bits(lo.to_bits() + best as u32)
 }
 
 fn detect_grouped(w: &[f32], n: usize, k: usize, gran: Granularity, tol: f64) -> Option<Ternary> {
@@ -1212,6 +1308,14 @@ mod tests {
         let w = [up, up, down, down];
         let t = detect_ternary(&w, 1, 4, 1e-6).unwrap();
         assert_eq!(t.scales, vec![down]);
+        // A band narrow enough to pass the quick check whose far end is off tolerance from the
+        // mode (`a`, at the near end): 16 ulps is within 2 tol a but not within tol a.
+        let far = f32::from_bits(a.to_bits() + 16);
+        assert!(f64::from(far - a) > 1e-6 * f64::from(a) && f64::from(far - a) < 2e-6 * 0.125);
+        let w = [a, -a, a, 0.0, -a, far];
+        assert!(detect_ternary(&w, 2, 3, 1e-6).is_none(), "per tensor");
+        assert!(detect_ternary(&w, 1, 6, 1e-6).is_none(), "per channel");
+        assert!(detect_ternary(&w, 2, 3, 2e-6).is_some());
     }
 
     #[test]

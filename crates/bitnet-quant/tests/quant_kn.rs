@@ -1,8 +1,11 @@
 //! `quant::kn` (quantizing a `[K, N]` weight in place) gives the same bits as transposing it
 //! and using the channel-major quantizer: codes, scales, granularity, lossless flag, relative
-//! error, and the same error for a non-finite weight. Any stripe width gives the same result.
+//! error, and the same error for a non-finite weight. Any band height and tile width gives the
+//! same result, and every band is reported read.
 
-use bitnet_quant::quant::kn::{quantize_measured_kn, quantize_measured_kn_striped};
+use std::sync::Mutex;
+
+use bitnet_quant::quant::kn::{quantize_measured_kn, quantize_measured_kn_tiled, Tiling};
 use bitnet_quant::quant::{quantize_measured, transpose, Granularity, Method, QuantConfig};
 use proptest::prelude::*;
 
@@ -50,7 +53,7 @@ fn kind() -> impl Strategy<Value = Kind> {
         2 => Just(Kind::TernaryTensor),
         2 => Just(Kind::TernaryChannel),
         2 => (1usize..12).prop_map(Kind::TernaryGroup),
-        1 => (0usize..3).prop_map(Kind::Jitter),
+        2 => (0usize..5).prop_map(Kind::Jitter),
         1 => Just(Kind::NonFinite),
     ]
 }
@@ -79,6 +82,7 @@ fn make(kind: Kind, k: usize, n: usize, seed: u64) -> Vec<f32> {
                 Kind::TernaryTensor => code(u) * 0.37,
                 Kind::TernaryChannel => code(u) * col_scale[c],
                 Kind::TernaryGroup(g) => code(u) * col_scale[c] * (1 + r / g) as f32,
+                Kind::Jitter(4) => code(u) * 0.37,
                 Kind::Jitter(_) => code(u) * col_scale[c],
             };
         }
@@ -86,11 +90,13 @@ fn make(kind: Kind, k: usize, n: usize, seed: u64) -> Vec<f32> {
     match kind {
         Kind::Jitter(how) => {
             // Nudge one weight by a relative 1e-7 (inside the default 1e-6 tolerance), 1e-3
-            // (outside), or zero a whole column.
+            // (outside), 1.9e-6 (passes the quick band check, off tolerance from the mode; per
+            // channel, or per tensor for 4), or zero a whole column.
             let i = (unit() * (k * n) as f64) as usize % (k * n);
             match how {
                 0 => w[i] *= 1.0 + 1e-7,
                 1 => w[i] *= 1.0 + 1e-3,
+                3 | 4 => w[i] *= 1.0 + 1.9e-6,
                 _ => {
                     let c = i % n;
                     for r in 0..k {
@@ -140,15 +146,28 @@ proptest! {
         kind in kind(),
         gran in granularity(),
         thr in prop_oneof![Just(0.5f32), 0.05f32..1.0],
+        rows in 1usize..80,
         width in 1usize..80,
         seed in any::<u64>(),
     ) {
         let w = make(kind, k, n, seed);
         let c = cfg(gran, thr, 1e-6);
         let want = quantize_measured(&transpose(&w, k, n), n, k, &c);
-        let got = quantize_measured_kn_striped(&w, k, n, |x| x, &c, width).unwrap();
+        let read = Mutex::new(vec![0usize; k]);
+        let done = |r: std::ops::Range<usize>| {
+            for x in &mut read.lock().unwrap()[r] {
+                *x += 1;
+            }
+        };
+        let tiling = Tiling { rows, width };
+        let got = quantize_measured_kn_tiled(&w, k, n, |x| x, &c, &done, tiling).unwrap();
         same(&got, &want)?;
-        let auto = quantize_measured_kn(&w, k, n, |x| x, &c).unwrap();
+        // Each pass reports every row once: two passes, or more for a jittered lossless scale.
+        let read = read.into_inner().unwrap();
+        if got.is_ok() {
+            prop_assert!(read[0] >= 2 && read.iter().all(|&x| x == read[0]), "{read:?}");
+        }
+        let auto = quantize_measured_kn(&w, k, n, |x| x, &c, &|_| {}).unwrap();
         same(&auto, &want)?;
     }
 
@@ -164,11 +183,11 @@ proptest! {
         let c = cfg(gran, 0.5, 1e-6);
         let bytes: Vec<[u8; 4]> = w.iter().map(|x| x.to_le_bytes()).collect();
         let want = quantize_measured(&transpose(&w, k, n), n, k, &c);
-        same(&quantize_measured_kn(&bytes, k, n, f32::from_le_bytes, &c).unwrap(), &want)?;
+        same(&quantize_measured_kn(&bytes, k, n, f32::from_le_bytes, &c, &|_| {}).unwrap(), &want)?;
         let halves: Vec<half::f16> = w.iter().map(|&x| half::f16::from_f32(x)).collect();
         let wide: Vec<f32> = halves.iter().map(|h| h.to_f32()).collect();
         let want = quantize_measured(&transpose(&wide, k, n), n, k, &c);
-        same(&quantize_measured_kn(&halves, k, n, |h| h.to_f32(), &c).unwrap(), &want)?;
+        same(&quantize_measured_kn(&halves, k, n, |h| h.to_f32(), &c, &|_| {}).unwrap(), &want)?;
     }
 }
 
@@ -178,12 +197,12 @@ fn kn_leaves_twn_to_the_caller() {
         method: Method::Twn,
         ..QuantConfig::default()
     };
-    assert!(quantize_measured_kn(&[1.0f32; 4], 2, 2, |x| x, &c).is_none());
+    assert!(quantize_measured_kn(&[1.0f32; 4], 2, 2, |x| x, &c, &|_| {}).is_none());
 }
 
 #[test]
-fn kn_large_matrices_match_across_widths() {
-    // Wider than one stripe and longer than one tile, with K not a multiple of 4.
+fn kn_large_matrices_match_across_tilings() {
+    // Many bands and tiles, with K not a multiple of 4.
     for (kind, gran) in [
         (Kind::Normal, Granularity::Channel),
         (Kind::Normal, Granularity::Tensor),
@@ -195,8 +214,9 @@ fn kn_large_matrices_match_across_widths() {
         let w = make(kind, k, n, 7);
         let c = cfg(gran, 0.5, 1e-6);
         let want = quantize_measured(&transpose(&w, k, n), n, k, &c);
-        for width in [1, 16, 100, 512, n] {
-            let got = quantize_measured_kn_striped(&w, k, n, |x| x, &c, width).unwrap();
+        for (rows, width) in [(1, 1), (4, 16), (64, 100), (128, 512), (300, n), (k, n)] {
+            let tiling = Tiling { rows, width };
+            let got = quantize_measured_kn_tiled(&w, k, n, |x| x, &c, &|_| {}, tiling).unwrap();
             same(&got, &want).unwrap();
         }
     }
@@ -205,8 +225,8 @@ fn kn_large_matrices_match_across_widths() {
 #[test]
 fn kn_shape_errors() {
     let c = QuantConfig::default();
-    let e = quantize_measured_kn(&[1.0f32; 5], 2, 3, |x| x, &c).unwrap();
+    let e = quantize_measured_kn(&[1.0f32; 5], 2, 3, |x| x, &c, &|_| {}).unwrap();
     assert!(e.is_err());
-    let e = quantize_measured_kn(&[0.0f32; 0], 0, 3, |x| x, &c).unwrap();
+    let e = quantize_measured_kn(&[0.0f32; 0], 0, 3, |x| x, &c, &|_| {}).unwrap();
     assert!(e.is_err());
 }

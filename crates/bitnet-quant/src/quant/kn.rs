@@ -1,59 +1,103 @@
-//! Quantizing a weight stored `[K, N]` (a `MatMul` `B`) where it lies, without a transposed
-//! float copy.
+//! Quantizing a weight stored `[K, N]` (a `MatMul` `B`) where it lies, a band of rows at a
+//! time, without a float copy of it.
 //!
 //! [`quantize_measured_kn`] gives bit for bit what [`super::quantize_measured`] gives for the
 //! transposed (channel-major) weight: the same lossless detection, scales, codes (`[N][K]`) and
-//! relative error. A task takes a stripe of a few columns (channels), transposes just those
-//! into a buffer that stays in cache (`STRIPE_BYTES`), and runs the channel-major kernels on
-//! its rows. Every sum the channel-major path makes runs along one channel, so channels never
-//! mix and any stripe width and thread count give the same bits; per-tensor sums are
-//! per-channel sums added in channel order, as there.
+//! relative error.
 //!
-//! So a `[K, N]` weight never has a transposed float copy: each thread holds one stripe. Passes
-//! that need the whole tensor first (per-tensor scale, lossless detection) transpose a stripe
-//! again when they come back to it. TWN is not done here ([`quantize_measured_kn`] returns
-//! `None`); the caller transposes and uses the channel-major path.
+//! The weight is read in *bands* of whole rows (a few hundred KiB of it), top to bottom, in two
+//! passes. After each band the caller's `done` is told which rows were read, so it can drop
+//! their memory-mapped pages: whatever the weight's size, only a band or two of it is resident.
+//! Inside a band, tasks take *tiles* of a few channels, transpose them into a buffer that stays
+//! in cache, and run the channel-major kernels on each channel's part of the band.
+//!
+//! * Pass 1 gathers statistics: each channel's band of non-zero magnitudes (lossless
+//!   detection), its `sum |w|` (absmean), and, when the configuration has groups, each group's
+//!   lossless scale and absmean scale (a band holds whole groups).
+//! * Between the passes the granularity is chosen as `quantize_measured` chooses it (lossless
+//!   per tensor, per channel, per group, else absmean). A scale that needs the most frequent
+//!   magnitude of a jittered lossless tensor or channel reads the weight once more.
+//! * Pass 2 writes the codes and measures the error.
+//!
+//! Bit-identity: every sum runs along one channel in the channel-major order. A channel's
+//! four-lane sums (`quant::abs_lanes`, `quant::ErrLanes`) carry over from band to band, and a
+//! band holds a multiple of four rows, so each element lands in the lane it lands in when the
+//! channel is summed at once; per-tensor totals are per-channel sums added in channel order.
+//! Bands, tiles and the thread count change nothing (property-tested in `tests/quant_kn.rs`).
+//! TWN is not done here ([`quantize_measured_kn`] returns `None`); the caller transposes.
 
+use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
 use super::{
-    absmean_channel, band_mode, check_shape_len, clamp_scale, code_slice, detect_group,
-    finish_rel_error, group_len, merge_band, scan_band, sign_slice, sq_err, sum_abs, tensor_scale,
-    Granularity, Method, QuantConfig, QuantError, Ternary,
+    abs_lanes, abs_total, add_hist, band_hist, band_ok, check_shape_len, clamp_scale, code_slice,
+    detect_group, finish_rel_error, hist_mode, merge_band, mode_of_sorted, scan_band, sign_slice,
+    sq_err, sum_abs, tensor_scale, within_tol, ErrLanes, Granularity, Method, QuantConfig,
+    QuantError, Ternary, MIN_TASK_ELEMS, SCALE_EPS,
 };
 
-/// Bytes of `f32` a stripe holds: a few hundred KiB stays in a core's L2 cache.
-const STRIPE_BYTES: usize = 192 << 10;
+/// Bytes of `f32` a band holds (rounded to whole rows, at least `MIN_BAND_ROWS` of them).
+const BAND_BYTES: usize = 512 << 10;
+/// Rows a band holds at least, so each channel's part is long enough for the kernels.
+const MIN_BAND_ROWS: usize = 64;
+/// Bytes of `f32` a task transposes at a time: stays in a core's L2 cache.
+const TILE_BYTES: usize = 128 << 10;
+
+/// How the weight is cut: `rows` per band (rounded up to a multiple of four, and of the group
+/// length when there are groups) and `width` channels per tile. The result does not depend on
+/// either.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tiling {
+    pub rows: usize,
+    pub width: usize,
+}
+
+impl Tiling {
+    /// About `BAND_BYTES` per band, split in at least one tile per thread.
+    fn auto(k: usize, n: usize) -> Tiling {
+        let rows = (BAND_BYTES / (4 * n.max(1))).max(MIN_BAND_ROWS);
+        let bytes = rows.min(k) * n * 4;
+        let tiles = rayon::current_num_threads().max(bytes.div_ceil(TILE_BYTES));
+        Tiling {
+            rows,
+            width: n.div_ceil(tiles).next_multiple_of(16),
+        }
+    }
+}
 
 /// [`super::quantize_measured`] of the transpose of `src`, a row-major `[k][n]` weight whose
-/// elements `f` turns into `f32` (the identity, little-endian bytes, or half floats). `None`
-/// when the method is not absmean: the caller transposes instead.
+/// elements `f` turns into `f32` (the identity, little-endian bytes, or half floats). `done` is
+/// called with each band of rows once a pass has read it (the rows may be read again by a
+/// later pass). `None` when the method is not absmean: the caller transposes instead.
 pub fn quantize_measured_kn<S, F>(
     src: &[S],
     k: usize,
     n: usize,
     f: F,
     cfg: &QuantConfig,
+    done: &(dyn Fn(Range<usize>) + Sync),
 ) -> Option<Result<(Ternary, f64), QuantError>>
 where
     S: Copy + Sync,
     F: Fn(S) -> f32 + Sync,
 {
-    quantize_measured_kn_striped(src, k, n, f, cfg, stripe_width(k))
+    quantize_measured_kn_tiled(src, k, n, f, cfg, done, Tiling::auto(k, n))
 }
 
-/// [`quantize_measured_kn`] with `width` channels per stripe (tests check that it does not
-/// matter).
+/// [`quantize_measured_kn`] cut as `tiling` says (tests check that it does not matter).
 #[doc(hidden)]
-pub fn quantize_measured_kn_striped<S, F>(
+pub fn quantize_measured_kn_tiled<S, F>(
     src: &[S],
     k: usize,
     n: usize,
     f: F,
     cfg: &QuantConfig,
-    width: usize,
+    done: &(dyn Fn(Range<usize>) + Sync),
+    tiling: Tiling,
 ) -> Option<Result<(Ternary, f64), QuantError>>
 where
     S: Copy + Sync,
@@ -62,14 +106,14 @@ where
     if cfg.method != Method::AbsMean {
         return None;
     }
-    let m = Kn { src, k, n, f: &f };
-    Some(run(&m, cfg, width.clamp(1, n.max(1))))
-}
-
-/// Channels per stripe: `STRIPE_BYTES` of them, at least 16 (whole 64-byte lines of a source
-/// row), a multiple of 16.
-fn stripe_width(k: usize) -> usize {
-    (STRIPE_BYTES / (4 * k.max(1))).max(16).next_multiple_of(16)
+    let m = Kn {
+        src,
+        k,
+        n,
+        f: &f,
+        done,
+    };
+    Some(run(&m, cfg, tiling))
 }
 
 /// The source matrix: `k` rows of `n` elements.
@@ -78,6 +122,7 @@ struct Kn<'a, S, F> {
     k: usize,
     n: usize,
     f: &'a F,
+    done: &'a (dyn Fn(Range<usize>) + Sync),
 }
 
 impl<S: Copy, F: Fn(S) -> f32> Kn<'_, S, F> {
@@ -86,25 +131,26 @@ impl<S: Copy, F: Fn(S) -> f32> Kn<'_, S, F> {
         (self.f)(self.src[r * self.n + c])
     }
 
-    /// Channels `c0..c0 + w` as `w` rows of `k` into `buf`, eight source rows at a time.
-    fn load(&self, c0: usize, w: usize, buf: &mut Vec<f32>) {
-        let (k, n) = (self.k, self.n);
-        buf.clear();
-        buf.resize(w * k, 0.0);
-        let k8 = k - k % 8;
-        for r0 in (0..k8).step_by(8) {
-            let rows: [&[S]; 8] = std::array::from_fn(|i| &self.src[(r0 + i) * n + c0..][..w]);
-            for (j, dst) in buf.chunks_exact_mut(k).enumerate() {
-                let dst = &mut dst[r0..r0 + 8];
+    /// Rows `r0..r0 + rows` of channels `c0..c0 + w`, channel-major (`w` runs of `rows`), into
+    /// `buf`, eight source rows at a time.
+    fn load(&self, r0: usize, rows: usize, c0: usize, w: usize, buf: &mut Vec<f32>) {
+        let n = self.n;
+        // Every element is written below.
+        buf.resize(w * rows, 0.0);
+        let r8 = rows - rows % 8;
+        for i0 in (0..r8).step_by(8) {
+            let src: [&[S]; 8] = std::array::from_fn(|i| &self.src[(r0 + i0 + i) * n + c0..][..w]);
+            for (j, dst) in buf.chunks_exact_mut(rows).enumerate() {
+                let dst = &mut dst[i0..i0 + 8];
                 for i in 0..8 {
-                    dst[i] = (self.f)(rows[i][j]);
+                    dst[i] = (self.f)(src[i][j]);
                 }
             }
         }
-        for r in k8..k {
-            let row = &self.src[r * n + c0..][..w];
-            for (dst, &x) in buf.chunks_exact_mut(k).zip(row) {
-                dst[r] = (self.f)(x);
+        for i in r8..rows {
+            let row = &self.src[(r0 + i) * n + c0..][..w];
+            for (dst, &x) in buf.chunks_exact_mut(rows).zip(row) {
+                dst[i] = (self.f)(x);
             }
         }
     }
@@ -121,69 +167,138 @@ impl<S: Copy, F: Fn(S) -> f32> Kn<'_, S, F> {
             value: self.at(r, col),
         }
     }
+}
 
-    /// The first channel holding a non-finite weight (there is one when this is called).
-    fn first_non_finite(&self) -> QuantError {
-        let col = (0..self.n)
-            .find(|&c| (0..self.k).any(|r| !self.at(r, c).is_finite()))
-            .unwrap_or(0);
-        self.non_finite(col)
+/// How bands and tiles are cut, and the groups.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// Rows per band (the last band may be shorter).
+    rows: usize,
+    /// Channels per tile.
+    width: usize,
+    /// The group length when the configuration has groups shorter than a channel (a band then
+    /// holds whole groups).
+    group: Option<usize>,
+    /// Groups per channel (1 without groups).
+    gpc: usize,
+    tol: f64,
+}
+
+impl Plan {
+    fn bands(&self, k: usize) -> impl Iterator<Item = Range<usize>> {
+        let rows = self.rows;
+        (0..k).step_by(rows).map(move |r0| r0..(r0 + rows).min(k))
     }
 }
 
-/// One stripe's share of the outputs.
-struct Share<'a> {
-    /// First channel.
-    c0: usize,
-    /// Channel-major codes, `w` rows of `k`.
-    codes: &'a mut [i8],
-    /// Per-channel `(err, norm)` sums.
-    parts: &'a mut [(f64, f64)],
-    /// `gpc` scales per channel (empty when the pass has no per-channel scales).
-    scales: &'a mut [f32],
-    /// The stripe's weights, channel-major, once loaded.
-    buf: &'a mut Vec<f32>,
+/// What a pass keeps per channel.
+#[derive(Debug, Clone, Copy, Default)]
+struct Chan {
+    /// Band of non-zero magnitudes so far (lossless detection).
+    band: Option<(f32, f32)>,
+    /// `|w|` lanes, then (after the last band) `sum |w|` of the channel.
+    abs: [f64; 4],
+    sum: f64,
+    /// A weight of the channel is not finite.
+    bad: bool,
+    /// The channel's scale in pass 2 (without groups).
+    scale: f32,
+    /// Error lanes, then the channel's `(err, norm)` as `quant::rel_error` sums them.
+    err: ErrLanes,
+    part: (f64, f64),
 }
 
-/// Runs `task` on every stripe of `width` channels in parallel, each with its own buffer.
-fn stripes<S, F, R>(
-    m: &Kn<S, F>,
-    width: usize,
-    gpc: usize,
-    codes: &mut [i8],
-    parts: &mut [(f64, f64)],
-    scales: &mut [f32],
-    task: impl Fn(Share) -> R + Sync,
-) -> Vec<R>
-where
-    S: Copy + Sync,
-    F: Fn(S) -> f32 + Sync,
-    R: Send,
-{
-    let count = m.n.div_ceil(width);
-    let scale_shares: Vec<&mut [f32]> = if scales.is_empty() {
+/// What one task gets: the band `r` of the channels from `c0` on (one per `Chan`), and a
+/// buffer to transpose them into (`Kn::load`).
+struct Tile<'a> {
+    r: Range<usize>,
+    last: bool,
+    c0: usize,
+    buf: &'a mut Vec<f32>,
+    chans: &'a mut [Chan],
+    /// The tile's part of a per-group array (`w * gpc`), or empty.
+    groups: &'a mut [f32],
+    /// The tile's part of a second per-group array, or empty.
+    groups2: &'a mut [f32],
+    /// The tile's channels' codes (`w * k`), or empty.
+    codes: &'a mut [i8],
+}
+
+thread_local! {
+    /// Each thread's transposed tile, reused across tiles and weights.
+    static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `v` in `count` parts of `len` (the last may be shorter), or `count` empty parts when `v` is
+/// empty.
+fn parts<T>(v: &mut [T], len: usize, count: usize) -> Vec<&mut [T]> {
+    if v.is_empty() {
         (0..count).map(|_| &mut [][..]).collect()
     } else {
-        scales.chunks_mut(width * gpc).collect()
-    };
-    codes
-        .par_chunks_mut(width * m.k)
-        .zip(parts.par_chunks_mut(width))
-        .zip(scale_shares)
-        .enumerate()
-        .map_init(Vec::new, |buf, (i, ((codes, parts), scales))| {
-            task(Share {
-                c0: i * width,
-                codes,
-                parts,
-                scales,
-                buf,
-            })
-        })
-        .collect()
+        v.chunks_mut(len).collect()
+    }
 }
 
-fn run<S, F>(m: &Kn<S, F>, cfg: &QuantConfig, width: usize) -> Result<(Ternary, f64), QuantError>
+/// One pass: for each band, top to bottom, `task` on each of its tiles in parallel; then the
+/// band is reported done.
+#[allow(clippy::too_many_arguments)]
+fn pass<S, F>(
+    m: &Kn<S, F>,
+    plan: &Plan,
+    chans: &mut [Chan],
+    groups: &mut [f32],
+    groups2: &mut [f32],
+    codes: &mut [i8],
+    task: impl Fn(Tile) + Sync,
+) where
+    S: Copy + Sync,
+    F: Fn(S) -> f32 + Sync,
+{
+    let (k, w) = (m.k, plan.width);
+    let count = m.n.div_ceil(w);
+    let task = &task;
+    for r in plan.bands(k) {
+        let last = r.end == k;
+        chans
+            .par_chunks_mut(w)
+            .zip(parts(groups, w * plan.gpc, count))
+            .zip(parts(groups2, w * plan.gpc, count))
+            .zip(parts(codes, w * k, count))
+            .enumerate()
+            .for_each(|(i, (((chans, groups), groups2), codes))| {
+                TILE.with(|cell| {
+                    let mut own = Vec::new();
+                    let mut shared = cell.try_borrow_mut();
+                    let buf = match &mut shared {
+                        Ok(b) => &mut **b,
+                        Err(_) => &mut own,
+                    };
+                    task(Tile {
+                        r: r.clone(),
+                        last,
+                        c0: i * w,
+                        buf,
+                        chans,
+                        groups,
+                        groups2,
+                        codes,
+                    })
+                })
+            });
+        (m.done)(r);
+    }
+}
+
+/// Detection outcomes that no later band can revive.
+#[derive(Default)]
+struct Dead {
+    /// Some channel is not `{-a, 0, +a}` (so neither the tensor nor every channel is).
+    chans: AtomicBool,
+    /// Some group is not.
+    groups: AtomicBool,
+}
+
+fn run<S, F>(m: &Kn<S, F>, cfg: &QuantConfig, tiling: Tiling) -> Result<(Ternary, f64), QuantError>
 where
     S: Copy + Sync,
     F: Fn(S) -> f32 + Sync,
@@ -192,26 +307,309 @@ where
     check_shape_len(m.src.len(), n, k)?;
     cfg.validate()?;
     let tol = f64::from(cfg.lossless_rel_tol);
-    let mut codes = vec![0i8; n * k];
-    let mut parts = vec![(0f64, 0f64); n];
-    if let Some(a) = detect_tensor(m, tol, width, &mut codes, &mut parts) {
-        return Ok(finish(m, codes, Granularity::Tensor, vec![a], true, &parts));
-    }
-    let mut order = vec![Granularity::Channel];
-    if let Granularity::Group(g) = cfg.granularity {
-        if g < k {
-            order.push(cfg.granularity);
+    // A group as long as the channel is the channel.
+    let group = match cfg.granularity {
+        Granularity::Group(g) if g < k => Some(g),
+        _ => None,
+    };
+    let unit = group.map_or(4, |g| lcm(4, g));
+    let plan = Plan {
+        rows: tiling.rows.max(1).next_multiple_of(unit),
+        width: tiling.width.clamp(1, n),
+        group,
+        gpc: group.map_or(1, |g| k.div_ceil(g)),
+        tol,
+    };
+    let mut chans = vec![Chan::default(); n];
+    let per_group = || vec![0f32; if group.is_some() { n * plan.gpc } else { 0 }];
+    // Lossless and absmean scales per group.
+    let (mut lossless, mut absmean) = (per_group(), per_group());
+    let dead = Dead::default();
+    pass(
+        m,
+        &plan,
+        &mut chans,
+        &mut lossless,
+        &mut absmean,
+        &mut [],
+        |t| stats(m, &plan, &dead, t),
+    );
+
+    if !dead.chans.load(Ordering::Relaxed) {
+        // Lossless per tensor.
+        let bands: Vec<Option<(f32, f32)>> = chans.iter().map(|c| c.band).collect();
+        if let Some(a) = tensor_scale(&bands, tol, |lo, hi| tensor_mode(m, &plan, lo, hi)) {
+            chans.iter_mut().for_each(|c| c.scale = a);
+            let (codes, e) = code(m, &plan, Coder::Sign, &mut chans, &[]);
+            return Ok(finish(m, codes, Granularity::Tensor, vec![a], true, e));
+        }
+        // Lossless per channel.
+        if let Some(scales) = channel_scales(m, &plan, &chans) {
+            for (c, &a) in chans.iter_mut().zip(&scales) {
+                c.scale = a;
+            }
+            let (codes, e) = code(m, &plan, Coder::Sign, &mut chans, &[]);
+            return Ok(finish(m, codes, Granularity::Channel, scales, true, e));
         }
     }
-    for gran in order {
-        let mut scales = vec![0f32; gran.scale_count(n, k)];
-        if detect_grouped(m, gran, tol, width, &mut codes, &mut scales, &mut parts) {
-            return Ok(finish(m, codes, gran, scales, true, &parts));
+    if group.is_some() && !dead.groups.load(Ordering::Relaxed) {
+        let (codes, e) = code(m, &plan, Coder::Sign, &mut chans, &lossless);
+        return Ok(finish(m, codes, cfg.granularity, lossless, true, e));
+    }
+
+    // Absmean.
+    if let Some(col) = chans.iter().position(|c| c.bad) {
+        return Err(m.non_finite(col));
+    }
+    let coder = Coder::AbsMean(cfg.threshold);
+    if group.is_some() {
+        let (codes, e) = code(m, &plan, coder, &mut chans, &absmean);
+        return Ok(finish(m, codes, cfg.granularity, absmean, false, e));
+    }
+    if cfg.granularity == Granularity::Tensor {
+        let total = chans.iter().fold(0f64, |t, c| t + c.sum);
+        let a = clamp_scale(total / (n as f64 * k as f64));
+        chans.iter_mut().for_each(|c| c.scale = a);
+        let (codes, e) = code(m, &plan, coder, &mut chans, &[]);
+        return Ok(finish(m, codes, Granularity::Tensor, vec![a], false, e));
+    }
+    for c in chans.iter_mut() {
+        c.scale = clamp_scale(c.sum / k as f64);
+    }
+    let scales: Vec<f32> = chans.iter().map(|c| c.scale).collect();
+    let (codes, e) = code(m, &plan, coder, &mut chans, &[]);
+    Ok(finish(m, codes, cfg.granularity, scales, false, e))
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    let gcd = |mut x: usize, mut y: usize| {
+        while y != 0 {
+            (x, y) = (y, x % y);
+        }
+        x
+    };
+    a / gcd(a, b) * b
+}
+
+/// Pass 1 on one tile: channel bands, channel `|w|` sums (without groups), or each group's
+/// lossless scale (`quant::detect_group`) and absmean scale (with groups).
+fn stats<S, F>(m: &Kn<S, F>, plan: &Plan, dead: &Dead, t: Tile)
+where
+    S: Copy + Sync,
+    F: Fn(S) -> f32 + Sync,
+{
+    if plan.group.is_none() && dead.chans.load(Ordering::Relaxed) {
+        return row_sums(m, t);
+    }
+    let rows = t.r.len();
+    m.load(t.r.start, rows, t.c0, t.chans.len(), t.buf);
+    let mut scratch = Vec::new();
+    for (ci, (x, st)) in t.buf.chunks_exact(rows).zip(t.chans.iter_mut()).enumerate() {
+        if !dead.chans.load(Ordering::Relaxed) {
+            // Failing on a part fails the whole channel: widening a band never narrows it.
+            let band = scan_band(x, plan.tol).map(|b| merge_band(st.band, b));
+            match band {
+                Ok(b) if b.is_none_or(|(lo, hi)| band_ok(lo, hi, plan.tol)) => st.band = b,
+                _ => dead.chans.store(true, Ordering::Relaxed),
+            }
+        }
+        let Some(g) = plan.group else {
+            let tail = abs_lanes(&mut st.abs, x);
+            if t.last {
+                st.sum = abs_total(st.abs, tail);
+                st.bad = !st.sum.is_finite();
+            }
+            continue;
+        };
+        let first = ci * plan.gpc + t.r.start / g;
+        if !dead.groups.load(Ordering::Relaxed) {
+            for (xg, a) in x.chunks(g).zip(&mut t.groups[first..]) {
+                match detect_group(xg, plan.tol, &mut scratch) {
+                    Ok(s) => *a = s,
+                    Err(_) => {
+                        dead.groups.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+        }
+        for (xg, a) in x.chunks(g).zip(&mut t.groups2[first..]) {
+            let sum = sum_abs(xg);
+            st.bad |= !sum.is_finite();
+            *a = clamp_scale(sum / xg.len() as f64);
         }
     }
-    let gran = cfg.granularity;
-    let scales = absmean(m, gran, cfg.threshold, width, &mut codes, &mut parts)?;
-    Ok(finish(m, codes, gran, scales, false, &parts))
+}
+
+/// The `|w|` lanes of `stats` (no groups, no detection left to do) read along the rows, without
+/// transposing: row `i` of the band goes to lane `i % 4` of each channel, as `abs_lanes` puts
+/// it (a band starts on a multiple of four), and the channel's last `k % 4` weights are added
+/// after the lanes, as `abs_total` adds them.
+fn row_sums<S, F>(m: &Kn<S, F>, t: Tile)
+where
+    S: Copy + Sync,
+    F: Fn(S) -> f32 + Sync,
+{
+    let (n, w, r0) = (m.n, t.chans.len(), t.r.start);
+    let rows = t.r.len();
+    let in_lanes = if t.last { rows / 4 * 4 } else { rows };
+    let mut acc = vec![0f64; 4 * w];
+    for (j, st) in t.chans.iter().enumerate() {
+        for (l, &a) in st.abs.iter().enumerate() {
+            acc[l * w + j] = a;
+        }
+    }
+    for i in 0..in_lanes {
+        let row = &m.src[(r0 + i) * n + t.c0..][..w];
+        let lane = &mut acc[(i % 4) * w..][..w];
+        for (a, &x) in lane.iter_mut().zip(row) {
+            *a += f64::from((m.f)(x).abs());
+        }
+    }
+    for (j, st) in t.chans.iter_mut().enumerate() {
+        for (l, a) in st.abs.iter_mut().enumerate() {
+            *a = acc[l * w + j];
+        }
+        if t.last {
+            let mut sum = (st.abs[0] + st.abs[1]) + (st.abs[2] + st.abs[3]);
+            for i in in_lanes..rows {
+                sum += f64::from(m.at(r0 + i, t.c0 + j).abs());
+            }
+            st.sum = sum;
+            st.bad = !sum.is_finite();
+        }
+    }
+}
+
+/// How pass 2 codes a weight.
+#[derive(Debug, Clone, Copy)]
+enum Coder {
+    /// Lossless: the sign.
+    Sign,
+    /// Absmean with this threshold.
+    AbsMean(f32),
+}
+
+impl Coder {
+    #[inline]
+    fn code(self, x: &[f32], c: &mut [i8], a: f32) {
+        match self {
+            Coder::Sign => sign_slice(x, c),
+            Coder::AbsMean(thr) => code_slice(x, c, 1.0 / a, thr),
+        }
+    }
+}
+
+/// Pass 2: the codes, with each channel's scale (`Chan::scale`) or, when `group_scales` is not
+/// empty, each group's; and the relative error as `quant::rel_error` measures it.
+fn code<S, F>(
+    m: &Kn<S, F>,
+    plan: &Plan,
+    coder: Coder,
+    chans: &mut [Chan],
+    group_scales: &[f32],
+) -> (Vec<i8>, f64)
+where
+    S: Copy + Sync,
+    F: Fn(S) -> f32 + Sync,
+{
+    let k = m.k;
+    let mut codes = vec![0i8; m.n * k];
+    let mut scales = group_scales.to_vec();
+    let grouped = !scales.is_empty();
+    pass(m, plan, chans, &mut scales, &mut [], &mut codes, |t| {
+        let rows = t.r.len();
+        m.load(t.r.start, rows, t.c0, t.chans.len(), t.buf);
+        let xs = t.buf.chunks_exact(rows).zip(t.codes.chunks_exact_mut(k));
+        for (ci, ((x, c), st)) in xs.zip(t.chans.iter_mut()).enumerate() {
+            let c = &mut c[t.r.clone()];
+            match plan.group.filter(|_| grouped) {
+                None => {
+                    let a = st.scale;
+                    coder.code(x, c, a);
+                    let done = st.err.add(x, c, a);
+                    if t.last {
+                        let (e, nn) = st.err.total(&x[done..], &c[done..], a);
+                        st.part = (0.0 + e, 0.0 + nn);
+                    }
+                }
+                Some(g) => {
+                    let first = ci * plan.gpc + t.r.start / g;
+                    let groups = x.chunks(g).zip(c.chunks_mut(g));
+                    for ((xg, cg), &a) in groups.zip(&t.groups[first..]) {
+                        coder.code(xg, cg, a);
+                        let (e, nn) = sq_err(xg, cg, a);
+                        st.part.0 += e;
+                        st.part.1 += nn;
+                    }
+                }
+            }
+        }
+    });
+    let parts: Vec<(f64, f64)> = chans.iter().map(|c| c.part).collect();
+    (codes, finish_rel_error(&parts))
+}
+
+/// The most frequent non-zero magnitude of the whole weight, all of whose non-zero magnitudes
+/// lie in `[lo, hi]` (`quant::band_mode`), read a band at a time.
+fn tensor_mode<S, F>(m: &Kn<S, F>, plan: &Plan, lo: f32, hi: f32) -> f32
+where
+    S: Copy + Sync,
+    F: Fn(S) -> f32 + Sync,
+{
+    let mut hist: Option<Vec<u64>> = None;
+    for r in plan.bands(m.k) {
+        let part = &m.src[r.start * m.n..r.end * m.n];
+        let h = band_hist(part, MIN_TASK_ELEMS, m.f, lo, hi);
+        hist = Some(match hist {
+            Some(a) => add_hist(a, h),
+            None => h,
+        });
+        (m.done)(r);
+    }
+    hist.map_or(lo, |h| hist_mode(&h, lo))
+}
+
+/// Lossless per-channel scales (`quant::detect_group` on every channel, every channel band
+/// being narrow enough), or `None` when a channel's magnitudes are not all within tolerance of
+/// its most frequent one. Channels with more than one magnitude are read once more for it.
+fn channel_scales<S, F>(m: &Kn<S, F>, plan: &Plan, chans: &[Chan]) -> Option<Vec<f32>>
+where
+    S: Copy + Sync,
+    F: Fn(S) -> f32 + Sync,
+{
+    let varied: Vec<usize> = (0..m.n)
+        .filter(|&c| matches!(chans[c].band, Some((lo, hi)) if lo != hi))
+        .collect();
+    let mut modes = Vec::new();
+    if !varied.is_empty() {
+        // The non-zero magnitudes of each such channel, as `detect_group` sorts them.
+        let mut bits: Vec<Vec<u32>> = vec![Vec::new(); varied.len()];
+        for r in plan.bands(m.k) {
+            for row in r.clone() {
+                for (b, &c) in bits.iter_mut().zip(&varied) {
+                    let x = m.at(row, c);
+                    if x != 0.0 {
+                        b.push(x.abs().to_bits());
+                    }
+                }
+            }
+            (m.done)(r);
+        }
+        modes = bits
+            .iter_mut()
+            .map(|b| f32::from_bits(mode_of_sorted(b)))
+            .collect();
+    }
+    let mut modes = modes.into_iter();
+    chans
+        .iter()
+        .map(|c| match c.band {
+            None => Some(SCALE_EPS),
+            Some((lo, hi)) if lo == hi => Some(lo),
+            Some((lo, hi)) => modes.next().filter(|&a| within_tol(a, lo, hi, plan.tol)),
+        })
+        .collect()
 }
 
 fn finish<S, F>(
@@ -220,7 +618,7 @@ fn finish<S, F>(
     granularity: Granularity,
     scales: Vec<f32>,
     lossless: bool,
-    parts: &[(f64, f64)],
+    rel_error: f64,
 ) -> (Ternary, f64) {
     let t = Ternary {
         n: m.n,
@@ -230,167 +628,5 @@ fn finish<S, F>(
         scales,
         lossless,
     };
-    (t, finish_rel_error(parts))
-}
-
-/// Lossless per-tensor detection (`quant::detect_tensor`): the scale, with codes and error
-/// parts filled in, or `None`.
-fn detect_tensor<S, F>(
-    m: &Kn<S, F>,
-    tol: f64,
-    width: usize,
-    codes: &mut [i8],
-    parts: &mut [(f64, f64)],
-) -> Option<f32>
-where
-    S: Copy + Sync,
-    F: Fn(S) -> f32 + Sync,
-{
-    let (n, k) = (m.n, m.k);
-    let stop = AtomicBool::new(false);
-    let bands = stripes(m, width, 1, codes, parts, &mut [], |sh| {
-        if stop.load(Ordering::Relaxed) {
-            return Err(());
-        }
-        let w = sh.parts.len();
-        m.load(sh.c0, w, sh.buf);
-        let mut band: Option<(f32, f32)> = None;
-        for row in sh.buf.chunks_exact(k) {
-            let Ok(b) = scan_band(row, tol) else {
-                stop.store(true, Ordering::Relaxed);
-                return Err(());
-            };
-            band = merge_band(band, b);
-        }
-        Ok(band)
-    });
-    let bands: Vec<Option<(f32, f32)>> = bands.into_iter().collect::<Result<_, _>>().ok()?;
-    // As `quant::detect_tensor`: the most frequent bit pattern in the narrow band.
-    let rows = (super::MIN_TASK_ELEMS / n.max(1)).max(1);
-    let a = tensor_scale(&bands, tol, |lo, hi| {
-        band_mode(m.src, rows * n, m.f, lo, hi)
-    })?;
-    stripes(m, width, 1, codes, parts, &mut [], |sh| {
-        m.load(sh.c0, sh.parts.len(), sh.buf);
-        let rows = sh.buf.chunks_exact(k).zip(sh.codes.chunks_exact_mut(k));
-        for ((x, c), p) in rows.zip(sh.parts.iter_mut()) {
-            sign_slice(x, c);
-            // `quant::rel_error` adds each group's sums to zero.
-            let (e, nn) = sq_err(x, c, a);
-            *p = (0.0 + e, 0.0 + nn);
-        }
-    });
-    Some(a)
-}
-
-/// Lossless detection per channel or per group (`quant::detect_grouped`, then the error as
-/// `quant::rel_error` measures it): true when every group holds only `{-a, 0, +a}`, with
-/// codes, scales and error parts filled in.
-fn detect_grouped<S, F>(
-    m: &Kn<S, F>,
-    gran: Granularity,
-    tol: f64,
-    width: usize,
-    codes: &mut [i8],
-    scales: &mut [f32],
-    parts: &mut [(f64, f64)],
-) -> bool
-where
-    S: Copy + Sync,
-    F: Fn(S) -> f32 + Sync,
-{
-    let k = m.k;
-    let g = group_len(gran, k);
-    let gpc = k.div_ceil(g);
-    let stop = AtomicBool::new(false);
-    let ok = stripes(m, width, gpc, codes, parts, scales, |sh| {
-        if stop.load(Ordering::Relaxed) {
-            return false;
-        }
-        m.load(sh.c0, sh.parts.len(), sh.buf);
-        let mut scratch = Vec::new();
-        let rows = sh.buf.chunks_exact(k).zip(sh.codes.chunks_exact_mut(k));
-        for (((x, c), s), p) in rows
-            .zip(sh.scales.chunks_exact_mut(gpc))
-            .zip(sh.parts.iter_mut())
-        {
-            let (mut err, mut norm) = (0f64, 0f64);
-            for ((xg, cg), sg) in x.chunks(g).zip(c.chunks_mut(g)).zip(s.iter_mut()) {
-                let Ok(a) = detect_group(xg, tol, &mut scratch) else {
-                    stop.store(true, Ordering::Relaxed);
-                    return false;
-                };
-                *sg = a;
-                sign_slice(xg, cg);
-                let (e, nn) = sq_err(xg, cg, a);
-                err += e;
-                norm += nn;
-            }
-            *p = (err, norm);
-        }
-        true
-    });
-    ok.into_iter().all(|b| b)
-}
-
-/// Absmean quantization (`quant::absmean`): fills codes and error parts, returns the scales.
-fn absmean<S, F>(
-    m: &Kn<S, F>,
-    gran: Granularity,
-    thr: f32,
-    width: usize,
-    codes: &mut [i8],
-    parts: &mut [(f64, f64)],
-) -> Result<Vec<f32>, QuantError>
-where
-    S: Copy + Sync,
-    F: Fn(S) -> f32 + Sync,
-{
-    let (n, k) = (m.n, m.k);
-    if gran == Granularity::Tensor {
-        // Per-channel sums, then their total in channel order, then a second pass for codes.
-        let sums = stripes(m, width, 1, codes, parts, &mut [], |sh| {
-            m.load(sh.c0, sh.parts.len(), sh.buf);
-            sh.buf.chunks_exact(k).map(sum_abs).collect::<Vec<f64>>()
-        });
-        let mut total = 0f64;
-        for (col, &s) in sums.iter().flatten().enumerate() {
-            if !s.is_finite() {
-                return Err(m.non_finite(col));
-            }
-            total += s;
-        }
-        let a = clamp_scale(total / (n as f64 * k as f64));
-        let inv = 1.0 / a;
-        stripes(m, width, 1, codes, parts, &mut [], |sh| {
-            m.load(sh.c0, sh.parts.len(), sh.buf);
-            let rows = sh.buf.chunks_exact(k).zip(sh.codes.chunks_exact_mut(k));
-            for ((x, c), p) in rows.zip(sh.parts.iter_mut()) {
-                code_slice(x, c, inv, thr);
-                *p = sq_err(x, c, a);
-            }
-        });
-        return Ok(vec![a]);
-    }
-    let g = group_len(gran, k);
-    let gpc = k.div_ceil(g);
-    let mut scales = vec![0f32; n * gpc];
-    let bad = stripes(m, width, gpc, codes, parts, &mut scales, |sh| {
-        m.load(sh.c0, sh.parts.len(), sh.buf);
-        let rows = sh.buf.chunks_exact(k).zip(sh.codes.chunks_exact_mut(k));
-        for (((x, c), s), p) in rows
-            .zip(sh.scales.chunks_exact_mut(gpc))
-            .zip(sh.parts.iter_mut())
-        {
-            match absmean_channel(x, c, s, g, thr) {
-                Some(en) => *p = en,
-                None => return true,
-            }
-        }
-        false
-    });
-    if bad.into_iter().any(|b| b) {
-        return Err(m.first_non_finite());
-    }
-    Ok(scales)
+    (t, rel_error)
 }
