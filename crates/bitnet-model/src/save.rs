@@ -93,6 +93,26 @@ const DIRECT_WRITE: usize = 64 << 10;
 /// buffers cost 0.75 MiB more peak RSS, with no speed difference measurable on the bench models.
 const WRITE_BUFFER: usize = 256 << 10;
 
+/// Large payloads are written (and, when they come from a memory-mapped input, released) this
+/// much at a time, so such a payload is never resident whole.
+const WRITE_CHUNK: usize = 1 << 20;
+
+/// `data` in parts that end where memory addresses are multiples of `WRITE_CHUNK` (so the
+/// pages of every part but the ends can be released whole).
+fn write_chunks(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let addr = rest.as_ptr() as usize;
+        let len = (addr / WRITE_CHUNK + 1) * WRITE_CHUNK - addr;
+        let (part, tail) = rest.split_at(len.min(rest.len()));
+        rest = tail;
+        Some(part)
+    })
+}
+
 /// An output being written. [`save`] is `Writer::new(..)?.finish(model)`; a converter that
 /// produces large tensors one at a time calls [`Writer::stream`] first and hands each new
 /// tensor to [`Writer::store`], which appends its payload to the (temporary) external data
@@ -192,7 +212,7 @@ impl Writer {
             return Ok(());
         }
         let raw = tensor::raw_bytes(&self.out, t)?;
-        let (offset, len) = append_payload(spill, &raw, &self.data_path)?;
+        let (offset, len) = append_payload(spill, &raw, &self.data_path, &|_| {})?;
         drop(raw);
         set_external(t, &self.location, offset, len);
         Ok(())
@@ -339,8 +359,8 @@ impl Writer {
                     return Ok(());
                 }
                 let raw = tensor::raw_bytes(&self.out, t)?;
-                let (offset, len) = append_payload(&mut spill, &raw, &data_path)?;
-                self.payload_written(&raw);
+                let written = |part: &[u8]| self.payload_written(part);
+                let (offset, len) = append_payload(&mut spill, &raw, &data_path, &written)?;
                 drop(raw);
                 set_external(t, &self.location, offset, len);
                 Ok(())
@@ -407,14 +427,22 @@ impl Drop for Writer {
 }
 
 /// Appends `raw` to the data file, aligned (4096 bytes for payloads of 1 MiB or more, else
-/// 64); returns its offset and length.
-fn append_payload(spill: &mut Spill, raw: &[u8], data_path: &Path) -> Result<(u64, u64)> {
+/// 64), calling `written` with each part once it is on its way; returns its offset and length.
+fn append_payload(
+    spill: &mut Spill,
+    raw: &[u8],
+    data_path: &Path,
+    written: &dyn Fn(&[u8]),
+) -> Result<(u64, u64)> {
     let align = if raw.len() >= 1 << 20 { 4096 } else { 64 };
     let pad = spill.offset.next_multiple_of(align) - spill.offset;
     let io = |e| ModelError::io(data_path, e);
     spill.w.write_all(&ZEROS[..pad as usize]).map_err(io)?;
     spill.offset += pad;
-    spill.w.write_all(raw).map_err(io)?;
+    for part in write_chunks(raw) {
+        spill.w.write_all(part).map_err(io)?;
+        written(part);
+    }
     let offset = spill.offset;
     spill.offset += raw.len() as u64;
     Ok((offset, raw.len() as u64))
@@ -491,12 +519,14 @@ unsafe impl BufMut for StreamBuf<'_> {
     fn put_slice(&mut self, src: &[u8]) {
         if src.len() >= DIRECT_WRITE {
             self.flush_buf();
-            if self.err.is_none() {
-                if let Err(e) = self.w.write_all(src) {
-                    self.err = Some(e);
+            for part in write_chunks(src) {
+                if self.err.is_none() {
+                    if let Err(e) = self.w.write_all(part) {
+                        self.err = Some(e);
+                    }
                 }
+                (self.written)(part);
             }
-            (self.written)(src);
             return;
         }
         if self.buf.capacity() - self.buf.len() < src.len() {

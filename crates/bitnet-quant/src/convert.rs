@@ -625,7 +625,7 @@ fn convert_graph(
     // at a time. The output does not depend on the batching (nor on the thread count).
     let costs: Vec<u64> = jobs
         .iter()
-        .map(|(w, ls)| job_cost(weights[w].len(), ls[0].layout))
+        .map(|(w, ls)| job_cost(weights[w].len(), ls[0].layout, &opts.quant))
         .collect();
     let largest = costs.iter().copied().max().unwrap_or(0);
     let budget = opts.batch_bytes.unwrap_or_else(|| {
@@ -814,16 +814,20 @@ impl Emission {
 const TRANSPOSE_BAND_BYTES: usize = 8 << 20;
 
 /// Memory a batch may hold per thread; a batch always takes at least its largest weight.
-/// Small batches lose nothing (each weight is quantized in parallel inside): 4 MiB instead of
-/// 16 MiB took peak RSS converting a 92 MB external-data transformer from 44 to 37 MiB at the
-/// same wall time (bench/convert_speed.py models).
-const BATCH_BYTES_PER_THREAD: u64 = 4 << 20;
+/// Small batches lose nothing (each weight is quantized in parallel inside). With `quant::kn`
+/// reading a band at a time, a batch is mostly codes: 1 MiB per thread (4 MiB before, at 5
+/// bytes per weight) keeps two batches of codes, the one quantized and the one emitted, near
+/// the size of the largest weight's codes.
+const BATCH_BYTES_PER_THREAD: u64 = 1 << 20;
 
-/// Peak bytes quantizing one weight of `elems` elements holds: its source in memory (the
-/// memory-mapped pages a `[K, N]` weight is quantized from where it lies, released when it is
-/// done; or the `f32` channel-major copy of any other weight) and one byte of code per weight.
-fn job_cost(elems: usize, _layout: Layout) -> u64 {
-    elems as u64 * (4 + 1)
+/// Peak bytes quantizing one weight of `elems` elements holds: one byte of code per weight, plus
+/// its source in memory unless `quant::kn` reads it where it lies a band at a time (a `[K, N]`
+/// weight quantized with absmean): the `f32` channel-major copy of any other weight.
+fn job_cost(elems: usize, layout: Layout, cfg: &QuantConfig) -> u64 {
+    match (layout, cfg.method) {
+        (Layout::KN, quant::Method::AbsMean) => elems as u64,
+        _ => elems as u64 * (4 + 1),
+    }
 }
 
 /// `f32` buffers reused from one weight to the next (`quant::transpose_map_rows_into`): it
