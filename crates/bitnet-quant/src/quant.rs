@@ -37,10 +37,10 @@
 use std::fmt;
 
 use rayon::prelude::*;
-
-pub mod kn;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+pub mod kn;
 
 /// Lower clamp of every absmean scale, as BitNet does (`mean.clamp(min=1e-5)`); also the scale
 /// of an all-zero group.

@@ -340,7 +340,7 @@ where
         let bands: Vec<Option<(f32, f32)>> = chans.iter().map(|c| c.band).collect();
         if let Some(a) = tensor_scale(&bands, tol, |lo, hi| tensor_mode(m, &plan, lo, hi)) {
             chans.iter_mut().for_each(|c| c.scale = a);
-            let (codes, e) = code(m, &plan, Coder::Sign, &mut chans, &[]);
+            let (codes, e) = code(m, &plan, Coder::Sign, &mut chans, &mut []);
             return Ok(finish(m, codes, Granularity::Tensor, vec![a], true, e));
         }
         // Lossless per channel.
@@ -348,12 +348,12 @@ where
             for (c, &a) in chans.iter_mut().zip(&scales) {
                 c.scale = a;
             }
-            let (codes, e) = code(m, &plan, Coder::Sign, &mut chans, &[]);
+            let (codes, e) = code(m, &plan, Coder::Sign, &mut chans, &mut []);
             return Ok(finish(m, codes, Granularity::Channel, scales, true, e));
         }
     }
     if group.is_some() && !dead.groups.load(Ordering::Relaxed) {
-        let (codes, e) = code(m, &plan, Coder::Sign, &mut chans, &lossless);
+        let (codes, e) = code(m, &plan, Coder::Sign, &mut chans, &mut lossless);
         return Ok(finish(m, codes, cfg.granularity, lossless, true, e));
     }
 
@@ -363,21 +363,21 @@ where
     }
     let coder = Coder::AbsMean(cfg.threshold);
     if group.is_some() {
-        let (codes, e) = code(m, &plan, coder, &mut chans, &absmean);
+        let (codes, e) = code(m, &plan, coder, &mut chans, &mut absmean);
         return Ok(finish(m, codes, cfg.granularity, absmean, false, e));
     }
     if cfg.granularity == Granularity::Tensor {
         let total = chans.iter().fold(0f64, |t, c| t + c.sum);
         let a = clamp_scale(total / (n as f64 * k as f64));
         chans.iter_mut().for_each(|c| c.scale = a);
-        let (codes, e) = code(m, &plan, coder, &mut chans, &[]);
+        let (codes, e) = code(m, &plan, coder, &mut chans, &mut []);
         return Ok(finish(m, codes, Granularity::Tensor, vec![a], false, e));
     }
     for c in chans.iter_mut() {
         c.scale = clamp_scale(c.sum / k as f64);
     }
     let scales: Vec<f32> = chans.iter().map(|c| c.scale).collect();
-    let (codes, e) = code(m, &plan, coder, &mut chans, &[]);
+    let (codes, e) = code(m, &plan, coder, &mut chans, &mut []);
     Ok(finish(m, codes, cfg.granularity, scales, false, e))
 }
 
@@ -501,13 +501,14 @@ impl Coder {
 }
 
 /// Pass 2: the codes, with each channel's scale (`Chan::scale`) or, when `group_scales` is not
-/// empty, each group's; and the relative error as `quant::rel_error` measures it.
+/// empty, each group's (only read: `pass` hands out per-tile parts mutably); and the relative
+/// error as `quant::rel_error` measures it.
 fn code<S, F>(
     m: &Kn<S, F>,
     plan: &Plan,
     coder: Coder,
     chans: &mut [Chan],
-    group_scales: &[f32],
+    group_scales: &mut [f32],
 ) -> (Vec<i8>, f64)
 where
     S: Copy + Sync,
@@ -515,9 +516,8 @@ where
 {
     let k = m.k;
     let mut codes = vec![0i8; m.n * k];
-    let mut scales = group_scales.to_vec();
-    let grouped = !scales.is_empty();
-    pass(m, plan, chans, &mut scales, &mut [], &mut codes, |t| {
+    let grouped = !group_scales.is_empty();
+    pass(m, plan, chans, group_scales, &mut [], &mut codes, |t| {
         let rows = t.r.len();
         m.load(t.r.start, rows, t.c0, t.chans.len(), t.buf);
         let xs = t.buf.chunks_exact(rows).zip(t.codes.chunks_exact_mut(k));
