@@ -49,29 +49,41 @@ pub struct Model {
 /// process has touched count in its resident memory until the kernel reclaims them;
 /// [`Mappings::release`] drops them at once when a payload has been used (touching it again
 /// reads it back from the file), which keeps conversion of models larger than RAM in bounded
-/// resident memory.
+/// resident memory, and [`Mappings::read_at`] reads part of a payload from its file without
+/// touching the map at all.
 #[derive(Clone, Default)]
 pub struct Mappings {
-    maps: Vec<Arc<Mmap>>,
+    maps: Vec<Mapped>,
+}
+
+/// One map, with the file it maps.
+#[derive(Clone)]
+struct Mapped {
+    map: Arc<Mmap>,
+    file: Arc<File>,
+    path: PathBuf,
 }
 
 impl std::fmt::Debug for Mappings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mappings")
             .field("maps", &self.maps.len())
-            .field("bytes", &self.maps.iter().map(|m| m.len()).sum::<usize>())
+            .field(
+                "bytes",
+                &self.maps.iter().map(|m| m.map.len()).sum::<usize>(),
+            )
             .finish()
     }
 }
 
 impl Mappings {
     /// The map holding all of `data` and the offset of `data` in it.
-    fn locate(&self, data: &[u8]) -> Option<(&Mmap, usize)> {
+    fn locate(&self, data: &[u8]) -> Option<(&Mapped, usize)> {
         let start = data.as_ptr() as usize;
         let end = start.checked_add(data.len())?;
         self.maps.iter().find_map(|m| {
-            let base = m.as_ptr() as usize;
-            (start >= base && end <= base + m.len()).then(|| (&**m, start - base))
+            let base = m.map.as_ptr() as usize;
+            (start >= base && end <= base + m.map.len()).then(|| (m, start - base))
         })
     }
 
@@ -80,13 +92,35 @@ impl Mappings {
         !data.is_empty() && self.locate(data).is_some()
     }
 
+    /// Fills `buf` with `data[offset..offset + buf.len()]`. When `data` lies in one of the maps
+    /// the bytes are read from its file (`pread`), so the map's pages are not touched and do not
+    /// become resident; anything else (heap memory, or a platform without positioned reads) is
+    /// copied. Errors name the file.
+    ///
+    /// # Panics
+    /// When the range is not inside `data`.
+    pub fn read_at(&self, data: &[u8], offset: usize, buf: &mut [u8]) -> Result<()> {
+        let part = &data[offset..offset + buf.len()];
+        #[cfg(unix)]
+        if let Some((m, at)) = self.locate(part) {
+            use std::os::unix::fs::FileExt;
+            return m
+                .file
+                .read_exact_at(buf, at as u64)
+                .map_err(|e| ModelError::io(&m.path, e));
+        }
+        buf.copy_from_slice(part);
+        Ok(())
+    }
+
     /// Drops the pages under `data` from the resident set when `data` lies in one of the maps
     /// (anything else, such as heap memory, is left alone). Only the pages wholly inside `data`
     /// are dropped. Best effort: failures are ignored.
     pub fn release(&self, data: &[u8]) {
-        let Some((map, offset)) = self.locate(data) else {
+        let Some((m, offset)) = self.locate(data) else {
             return;
         };
+        let map = &m.map;
         let page = 4096;
         let base = map.as_ptr() as usize;
         let start = (base + offset).next_multiple_of(page) - base;
@@ -107,13 +141,15 @@ impl Mappings {
     /// Asks the kernel to start reading `data` in the background (best effort).
     pub fn prefetch(&self, data: &[u8]) {
         #[cfg(unix)]
-        if let Some((map, offset)) = self.locate(data) {
-            let _ = map.advise_range(memmap2::Advice::WillNeed, offset, data.len());
+        if let Some((m, offset)) = self.locate(data) {
+            let _ = m
+                .map
+                .advise_range(memmap2::Advice::WillNeed, offset, data.len());
         }
     }
 
-    fn push(&mut self, map: Arc<Mmap>) {
-        self.maps.push(map);
+    fn push(&mut self, mapped: Mapped) {
+        self.maps.push(mapped);
     }
 }
 
@@ -132,7 +168,7 @@ pub fn map_file(path: &Path) -> Result<Bytes> {
 }
 
 /// Memory-maps a file as `Bytes` and returns the map too (none for an empty file).
-fn map_shared(path: &Path) -> Result<(Bytes, Option<Arc<Mmap>>)> {
+fn map_shared(path: &Path) -> Result<(Bytes, Option<Mapped>)> {
     let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
     let len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
     if len == 0 {
@@ -141,7 +177,12 @@ fn map_shared(path: &Path) -> Result<(Bytes, Option<Arc<Mmap>>)> {
     // SAFETY: the mapping is read-only. Like every tool that maps model files, we rely on the
     // file not being truncated while we read it; the writer never writes to its inputs.
     let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?);
-    Ok((Bytes::from_owner(SharedMap(map.clone())), Some(map)))
+    let mapped = Mapped {
+        map: map.clone(),
+        file: Arc::new(file),
+        path: path.to_path_buf(),
+    };
+    Ok((Bytes::from_owner(SharedMap(map)), Some(mapped)))
 }
 
 impl Model {
@@ -294,7 +335,7 @@ impl Resolver<'_> {
                 if let Some(map) = map {
                     // Read in order, mostly once: let the kernel read ahead generously.
                     #[cfg(unix)]
-                    let _ = map.advise(memmap2::Advice::Sequential);
+                    let _ = map.map.advise(memmap2::Advice::Sequential);
                     self.mappings.push(map);
                 }
                 self.maps.insert(file.clone(), b.clone());

@@ -326,3 +326,31 @@ fn external_data_in_a_subdirectory_and_shared_file() {
     assert_eq!(initializers(&model.proto), [a, b, c]);
     assert_eq!(model.source_files.len(), 3, "{:?}", model.source_files);
 }
+
+#[test]
+fn read_at_reads_mapped_payloads_from_their_file() {
+    // `Mappings::read_at` gives the bytes the mapping shows, for payloads in the data file and
+    // in the model file (the 16-byte int64 tensor stays embedded), and for memory that no map
+    // holds (copied).
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.onnx");
+    save(&model_with(weights()), &out, &always(), &[]).unwrap();
+    let model = Model::load(&out).unwrap();
+    let mut seen = 0;
+    for t in initializers(&model.proto) {
+        let raw = t.raw_data.as_ref().unwrap();
+        assert!(model.mappings.contains(raw), "{:?}", t.name);
+        let mut buf = vec![0u8; raw.len() - 7];
+        model.mappings.read_at(raw, 5, &mut buf).unwrap();
+        assert_eq!(buf, raw[5..raw.len() - 2], "{:?}", t.name);
+        seen += 1;
+    }
+    assert_eq!(
+        seen, 4,
+        "three external payloads and the embedded int64 one"
+    );
+    let heap = vec![7u8; 64];
+    let mut buf = [0u8; 8];
+    model.mappings.read_at(&heap, 10, &mut buf).unwrap();
+    assert_eq!(buf, [7u8; 8]);
+}

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::analyse::{self, Layout, LinearLayer, WeightValue};
 use crate::emit::{Emitter, NameGen, WeightJob};
+use crate::quant::kn::Rows;
 use crate::quant::{self, QuantConfig, Ternary};
 
 pub const METADATA_PREFIX: &str = "bitnet_onnx.";
@@ -922,7 +923,7 @@ fn quantize_job(
     };
     // A `[K, N]` weight is quantized where it lies (no transposed float copy) when it can be.
     let in_place = match layout {
-        Layout::KN => quantize_kn(&input, r, c, &opts.quant, &release_part),
+        Layout::KN => quantize_kn(&input, r, c, &opts.quant, source),
         Layout::NK => None,
     };
     let (ternary, rel_error) = match in_place {
@@ -957,59 +958,70 @@ fn quantize_job(
     })
 }
 
-/// `quant::kn` on a `[rows = K, cols = N]` weight read where it lies: the memory-mapped or
-/// decoded float32, float16 or bfloat16 payload, or a folded float32 value. `release` gets each
-/// band of the payload's bytes once a pass has read it. `None` when that path does not apply
-/// (TWN, integer or typed-field payloads, a length that does not match the shape): the caller
-/// transposes instead, and reports a bad length.
+/// `quant::kn` on a `[rows = K, cols = N]` weight without a transposed copy: a float32,
+/// float16 or bfloat16 payload, read a band at a time from its file when it lies in one of
+/// `source`'s maps (so its pages never become resident), else where it lies; or a folded
+/// float32 value. `None` when that path does not apply (TWN, integer or typed-field payloads,
+/// a length that does not match the shape): the caller transposes instead, and reports a bad
+/// length.
 fn quantize_kn(
     input: &JobInput,
     rows: usize,
     cols: usize,
     cfg: &QuantConfig,
-    release: &(dyn Fn(&[u8]) + Sync),
+    source: Option<&Mappings>,
 ) -> Option<Result<(Ternary, f64), quant::QuantError>> {
     use bitnet_model::proto::tensor_proto::DataType;
     let count = rows.checked_mul(cols)?;
     let t = match input {
         JobInput::Folded(c) => match &c.data {
             crate::fold::Data::F32(v) if v.len() == count => {
-                return quant::kn::quantize_measured_kn(v, rows, cols, |x| x, cfg, &|_| {})
+                let rows_of = Rows::InPlace(&|_| {});
+                return quant::kn::quantize_measured_kn(v, rows, cols, |x| x, cfg, rows_of);
             }
             _ => return None,
         },
         JobInput::Tensor(t) => t,
     };
-    let raw = t.raw_data.as_deref().unwrap_or_default();
-    // Rows `r` of a payload of `width`-byte elements.
-    let done = |width: usize| {
-        move |r: std::ops::Range<usize>| {
-            if let Some(part) = raw.get(r.start * cols * width..r.end * cols * width) {
-                release(part);
-            }
-        }
-    };
-    if let Some(v) = bitnet_model::tensor::f32_view(t) {
-        return quant::kn::quantize_measured_kn(v, rows, cols, |x| x, cfg, &done(4));
-    }
     let raw = t.raw_data.as_ref()?;
+    let source = source.filter(|s| s.contains(raw));
     match DataType::try_from(t.data_type.unwrap_or(0)) {
         Ok(DataType::Float) if raw.len() == count.checked_mul(4)? => {
-            let b4 = raw.as_chunks::<4>().0;
-            quant::kn::quantize_measured_kn(b4, rows, cols, f32::from_le_bytes, cfg, &done(4))
+            kn_from_bytes(raw, rows, cols, f32::from_le_bytes, cfg, source)
         }
         Ok(DataType::Float16) if raw.len() == count.checked_mul(2)? => {
-            let b2 = raw.as_chunks::<2>().0;
             let f = |b| half::f16::from_le_bytes(b).to_f32();
-            quant::kn::quantize_measured_kn(b2, rows, cols, f, cfg, &done(2))
+            kn_from_bytes(raw, rows, cols, f, cfg, source)
         }
         Ok(DataType::Bfloat16) if raw.len() == count.checked_mul(2)? => {
-            let b2 = raw.as_chunks::<2>().0;
             let f = |b| half::bf16::from_le_bytes(b).to_f32();
-            quant::kn::quantize_measured_kn(b2, rows, cols, f, cfg, &done(2))
+            kn_from_bytes(raw, rows, cols, f, cfg, source)
         }
         _ => None,
     }
+}
+
+/// [`quantize_kn`] on a payload of `W`-byte little-endian elements.
+fn kn_from_bytes<const W: usize>(
+    raw: &[u8],
+    rows: usize,
+    cols: usize,
+    f: impl Fn([u8; W]) -> f32 + Sync,
+    cfg: &QuantConfig,
+    source: Option<&Mappings>,
+) -> Option<Result<(Ternary, f64), quant::QuantError>>
+where
+    [u8; W]: Default,
+{
+    let elems = raw.as_chunks::<W>().0;
+    let Some(src) = source else {
+        return quant::kn::quantize_measured_kn(elems, rows, cols, f, cfg, Rows::InPlace(&|_| {}));
+    };
+    let read = |at: std::ops::Range<usize>, buf: &mut [[u8; W]]| {
+        src.read_at(raw, at.start * W, buf.as_flattened_mut())
+            .map_err(|e| e.to_string())
+    };
+    quant::kn::quantize_measured_kn(elems, rows, cols, f, cfg, Rows::Read(&read))
 }
 
 /// The weight as channel-major `[N][K]` `f32`: borrowed from the file when it is an aligned

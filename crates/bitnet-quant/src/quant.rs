@@ -190,6 +190,8 @@ pub enum QuantError {
         col: usize,
         value: f32,
     },
+    #[error("could not read the weight: {0}")]
+    Read(String),
 }
 
 /// A ternary weight: codes in `{-1, 0, 1}` times per-group scales.

@@ -5,8 +5,10 @@
 
 use std::sync::Mutex;
 
-use bitnet_quant::quant::kn::{quantize_measured_kn, quantize_measured_kn_tiled, Tiling};
-use bitnet_quant::quant::{quantize_measured, transpose, Granularity, Method, QuantConfig};
+use bitnet_quant::quant::kn::{quantize_measured_kn, quantize_measured_kn_tiled, Rows, Tiling};
+use bitnet_quant::quant::{
+    quantize_measured, transpose, Granularity, Method, QuantConfig, QuantError,
+};
 use proptest::prelude::*;
 
 fn granularity() -> impl Strategy<Value = Granularity> {
@@ -160,14 +162,30 @@ proptest! {
             }
         };
         let tiling = Tiling { rows, width };
-        let got = quantize_measured_kn_tiled(&w, k, n, |x| x, &c, &done, tiling).unwrap();
-        same(&got, &want)?;
+        let got = quantize_measured_kn_tiled(&w, k, n, |x| x, &c, Rows::InPlace(&done), tiling);
+        same(&got.unwrap(), &want)?;
         // Each pass reports every row once: two passes, or more for a jittered lossless scale.
         let read = read.into_inner().unwrap();
-        if got.is_ok() {
+        if want.is_ok() {
             prop_assert!(read[0] >= 2 && read.iter().all(|&x| x == read[0]), "{read:?}");
         }
-        let auto = quantize_measured_kn(&w, k, n, |x| x, &c, &|_| {}).unwrap();
+        // Rows read through a reader (as from a file): `src` is then only for reporting a
+        // non-finite weight, so zeros elsewhere prove the reader's rows are the ones used.
+        let src = if matches!(kind, Kind::NonFinite) { w.clone() } else { vec![0.0; k * n] };
+        let fetched = Mutex::new(vec![0usize; k]);
+        let reader = |at: std::ops::Range<usize>, buf: &mut [f32]| {
+            assert_eq!(at.start % n, 0, "a band starts on a row");
+            buf.copy_from_slice(&w[at.clone()]);
+            for x in &mut fetched.lock().unwrap()[at.start / n..at.end / n] {
+                *x += 1;
+            }
+            Ok(())
+        };
+        let got = quantize_measured_kn_tiled(&src, k, n, |x| x, &c, Rows::Read(&reader), tiling);
+        same(&got.unwrap(), &want)?;
+        let fetched = fetched.into_inner().unwrap();
+        prop_assert!(fetched[0] >= 1 && fetched.iter().all(|&x| x == fetched[0]), "{fetched:?}");
+        let auto = quantize_measured_kn(&w, k, n, |x| x, &c, Rows::InPlace(&|_| {})).unwrap();
         same(&auto, &want)?;
     }
 
@@ -183,11 +201,11 @@ proptest! {
         let c = cfg(gran, 0.5, 1e-6);
         let bytes: Vec<[u8; 4]> = w.iter().map(|x| x.to_le_bytes()).collect();
         let want = quantize_measured(&transpose(&w, k, n), n, k, &c);
-        same(&quantize_measured_kn(&bytes, k, n, f32::from_le_bytes, &c, &|_| {}).unwrap(), &want)?;
+        same(&quantize_measured_kn(&bytes, k, n, f32::from_le_bytes, &c, Rows::InPlace(&|_| {})).unwrap(), &want)?;
         let halves: Vec<half::f16> = w.iter().map(|&x| half::f16::from_f32(x)).collect();
         let wide: Vec<f32> = halves.iter().map(|h| h.to_f32()).collect();
         let want = quantize_measured(&transpose(&wide, k, n), n, k, &c);
-        same(&quantize_measured_kn(&halves, k, n, |h| h.to_f32(), &c, &|_| {}).unwrap(), &want)?;
+        same(&quantize_measured_kn(&halves, k, n, |h| h.to_f32(), &c, Rows::InPlace(&|_| {})).unwrap(), &want)?;
     }
 }
 
@@ -197,7 +215,7 @@ fn kn_leaves_twn_to_the_caller() {
         method: Method::Twn,
         ..QuantConfig::default()
     };
-    assert!(quantize_measured_kn(&[1.0f32; 4], 2, 2, |x| x, &c, &|_| {}).is_none());
+    assert!(quantize_measured_kn(&[1.0f32; 4], 2, 2, |x| x, &c, Rows::InPlace(&|_| {})).is_none());
 }
 
 #[test]
@@ -216,17 +234,27 @@ fn kn_large_matrices_match_across_tilings() {
         let want = quantize_measured(&transpose(&w, k, n), n, k, &c);
         for (rows, width) in [(1, 1), (4, 16), (64, 100), (128, 512), (300, n), (k, n)] {
             let tiling = Tiling { rows, width };
-            let got = quantize_measured_kn_tiled(&w, k, n, |x| x, &c, &|_| {}, tiling).unwrap();
+            let got =
+                quantize_measured_kn_tiled(&w, k, n, |x| x, &c, Rows::InPlace(&|_| {}), tiling)
+                    .unwrap();
             same(&got, &want).unwrap();
         }
     }
 }
 
 #[test]
+fn kn_read_errors_are_reported() {
+    let c = QuantConfig::default();
+    let fail = |_: std::ops::Range<usize>, _: &mut [f32]| Err("disk gone".to_string());
+    let e = quantize_measured_kn(&[1.0f32; 6], 2, 3, |x| x, &c, Rows::Read(&fail)).unwrap();
+    assert_eq!(e, Err(QuantError::Read("disk gone".to_string())));
+}
+
+#[test]
 fn kn_shape_errors() {
     let c = QuantConfig::default();
-    let e = quantize_measured_kn(&[1.0f32; 5], 2, 3, |x| x, &c, &|_| {}).unwrap();
+    let e = quantize_measured_kn(&[1.0f32; 5], 2, 3, |x| x, &c, Rows::InPlace(&|_| {})).unwrap();
     assert!(e.is_err());
-    let e = quantize_measured_kn(&[0.0f32; 0], 0, 3, |x| x, &c, &|_| {}).unwrap();
+    let e = quantize_measured_kn(&[0.0f32; 0], 0, 3, |x| x, &c, Rows::InPlace(&|_| {})).unwrap();
     assert!(e.is_err());
 }

@@ -5,11 +5,13 @@
 //! transposed (channel-major) weight: the same lossless detection, scales, codes (`[N][K]`) and
 //! relative error.
 //!
-//! The weight is read in *bands* of whole rows (a few hundred KiB of it), top to bottom, in two
-//! passes. After each band the caller's `done` is told which rows were read, so it can drop
-//! their memory-mapped pages: whatever the weight's size, only a band or two of it is resident.
-//! Inside a band, tasks take *tiles* of a few channels, transpose them into a buffer that stays
-//! in cache, and run the channel-major kernels on each channel's part of the band.
+//! The weight is read in *bands* of whole rows (about 128 KiB of it), top to bottom, in two
+//! passes, as [`Rows`] says: read into a buffer by the caller (from the file, so its pages never
+//! become resident; the next band is read while the tiles of this one run), or where they lie,
+//! the caller being told after each band so it can drop their memory-mapped pages. Whatever the
+//! weight's size, only a band or two of it is in memory. Inside a band, tasks take *tiles* of a
+//! few channels, transpose them into a buffer that stays in cache, and run the channel-major
+//! kernels on each channel's part of the band.
 //!
 //! * Pass 1 gathers statistics: each channel's band of non-zero magnitudes (lossless
 //!   detection), its `sum |w|` (absmean), and, when the configuration has groups, each group's
@@ -39,10 +41,13 @@ use super::{
     QuantError, Ternary, MIN_TASK_ELEMS, SCALE_EPS,
 };
 
-/// Bytes of `f32` a band holds (rounded to whole rows, at least `MIN_BAND_ROWS` of them).
-const BAND_BYTES: usize = 512 << 10;
+/// Bytes of `f32` a band holds (rounded to whole rows, at least `MIN_BAND_ROWS` of them). A
+/// band read into a buffer and the next one read ahead stay in a core's L2 cache: with bands
+/// read from the file, 128 KiB took `convert` of the 92 MB bench transformer 0.14-0.17 s,
+/// 512 KiB 0.20-0.23 s (`perf stat -r 8`, same session).
+const BAND_BYTES: usize = 128 << 10;
 /// Rows a band holds at least, so each channel's part is long enough for the kernels.
-const MIN_BAND_ROWS: usize = 64;
+const MIN_BAND_ROWS: usize = 16;
 /// Bytes of `f32` a task transposes at a time: stays in a core's L2 cache.
 const TILE_BYTES: usize = 128 << 10;
 
@@ -69,23 +74,36 @@ impl Tiling {
     }
 }
 
+/// How [`quantize_measured_kn`] gets each band of rows of the weight.
+pub enum Rows<'a, S> {
+    /// Where they lie in `src`. The function is told each band once a pass has read it, so it
+    /// can drop the band's memory-mapped pages (a later pass may read the rows again).
+    InPlace(&'a (dyn Fn(Range<usize>) + Sync)),
+    /// Read into a buffer: the function fills the slice with the weight's elements at the given
+    /// row-major indices, or says why it could not. `src` is then read only to report a
+    /// non-finite weight.
+    Read(&'a ReadRows<'a, S>),
+}
+
+/// The reader of [`Rows::Read`].
+pub type ReadRows<'a, S> = dyn Fn(Range<usize>, &mut [S]) -> Result<(), String> + Sync + 'a;
+
 /// [`super::quantize_measured`] of the transpose of `src`, a row-major `[k][n]` weight whose
-/// elements `f` turns into `f32` (the identity, little-endian bytes, or half floats). `done` is
-/// called with each band of rows once a pass has read it (the rows may be read again by a
-/// later pass). `None` when the method is not absmean: the caller transposes instead.
+/// elements `f` turns into `f32` (the identity, little-endian bytes, or half floats), its rows
+/// got as `rows` says. `None` when the method is not absmean: the caller transposes instead.
 pub fn quantize_measured_kn<S, F>(
     src: &[S],
     k: usize,
     n: usize,
     f: F,
     cfg: &QuantConfig,
-    done: &(dyn Fn(Range<usize>) + Sync),
+    rows: Rows<'_, S>,
 ) -> Option<Result<(Ternary, f64), QuantError>>
 where
-    S: Copy + Sync,
+    S: Copy + Default + Send + Sync,
     F: Fn(S) -> f32 + Sync,
 {
-    quantize_measured_kn_tiled(src, k, n, f, cfg, done, Tiling::auto(k, n))
+    quantize_measured_kn_tiled(src, k, n, f, cfg, rows, Tiling::auto(k, n))
 }
 
 /// [`quantize_measured_kn`] cut as `tiling` says (tests check that it does not matter).
@@ -96,11 +114,11 @@ pub fn quantize_measured_kn_tiled<S, F>(
     n: usize,
     f: F,
     cfg: &QuantConfig,
-    done: &(dyn Fn(Range<usize>) + Sync),
+    rows: Rows<'_, S>,
     tiling: Tiling,
 ) -> Option<Result<(Ternary, f64), QuantError>>
 where
-    S: Copy + Sync,
+    S: Copy + Default + Send + Sync,
     F: Fn(S) -> f32 + Sync,
 {
     if cfg.method != Method::AbsMean {
@@ -111,7 +129,7 @@ where
         k,
         n,
         f: &f,
-        done,
+        rows,
     };
     Some(run(&m, cfg, tiling))
 }
@@ -122,24 +140,49 @@ struct Kn<'a, S, F> {
     k: usize,
     n: usize,
     f: &'a F,
-    done: &'a (dyn Fn(Range<usize>) + Sync),
+    rows: Rows<'a, S>,
 }
 
-impl<S: Copy, F: Fn(S) -> f32> Kn<'_, S, F> {
+impl<S: Copy + Default, F: Fn(S) -> f32> Kn<'_, S, F> {
     #[inline]
     fn at(&self, r: usize, c: usize) -> f32 {
         (self.f)(self.src[r * self.n + c])
     }
 
-    /// Rows `r0..r0 + rows` of channels `c0..c0 + w`, channel-major (`w` runs of `rows`), into
-    /// `buf`, eight source rows at a time.
-    fn load(&self, r0: usize, rows: usize, c0: usize, w: usize, buf: &mut Vec<f32>) {
+    /// Gets rows `r` ready for [`Kn::band`]: reads them into `buf` unless they are read in
+    /// place.
+    fn fetch(&self, r: Range<usize>, buf: &mut Vec<S>) -> Result<(), QuantError> {
+        if let Rows::Read(read) = self.rows {
+            buf.resize(r.len() * self.n, S::default());
+            read(r.start * self.n..r.end * self.n, buf).map_err(QuantError::Read)?;
+        }
+        Ok(())
+    }
+
+    /// Rows `r` (`r.len()` rows of `n`), fetched into `buf` by [`Kn::fetch`].
+    fn band<'b>(&'b self, r: Range<usize>, buf: &'b [S]) -> &'b [S] {
+        match self.rows {
+            Rows::InPlace(_) => &self.src[r.start * self.n..r.end * self.n],
+            Rows::Read(_) => buf,
+        }
+    }
+
+    /// A pass is done with rows `r`.
+    fn done(&self, r: Range<usize>) {
+        if let Rows::InPlace(done) = self.rows {
+            done(r);
+        }
+    }
+
+    /// Rows `0..rows` of `band` (rows of `n`), channels `c0..c0 + w`, channel-major (`w` runs of
+    /// `rows`), into `buf`, eight source rows at a time.
+    fn load(&self, band: &[S], rows: usize, c0: usize, w: usize, buf: &mut Vec<f32>) {
         let n = self.n;
         // Every element is written below.
         buf.resize(w * rows, 0.0);
         let r8 = rows - rows % 8;
         for i0 in (0..r8).step_by(8) {
-            let src: [&[S]; 8] = std::array::from_fn(|i| &self.src[(r0 + i0 + i) * n + c0..][..w]);
+            let src: [&[S]; 8] = std::array::from_fn(|i| &band[(i0 + i) * n + c0..][..w]);
             for (j, dst) in buf.chunks_exact_mut(rows).enumerate() {
                 let dst = &mut dst[i0..i0 + 8];
                 for i in 0..8 {
@@ -148,7 +191,7 @@ impl<S: Copy, F: Fn(S) -> f32> Kn<'_, S, F> {
             }
         }
         for i in r8..rows {
-            let row = &self.src[(r0 + i) * n + c0..][..w];
+            let row = &band[i * n + c0..][..w];
             for (dst, &x) in buf.chunks_exact_mut(rows).zip(row) {
                 dst[i] = (self.f)(x);
             }
@@ -239,8 +282,8 @@ fn parts<T>(v: &mut [T], len: usize, count: usize) -> Vec<&mut [T]> {
     }
 }
 
-/// One pass: for each band, top to bottom, `task` on each of its tiles in parallel; then the
-/// band is reported done.
+/// One pass: for each band, top to bottom, `task` on each of its tiles in parallel (given the
+/// band's rows), while the next band is read; then the band is reported done.
 #[allow(clippy::too_many_arguments)]
 fn pass<S, F>(
     m: &Kn<S, F>,
@@ -249,44 +292,62 @@ fn pass<S, F>(
     groups: &mut [f32],
     groups2: &mut [f32],
     codes: &mut [i8],
-    task: impl Fn(Tile) + Sync,
-) where
-    S: Copy + Sync,
+    task: impl Fn(&[S], Tile) + Sync,
+) -> Result<(), QuantError>
+where
+    S: Copy + Default + Send + Sync,
     F: Fn(S) -> f32 + Sync,
 {
     let (k, w) = (m.k, plan.width);
     let count = m.n.div_ceil(w);
     let task = &task;
-    for r in plan.bands(k) {
+    let bands: Vec<Range<usize>> = plan.bands(k).collect();
+    let (mut cur, mut next) = (Vec::new(), Vec::new());
+    if let Some(r) = bands.first() {
+        m.fetch(r.clone(), &mut cur)?;
+    }
+    for (b, r) in bands.iter().enumerate() {
         let last = r.end == k;
-        chans
-            .par_chunks_mut(w)
-            .zip(parts(groups, w * plan.gpc, count))
-            .zip(parts(groups2, w * plan.gpc, count))
-            .zip(parts(codes, w * k, count))
-            .enumerate()
-            .for_each(|(i, (((chans, groups), groups2), codes))| {
-                TILE.with(|cell| {
-                    let mut own = Vec::new();
-                    let mut shared = cell.try_borrow_mut();
-                    let buf = match &mut shared {
-                        Ok(b) => &mut **b,
-                        Err(_) => &mut own,
-                    };
-                    task(Tile {
-                        r: r.clone(),
-                        last,
-                        c0: i * w,
-                        buf,
-                        chans,
-                        groups,
-                        groups2,
-                        codes,
+        let band = m.band(r.clone(), &cur);
+        let ahead = || match bands.get(b + 1) {
+            Some(a) => m.fetch(a.clone(), &mut next),
+            None => Ok(()),
+        };
+        let tiles = || {
+            chans
+                .par_chunks_mut(w)
+                .zip(parts(groups, w * plan.gpc, count))
+                .zip(parts(groups2, w * plan.gpc, count))
+                .zip(parts(codes, w * k, count))
+                .enumerate()
+                .for_each(|(i, (((chans, groups), groups2), codes))| {
+                    TILE.with(|cell| {
+                        let mut own = Vec::new();
+                        let mut shared = cell.try_borrow_mut();
+                        let buf = match &mut shared {
+                            Ok(b) => &mut **b,
+                            Err(_) => &mut own,
+                        };
+                        let tile = Tile {
+                            r: r.clone(),
+                            last,
+                            c0: i * w,
+                            buf,
+                            chans,
+                            groups,
+                            groups2,
+                            codes,
+                        };
+                        task(band, tile)
                     })
                 })
-            });
-        (m.done)(r);
+        };
+        let (fetched, ()) = rayon::join(ahead, tiles);
+        fetched?;
+        m.done(r.clone());
+        std::mem::swap(&mut cur, &mut next);
     }
+    Ok(())
 }
 
 /// Detection outcomes that no later band can revive.
@@ -300,7 +361,7 @@ struct Dead {
 
 fn run<S, F>(m: &Kn<S, F>, cfg: &QuantConfig, tiling: Tiling) -> Result<(Ternary, f64), QuantError>
 where
-    S: Copy + Sync,
+    S: Copy + Default + Send + Sync,
     F: Fn(S) -> f32 + Sync,
 {
     let (n, k) = (m.n, m.k);
@@ -332,28 +393,38 @@ where
         &mut lossless,
         &mut absmean,
         &mut [],
-        |t| stats(m, &plan, &dead, t),
-    );
+        |band, t| stats(m, &plan, &dead, band, t),
+    )?;
 
     if !dead.chans.load(Ordering::Relaxed) {
         // Lossless per tensor.
         let bands: Vec<Option<(f32, f32)>> = chans.iter().map(|c| c.band).collect();
-        if let Some(a) = tensor_scale(&bands, tol, |lo, hi| tensor_mode(m, &plan, lo, hi)) {
+        let mut failed = None;
+        let scale = tensor_scale(&bands, tol, |lo, hi| {
+            tensor_mode(m, &plan, lo, hi).unwrap_or_else(|e| {
+                failed = Some(e);
+                lo
+            })
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if let Some(a) = scale {
             chans.iter_mut().for_each(|c| c.scale = a);
-            let (codes, e) = code(m, &plan, Coder::Sign, &mut chans, &mut []);
+            let (codes, e) = code(m, &plan, Coder::Sign, &mut chans, &mut [])?;
             return Ok(finish(m, codes, Granularity::Tensor, vec![a], true, e));
         }
         // Lossless per channel.
-        if let Some(scales) = channel_scales(m, &plan, &chans) {
+        if let Some(scales) = channel_scales(m, &plan, &chans)? {
             for (c, &a) in chans.iter_mut().zip(&scales) {
                 c.scale = a;
             }
-            let (codes, e) = code(m, &plan, Coder::Sign, &mut chans, &mut []);
+            let (codes, e) = code(m, &plan, Coder::Sign, &mut chans, &mut [])?;
             return Ok(finish(m, codes, Granularity::Channel, scales, true, e));
         }
     }
     if group.is_some() && !dead.groups.load(Ordering::Relaxed) {
-        let (codes, e) = code(m, &plan, Coder::Sign, &mut chans, &mut lossless);
+        let (codes, e) = code(m, &plan, Coder::Sign, &mut chans, &mut lossless)?;
         return Ok(finish(m, codes, cfg.granularity, lossless, true, e));
     }
 
@@ -363,21 +434,21 @@ where
     }
     let coder = Coder::AbsMean(cfg.threshold);
     if group.is_some() {
-        let (codes, e) = code(m, &plan, coder, &mut chans, &mut absmean);
+        let (codes, e) = code(m, &plan, coder, &mut chans, &mut absmean)?;
         return Ok(finish(m, codes, cfg.granularity, absmean, false, e));
     }
     if cfg.granularity == Granularity::Tensor {
         let total = chans.iter().fold(0f64, |t, c| t + c.sum);
         let a = clamp_scale(total / (n as f64 * k as f64));
         chans.iter_mut().for_each(|c| c.scale = a);
-        let (codes, e) = code(m, &plan, coder, &mut chans, &mut []);
+        let (codes, e) = code(m, &plan, coder, &mut chans, &mut [])?;
         return Ok(finish(m, codes, Granularity::Tensor, vec![a], false, e));
     }
     for c in chans.iter_mut() {
         c.scale = clamp_scale(c.sum / k as f64);
     }
     let scales: Vec<f32> = chans.iter().map(|c| c.scale).collect();
-    let (codes, e) = code(m, &plan, coder, &mut chans, &mut []);
+    let (codes, e) = code(m, &plan, coder, &mut chans, &mut [])?;
     Ok(finish(m, codes, cfg.granularity, scales, false, e))
 }
 
@@ -393,16 +464,16 @@ fn lcm(a: usize, b: usize) -> usize {
 
 /// Pass 1 on one tile: channel bands, channel `|w|` sums (without groups), or each group's
 /// lossless scale (`quant::detect_group`) and absmean scale (with groups).
-fn stats<S, F>(m: &Kn<S, F>, plan: &Plan, dead: &Dead, t: Tile)
+fn stats<S, F>(m: &Kn<S, F>, plan: &Plan, dead: &Dead, band: &[S], t: Tile)
 where
-    S: Copy + Sync,
+    S: Copy + Default + Sync,
     F: Fn(S) -> f32 + Sync,
 {
     if plan.group.is_none() && dead.chans.load(Ordering::Relaxed) {
-        return row_sums(m, t);
+        return row_sums(m, band, t);
     }
     let rows = t.r.len();
-    m.load(t.r.start, rows, t.c0, t.chans.len(), t.buf);
+    m.load(band, rows, t.c0, t.chans.len(), t.buf);
     let mut scratch = Vec::new();
     for (ci, (x, st)) in t.buf.chunks_exact(rows).zip(t.chans.iter_mut()).enumerate() {
         if !dead.chans.load(Ordering::Relaxed) {
@@ -445,12 +516,12 @@ where
 /// transposing: row `i` of the band goes to lane `i % 4` of each channel, as `abs_lanes` puts
 /// it (a band starts on a multiple of four), and the channel's last `k % 4` weights are added
 /// after the lanes, as `abs_total` adds them.
-fn row_sums<S, F>(m: &Kn<S, F>, t: Tile)
+fn row_sums<S, F>(m: &Kn<S, F>, band: &[S], t: Tile)
 where
     S: Copy + Sync,
     F: Fn(S) -> f32 + Sync,
 {
-    let (n, w, r0) = (m.n, t.chans.len(), t.r.start);
+    let (n, w) = (m.n, t.chans.len());
     let rows = t.r.len();
     let in_lanes = if t.last { rows / 4 * 4 } else { rows };
     let mut acc = vec![0f64; 4 * w];
@@ -460,7 +531,7 @@ where
         }
     }
     for i in 0..in_lanes {
-        let row = &m.src[(r0 + i) * n + t.c0..][..w];
+        let row = &band[i * n + t.c0..][..w];
         let lane = &mut acc[(i % 4) * w..][..w];
         for (a, &x) in lane.iter_mut().zip(row) {
             *a += f64::from((m.f)(x).abs());
@@ -473,7 +544,7 @@ where
         if t.last {
             let mut sum = (st.abs[0] + st.abs[1]) + (st.abs[2] + st.abs[3]);
             for i in in_lanes..rows {
-                sum += f64::from(m.at(r0 + i, t.c0 + j).abs());
+                sum += f64::from((m.f)(band[i * n + t.c0 + j]).abs());
             }
             st.sum = sum;
             st.bad = !sum.is_finite();
@@ -509,73 +580,86 @@ fn code<S, F>(
     coder: Coder,
     chans: &mut [Chan],
     group_scales: &mut [f32],
-) -> (Vec<i8>, f64)
+) -> Result<(Vec<i8>, f64), QuantError>
 where
-    S: Copy + Sync,
+    S: Copy + Default + Send + Sync,
     F: Fn(S) -> f32 + Sync,
 {
     let k = m.k;
     let mut codes = vec![0i8; m.n * k];
     let grouped = !group_scales.is_empty();
-    pass(m, plan, chans, group_scales, &mut [], &mut codes, |t| {
-        let rows = t.r.len();
-        m.load(t.r.start, rows, t.c0, t.chans.len(), t.buf);
-        let xs = t.buf.chunks_exact(rows).zip(t.codes.chunks_exact_mut(k));
-        for (ci, ((x, c), st)) in xs.zip(t.chans.iter_mut()).enumerate() {
-            let c = &mut c[t.r.clone()];
-            match plan.group.filter(|_| grouped) {
-                None => {
-                    let a = st.scale;
-                    coder.code(x, c, a);
-                    let done = st.err.add(x, c, a);
-                    if t.last {
-                        let (e, nn) = st.err.total(&x[done..], &c[done..], a);
-                        st.part = (0.0 + e, 0.0 + nn);
+    pass(
+        m,
+        plan,
+        chans,
+        group_scales,
+        &mut [],
+        &mut codes,
+        |band, t| {
+            let rows = t.r.len();
+            m.load(band, rows, t.c0, t.chans.len(), t.buf);
+            let xs = t.buf.chunks_exact(rows).zip(t.codes.chunks_exact_mut(k));
+            for (ci, ((x, c), st)) in xs.zip(t.chans.iter_mut()).enumerate() {
+                let c = &mut c[t.r.clone()];
+                match plan.group.filter(|_| grouped) {
+                    None => {
+                        let a = st.scale;
+                        coder.code(x, c, a);
+                        let done = st.err.add(x, c, a);
+                        if t.last {
+                            let (e, nn) = st.err.total(&x[done..], &c[done..], a);
+                            st.part = (0.0 + e, 0.0 + nn);
+                        }
                     }
-                }
-                Some(g) => {
-                    let first = ci * plan.gpc + t.r.start / g;
-                    let groups = x.chunks(g).zip(c.chunks_mut(g));
-                    for ((xg, cg), &a) in groups.zip(&t.groups[first..]) {
-                        coder.code(xg, cg, a);
-                        let (e, nn) = sq_err(xg, cg, a);
-                        st.part.0 += e;
-                        st.part.1 += nn;
+                    Some(g) => {
+                        let first = ci * plan.gpc + t.r.start / g;
+                        let groups = x.chunks(g).zip(c.chunks_mut(g));
+                        for ((xg, cg), &a) in groups.zip(&t.groups[first..]) {
+                            coder.code(xg, cg, a);
+                            let (e, nn) = sq_err(xg, cg, a);
+                            st.part.0 += e;
+                            st.part.1 += nn;
+                        }
                     }
                 }
             }
-        }
-    });
+        },
+    )?;
     let parts: Vec<(f64, f64)> = chans.iter().map(|c| c.part).collect();
-    (codes, finish_rel_error(&parts))
+    Ok((codes, finish_rel_error(&parts)))
 }
 
 /// The most frequent non-zero magnitude of the whole weight, all of whose non-zero magnitudes
 /// lie in `[lo, hi]` (`quant::band_mode`), read a band at a time.
-fn tensor_mode<S, F>(m: &Kn<S, F>, plan: &Plan, lo: f32, hi: f32) -> f32
+fn tensor_mode<S, F>(m: &Kn<S, F>, plan: &Plan, lo: f32, hi: f32) -> Result<f32, QuantError>
 where
-    S: Copy + Sync,
+    S: Copy + Default + Sync,
     F: Fn(S) -> f32 + Sync,
 {
     let mut hist: Option<Vec<u64>> = None;
+    let mut buf = Vec::new();
     for r in plan.bands(m.k) {
-        let part = &m.src[r.start * m.n..r.end * m.n];
-        let h = band_hist(part, MIN_TASK_ELEMS, m.f, lo, hi);
+        m.fetch(r.clone(), &mut buf)?;
+        let h = band_hist(m.band(r.clone(), &buf), MIN_TASK_ELEMS, m.f, lo, hi);
         hist = Some(match hist {
             Some(a) => add_hist(a, h),
             None => h,
         });
-        (m.done)(r);
+        m.done(r);
     }
-    hist.map_or(lo, |h| hist_mode(&h, lo))
+    Ok(hist.map_or(lo, |h| hist_mode(&h, lo)))
 }
 
 /// Lossless per-channel scales (`quant::detect_group` on every channel, every channel band
 /// being narrow enough), or `None` when a channel's magnitudes are not all within tolerance of
 /// its most frequent one. Channels with more than one magnitude are read once more for it.
-fn channel_scales<S, F>(m: &Kn<S, F>, plan: &Plan, chans: &[Chan]) -> Option<Vec<f32>>
+fn channel_scales<S, F>(
+    m: &Kn<S, F>,
+    plan: &Plan,
+    chans: &[Chan],
+) -> Result<Option<Vec<f32>>, QuantError>
 where
-    S: Copy + Sync,
+    S: Copy + Default + Sync,
     F: Fn(S) -> f32 + Sync,
 {
     let varied: Vec<usize> = (0..m.n)
@@ -585,16 +669,18 @@ where
     if !varied.is_empty() {
         // The non-zero magnitudes of each such channel, as `detect_group` sorts them.
         let mut bits: Vec<Vec<u32>> = vec![Vec::new(); varied.len()];
+        let mut buf = Vec::new();
         for r in plan.bands(m.k) {
-            for row in r.clone() {
+            m.fetch(r.clone(), &mut buf)?;
+            for row in m.band(r.clone(), &buf).chunks_exact(m.n) {
                 for (b, &c) in bits.iter_mut().zip(&varied) {
-                    let x = m.at(row, c);
+                    let x = (m.f)(row[c]);
                     if x != 0.0 {
                         b.push(x.abs().to_bits());
                     }
                 }
             }
-            (m.done)(r);
+            m.done(r);
         }
         modes = bits
             .iter_mut()
@@ -602,14 +688,14 @@ where
             .collect();
     }
     let mut modes = modes.into_iter();
-    chans
+    Ok(chans
         .iter()
         .map(|c| match c.band {
             None => Some(SCALE_EPS),
             Some((lo, hi)) if lo == hi => Some(lo),
             Some((lo, hi)) => modes.next().filter(|&a| within_tol(a, lo, hi, plan.tol)),
         })
-        .collect()
+        .collect())
 }
 
 fn finish<S, F>(
