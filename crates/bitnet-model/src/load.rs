@@ -87,6 +87,11 @@ impl Mappings {
         })
     }
 
+    /// Where `data` starts in the file it was mapped from, when it lies inside one of the maps.
+    pub fn file_offset(&self, data: &[u8]) -> Option<u64> {
+        self.locate(data).map(|(_, at)| at as u64)
+    }
+
     /// True when `data` lies inside one of the maps.
     pub fn contains(&self, data: &[u8]) -> bool {
         !data.is_empty() && self.locate(data).is_some()

@@ -1021,7 +1021,12 @@ where
         src.read_at(raw, at.start * W, buf.as_flattened_mut())
             .map_err(|e| e.to_string())
     };
-    quant::kn::quantize_measured_kn(elems, rows, cols, f, cfg, Rows::Read(&read))
+    let page_offset = src.file_offset(raw).unwrap_or(0) as usize % 4096;
+    let rows_of = Rows::Read {
+        read: &read,
+        page_offset,
+    };
+    quant::kn::quantize_measured_kn(elems, rows, cols, f, cfg, rows_of)
 }
 
 /// The weight as channel-major `[N][K]` `f32`: borrowed from the file when it is an aligned

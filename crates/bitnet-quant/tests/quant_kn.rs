@@ -181,7 +181,7 @@ proptest! {
             }
             Ok(())
         };
-        let got = quantize_measured_kn_tiled(&src, k, n, |x| x, &c, Rows::Read(&reader), tiling);
+        let got = quantize_measured_kn_tiled(&src, k, n, |x| x, &c, Rows::Read { read: &reader, page_offset: seed as usize % 4096 }, tiling);
         same(&got.unwrap(), &want)?;
         let fetched = fetched.into_inner().unwrap();
         prop_assert!(fetched[0] >= 1 && fetched.iter().all(|&x| x == fetched[0]), "{fetched:?}");
@@ -246,7 +246,18 @@ fn kn_large_matrices_match_across_tilings() {
 fn kn_read_errors_are_reported() {
     let c = QuantConfig::default();
     let fail = |_: std::ops::Range<usize>, _: &mut [f32]| Err("disk gone".to_string());
-    let e = quantize_measured_kn(&[1.0f32; 6], 2, 3, |x| x, &c, Rows::Read(&fail)).unwrap();
+    let e = quantize_measured_kn(
+        &[1.0f32; 6],
+        2,
+        3,
+        |x| x,
+        &c,
+        Rows::Read {
+            read: &fail,
+            page_offset: 0,
+        },
+    )
+    .unwrap();
     assert_eq!(e, Err(QuantError::Read("disk gone".to_string())));
 }
 

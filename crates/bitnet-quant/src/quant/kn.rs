@@ -5,7 +5,7 @@
 //! transposed (channel-major) weight: the same lossless detection, scales, codes (`[N][K]`) and
 //! relative error.
 //!
-//! The weight is read in *bands* of whole rows (about 128 KiB of it), top to bottom, in two
+//! The weight is read in *bands* of whole rows (about 512 KiB of it), top to bottom, in two
 //! passes, as [`Rows`] says: read into a buffer by the caller (from the file, so its pages never
 //! become resident; the next band is read while the tiles of this one run), or where they lie,
 //! the caller being told after each band so it can drop their memory-mapped pages. Whatever the
@@ -41,13 +41,14 @@ use super::{
     QuantError, Ternary, MIN_TASK_ELEMS, SCALE_EPS,
 };
 
-/// Bytes of `f32` a band holds (rounded to whole rows, at least `MIN_BAND_ROWS` of them). A
-/// band read into a buffer and the next one read ahead stay in a core's L2 cache: with bands
-/// read from the file, 128 KiB took `convert` of the 92 MB bench transformer 0.14-0.17 s,
-/// 512 KiB 0.20-0.23 s (`perf stat -r 8`, same session).
-const BAND_BYTES: usize = 128 << 10;
+/// Bytes of `f32` a band holds (rounded to whole rows, at least `MIN_BAND_ROWS` of them). With
+/// bands read from the file (and placed as [`Rows::Read`] says), 512 KiB with 64 rows at least
+/// converted a 1 GiB stack of 8192x8192 layers in 1.08-1.12 s, against 1.24-1.33 s for 128 KiB
+/// with 16 rows (fewer, longer bands: fewer waits between them), and the 92 MB bench
+/// transformer in the same time within noise (`/usr/bin/time`, `perf stat -r 10`).
+const BAND_BYTES: usize = 512 << 10;
 /// Rows a band holds at least, so each channel's part is long enough for the kernels.
-const MIN_BAND_ROWS: usize = 16;
+const MIN_BAND_ROWS: usize = 64;
 /// Bytes of `f32` a task transposes at a time: stays in a core's L2 cache.
 const TILE_BYTES: usize = 128 << 10;
 
@@ -79,14 +80,36 @@ pub enum Rows<'a, S> {
     /// Where they lie in `src`. The function is told each band once a pass has read it, so it
     /// can drop the band's memory-mapped pages (a later pass may read the rows again).
     InPlace(&'a (dyn Fn(Range<usize>) + Sync)),
-    /// Read into a buffer: the function fills the slice with the weight's elements at the given
-    /// row-major indices, or says why it could not. `src` is then read only to report a
-    /// non-finite weight.
-    Read(&'a ReadRows<'a, S>),
+    /// Read into a buffer: `read` fills the slice with the weight's elements at the given
+    /// row-major indices, or says why it could not. `page_offset` is where element 0 lies in
+    /// the file it is read from, modulo 4096: each buffer is placed at the same offset in its
+    /// page (or a few bytes before), because the kernel copies a file's pages into a buffer
+    /// that starts 1 to 31 bytes further into its page 4-5x slower (2.3-2.6 against 11.7-13
+    /// GB/s on this project's machine, `pread` of 512 KiB blocks). `src` is then read only to
+    /// report a non-finite weight.
+    Read {
+        read: &'a ReadRows<'a, S>,
+        page_offset: usize,
+    },
 }
 
 /// The reader of [`Rows::Read`].
 pub type ReadRows<'a, S> = dyn Fn(Range<usize>, &mut [S]) -> Result<(), String> + Sync + 'a;
+
+/// A band read into memory: `buf[start..]` holds it.
+struct BandBuf<S> {
+    buf: Vec<S>,
+    start: usize,
+}
+
+impl<S> Default for BandBuf<S> {
+    fn default() -> Self {
+        BandBuf {
+            buf: Vec::new(),
+            start: 0,
+        }
+    }
+}
 
 /// [`super::quantize_measured`] of the transpose of `src`, a row-major `[k][n]` weight whose
 /// elements `f` turns into `f32` (the identity, little-endian bytes, or half floats), its rows
@@ -149,21 +172,29 @@ impl<S: Copy + Default, F: Fn(S) -> f32> Kn<'_, S, F> {
         (self.f)(self.src[r * self.n + c])
     }
 
-    /// Gets rows `r` ready for [`Kn::band`]: reads them into `buf` unless they are read in
-    /// place.
-    fn fetch(&self, r: Range<usize>, buf: &mut Vec<S>) -> Result<(), QuantError> {
-        if let Rows::Read(read) = self.rows {
-            buf.resize(r.len() * self.n, S::default());
-            read(r.start * self.n..r.end * self.n, buf).map_err(QuantError::Read)?;
+    /// Gets rows `r` ready for [`Kn::band`]: reads them into `b` unless they are read in place.
+    fn fetch(&self, r: Range<usize>, b: &mut BandBuf<S>) -> Result<(), QuantError> {
+        if let Rows::Read { read, page_offset } = self.rows {
+            const PAGE: usize = 4096;
+            let size = std::mem::size_of::<S>().max(1);
+            let len = r.len() * self.n;
+            b.buf.resize(len + PAGE / size + 1, S::default());
+            let at = b.buf.as_ptr() as usize % PAGE;
+            let want = (page_offset + r.start * self.n * size) % PAGE;
+            // The largest start whose address is at most `want` within a page.
+            b.start = (want + PAGE - at) % PAGE / size;
+            let dst = &mut b.buf[b.start..b.start + len];
+            read(r.start * self.n..r.end * self.n, dst).map_err(QuantError::Read)?;
         }
         Ok(())
     }
 
-    /// Rows `r` (`r.len()` rows of `n`), fetched into `buf` by [`Kn::fetch`].
-    fn band<'b>(&'b self, r: Range<usize>, buf: &'b [S]) -> &'b [S] {
+    /// Rows `r` (`r.len()` rows of `n`), fetched into `b` by [`Kn::fetch`].
+    fn band<'b>(&'b self, r: Range<usize>, b: &'b BandBuf<S>) -> &'b [S] {
+        let len = r.len() * self.n;
         match self.rows {
             Rows::InPlace(_) => &self.src[r.start * self.n..r.end * self.n],
-            Rows::Read(_) => buf,
+            Rows::Read { .. } => &b.buf[b.start..b.start + len],
         }
     }
 
@@ -302,7 +333,7 @@ where
     let count = m.n.div_ceil(w);
     let task = &task;
     let bands: Vec<Range<usize>> = plan.bands(k).collect();
-    let (mut cur, mut next) = (Vec::new(), Vec::new());
+    let (mut cur, mut next) = (BandBuf::default(), BandBuf::default());
     if let Some(r) = bands.first() {
         m.fetch(r.clone(), &mut cur)?;
     }
@@ -637,7 +668,7 @@ where
     F: Fn(S) -> f32 + Sync,
 {
     let mut hist: Option<Vec<u64>> = None;
-    let mut buf = Vec::new();
+    let mut buf = BandBuf::default();
     for r in plan.bands(m.k) {
         m.fetch(r.clone(), &mut buf)?;
         let h = band_hist(m.band(r.clone(), &buf), MIN_TASK_ELEMS, m.f, lo, hi);
@@ -669,7 +700,7 @@ where
     if !varied.is_empty() {
         // The non-zero magnitudes of each such channel, as `detect_group` sorts them.
         let mut bits: Vec<Vec<u32>> = vec![Vec::new(); varied.len()];
-        let mut buf = Vec::new();
+        let mut buf = BandBuf::default();
         for r in plan.bands(m.k) {
             m.fetch(r.clone(), &mut buf)?;
             for row in m.band(r.clone(), &buf).chunks_exact(m.n) {
