@@ -921,7 +921,7 @@ fn quantize_job(
             }
         }
     };
-    // A `[K, N]` weight is quantized where it lies (no transposed float copy) when it can be.
+    // A `[K, N]` weight is quantized a band at a time (no transposed float copy) when it can be.
     let in_place = match layout {
         Layout::KN => quantize_kn(&input, r, c, &opts.quant, source),
         Layout::NK => None,
