@@ -35,10 +35,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rayon::prelude::*;
 
 use super::{
-    abs_lanes, abs_total, add_hist, band_hist, band_ok, check_shape_len, clamp_scale, code_slice,
-    detect_group, finish_rel_error, hist_mode, merge_band, mode_of_sorted, scan_band, sign_slice,
-    sq_err, sum_abs, tensor_scale, within_tol, ErrLanes, Granularity, Method, QuantConfig,
-    QuantError, Ternary, MIN_TASK_ELEMS, SCALE_EPS,
+    abs_lanes, abs_total, add_hist, band_hist, band_ok, check_shape_len, clamp_scale, code_err,
+    detect_group, finish_rel_error, hist_mode, merge_band, mode_of_sorted, scan_band, sum_abs,
+    tensor_scale, within_tol, CodeRule, ErrLanes, Granularity, Method, QuantConfig, QuantError,
+    Ternary, MIN_TASK_ELEMS, SCALE_EPS,
 };
 
 /// Bytes of `f32` a band holds (rounded to whole rows, at least `MIN_BAND_ROWS` of them). With
@@ -593,11 +593,12 @@ enum Coder {
 }
 
 impl Coder {
+    /// The rule for a group of scale `a` (absmean multiplies by `1 / a`, as `quant` does).
     #[inline]
-    fn code(self, x: &[f32], c: &mut [i8], a: f32) {
+    fn rule(self, a: f32) -> CodeRule {
         match self {
-            Coder::Sign => sign_slice(x, c),
-            Coder::AbsMean(thr) => code_slice(x, c, 1.0 / a, thr),
+            Coder::Sign => CodeRule::Sign,
+            Coder::AbsMean(thr) => CodeRule::Threshold { inv: 1.0 / a, thr },
         }
     }
 }
@@ -635,8 +636,7 @@ where
                 match plan.group.filter(|_| grouped) {
                     None => {
                         let a = st.scale;
-                        coder.code(x, c, a);
-                        let done = st.err.add(x, c, a);
+                        let done = st.err.code_add(x, c, a, coder.rule(a));
                         if t.last {
                             let (e, nn) = st.err.total(&x[done..], &c[done..], a);
                             st.part = (0.0 + e, 0.0 + nn);
@@ -646,8 +646,7 @@ where
                         let first = ci * plan.gpc + t.r.start / g;
                         let groups = x.chunks(g).zip(c.chunks_mut(g));
                         for ((xg, cg), &a) in groups.zip(&t.groups[first..]) {
-                            coder.code(xg, cg, a);
-                            let (e, nn) = sq_err(xg, cg, a);
+                            let (e, nn) = code_err(xg, cg, a, coder.rule(a));
                             st.part.0 += e;
                             st.part.1 += nn;
                         }
