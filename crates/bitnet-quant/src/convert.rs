@@ -640,7 +640,9 @@ fn convert_graph(
     };
     type Batch<'j, 'l> = &'j [(String, Vec<&'l LinearLayer>)];
     let mut pending: Option<(Batch, Vec<Result<Quantized, ConvertError>>)> = None;
-    let scratch = Scratch::default();
+    // Buffers kept from one weight to the next (band buffers, transposes): within the batch
+    // budget, since it never holds more than were in use at once.
+    let scratch = quant::Spare::default();
     let mut start = 0;
     while start < jobs.len() {
         let mut end = start;
@@ -831,28 +833,6 @@ fn job_cost(elems: usize, layout: Layout, cfg: &QuantConfig) -> u64 {
     }
 }
 
-/// `f32` buffers reused from one weight to the next (`quant::transpose_map_rows_into`): it
-/// never holds more buffers than were in use at once, so it stays within the batch budget.
-#[derive(Default)]
-struct Scratch(std::sync::Mutex<Vec<Vec<f32>>>);
-
-impl Scratch {
-    /// The largest free buffer, or a new empty one.
-    fn take(&self) -> Vec<f32> {
-        let Ok(mut free) = self.0.lock() else {
-            return Vec::new();
-        };
-        let largest = (0..free.len()).max_by_key(|&i| free[i].capacity());
-        largest.map(|i| free.swap_remove(i)).unwrap_or_default()
-    }
-
-    fn give(&self, v: Vec<f32>) {
-        if let Ok(mut free) = self.0.lock() {
-            free.push(v);
-        }
-    }
-}
-
 /// A weight to quantize, owned by its job.
 enum JobInput {
     Folded(crate::fold::Const),
@@ -878,7 +858,7 @@ fn quantize_job(
     ls: &[&LinearLayer],
     path: &Path,
     opts: &ConvertOptions,
-    scratch: &Scratch,
+    scratch: &quant::Spare,
 ) -> Result<Quantized, ConvertError> {
     let (dims, dtype) = match &input {
         JobInput::Folded(c) => (c.dims.clone(), c.dtype),
@@ -923,7 +903,7 @@ fn quantize_job(
     };
     // A `[K, N]` weight is quantized a band at a time (no transposed float copy) when it can be.
     let in_place = match layout {
-        Layout::KN => quantize_kn(&input, r, c, &opts.quant, source),
+        Layout::KN => quantize_kn(&input, r, c, &opts.quant, source, scratch),
         Layout::NK => None,
     };
     let (ternary, rel_error) = match in_place {
@@ -970,6 +950,7 @@ fn quantize_kn(
     cols: usize,
     cfg: &QuantConfig,
     source: Option<&Mappings>,
+    spare: &quant::Spare,
 ) -> Option<Result<(Ternary, f64), quant::QuantError>> {
     use bitnet_model::proto::tensor_proto::DataType;
     let count = rows.checked_mul(cols)?;
@@ -987,15 +968,15 @@ fn quantize_kn(
     let source = source.filter(|s| s.contains(raw));
     match DataType::try_from(t.data_type.unwrap_or(0)) {
         Ok(DataType::Float) if raw.len() == count.checked_mul(4)? => {
-            kn_from_bytes(raw, rows, cols, f32::from_le_bytes, cfg, source)
+            kn_from_bytes(raw, rows, cols, f32::from_le_bytes, cfg, source, spare)
         }
         Ok(DataType::Float16) if raw.len() == count.checked_mul(2)? => {
             let f = |b| half::f16::from_le_bytes(b).to_f32();
-            kn_from_bytes(raw, rows, cols, f, cfg, source)
+            kn_from_bytes(raw, rows, cols, f, cfg, source, spare)
         }
         Ok(DataType::Bfloat16) if raw.len() == count.checked_mul(2)? => {
             let f = |b| half::bf16::from_le_bytes(b).to_f32();
-            kn_from_bytes(raw, rows, cols, f, cfg, source)
+            kn_from_bytes(raw, rows, cols, f, cfg, source, spare)
         }
         _ => None,
     }
@@ -1009,6 +990,7 @@ fn kn_from_bytes<const W: usize>(
     f: impl Fn([u8; W]) -> f32 + Sync,
     cfg: &QuantConfig,
     source: Option<&Mappings>,
+    spare: &quant::Spare,
 ) -> Option<Result<(Ternary, f64), quant::QuantError>>
 where
     [u8; W]: Default,
@@ -1025,6 +1007,7 @@ where
     let rows_of = Rows::Read {
         read: &read,
         page_offset,
+        spare,
     };
     quant::kn::quantize_measured_kn(elems, rows, cols, f, cfg, rows_of)
 }
@@ -1040,7 +1023,7 @@ fn channel_major<'a>(
     cols: usize,
     path: &Path,
     release: &dyn Fn(&[u8]),
-    scratch: &Scratch,
+    scratch: &quant::Spare,
 ) -> Result<Cow<'a, [f32]>, String> {
     use bitnet_model::proto::tensor_proto::DataType;
     let band = |width: usize| (TRANSPOSE_BAND_BYTES / (cols * width).max(1)).max(1);
@@ -1061,7 +1044,7 @@ fn channel_major<'a>(
             (Layout::NK, _) => v,
             // Borrowed from the mapped file: release it as the transpose goes.
             (Layout::KN, Cow::Borrowed(b)) => {
-                let mut out = scratch.take();
+                let mut out = scratch.take::<f32>();
                 let done = |rs| raw_part(rs, 4);
                 quant::transpose_map_rows_into(b, rows, cols, band(4), |x| x, done, &mut out);
                 Cow::Owned(out)
@@ -1108,14 +1091,14 @@ fn channel_major<'a>(
     let (b4, b2) = (raw.as_chunks::<4>().0, raw.as_chunks::<2>().0);
     Ok(Cow::Owned(match (layout, width) {
         (Layout::KN, 4) => {
-            let mut out = scratch.take();
+            let mut out = scratch.take::<f32>();
             let done = |rs| raw_part(rs, 4);
             let f = f32::from_le_bytes;
             quant::transpose_map_rows_into(b4, rows, cols, band(4), f, done, &mut out);
             out
         }
         (Layout::KN, _) => {
-            let mut out = scratch.take();
+            let mut out = scratch.take::<f32>();
             let done = |rs| raw_part(rs, 2);
             quant::transpose_map_rows_into(b2, rows, cols, band(2), two, done, &mut out);
             out

@@ -38,7 +38,7 @@ use super::{
     abs_lanes, abs_total, add_hist, band_hist, band_ok, check_shape_len, clamp_scale, code_err,
     detect_group, finish_rel_error, hist_mode, merge_band, mode_of_sorted, scan_band, sum_abs,
     tensor_scale, within_tol, CodeRule, ErrLanes, Granularity, Method, QuantConfig, QuantError,
-    Ternary, MIN_TASK_ELEMS, SCALE_EPS,
+    Spare, Ternary, MIN_TASK_ELEMS, SCALE_EPS,
 };
 
 /// Bytes of `f32` a band holds (rounded to whole rows, at least `MIN_BAND_ROWS` of them). With
@@ -90,23 +90,40 @@ pub enum Rows<'a, S> {
     Read {
         read: &'a ReadRows<'a, S>,
         page_offset: usize,
+        /// Where band buffers come from and go back to.
+        spare: &'a Spare,
     },
 }
 
 /// The reader of [`Rows::Read`].
 pub type ReadRows<'a, S> = dyn Fn(Range<usize>, &mut [S]) -> Result<(), String> + Sync + 'a;
 
-/// A band read into memory: `buf[start..]` holds it.
-struct BandBuf<S> {
+/// A band read into memory: `buf[start..]` holds it. The buffer comes from and goes back to
+/// `spare`.
+struct BandBuf<'a, S: Send + 'static> {
     buf: Vec<S>,
     start: usize,
+    spare: Option<&'a Spare>,
 }
 
-impl<S> Default for BandBuf<S> {
-    fn default() -> Self {
+impl<'a, S: Send + 'static> BandBuf<'a, S> {
+    fn new(rows: &Rows<'a, S>) -> Self {
+        let spare = match rows {
+            Rows::Read { spare, .. } => Some(*spare),
+            Rows::InPlace(_) => None,
+        };
         BandBuf {
-            buf: Vec::new(),
+            buf: spare.map(Spare::take).unwrap_or_default(),
             start: 0,
+            spare,
+        }
+    }
+}
+
+impl<S: Send + 'static> Drop for BandBuf<'_, S> {
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare {
+            spare.give(std::mem::take(&mut self.buf));
         }
     }
 }
@@ -123,7 +140,7 @@ pub fn quantize_measured_kn<S, F>(
     rows: Rows<'_, S>,
 ) -> Option<Result<(Ternary, f64), QuantError>>
 where
-    S: Copy + Default + Send + Sync,
+    S: Copy + Default + Send + Sync + 'static,
     F: Fn(S) -> f32 + Sync,
 {
     quantize_measured_kn_tiled(src, k, n, f, cfg, rows, Tiling::auto(k, n))
@@ -141,7 +158,7 @@ pub fn quantize_measured_kn_tiled<S, F>(
     tiling: Tiling,
 ) -> Option<Result<(Ternary, f64), QuantError>>
 where
-    S: Copy + Default + Send + Sync,
+    S: Copy + Default + Send + Sync + 'static,
     F: Fn(S) -> f32 + Sync,
 {
     if cfg.method != Method::AbsMean {
@@ -166,7 +183,7 @@ struct Kn<'a, S, F> {
     rows: Rows<'a, S>,
 }
 
-impl<S: Copy + Default, F: Fn(S) -> f32> Kn<'_, S, F> {
+impl<S: Copy + Default + Send + 'static, F: Fn(S) -> f32> Kn<'_, S, F> {
     #[inline]
     fn at(&self, r: usize, c: usize) -> f32 {
         (self.f)(self.src[r * self.n + c])
@@ -174,11 +191,18 @@ impl<S: Copy + Default, F: Fn(S) -> f32> Kn<'_, S, F> {
 
     /// Gets rows `r` ready for [`Kn::band`]: reads them into `b` unless they are read in place.
     fn fetch(&self, r: Range<usize>, b: &mut BandBuf<S>) -> Result<(), QuantError> {
-        if let Rows::Read { read, page_offset } = self.rows {
+        if let Rows::Read {
+            read, page_offset, ..
+        } = self.rows
+        {
             const PAGE: usize = 4096;
             let size = std::mem::size_of::<S>().max(1);
             let len = r.len() * self.n;
-            b.buf.resize(len + PAGE / size + 1, S::default());
+            // Grown, never shrunk (a kept buffer is not written twice): the read fills it.
+            let need = len + PAGE / size + 1;
+            if b.buf.len() < need {
+                b.buf.resize(need, S::default());
+            }
             let at = b.buf.as_ptr() as usize % PAGE;
             let want = (page_offset + r.start * self.n * size) % PAGE;
             // The largest start whose address is at most `want` within a page.
@@ -326,14 +350,14 @@ fn pass<S, F>(
     task: impl Fn(&[S], Tile) + Sync,
 ) -> Result<(), QuantError>
 where
-    S: Copy + Default + Send + Sync,
+    S: Copy + Default + Send + Sync + 'static,
     F: Fn(S) -> f32 + Sync,
 {
     let (k, w) = (m.k, plan.width);
     let count = m.n.div_ceil(w);
     let task = &task;
     let bands: Vec<Range<usize>> = plan.bands(k).collect();
-    let (mut cur, mut next) = (BandBuf::default(), BandBuf::default());
+    let (mut cur, mut next) = (BandBuf::new(&m.rows), BandBuf::new(&m.rows));
     if let Some(r) = bands.first() {
         m.fetch(r.clone(), &mut cur)?;
     }
@@ -392,7 +416,7 @@ struct Dead {
 
 fn run<S, F>(m: &Kn<S, F>, cfg: &QuantConfig, tiling: Tiling) -> Result<(Ternary, f64), QuantError>
 where
-    S: Copy + Default + Send + Sync,
+    S: Copy + Default + Send + Sync + 'static,
     F: Fn(S) -> f32 + Sync,
 {
     let (n, k) = (m.n, m.k);
@@ -497,7 +521,7 @@ fn lcm(a: usize, b: usize) -> usize {
 /// lossless scale (`quant::detect_group`) and absmean scale (with groups).
 fn stats<S, F>(m: &Kn<S, F>, plan: &Plan, dead: &Dead, band: &[S], t: Tile)
 where
-    S: Copy + Default + Sync,
+    S: Copy + Default + Send + Sync + 'static,
     F: Fn(S) -> f32 + Sync,
 {
     if plan.group.is_none() && dead.chans.load(Ordering::Relaxed) {
@@ -614,7 +638,7 @@ fn code<S, F>(
     group_scales: &mut [f32],
 ) -> Result<(Vec<i8>, f64), QuantError>
 where
-    S: Copy + Default + Send + Sync,
+    S: Copy + Default + Send + Sync + 'static,
     F: Fn(S) -> f32 + Sync,
 {
     let k = m.k;
@@ -663,11 +687,11 @@ where
 /// lie in `[lo, hi]` (`quant::band_mode`), read a band at a time.
 fn tensor_mode<S, F>(m: &Kn<S, F>, plan: &Plan, lo: f32, hi: f32) -> Result<f32, QuantError>
 where
-    S: Copy + Default + Sync,
+    S: Copy + Default + Send + Sync + 'static,
     F: Fn(S) -> f32 + Sync,
 {
     let mut hist: Option<Vec<u64>> = None;
-    let mut buf = BandBuf::default();
+    let mut buf = BandBuf::new(&m.rows);
     for r in plan.bands(m.k) {
         m.fetch(r.clone(), &mut buf)?;
         let h = band_hist(m.band(r.clone(), &buf), MIN_TASK_ELEMS, m.f, lo, hi);
@@ -689,7 +713,7 @@ fn channel_scales<S, F>(
     chans: &[Chan],
 ) -> Result<Option<Vec<f32>>, QuantError>
 where
-    S: Copy + Default + Sync,
+    S: Copy + Default + Send + Sync + 'static,
     F: Fn(S) -> f32 + Sync,
 {
     let varied: Vec<usize> = (0..m.n)
@@ -699,7 +723,7 @@ where
     if !varied.is_empty() {
         // The non-zero magnitudes of each such channel, as `detect_group` sorts them.
         let mut bits: Vec<Vec<u32>> = vec![Vec::new(); varied.len()];
-        let mut buf = BandBuf::default();
+        let mut buf = BandBuf::new(&m.rows);
         for r in plan.bands(m.k) {
             m.fetch(r.clone(), &mut buf)?;
             for row in m.band(r.clone(), &buf).chunks_exact(m.n) {
