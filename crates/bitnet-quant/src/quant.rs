@@ -42,32 +42,63 @@ use thiserror::Error;
 
 pub mod kn;
 
-/// Buffers kept from one weight to the next (band buffers of [`kn::Rows::Read`], the caller's
-/// transposes), of any element type. A fresh buffer costs a page fault and a zeroed page per
-/// 4 KiB it holds: on the 92 MB bench transformer, 60% of the process's 20,800 page faults
-/// were fresh band buffers. It never holds more buffers than were in use at once; they are
-/// freed with it.
-#[derive(Default)]
-pub struct Spare(std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>>);
+/// Buffers kept from one weight to the next (codes and band buffers of [`kn`], the caller's
+/// transposes), of any element type, up to a number of bytes. A fresh buffer costs a page fault
+/// and a zeroed page per 4 KiB it holds: on the 92 MB bench transformer, 60% of the process's
+/// 20,800 page faults were fresh band buffers, and most of the rest fresh codes. A buffer
+/// given back when the kept ones already hold the limit is freed; kept buffers are freed with
+/// the `Spare`.
+pub struct Spare {
+    limit: usize,
+    kept: std::sync::Mutex<(Vec<Box<dyn std::any::Any + Send>>, usize)>,
+}
+
+impl Default for Spare {
+    /// No limit.
+    fn default() -> Self {
+        Spare::new(usize::MAX)
+    }
+}
 
 impl Spare {
-    /// The largest kept buffer of `S` (its contents as they were left), or a new empty one.
-    pub fn take<S: Send + 'static>(&self) -> Vec<S> {
-        let Ok(mut kept) = self.0.lock() else {
+    /// Keeps buffers of at most `limit` bytes in all.
+    pub fn new(limit: usize) -> Spare {
+        Spare {
+            limit,
+            kept: std::sync::Mutex::new((Vec::new(), 0)),
+        }
+    }
+
+    /// The kept buffer of `S` that best fits `len` elements (the smallest whose capacity holds
+    /// them, else the largest), its contents as they were left; or a new empty one.
+    pub fn take<S: Send + 'static>(&self, len: usize) -> Vec<S> {
+        let Ok(mut guard) = self.kept.lock() else {
             return Vec::new();
         };
-        let largest = (0..kept.len())
+        let (kept, bytes) = &mut *guard;
+        let fits = |cap: usize| (cap < len, if cap < len { usize::MAX - cap } else { cap });
+        let best = (0..kept.len())
             .filter_map(|i| Some((i, kept[i].downcast_ref::<Vec<S>>()?.capacity())))
-            .max_by_key(|&(_, cap)| cap);
-        match largest.map(|(i, _)| kept.swap_remove(i).downcast::<Vec<S>>()) {
-            Some(Ok(v)) => *v,
+            .min_by_key(|&(_, cap)| fits(cap));
+        match best.map(|(i, _)| kept.swap_remove(i).downcast::<Vec<S>>()) {
+            Some(Ok(v)) => {
+                *bytes -= v.capacity() * std::mem::size_of::<S>();
+                *v
+            }
             _ => Vec::new(),
         }
     }
 
+    /// Keeps `v` for a later [`Spare::take`], unless that would pass the limit.
     pub fn give<S: Send + 'static>(&self, v: Vec<S>) {
-        if v.capacity() > 0 {
-            if let Ok(mut kept) = self.0.lock() {
+        let size = v.capacity() * std::mem::size_of::<S>();
+        if size == 0 {
+            return;
+        }
+        if let Ok(mut guard) = self.kept.lock() {
+            let (kept, bytes) = &mut *guard;
+            if bytes.saturating_add(size) <= self.limit {
+                *bytes += size;
                 kept.push(Box::new(v));
             }
         }
@@ -1323,6 +1354,30 @@ mod tests {
             method,
             ..QuantConfig::default()
         }
+    }
+
+    #[test]
+    fn spare_gives_the_best_fit_of_its_type_within_its_limit() {
+        let s = Spare::new(100);
+        s.give(Vec::<u8>::with_capacity(10));
+        s.give(Vec::<u8>::with_capacity(40));
+        s.give(Vec::<f32>::with_capacity(5)); // 20 bytes: 70 kept
+        s.give(Vec::<u8>::with_capacity(31)); // would pass the limit: freed
+        s.give(Vec::<u8>::with_capacity(30)); // 100 kept
+        s.give(Vec::<u8>::new()); // nothing to keep
+        assert!(s.take::<i8>(1).capacity() == 0, "no buffer of another type");
+        assert_eq!(s.take::<u8>(20).capacity(), 30, "smallest that holds 20");
+        assert_eq!(
+            s.take::<u8>(50).capacity(),
+            40,
+            "none holds 50: the largest"
+        );
+        assert_eq!(s.take::<f32>(1).capacity(), 5);
+        // 10 kept: 90 bytes free again.
+        s.give(Vec::<u8>::with_capacity(90));
+        assert_eq!(s.take::<u8>(0).capacity(), 10);
+        assert_eq!(s.take::<u8>(0).capacity(), 90);
+        assert_eq!(s.take::<u8>(0).capacity(), 0);
     }
 
     #[test]

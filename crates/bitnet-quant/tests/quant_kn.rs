@@ -162,7 +162,7 @@ proptest! {
             }
         };
         let tiling = Tiling { rows, width };
-        let got = quantize_measured_kn_tiled(&w, k, n, |x| x, &c, Rows::InPlace(&done), tiling);
+        let got = quantize_measured_kn_tiled(&w, k, n, |x| x, &c, Rows::InPlace(&done), &Spare::default(), tiling);
         same(&got.unwrap(), &want)?;
         // Each pass reports every row once: two passes, or more for a jittered lossless scale.
         let read = read.into_inner().unwrap();
@@ -182,16 +182,21 @@ proptest! {
             Ok(())
         };
         // Kept buffers are reused as they were left: start from one full of NaN (as long as
-        // a band or more), and run twice so the second run reuses the first run's buffers.
+        // a band or more) and codes full of 7, and run twice so the second run reuses the first
+        // run's buffers and codes.
         let spare = Spare::default();
         spare.give(vec![f32::NAN; (seed as usize % 3 + 1) * rows.min(k) * n + 4096]);
+        spare.give(vec![7i8; (seed as usize % 3) * k * n / 2 + 1]);
         for _ in 0..2 {
-            let got = quantize_measured_kn_tiled(&src, k, n, |x| x, &c, Rows::Read { read: &reader, page_offset: seed as usize % 4096, spare: &spare }, tiling);
-            same(&got.unwrap(), &want)?;
+            let got = quantize_measured_kn_tiled(&src, k, n, |x| x, &c, Rows::Read { read: &reader, page_offset: seed as usize % 4096 }, &spare, tiling).unwrap();
+            same(&got, &want)?;
+            if let Ok((t, _)) = got {
+                spare.give(t.codes);
+            }
         }
         let fetched = fetched.into_inner().unwrap();
         prop_assert!(fetched[0] >= 2 && fetched.iter().all(|&x| x == fetched[0]), "{fetched:?}");
-        let auto = quantize_measured_kn(&w, k, n, |x| x, &c, Rows::InPlace(&|_| {})).unwrap();
+        let auto = quantize_measured_kn(&w, k, n, |x| x, &c, Rows::InPlace(&|_| {}), &Spare::default()).unwrap();
         same(&auto, &want)?;
     }
 
@@ -207,11 +212,11 @@ proptest! {
         let c = cfg(gran, 0.5, 1e-6);
         let bytes: Vec<[u8; 4]> = w.iter().map(|x| x.to_le_bytes()).collect();
         let want = quantize_measured(&transpose(&w, k, n), n, k, &c);
-        same(&quantize_measured_kn(&bytes, k, n, f32::from_le_bytes, &c, Rows::InPlace(&|_| {})).unwrap(), &want)?;
+        same(&quantize_measured_kn(&bytes, k, n, f32::from_le_bytes, &c, Rows::InPlace(&|_| {}), &Spare::default()).unwrap(), &want)?;
         let halves: Vec<half::f16> = w.iter().map(|&x| half::f16::from_f32(x)).collect();
         let wide: Vec<f32> = halves.iter().map(|h| h.to_f32()).collect();
         let want = quantize_measured(&transpose(&wide, k, n), n, k, &c);
-        same(&quantize_measured_kn(&halves, k, n, |h| h.to_f32(), &c, Rows::InPlace(&|_| {})).unwrap(), &want)?;
+        same(&quantize_measured_kn(&halves, k, n, |h| h.to_f32(), &c, Rows::InPlace(&|_| {}), &Spare::default()).unwrap(), &want)?;
     }
 }
 
@@ -221,7 +226,16 @@ fn kn_leaves_twn_to_the_caller() {
         method: Method::Twn,
         ..QuantConfig::default()
     };
-    assert!(quantize_measured_kn(&[1.0f32; 4], 2, 2, |x| x, &c, Rows::InPlace(&|_| {})).is_none());
+    assert!(quantize_measured_kn(
+        &[1.0f32; 4],
+        2,
+        2,
+        |x| x,
+        &c,
+        Rows::InPlace(&|_| {}),
+        &Spare::default()
+    )
+    .is_none());
 }
 
 #[test]
@@ -240,9 +254,17 @@ fn kn_large_matrices_match_across_tilings() {
         let want = quantize_measured(&transpose(&w, k, n), n, k, &c);
         for (rows, width) in [(1, 1), (4, 16), (64, 100), (128, 512), (300, n), (k, n)] {
             let tiling = Tiling { rows, width };
-            let got =
-                quantize_measured_kn_tiled(&w, k, n, |x| x, &c, Rows::InPlace(&|_| {}), tiling)
-                    .unwrap();
+            let got = quantize_measured_kn_tiled(
+                &w,
+                k,
+                n,
+                |x| x,
+                &c,
+                Rows::InPlace(&|_| {}),
+                &Spare::default(),
+                tiling,
+            )
+            .unwrap();
             same(&got, &want).unwrap();
         }
     }
@@ -261,8 +283,8 @@ fn kn_read_errors_are_reported() {
         Rows::Read {
             read: &fail,
             page_offset: 0,
-            spare: &Spare::default(),
         },
+        &Spare::default(),
     )
     .unwrap();
     assert_eq!(e, Err(QuantError::Read("disk gone".to_string())));
@@ -271,8 +293,26 @@ fn kn_read_errors_are_reported() {
 #[test]
 fn kn_shape_errors() {
     let c = QuantConfig::default();
-    let e = quantize_measured_kn(&[1.0f32; 5], 2, 3, |x| x, &c, Rows::InPlace(&|_| {})).unwrap();
+    let e = quantize_measured_kn(
+        &[1.0f32; 5],
+        2,
+        3,
+        |x| x,
+        &c,
+        Rows::InPlace(&|_| {}),
+        &Spare::default(),
+    )
+    .unwrap();
     assert!(e.is_err());
-    let e = quantize_measured_kn(&[0.0f32; 0], 0, 3, |x| x, &c, Rows::InPlace(&|_| {})).unwrap();
+    let e = quantize_measured_kn(
+        &[0.0f32; 0],
+        0,
+        3,
+        |x| x,
+        &c,
+        Rows::InPlace(&|_| {}),
+        &Spare::default(),
+    )
+    .unwrap();
     assert!(e.is_err());
 }

@@ -68,11 +68,12 @@ impl Emitter for Ort {
         let base_scales = pack::matmulnbits_scales(t, block).map_err(pack_err)?;
         let s_shape = pack::matmulnbits_scales_shape(t.n, t.k, block).map_err(pack_err)?;
         let b_name = names.fresh(&format!("{}_MatMulNBits_B", job.weight));
+        let b_bytes = b.len() as u64;
         g.initializer.push(tensor::from_raw(
             &b_name,
             DataType::Uint8,
             &b_shape.map(|d| d as i64),
-            b.clone(),
+            b,
         ));
         let mut scale_names: Vec<(u32, String)> = Vec::new();
         let mut scale_bytes = 0u64;
@@ -149,7 +150,7 @@ impl Emitter for Ort {
             g.node.splice(lin.pos..=lin.pos, replacement);
         }
         Ok(Emitted {
-            bytes: b.len() as u64 + scale_bytes,
+            bytes: b_bytes + scale_bytes,
             min_opset: 0,
         })
     }

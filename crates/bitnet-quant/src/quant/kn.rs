@@ -90,8 +90,6 @@ pub enum Rows<'a, S> {
     Read {
         read: &'a ReadRows<'a, S>,
         page_offset: usize,
-        /// Where band buffers come from and go back to.
-        spare: &'a Spare,
     },
 }
 
@@ -99,38 +97,43 @@ pub enum Rows<'a, S> {
 pub type ReadRows<'a, S> = dyn Fn(Range<usize>, &mut [S]) -> Result<(), String> + Sync + 'a;
 
 /// A band read into memory: `buf[start..]` holds it. The buffer comes from and goes back to
-/// `spare`.
+/// `spare` (only [`Rows::Read`] needs one).
 struct BandBuf<'a, S: Send + 'static> {
     buf: Vec<S>,
     start: usize,
-    spare: Option<&'a Spare>,
+    spare: &'a Spare,
 }
 
 impl<'a, S: Send + 'static> BandBuf<'a, S> {
-    fn new(rows: &Rows<'a, S>) -> Self {
-        let spare = match rows {
-            Rows::Read { spare, .. } => Some(*spare),
-            Rows::InPlace(_) => None,
+    /// Elements a buffer needs for `len` placed anywhere in a page.
+    fn len(len: usize) -> usize {
+        len + 4096 / std::mem::size_of::<S>().max(1) + 1
+    }
+
+    fn new<F>(m: &Kn<'a, S, F>, rows: usize) -> Self {
+        let buf = match m.rows {
+            Rows::Read { .. } => m.spare.take(BandBuf::<S>::len(rows.min(m.k) * m.n)),
+            Rows::InPlace(_) => Vec::new(),
         };
         BandBuf {
-            buf: spare.map(Spare::take).unwrap_or_default(),
+            buf,
             start: 0,
-            spare,
+            spare: m.spare,
         }
     }
 }
 
 impl<S: Send + 'static> Drop for BandBuf<'_, S> {
     fn drop(&mut self) {
-        if let Some(spare) = self.spare {
-            spare.give(std::mem::take(&mut self.buf));
-        }
+        self.spare.give(std::mem::take(&mut self.buf));
     }
 }
 
 /// [`super::quantize_measured`] of the transpose of `src`, a row-major `[k][n]` weight whose
 /// elements `f` turns into `f32` (the identity, little-endian bytes, or half floats), its rows
-/// got as `rows` says. `None` when the method is not absmean: the caller transposes instead.
+/// got as `rows` says. Its buffers (the codes, bands read) are taken from `spare` (the codes
+/// can be given back once used), and band buffers given back. `None` when the method is not
+/// absmean: the caller transposes instead.
 pub fn quantize_measured_kn<S, F>(
     src: &[S],
     k: usize,
@@ -138,16 +141,18 @@ pub fn quantize_measured_kn<S, F>(
     f: F,
     cfg: &QuantConfig,
     rows: Rows<'_, S>,
+    spare: &Spare,
 ) -> Option<Result<(Ternary, f64), QuantError>>
 where
     S: Copy + Default + Send + Sync + 'static,
     F: Fn(S) -> f32 + Sync,
 {
-    quantize_measured_kn_tiled(src, k, n, f, cfg, rows, Tiling::auto(k, n))
+    quantize_measured_kn_tiled(src, k, n, f, cfg, rows, spare, Tiling::auto(k, n))
 }
 
 /// [`quantize_measured_kn`] cut as `tiling` says (tests check that it does not matter).
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
 pub fn quantize_measured_kn_tiled<S, F>(
     src: &[S],
     k: usize,
@@ -155,6 +160,7 @@ pub fn quantize_measured_kn_tiled<S, F>(
     f: F,
     cfg: &QuantConfig,
     rows: Rows<'_, S>,
+    spare: &Spare,
     tiling: Tiling,
 ) -> Option<Result<(Ternary, f64), QuantError>>
 where
@@ -170,6 +176,7 @@ where
         n,
         f: &f,
         rows,
+        spare,
     };
     Some(run(&m, cfg, tiling))
 }
@@ -181,6 +188,7 @@ struct Kn<'a, S, F> {
     n: usize,
     f: &'a F,
     rows: Rows<'a, S>,
+    spare: &'a Spare,
 }
 
 impl<S: Copy + Default + Send + 'static, F: Fn(S) -> f32> Kn<'_, S, F> {
@@ -199,7 +207,7 @@ impl<S: Copy + Default + Send + 'static, F: Fn(S) -> f32> Kn<'_, S, F> {
             let size = std::mem::size_of::<S>().max(1);
             let len = r.len() * self.n;
             // Grown, never shrunk (a kept buffer is not written twice): the read fills it.
-            let need = len + PAGE / size + 1;
+            let need = BandBuf::<S>::len(len);
             if b.buf.len() < need {
                 b.buf.resize(need, S::default());
             }
@@ -357,7 +365,7 @@ where
     let count = m.n.div_ceil(w);
     let task = &task;
     let bands: Vec<Range<usize>> = plan.bands(k).collect();
-    let (mut cur, mut next) = (BandBuf::new(&m.rows), BandBuf::new(&m.rows));
+    let (mut cur, mut next) = (BandBuf::new(m, plan.rows), BandBuf::new(m, plan.rows));
     if let Some(r) = bands.first() {
         m.fetch(r.clone(), &mut cur)?;
     }
@@ -642,7 +650,9 @@ where
     F: Fn(S) -> f32 + Sync,
 {
     let k = m.k;
-    let mut codes = vec![0i8; m.n * k];
+    // Not cleared: every code is written below (the proptest gives back codes full of 7).
+    let mut codes: Vec<i8> = m.spare.take(m.n * k);
+    codes.resize(m.n * k, 0);
     let grouped = !group_scales.is_empty();
     pass(
         m,
@@ -691,7 +701,7 @@ where
     F: Fn(S) -> f32 + Sync,
 {
     let mut hist: Option<Vec<u64>> = None;
-    let mut buf = BandBuf::new(&m.rows);
+    let mut buf = BandBuf::new(m, plan.rows);
     for r in plan.bands(m.k) {
         m.fetch(r.clone(), &mut buf)?;
         let h = band_hist(m.band(r.clone(), &buf), MIN_TASK_ELEMS, m.f, lo, hi);
@@ -723,7 +733,7 @@ where
     if !varied.is_empty() {
         // The non-zero magnitudes of each such channel, as `detect_group` sorts them.
         let mut bits: Vec<Vec<u32>> = vec![Vec::new(); varied.len()];
-        let mut buf = BandBuf::new(&m.rows);
+        let mut buf = BandBuf::new(m, plan.rows);
         for r in plan.bands(m.k) {
             m.fetch(r.clone(), &mut buf)?;
             for row in m.band(r.clone(), &buf).chunks_exact(m.n) {
