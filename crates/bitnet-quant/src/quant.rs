@@ -45,12 +45,13 @@ pub mod kn;
 /// Buffers kept from one weight to the next (codes and band buffers of [`kn`], the caller's
 /// transposes), of any element type, up to a number of bytes. A fresh buffer costs a page fault
 /// and a zeroed page per 4 KiB it holds: on the 92 MB bench transformer, 60% of the process's
-/// 20,800 page faults were fresh band buffers, and most of the rest fresh codes. A buffer
-/// given back when the kept ones already hold the limit is freed; kept buffers are freed with
-/// the `Spare`.
+/// 20,800 page faults were fresh band buffers, and most of the rest fresh codes. Within the
+/// limit, a larger buffer displaces smaller ones (it saves more faults when reused: codes of a
+/// large weight over the band buffers). Kept buffers are freed with the `Spare`.
 pub struct Spare {
     limit: usize,
-    kept: std::sync::Mutex<(Vec<Box<dyn std::any::Any + Send>>, usize)>,
+    /// The kept buffers with their sizes in bytes, and the sizes' sum.
+    kept: std::sync::Mutex<(Vec<(usize, Box<dyn std::any::Any + Send>)>, usize)>,
 }
 
 impl Default for Spare {
@@ -78,29 +79,37 @@ impl Spare {
         let (kept, bytes) = &mut *guard;
         let fits = |cap: usize| (cap < len, if cap < len { usize::MAX - cap } else { cap });
         let best = (0..kept.len())
-            .filter_map(|i| Some((i, kept[i].downcast_ref::<Vec<S>>()?.capacity())))
+            .filter_map(|i| Some((i, kept[i].1.downcast_ref::<Vec<S>>()?.capacity())))
             .min_by_key(|&(_, cap)| fits(cap));
-        match best.map(|(i, _)| kept.swap_remove(i).downcast::<Vec<S>>()) {
-            Some(Ok(v)) => {
-                *bytes -= v.capacity() * std::mem::size_of::<S>();
-                *v
-            }
-            _ => Vec::new(),
-        }
+        let Some((i, _)) = best else {
+            return Vec::new();
+        };
+        let (size, v) = kept.swap_remove(i);
+        *bytes -= size;
+        v.downcast::<Vec<S>>().map(|v| *v).unwrap_or_default()
     }
 
-    /// Keeps `v` for a later [`Spare::take`], unless that would pass the limit.
+    /// Keeps `v` for a later [`Spare::take`]. When the kept buffers would pass the limit, the
+    /// smaller ones are freed (smallest first) to make room, else `v` is.
     pub fn give<S: Send + 'static>(&self, v: Vec<S>) {
         let size = v.capacity() * std::mem::size_of::<S>();
-        if size == 0 {
+        if size == 0 || size > self.limit {
             return;
         }
-        if let Ok(mut guard) = self.kept.lock() {
-            let (kept, bytes) = &mut *guard;
-            if bytes.saturating_add(size) <= self.limit {
-                *bytes += size;
-                kept.push(Box::new(v));
+        let Ok(mut guard) = self.kept.lock() else {
+            return;
+        };
+        let (kept, bytes) = &mut *guard;
+        while *bytes + size > self.limit {
+            let smallest = (0..kept.len()).min_by_key(|&i| kept[i].0);
+            match smallest {
+                Some(i) if kept[i].0 < size => *bytes -= kept.swap_remove(i).0,
+                _ => break,
             }
+        }
+        if *bytes + size <= self.limit {
+            *bytes += size;
+            kept.push((size, Box::new(v)));
         }
     }
 }
@@ -1362,22 +1371,28 @@ mod tests {
         s.give(Vec::<u8>::with_capacity(10));
         s.give(Vec::<u8>::with_capacity(40));
         s.give(Vec::<f32>::with_capacity(5)); // 20 bytes: 70 kept
-        s.give(Vec::<u8>::with_capacity(31)); // would pass the limit: freed
-        s.give(Vec::<u8>::with_capacity(30)); // 100 kept
+        s.give(Vec::<u8>::with_capacity(31)); // frees the 10: 91 kept
+        s.give(Vec::<u8>::with_capacity(30)); // frees the 20, yet 101 > 100: not kept
+        s.give(Vec::<u8>::with_capacity(101)); // larger than the limit
         s.give(Vec::<u8>::new()); // nothing to keep
-        assert!(s.take::<i8>(1).capacity() == 0, "no buffer of another type");
-        assert_eq!(s.take::<u8>(20).capacity(), 30, "smallest that holds 20");
+        assert_eq!(s.take::<i8>(1).capacity(), 0, "no buffer of another type");
+        assert_eq!(s.take::<f32>(1).capacity(), 0, "freed for a larger one");
+        assert_eq!(
+            s.take::<u8>(20).capacity(),
+            31,
+            "the smallest that holds 20"
+        );
+        s.give(Vec::<u8>::with_capacity(35));
         assert_eq!(
             s.take::<u8>(50).capacity(),
             40,
             "none holds 50: the largest"
         );
-        assert_eq!(s.take::<f32>(1).capacity(), 5);
-        // 10 kept: 90 bytes free again.
-        s.give(Vec::<u8>::with_capacity(90));
-        assert_eq!(s.take::<u8>(0).capacity(), 10);
-        assert_eq!(s.take::<u8>(0).capacity(), 90);
+        assert_eq!(s.take::<u8>(0).capacity(), 35);
         assert_eq!(s.take::<u8>(0).capacity(), 0);
+        // Nothing kept: the whole limit is free again.
+        s.give(Vec::<u8>::with_capacity(100));
+        assert_eq!(s.take::<u8>(0).capacity(), 100);
     }
 
     #[test]
