@@ -51,8 +51,11 @@ pub mod kn;
 pub struct Spare {
     limit: usize,
     /// The kept buffers with their sizes in bytes, and the sizes' sum.
-    kept: std::sync::Mutex<(Vec<(usize, Box<dyn std::any::Any + Send>)>, usize)>,
+    kept: std::sync::Mutex<(Vec<(usize, KeptBuf)>, usize)>,
 }
+
+/// A `Vec<S>` kept by [`Spare`], for any `S`.
+type KeptBuf = Box<dyn std::any::Any + Send>;
 
 impl Default for Spare {
     /// No limit.
