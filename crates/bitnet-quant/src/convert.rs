@@ -644,7 +644,7 @@ fn convert_graph(
     // batch budget: on the bench transformer (external data), no limit gave 0.101 s and
     // 14.4-15.1 MiB peak RSS, the budget (2 MiB) 0.117 s and 13.3-13.5 MiB, none kept 0.150 s
     // and 12.0-12.3 MiB (`perf stat -r 10`, `/usr/bin/time`).
-    let scratch = quant::Spare::new(usize::try_from(budget).unwrap_or(usize::MAX));
+    let spare = quant::Spare::new(usize::try_from(budget).unwrap_or(usize::MAX));
     let mut start = 0;
     while start < jobs.len() {
         let mut end = start;
@@ -702,11 +702,11 @@ fn convert_graph(
                 inputs
                     .into_par_iter()
                     .zip(batch.par_iter())
-                    .map(|((input, ls), (w, _))| quantize_job(input, w, ls, path, opts, &scratch))
+                    .map(|((input, ls), (w, _))| quantize_job(input, w, ls, path, opts, &spare))
                     .collect()
             },
             || match pending.take() {
-                Some((b, q)) => em.emit_batch(g, b, q, opts, &p, opset, &scratch),
+                Some((b, q)) => em.emit_batch(g, b, q, opts, &p, opset, &spare),
                 None => Ok(()),
             },
         );
@@ -715,7 +715,7 @@ fn convert_graph(
         start = end;
     }
     if let Some((b, q)) = pending.take() {
-        em.emit_batch(g, b, q, opts, &p, opset, &scratch)?;
+        em.emit_batch(g, b, q, opts, &p, opset, &spare)?;
     }
     let Emission {
         reports,
@@ -864,7 +864,7 @@ fn quantize_job(
     ls: &[&LinearLayer],
     path: &Path,
     opts: &ConvertOptions,
-    scratch: &quant::Spare,
+    spare: &quant::Spare,
 ) -> Result<Quantized, ConvertError> {
     let (dims, dtype) = match &input {
         JobInput::Folded(c) => (c.dims.clone(), c.dtype),
@@ -909,14 +909,14 @@ fn quantize_job(
     };
     // A `[K, N]` weight is quantized a band at a time (no transposed float copy) when it can be.
     let in_place = match layout {
-        Layout::KN => quantize_kn(&input, r, c, &opts.quant, source, scratch),
+        Layout::KN => quantize_kn(&input, r, c, &opts.quant, source, spare),
         Layout::NK => None,
     };
     let (ternary, rel_error) = match in_place {
         Some(result) => result.map_err(quant_err)?,
         None => {
             let cm =
-                channel_major(&input, layout, r, c, path, &release_part, scratch).map_err(other)?;
+                channel_major(&input, layout, r, c, path, &release_part, spare).map_err(other)?;
             if Some(cm.len()) != r.checked_mul(c) {
                 return Err(other(format!(
                     "shape {dims:?} does not match its {} values",
@@ -928,7 +928,7 @@ fn quantize_job(
             }
             let measured = quant::quantize_measured(&cm, n, k, &opts.quant).map_err(quant_err)?;
             if let Cow::Owned(v) = cm {
-                scratch.give(v);
+                spare.give(v);
             }
             measured
         }
@@ -1029,7 +1029,7 @@ fn channel_major<'a>(
     cols: usize,
     path: &Path,
     release: &dyn Fn(&[u8]),
-    scratch: &quant::Spare,
+    spare: &quant::Spare,
 ) -> Result<Cow<'a, [f32]>, String> {
     use bitnet_model::proto::tensor_proto::DataType;
     let band = |width: usize| (TRANSPOSE_BAND_BYTES / (cols * width).max(1)).max(1);
@@ -1050,7 +1050,7 @@ fn channel_major<'a>(
             (Layout::NK, _) => v,
             // Borrowed from the mapped file: release it as the transpose goes.
             (Layout::KN, Cow::Borrowed(b)) => {
-                let mut out = scratch.take::<f32>(rows * cols);
+                let mut out = spare.take::<f32>(rows * cols);
                 let done = |rs| raw_part(rs, 4);
                 quant::transpose_map_rows_into(b, rows, cols, band(4), |x| x, done, &mut out);
                 Cow::Owned(out)
@@ -1097,14 +1097,14 @@ fn channel_major<'a>(
     let (b4, b2) = (raw.as_chunks::<4>().0, raw.as_chunks::<2>().0);
     Ok(Cow::Owned(match (layout, width) {
         (Layout::KN, 4) => {
-            let mut out = scratch.take::<f32>(rows * cols);
+            let mut out = spare.take::<f32>(rows * cols);
             let done = |rs| raw_part(rs, 4);
             let f = f32::from_le_bytes;
             quant::transpose_map_rows_into(b4, rows, cols, band(4), f, done, &mut out);
             out
         }
         (Layout::KN, _) => {
-            let mut out = scratch.take::<f32>(rows * cols);
+            let mut out = spare.take::<f32>(rows * cols);
             let done = |rs| raw_part(rs, 2);
             quant::transpose_map_rows_into(b2, rows, cols, band(2), two, done, &mut out);
             out

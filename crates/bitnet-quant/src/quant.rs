@@ -43,15 +43,16 @@ use thiserror::Error;
 pub mod kn;
 
 /// Buffers kept from one weight to the next (codes and band buffers of [`kn`], the caller's
-/// transposes), of any element type, up to a number of bytes. A fresh buffer costs a page fault
-/// and a zeroed page per 4 KiB it holds: on the 92 MB bench transformer, 60% of the process's
-/// 20,800 page faults were fresh band buffers, and most of the rest fresh codes. Within the
-/// limit, a larger buffer displaces smaller ones (it saves more faults when reused: codes of a
-/// large weight over the band buffers). Kept buffers are freed with the `Spare`.
+/// transposes), up to a number of bytes for each element type. A fresh buffer costs a page
+/// fault and a zeroed page per 4 KiB it holds: on the 92 MB bench transformer, 60% of the
+/// process's 20,800 page faults were fresh band buffers, and most of the rest fresh codes.
+/// Each type has its own limit, so large codes never push out the band buffers a weight reuses
+/// in every pass; within a type, a larger buffer displaces smaller ones. Kept buffers are
+/// freed with the `Spare`.
 pub struct Spare {
     limit: usize,
-    /// The kept buffers with their sizes in bytes, and the sizes' sum.
-    kept: std::sync::Mutex<(Vec<(usize, KeptBuf)>, usize)>,
+    /// The kept buffers: element type, size in bytes, the `Vec`.
+    kept: std::sync::Mutex<Vec<(std::any::TypeId, usize, KeptBuf)>>,
 }
 
 /// A `Vec<S>` kept by [`Spare`], for any `S`.
@@ -65,55 +66,57 @@ impl Default for Spare {
 }
 
 impl Spare {
-    /// Keeps buffers of at most `limit` bytes in all.
+    /// Keeps buffers of at most `limit` bytes of each element type.
     pub fn new(limit: usize) -> Spare {
         Spare {
             limit,
-            kept: std::sync::Mutex::new((Vec::new(), 0)),
+            kept: std::sync::Mutex::new(Vec::new()),
         }
     }
 
     /// The kept buffer of `S` that best fits `len` elements (the smallest whose capacity holds
     /// them, else the largest), its contents as they were left; or a new empty one.
     pub fn take<S: Send + 'static>(&self, len: usize) -> Vec<S> {
-        let Ok(mut guard) = self.kept.lock() else {
+        let Ok(mut kept) = self.kept.lock() else {
             return Vec::new();
         };
-        let (kept, bytes) = &mut *guard;
         let fits = |cap: usize| (cap < len, if cap < len { usize::MAX - cap } else { cap });
         let best = (0..kept.len())
-            .filter_map(|i| Some((i, kept[i].1.downcast_ref::<Vec<S>>()?.capacity())))
+            .filter_map(|i| Some((i, kept[i].2.downcast_ref::<Vec<S>>()?.capacity())))
             .min_by_key(|&(_, cap)| fits(cap));
-        let Some((i, _)) = best else {
-            return Vec::new();
-        };
-        let (size, v) = kept.swap_remove(i);
-        *bytes -= size;
-        v.downcast::<Vec<S>>().map(|v| *v).unwrap_or_default()
+        match best {
+            Some((i, _)) => kept
+                .swap_remove(i)
+                .2
+                .downcast::<Vec<S>>()
+                .map(|v| *v)
+                .unwrap_or_default(),
+            None => Vec::new(),
+        }
     }
 
-    /// Keeps `v` for a later [`Spare::take`]. When the kept buffers would pass the limit, the
-    /// smaller ones are freed (smallest first) to make room, else `v` is.
+    /// Keeps `v` for a later [`Spare::take`]. When the kept buffers of `S` would pass the
+    /// limit, the smaller ones are freed (smallest first) to make room, else `v` is.
     pub fn give<S: Send + 'static>(&self, v: Vec<S>) {
         let size = v.capacity() * std::mem::size_of::<S>();
         if size == 0 || size > self.limit {
             return;
         }
-        let Ok(mut guard) = self.kept.lock() else {
+        let Ok(mut kept) = self.kept.lock() else {
             return;
         };
-        let (kept, bytes) = &mut *guard;
-        while *bytes + size > self.limit {
-            let smallest = (0..kept.len()).min_by_key(|&i| kept[i].0);
+        let ty = std::any::TypeId::of::<Vec<S>>();
+        let mut bytes: usize = kept.iter().filter(|e| e.0 == ty).map(|e| e.1).sum();
+        while bytes + size > self.limit {
+            let smallest = (0..kept.len())
+                .filter(|&i| kept[i].0 == ty)
+                .min_by_key(|&i| kept[i].1);
             match smallest {
-                Some(i) if kept[i].0 < size => *bytes -= kept.swap_remove(i).0,
-                _ => break,
+                Some(i) if kept[i].1 < size => bytes -= kept.swap_remove(i).1,
+                _ => return,
             }
         }
-        if *bytes + size <= self.limit {
-            *bytes += size;
-            kept.push((size, Box::new(v)));
-        }
+        kept.push((ty, size, Box::new(v)));
     }
 }
 
@@ -1373,17 +1376,16 @@ mod tests {
         let s = Spare::new(100);
         s.give(Vec::<u8>::with_capacity(10));
         s.give(Vec::<u8>::with_capacity(40));
-        s.give(Vec::<f32>::with_capacity(5)); // 20 bytes: 70 kept
-        s.give(Vec::<u8>::with_capacity(31)); // frees the 10: 91 kept
-        s.give(Vec::<u8>::with_capacity(30)); // frees the 20, yet 101 > 100: not kept
+        s.give(Vec::<f32>::with_capacity(25)); // 100 bytes of another type: its own limit
+        s.give(Vec::<u8>::with_capacity(31)); // 81 kept
+        s.give(Vec::<u8>::with_capacity(30)); // frees the 10, yet 101 > 100: not kept
         s.give(Vec::<u8>::with_capacity(101)); // larger than the limit
         s.give(Vec::<u8>::new()); // nothing to keep
         assert_eq!(s.take::<i8>(1).capacity(), 0, "no buffer of another type");
-        assert_eq!(s.take::<f32>(1).capacity(), 0, "freed for a larger one");
         assert_eq!(
-            s.take::<u8>(20).capacity(),
+            s.take::<u8>(5).capacity(),
             31,
-            "the smallest that holds 20"
+            "the smallest that holds 5 (10 was freed)"
         );
         s.give(Vec::<u8>::with_capacity(35));
         assert_eq!(
@@ -1393,6 +1395,7 @@ mod tests {
         );
         assert_eq!(s.take::<u8>(0).capacity(), 35);
         assert_eq!(s.take::<u8>(0).capacity(), 0);
+        assert_eq!(s.take::<f32>(1).capacity(), 25);
         // Nothing kept: the whole limit is free again.
         s.give(Vec::<u8>::with_capacity(100));
         assert_eq!(s.take::<u8>(0).capacity(), 100);
