@@ -81,6 +81,12 @@ pub fn matmulnbits_scales_shape(
 
 /// Checks the invariants of a [`Ternary`]: sizes, group size, codes in `{-1, 0, 1}`.
 pub fn check_ternary(t: &Ternary) -> Result<(), PackError> {
+    check_shape(t)?;
+    check_codes(t)
+}
+
+/// The invariants of a [`Ternary`] but its codes' values: sizes and group size.
+fn check_shape(t: &Ternary) -> Result<(), PackError> {
     let expected = t
         .n
         .checked_mul(t.k)
@@ -103,6 +109,11 @@ pub fn check_ternary(t: &Ternary) -> Result<(), PackError> {
             expected: scales,
         });
     }
+    Ok(())
+}
+
+/// Every code is in `{-1, 0, 1}`, else the error names the first that is not.
+fn check_codes(t: &Ternary) -> Result<(), PackError> {
     // In parallel over large chunks, each scanned branch-free (vectorised).
     const CHUNK: usize = 1 << 16;
     let bad = |c: &i8| !(-1..=1).contains(c);
@@ -123,10 +134,11 @@ pub fn check_ternary(t: &Ternary) -> Result<(), PackError> {
     Ok(())
 }
 
-/// Packs the codes as MatMulNBits `B` with `bits` 2, 4 or 8 (see the module docs).
+/// Packs the codes as MatMulNBits `B` with `bits` 2, 4 or 8 (see the module docs). The codes
+/// are checked as they are packed (one pass over them).
 pub fn pack_matmulnbits(t: &Ternary, block_size: usize, bits: u32) -> Result<Vec<u8>, PackError> {
     let [n, nb, blob] = matmulnbits_b_shape(t.n, t.k, block_size, bits)?;
-    check_ternary(t)?;
+    check_shape(t)?;
     let zp = default_zero_point(bits)?;
     let row_bytes = nb * blob;
     let mut out = vec![0u8; n * row_bytes];
@@ -137,23 +149,24 @@ pub fn pack_matmulnbits(t: &Ternary, block_size: usize, bits: u32) -> Result<Vec
     let per_byte = 8 / bits as usize;
     // Blocks of one row are contiguous and each block covers `block_size` consecutive K
     // positions, so byte `i` of a row holds K positions `i * per_byte ..`.
-    out.par_chunks_mut(row_bytes)
+    let valid = out
+        .par_chunks_mut(row_bytes)
         .zip(t.codes.par_chunks(k))
         .with_min_len((1 << 14) / k.max(1) + 1)
-        .for_each(|(orow, crow)| {
+        .map(|(orow, crow)| {
             // Whole bytes first (a fixed number of codes each), then the partial byte and the
             // padding, both filled with the zero point.
             let full = crow.len() / per_byte;
-            match bits {
-                2 => pack_full::<4>(&mut orow[..full], crow, zp, 2),
+            let valid = match bits {
+                2 => pack_2bit(&mut orow[..full], crow),
                 4 => pack_full::<2>(&mut orow[..full], crow, zp, 4),
                 _ => pack_full::<1>(&mut orow[..full], crow, zp, 8),
-            }
+            };
+            let tail = &crow[full * per_byte..];
             for (i, byte) in orow.iter_mut().enumerate().skip(full) {
                 let mut b = 0u8;
                 for j in 0..per_byte {
-                    let kk = i * per_byte + j;
-                    let q = match crow.get(kk) {
+                    let q = match tail.get((i - full) * per_byte + j) {
                         Some(&c) => zp.wrapping_add_signed(c),
                         None => zp,
                     };
@@ -161,20 +174,77 @@ pub fn pack_matmulnbits(t: &Ternary, block_size: usize, bits: u32) -> Result<Vec
                 }
                 *byte = b;
             }
-        });
+            valid && tail.iter().all(|c| (-1..=1).contains(c))
+        })
+        .reduce(|| true, |a, b| a && b);
+    if !valid {
+        check_codes(t)?;
+    }
     Ok(out)
 }
 
-/// Packs `PER` codes into each byte of `out`, least significant bits first.
+/// Packs `PER` codes into each byte of `out`, least significant bits first; whether every code
+/// was in `{-1, 0, 1}`.
 #[inline]
-fn pack_full<const PER: usize>(out: &mut [u8], codes: &[i8], zp: u8, bits: u32) {
+fn pack_full<const PER: usize>(out: &mut [u8], codes: &[i8], zp: u8, bits: u32) -> bool {
+    let mut bad = false;
     for (byte, cs) in out.iter_mut().zip(codes.chunks_exact(PER)) {
         let mut b = 0u8;
         for (j, &c) in cs.iter().enumerate() {
+            bad |= (c as u8).wrapping_add(1) > 2;
             b |= zp.wrapping_add_signed(c) << (j as u32 * bits);
         }
         *byte = b;
     }
+    !bad
+}
+
+/// [`pack_full`] for 2 bits (`q = t + 2`, four per byte), sixteen codes at a time in SSE2.
+#[cfg(target_arch = "x86_64")]
+fn pack_2bit(out: &mut [u8], codes: &[i8]) -> bool {
+    // SAFETY: SSE2 is part of the x86-64 baseline: every CPU this code runs on has it.
+    unsafe { pack_2bit_sse2(out, codes) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn pack_2bit(out: &mut [u8], codes: &[i8]) -> bool {
+    pack_full::<4>(out, codes, 2, 2)
+}
+
+/// Each 32-bit lane holds four codes `c0..c3` (low byte first); with `q = c + 1` in `0..=2`
+/// when valid, the byte is `(q0 + 1) | (q1 + 1) << 2 | ...`: the lane shifted so each `q + 1`
+/// lands in its two bits and masked. A code outside `{-1, 0, 1}` makes `q` (unsigned) above 2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn pack_2bit_sse2(out: &mut [u8], codes: &[i8]) -> bool {
+    use std::arch::x86_64::*;
+    let n = (out.len() / 4).min(codes.len() / 16);
+    let one = _mm_set1_epi8(1);
+    let two = _mm_set1_epi8(2);
+    let mut bad = _mm_setzero_si128();
+    for (o, c) in out.chunks_exact_mut(4).zip(codes.chunks_exact(16)).take(n) {
+        // SAFETY: `c` holds 16 bytes; unaligned loads are allowed.
+        let v = unsafe { _mm_loadu_si128(c.as_ptr().cast()) };
+        let q = _mm_add_epi8(v, one);
+        bad = _mm_or_si128(bad, _mm_subs_epu8(q, two));
+        let x = _mm_add_epi8(q, one);
+        let b = _mm_or_si128(
+            _mm_or_si128(
+                _mm_and_si128(x, _mm_set1_epi32(0x03)),
+                _mm_and_si128(_mm_srli_epi32::<6>(x), _mm_set1_epi32(0x0C)),
+            ),
+            _mm_or_si128(
+                _mm_and_si128(_mm_srli_epi32::<12>(x), _mm_set1_epi32(0x30)),
+                _mm_and_si128(_mm_srli_epi32::<18>(x), _mm_set1_epi32(0xC0)),
+            ),
+        );
+        let bytes = _mm_packus_epi16(_mm_packs_epi32(b, b), _mm_setzero_si128());
+        o.copy_from_slice(&_mm_cvtsi128_si32(bytes).to_le_bytes());
+    }
+    let done = n * 4;
+    let rest = pack_full::<4>(&mut out[done..], &codes[done * 4..], 2, 2);
+    let bad_lanes = _mm_movemask_epi8(_mm_cmpeq_epi8(bad, _mm_setzero_si128()));
+    rest && bad_lanes == 0xFFFF
 }
 
 /// MatMulNBits `B` with bits = 2: `byte = q0 | q1 << 2 | q2 << 4 | q3 << 6`, `q = t + 2`.
@@ -192,7 +262,7 @@ pub fn pack_matmulnbits_4bit(t: &Ternary, block_size: usize) -> Result<Vec<u8>, 
 /// multiple of `block_size` (each group's scale repeated over its `G / block_size` blocks).
 pub fn matmulnbits_scales(t: &Ternary, block_size: usize) -> Result<Vec<f32>, PackError> {
     let [n, nb] = matmulnbits_scales_shape(t.n, t.k, block_size)?;
-    check_ternary(t)?;
+    check_shape(t)?;
     let blocks_per_group = match t.granularity {
         Granularity::Group(g) if g % block_size != 0 => {
             return Err(PackError::GroupNotMultipleOfBlock {
@@ -418,6 +488,46 @@ pub fn dq_scales(t: &Ternary, transposed: bool) -> (Vec<f32>, Vec<i64>, Option<i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_bit_packing_matches_the_scalar_rule_and_finds_bad_codes() {
+        let mut seed = 12345u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as i8
+        };
+        for len in 0..80 {
+            let codes: Vec<i8> = (0..len).map(|_| next().rem_euclid(3) - 1).collect();
+            let mut want = vec![0u8; len / 4];
+            let mut got = vec![0u8; len / 4];
+            assert!(pack_full::<4>(&mut want, &codes, 2, 2));
+            assert!(pack_2bit(&mut got, &codes));
+            assert_eq!(got, want, "{codes:?}");
+            // Any invalid code, anywhere a whole byte packs it, is found.
+            for at in 0..len / 4 * 4 {
+                for bad in [2i8, -2, 3, 127, -128] {
+                    let mut c = codes.clone();
+                    c[at] = bad;
+                    assert!(!pack_2bit(&mut got, &c), "{bad} at {at} of {len}");
+                    assert!(!pack_full::<4>(&mut got, &c, 2, 2));
+                }
+            }
+        }
+        // A bad code in a row's partial byte (K = 5) is found, and named.
+        let t = tern(
+            2,
+            5,
+            vec![1, 0, -1, 1, 0, 1, 1, 1, 1, 3],
+            Granularity::Tensor,
+            vec![0.5],
+        );
+        match pack_matmulnbits_2bit(&t, 16) {
+            Err(PackError::InvalidTernary(m)) => assert!(m.contains("code 3 at index 9"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn tern(
         n: usize,
