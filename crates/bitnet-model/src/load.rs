@@ -202,6 +202,7 @@ impl Model {
             });
         }
         let file_len = bytes.len() as u64;
+        let whole = bytes.clone();
         let proto = ModelProto::decode(bytes).map_err(|source| ModelError::Decode {
             path: path.to_path_buf(),
             source,
@@ -209,6 +210,10 @@ impl Model {
         let mut model = Model::from_proto(proto, path, file_len)?;
         if let Some(map) = map {
             model.mappings.push(map);
+            // Decoding touched pages all over the file (on a file just written, each touch maps
+            // a large piece of it: 52 MiB of a 92 MB model). Payloads are read from the file or
+            // faulted back in when used, so none of it needs to stay resident now.
+            model.mappings.release(&whole);
         }
         Ok(model)
     }
