@@ -744,6 +744,57 @@ pub(crate) struct ErrLanes {
     norm: [f64; 4],
 }
 
+/// The lanes of an [`ErrLanes`] in SSE2 registers, two per register, for its SSE2 kernels.
+#[cfg(target_arch = "x86_64")]
+struct Sse2Lanes {
+    e01: std::arch::x86_64::__m128d,
+    e23: std::arch::x86_64::__m128d,
+    n01: std::arch::x86_64::__m128d,
+    n23: std::arch::x86_64::__m128d,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Sse2Lanes {
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn load(l: &ErrLanes) -> Sse2Lanes {
+        use std::arch::x86_64::*;
+        let ([e0, e1, e2, e3], [n0, n1, n2, n3]) = (l.err, l.norm);
+        Sse2Lanes {
+            e01: _mm_setr_pd(e0, e1),
+            e23: _mm_setr_pd(e2, e3),
+            n01: _mm_setr_pd(n0, n1),
+            n23: _mm_setr_pd(n2, n3),
+        }
+    }
+
+    /// Adds `(x - q)^2` to the error lanes and `x^2` to the norm lanes, in `f64`, lane `i`
+    /// taking element `i`: the portable `ErrLanes::add`'s operations.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn add(&mut self, xv: std::arch::x86_64::__m128, q: std::arch::x86_64::__m128) {
+        use std::arch::x86_64::*;
+        let (x01, x23) = (_mm_cvtps_pd(xv), _mm_cvtps_pd(_mm_movehl_ps(xv, xv)));
+        let (q01, q23) = (_mm_cvtps_pd(q), _mm_cvtps_pd(_mm_movehl_ps(q, q)));
+        let (d01, d23) = (_mm_sub_pd(x01, q01), _mm_sub_pd(x23, q23));
+        self.e01 = _mm_add_pd(self.e01, _mm_mul_pd(d01, d01));
+        self.e23 = _mm_add_pd(self.e23, _mm_mul_pd(d23, d23));
+        self.n01 = _mm_add_pd(self.n01, _mm_mul_pd(x01, x01));
+        self.n23 = _mm_add_pd(self.n23, _mm_mul_pd(x23, x23));
+    }
+
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn store(self, l: &mut ErrLanes) {
+        use std::arch::x86_64::*;
+        let lanes = |v: __m128d| [_mm_cvtsd_f64(v), _mm_cvtsd_f64(_mm_unpackhi_pd(v, v))];
+        let ([e0, e1], [e2, e3]) = (lanes(self.e01), lanes(self.e23));
+        let ([n0, n1], [n2, n3]) = (lanes(self.n01), lanes(self.n23));
+        l.err = [e0, e1, e2, e3];
+        l.norm = [n0, n1, n2, n3];
+    }
+}
+
 /// How [`ErrLanes::code_add`] codes a weight: by its sign (lossless detection), or by
 /// [`ternary_code`] with this reciprocal scale and threshold (absmean).
 #[derive(Debug, Clone, Copy)]
@@ -800,10 +851,7 @@ impl ErrLanes {
             CodeRule::Threshold { inv, thr } => (inv, thr),
         };
         let (invv, thrv) = (_mm_set1_ps(inv), _mm_set1_ps(thr));
-        let [e0, e1, e2, e3] = self.err;
-        let [n0, n1, n2, n3] = self.norm;
-        let (mut e01, mut e23) = (_mm_setr_pd(e0, e1), _mm_setr_pd(e2, e3));
-        let (mut n01, mut n23) = (_mm_setr_pd(n0, n1), _mm_setr_pd(n2, n3));
+        let mut acc = Sse2Lanes::load(self);
         for (x, c) in xs[..len].chunks_exact(4).zip(cs[..len].chunks_exact_mut(4)) {
             let xv = _mm_setr_ps(x[0], x[1], x[2], x[3]);
             let code = match rule {
@@ -823,20 +871,9 @@ impl ErrLanes {
             let bytes = _mm_packs_epi16(_mm_packs_epi32(code, code), _mm_setzero_si128());
             let stored = _mm_cvtsi128_si32(bytes).to_le_bytes().map(|b| b as i8);
             c.copy_from_slice(&stored);
-            let q = _mm_mul_ps(_mm_cvtepi32_ps(code), sv);
-            let (x01, x23) = (_mm_cvtps_pd(xv), _mm_cvtps_pd(_mm_movehl_ps(xv, xv)));
-            let (q01, q23) = (_mm_cvtps_pd(q), _mm_cvtps_pd(_mm_movehl_ps(q, q)));
-            let (d01, d23) = (_mm_sub_pd(x01, q01), _mm_sub_pd(x23, q23));
-            e01 = _mm_add_pd(e01, _mm_mul_pd(d01, d01));
-            e23 = _mm_add_pd(e23, _mm_mul_pd(d23, d23));
-            n01 = _mm_add_pd(n01, _mm_mul_pd(x01, x01));
-            n23 = _mm_add_pd(n23, _mm_mul_pd(x23, x23));
+            acc.add(xv, _mm_mul_ps(_mm_cvtepi32_ps(code), sv));
         }
-        let lanes = |v: __m128d| [_mm_cvtsd_f64(v), _mm_cvtsd_f64(_mm_unpackhi_pd(v, v))];
-        let ([e0, e1], [e2, e3]) = (lanes(e01), lanes(e23));
-        let ([n0, n1], [n2, n3]) = (lanes(n01), lanes(n23));
-        self.err = [e0, e1, e2, e3];
-        self.norm = [n0, n1, n2, n3];
+        acc.store(self);
         len
     }
 
@@ -856,27 +893,13 @@ impl ErrLanes {
         use std::arch::x86_64::*;
         let len = xs.len().min(cs.len()) / 4 * 4;
         let sv = _mm_set1_ps(s);
-        let [e0, e1, e2, e3] = self.err;
-        let [n0, n1, n2, n3] = self.norm;
-        let (mut e01, mut e23) = (_mm_setr_pd(e0, e1), _mm_setr_pd(e2, e3));
-        let (mut n01, mut n23) = (_mm_setr_pd(n0, n1), _mm_setr_pd(n2, n3));
+        let mut acc = Sse2Lanes::load(self);
         for (x, c) in xs[..len].chunks_exact(4).zip(cs[..len].chunks_exact(4)) {
             let xv = _mm_setr_ps(x[0], x[1], x[2], x[3]);
             let cv = _mm_setr_epi32(c[0].into(), c[1].into(), c[2].into(), c[3].into());
-            let q = _mm_mul_ps(_mm_cvtepi32_ps(cv), sv);
-            let (x01, x23) = (_mm_cvtps_pd(xv), _mm_cvtps_pd(_mm_movehl_ps(xv, xv)));
-            let (q01, q23) = (_mm_cvtps_pd(q), _mm_cvtps_pd(_mm_movehl_ps(q, q)));
-            let (d01, d23) = (_mm_sub_pd(x01, q01), _mm_sub_pd(x23, q23));
-            e01 = _mm_add_pd(e01, _mm_mul_pd(d01, d01));
-            e23 = _mm_add_pd(e23, _mm_mul_pd(d23, d23));
-            n01 = _mm_add_pd(n01, _mm_mul_pd(x01, x01));
-            n23 = _mm_add_pd(n23, _mm_mul_pd(x23, x23));
+            acc.add(xv, _mm_mul_ps(_mm_cvtepi32_ps(cv), sv));
         }
-        let lanes = |v: __m128d| [_mm_cvtsd_f64(v), _mm_cvtsd_f64(_mm_unpackhi_pd(v, v))];
-        let ([e0, e1], [e2, e3]) = (lanes(e01), lanes(e23));
-        let ([n0, n1], [n2, n3]) = (lanes(n01), lanes(n23));
-        self.err = [e0, e1, e2, e3];
-        self.norm = [n0, n1, n2, n3];
+        acc.store(self);
         len
     }
 
