@@ -122,6 +122,21 @@ fn make(kind: Kind, k: usize, n: usize, seed: u64) -> Vec<f32> {
     w
 }
 
+/// `quantize_measured_kn` on rows read where they lie, with a fresh `Spare`.
+fn kn_in_place<S, F>(
+    src: &[S],
+    k: usize,
+    n: usize,
+    f: F,
+    c: &QuantConfig,
+) -> Option<Result<(bitnet_quant::quant::Ternary, f64), QuantError>>
+where
+    S: Copy + Default + Send + Sync + 'static,
+    F: Fn(S) -> f32 + Sync,
+{
+    quantize_measured_kn(src, k, n, f, c, Rows::InPlace(&|_| {}), &Spare::default())
+}
+
 /// Results as comparable bits (NaN in an error compares by its debug text).
 fn same(
     a: &Result<(bitnet_quant::quant::Ternary, f64), bitnet_quant::quant::QuantError>,
@@ -196,7 +211,7 @@ proptest! {
         }
         let fetched = fetched.into_inner().unwrap();
         prop_assert!(fetched[0] >= 2 && fetched.iter().all(|&x| x == fetched[0]), "{fetched:?}");
-        let auto = quantize_measured_kn(&w, k, n, |x| x, &c, Rows::InPlace(&|_| {}), &Spare::default()).unwrap();
+        let auto = kn_in_place(&w, k, n, |x| x, &c).unwrap();
         same(&auto, &want)?;
     }
 
@@ -212,11 +227,11 @@ proptest! {
         let c = cfg(gran, 0.5, 1e-6);
         let bytes: Vec<[u8; 4]> = w.iter().map(|x| x.to_le_bytes()).collect();
         let want = quantize_measured(&transpose(&w, k, n), n, k, &c);
-        same(&quantize_measured_kn(&bytes, k, n, f32::from_le_bytes, &c, Rows::InPlace(&|_| {}), &Spare::default()).unwrap(), &want)?;
+        same(&kn_in_place(&bytes, k, n, f32::from_le_bytes, &c).unwrap(), &want)?;
         let halves: Vec<half::f16> = w.iter().map(|&x| half::f16::from_f32(x)).collect();
         let wide: Vec<f32> = halves.iter().map(|h| h.to_f32()).collect();
         let want = quantize_measured(&transpose(&wide, k, n), n, k, &c);
-        same(&quantize_measured_kn(&halves, k, n, |h| h.to_f32(), &c, Rows::InPlace(&|_| {}), &Spare::default()).unwrap(), &want)?;
+        same(&kn_in_place(&halves, k, n, |h| h.to_f32(), &c).unwrap(), &want)?;
     }
 }
 
@@ -226,16 +241,7 @@ fn kn_leaves_twn_to_the_caller() {
         method: Method::Twn,
         ..QuantConfig::default()
     };
-    assert!(quantize_measured_kn(
-        &[1.0f32; 4],
-        2,
-        2,
-        |x| x,
-        &c,
-        Rows::InPlace(&|_| {}),
-        &Spare::default()
-    )
-    .is_none());
+    assert!(kn_in_place(&[1.0f32; 4], 2, 2, |x| x, &c).is_none());
 }
 
 #[test]
@@ -293,26 +299,8 @@ fn kn_read_errors_are_reported() {
 #[test]
 fn kn_shape_errors() {
     let c = QuantConfig::default();
-    let e = quantize_measured_kn(
-        &[1.0f32; 5],
-        2,
-        3,
-        |x| x,
-        &c,
-        Rows::InPlace(&|_| {}),
-        &Spare::default(),
-    )
-    .unwrap();
+    let e = kn_in_place(&[1.0f32; 5], 2, 3, |x| x, &c).unwrap();
     assert!(e.is_err());
-    let e = quantize_measured_kn(
-        &[0.0f32; 0],
-        0,
-        3,
-        |x| x,
-        &c,
-        Rows::InPlace(&|_| {}),
-        &Spare::default(),
-    )
-    .unwrap();
+    let e = kn_in_place(&[0.0f32; 0], 0, 3, |x| x, &c).unwrap();
     assert!(e.is_err());
 }
