@@ -1085,7 +1085,7 @@ fn channel_major<'a>(
         JobInput::Folded(c) => {
             return finish(match &c.data {
                 crate::fold::Data::F32(v) => Cow::Borrowed(v.as_slice()),
-                crate::fold::Data::I64(v) => v.iter().map(|&x| x as f32).collect(),
+                _ => Cow::Owned(c.f32()),
             })
         }
         JobInput::Tensor(t) => t,

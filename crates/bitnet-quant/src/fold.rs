@@ -1,8 +1,19 @@
 //! Constant folding: evaluates a value computed only from constants (initializers, `Constant`
-//! nodes, and chains of the ops below) into a tensor. This is how BitLinear's in-graph weight
-//! fake-quant chain (Abs, ReduceMean, Clip, Reciprocal, Div, Mul, Round, Sub, Add, ...) becomes
-//! a plain weight before quantization. Arithmetic is done in `f32` (as the exported graph does
-//! for float32 weights); integer tensors (shapes, axes) in `i64`.
+//! nodes, and chains of the ops listed in [`FOLDABLE_OPS`]) into a tensor. This is how a
+//! BitLinear weight becomes a plain weight before quantization: the in-graph fake-quant chain
+//! (Abs, ReduceMean, Clip, Reciprocal, Div, Mul, Round, Sub, Add, ...) of a training-time
+//! export, or the unpacking of a packed uint8 ternary weight (BitShift, BitwiseAnd, Cast,
+//! Concat, ScatterND, Where, ...) that transformers' `BitLinear` puts in the graph.
+//!
+//! Values keep their ONNX element type and its arithmetic: float32, float16 and bfloat16 are
+//! held as `f32` (each result rounded to the element type, as a runtime computing in that type
+//! does), float64 as `f64`, every integer type and bool as `i64` holding a value of the type's
+//! range (results wrap as the type does; uint64 keeps its bit pattern). Each op is checked
+//! against the ONNX backend node tests of that op (`tests/fold_backend.rs`).
+
+mod elementwise;
+mod index;
+mod reduce;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,6 +22,71 @@ use bitnet_model::graph::GraphIndex;
 use bitnet_model::proto::tensor_proto::DataType;
 use bitnet_model::proto::{AttributeProto, NodeProto, TensorProto};
 use bitnet_model::tensor;
+
+/// Every op the folder evaluates (default ONNX domain).
+pub const FOLDABLE_OPS: &[&str] = &[
+    "Abs",
+    "Add",
+    "And",
+    "BitShift",
+    "BitwiseAnd",
+    "BitwiseNot",
+    "BitwiseOr",
+    "BitwiseXor",
+    "Cast",
+    "CastLike",
+    "Ceil",
+    "Clip",
+    "Concat",
+    "Constant",
+    "ConstantOfShape",
+    "CumSum",
+    "Div",
+    "Equal",
+    "Expand",
+    "Flatten",
+    "Floor",
+    "Gather",
+    "GatherElements",
+    "GatherND",
+    "Greater",
+    "GreaterOrEqual",
+    "Identity",
+    "Less",
+    "LessOrEqual",
+    "Max",
+    "Min",
+    "Mod",
+    "Mul",
+    "Neg",
+    "Not",
+    "Or",
+    "Pad",
+    "Pow",
+    "Range",
+    "Reciprocal",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceSum",
+    "Reshape",
+    "Round",
+    "ScatterElements",
+    "ScatterND",
+    "Shape",
+    "Sign",
+    "Size",
+    "Slice",
+    "Split",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Tile",
+    "Transpose",
+    "Unsqueeze",
+    "Where",
+    "Xor",
+];
 
 /// A folded constant.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,9 +98,15 @@ pub struct Const {
     pub dtype: i32,
 }
 
+/// The elements of a [`Const`], by the class of its element type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Data {
+    /// float32, float16, bfloat16 (each value exactly representable in the element type).
     F32(Vec<f32>),
+    /// float64.
+    F64(Vec<f64>),
+    /// Every integer type and bool, each value within its type's range (uint64 as its bit
+    /// pattern).
     I64(Vec<i64>),
 }
 
@@ -54,6 +136,101 @@ pub struct Folder<'a, 'g> {
     pub visited: Vec<usize>,
 }
 
+/// The class an element type is held in, or `None` for types the folder does not evaluate
+/// (strings, complex, 8-, 6-, 4- and 2-bit floats and integers).
+pub(crate) fn class(dtype: i32) -> Option<Class> {
+    use DataType as D;
+    Some(match DataType::try_from(dtype).ok()? {
+        D::Float | D::Float16 | D::Bfloat16 => Class::F32,
+        D::Double => Class::F64,
+        D::Int8
+        | D::Int16
+        | D::Int32
+        | D::Int64
+        | D::Uint8
+        | D::Uint16
+        | D::Uint32
+        | D::Uint64
+        | D::Bool => Class::I64,
+        _ => return None,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    F32,
+    F64,
+    I64,
+}
+
+/// Rounds an `f32` to the float element type `dtype` (float16, bfloat16; float32 unchanged).
+pub(crate) fn round_f32(dtype: i32, v: f32) -> f32 {
+    match DataType::try_from(dtype) {
+        Ok(DataType::Float16) => half::f16::from_f32(v).to_f32(),
+        Ok(DataType::Bfloat16) => half::bf16::from_f32(v).to_f32(),
+        _ => v,
+    }
+}
+
+/// Brings an integer to the range of the integer element type `dtype`, wrapping as two's
+/// complement arithmetic of that width does (bool: non-zero is 1).
+pub(crate) fn wrap_int(dtype: i32, v: i64) -> i64 {
+    use DataType as D;
+    match DataType::try_from(dtype) {
+        Ok(D::Int8) => v as i8 as i64,
+        Ok(D::Uint8) => v as u8 as i64,
+        Ok(D::Int16) => v as i16 as i64,
+        Ok(D::Uint16) => v as u16 as i64,
+        Ok(D::Int32) => v as i32 as i64,
+        Ok(D::Uint32) => v as u32 as i64,
+        Ok(D::Bool) => (v != 0) as i64,
+        _ => v,
+    }
+}
+
+pub(crate) fn is_u64(dtype: i32) -> bool {
+    dtype == DataType::Uint64 as i32
+}
+
+impl Data {
+    pub fn len(&self) -> usize {
+        match self {
+            Data::F32(v) => v.len(),
+            Data::F64(v) => v.len(),
+            Data::I64(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The elements at `idx`, in order.
+    pub(crate) fn pick(&self, idx: &[usize]) -> Data {
+        match self {
+            Data::F32(v) => Data::F32(idx.iter().map(|&i| v[i]).collect()),
+            Data::F64(v) => Data::F64(idx.iter().map(|&i| v[i]).collect()),
+            Data::I64(v) => Data::I64(idx.iter().map(|&i| v[i]).collect()),
+        }
+    }
+
+    /// The elements at `idx`, with `None` taking element 0 of `fill` (same class).
+    pub(crate) fn pick_or(&self, idx: &[Option<usize>], fill: &Data) -> Data {
+        match (self, fill) {
+            (Data::F32(v), Data::F32(f)) => {
+                Data::F32(idx.iter().map(|i| i.map_or(f[0], |i| v[i])).collect())
+            }
+            (Data::F64(v), Data::F64(f)) => {
+                Data::F64(idx.iter().map(|i| i.map_or(f[0], |i| v[i])).collect())
+            }
+            (Data::I64(v), Data::I64(f)) => {
+                Data::I64(idx.iter().map(|i| i.map_or(f[0], |i| v[i])).collect())
+            }
+            _ => unreachable!("fill value of another class"),
+        }
+    }
+}
+
 impl Const {
     pub fn len(&self) -> usize {
         self.dims.iter().product()
@@ -61,57 +238,145 @@ impl Const {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The elements as `f32` (integers converted, float64 rounded).
     pub fn f32(&self) -> Vec<f32> {
         match &self.data {
             Data::F32(v) => v.clone(),
+            Data::F64(v) => v.iter().map(|&x| x as f32).collect(),
             Data::I64(v) => v.iter().map(|&x| x as f32).collect(),
         }
     }
-    fn i64(&self) -> Vec<i64> {
+    /// The elements as `f64`.
+    pub fn f64(&self) -> Vec<f64> {
+        match &self.data {
+            Data::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            Data::F64(v) => v.clone(),
+            Data::I64(v) if is_u64(self.dtype) => v.iter().map(|&x| x as u64 as f64).collect(),
+            Data::I64(v) => v.iter().map(|&x| x as f64).collect(),
+        }
+    }
+    /// The elements as `i64` (floats truncated toward zero).
+    pub(crate) fn i64(&self) -> Vec<i64> {
         match &self.data {
             Data::F32(v) => v.iter().map(|&x| x as i64).collect(),
+            Data::F64(v) => v.iter().map(|&x| x as i64).collect(),
             Data::I64(v) => v.clone(),
         }
     }
-    fn is_float(&self) -> bool {
-        matches!(self.data, Data::F32(_))
+    pub(crate) fn is_float(&self) -> bool {
+        !matches!(self.data, Data::I64(_))
     }
-    /// Converts to a `TensorProto` of `dtype` (floats rounded to the element type).
+    /// A scalar of element type `dtype` holding `v`.
+    pub(crate) fn scalar_i64(dtype: i32, v: i64) -> Const {
+        Const {
+            dims: vec![],
+            data: Data::I64(vec![v]),
+            dtype,
+        }
+    }
+    /// The same elements under new dims (same count).
+    pub(crate) fn with_data(&self, dims: Vec<usize>, data: Data) -> Const {
+        Const {
+            dims,
+            data,
+            dtype: self.dtype,
+        }
+    }
+    /// Converts to a `TensorProto` of its element type.
     pub fn to_tensor(&self, name: &str) -> TensorProto {
+        use DataType as D;
         let dims: Vec<i64> = self.dims.iter().map(|&d| d as i64).collect();
         match &self.data {
             Data::F32(v) => tensor::from_f32_as(name, self.dtype, &dims, v),
-            Data::I64(v) => tensor::from_i64(name, &dims, v),
+            Data::F64(v) => tensor::from_raw(
+                name,
+                D::Double,
+                &dims,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+            ),
+            Data::I64(v) => {
+                let dt = DataType::try_from(self.dtype).unwrap_or(D::Int64);
+                let raw: Vec<u8> = match dt {
+                    D::Int8 | D::Uint8 | D::Bool => v.iter().map(|&x| x as u8).collect(),
+                    D::Int16 | D::Uint16 => {
+                        v.iter().flat_map(|&x| (x as u16).to_le_bytes()).collect()
+                    }
+                    D::Int32 | D::Uint32 => {
+                        v.iter().flat_map(|&x| (x as u32).to_le_bytes()).collect()
+                    }
+                    _ => v.iter().flat_map(|&x| x.to_le_bytes()).collect(),
+                };
+                let dt = if class(self.dtype) == Some(Class::I64) {
+                    dt
+                } else {
+                    D::Int64
+                };
+                tensor::from_raw(name, dt, &dims, raw)
+            }
         }
     }
-    fn from_tensor(path: &Path, t: &TensorProto) -> Result<Const, String> {
+    /// Decodes a tensor of any element type the folder evaluates.
+    pub fn from_tensor(path: &Path, t: &TensorProto) -> Result<Const, String> {
+        use DataType as D;
         let dtype = tensor::data_type(path, t).map_err(|e| e.to_string())?;
         let dims = t.dims.iter().map(|&d| d.max(0) as usize).collect();
-        let data = if bitnet_model::dtype::is_float(dtype) {
-            Data::F32(tensor::to_f32(path, t).map_err(|e| e.to_string())?)
-        } else {
-            Data::I64(tensor::to_i64(path, t).map_err(|e| e.to_string())?)
+        let data = match class(dtype) {
+            Some(Class::F32) => Data::F32(tensor::to_f32(path, t).map_err(|e| e.to_string())?),
+            Some(Class::F64) => {
+                let raw = tensor::raw_bytes(path, t).map_err(|e| e.to_string())?;
+                Data::F64(
+                    raw.chunks_exact(8)
+                        .map(|c| {
+                            f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+                        })
+                        .collect(),
+                )
+            }
+            Some(Class::I64) if dtype == D::Uint64 as i32 => {
+                let raw = tensor::raw_bytes(path, t).map_err(|e| e.to_string())?;
+                Data::I64(
+                    raw.chunks_exact(8)
+                        .map(|c| {
+                            i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+                        })
+                        .collect(),
+                )
+            }
+            Some(Class::I64) => {
+                let v = tensor::to_i64(path, t).map_err(|e| e.to_string())?;
+                Data::I64(v.into_iter().map(|x| wrap_int(dtype, x)).collect())
+            }
+            None => {
+                return Err(format!(
+                    "element type {} is not evaluated by the folder",
+                    bitnet_model::dtype::name(dtype)
+                ))
+            }
         };
         Ok(Const { dims, data, dtype })
     }
 }
 
-fn attr<'n>(node: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
+pub(crate) fn attr<'n>(node: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
     node.attribute
         .iter()
         .find(|a| a.name.as_deref() == Some(name))
 }
 
-fn attr_i(node: &NodeProto, name: &str) -> Option<i64> {
+pub(crate) fn attr_i(node: &NodeProto, name: &str) -> Option<i64> {
     attr(node, name).and_then(|a| a.i)
 }
 
-fn attr_f(node: &NodeProto, name: &str) -> Option<f32> {
+pub(crate) fn attr_f(node: &NodeProto, name: &str) -> Option<f32> {
     attr(node, name).and_then(|a| a.f)
 }
 
-fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
+pub(crate) fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
     attr(node, name).map(|a| a.ints.clone())
+}
+
+pub(crate) fn attr_s<'n>(node: &'n NodeProto, name: &str) -> Option<&'n [u8]> {
+    attr(node, name).and_then(|a| a.s.as_deref())
 }
 
 impl<'a, 'g> Folder<'a, 'g> {
@@ -177,7 +442,7 @@ impl<'a, 'g> Folder<'a, 'g> {
         let op = node.op_type.clone().unwrap_or_default();
         let name = node.name.clone().unwrap_or_default();
         let domain = node.domain.as_deref().unwrap_or("");
-        if !(domain.is_empty() || domain == "ai.onnx") || node.output.len() != 1 {
+        if !(domain.is_empty() || domain == "ai.onnx") {
             return Err(FoldError::Unsupported { op, node: name });
         }
         let invalid = |reason: String| FoldError::Invalid {
@@ -209,15 +474,31 @@ impl<'a, 'g> Folder<'a, 'g> {
                 inputs.push(Some(self.eval(i)?));
             }
         }
-        let out = eval_op(node, &op, &inputs).map_err(|e| match e {
+        let outs = eval_node(node, &op, &inputs).map_err(|e| match e {
             OpError::Unsupported => FoldError::Unsupported {
                 op: op.clone(),
                 node: name.clone(),
             },
             OpError::Invalid(r) => invalid(r),
         })?;
+        if outs.len() < node.output.len() {
+            return Err(invalid(format!(
+                "gives {} outputs, the node names {}",
+                outs.len(),
+                node.output.len()
+            )));
+        }
         self.visited.push(ni);
-        Ok(out)
+        // Every output of a multi-output node (Split) is known now: remember the others.
+        let mut mine = None;
+        for (o, c) in node.output.iter().zip(outs) {
+            if o == value {
+                mine = Some(c);
+            } else if !o.is_empty() {
+                self.cache.insert(o.clone(), Ok(c));
+            }
+        }
+        mine.ok_or_else(|| invalid(format!("does not produce '{value}'")))
     }
 
     fn constant(&self, node: &NodeProto) -> Result<Const, String> {
@@ -262,422 +543,131 @@ impl<'a, 'g> Folder<'a, 'g> {
     }
 }
 
-enum OpError {
+pub(crate) enum OpError {
     Unsupported,
     Invalid(String),
 }
 
-fn need(inputs: &[Option<Const>], i: usize) -> Result<&Const, OpError> {
+pub(crate) fn invalid<T>(reason: impl Into<String>) -> Result<T, OpError> {
+    Err(OpError::Invalid(reason.into()))
+}
+
+pub(crate) fn need(inputs: &[Option<Const>], i: usize) -> Result<&Const, OpError> {
     inputs
         .get(i)
         .and_then(Option::as_ref)
         .ok_or_else(|| OpError::Invalid(format!("missing input {i}")))
 }
 
-fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, OpError> {
-    let r = a.len().max(b.len());
-    let mut out = vec![0; r];
-    for i in 0..r {
-        let da = if i + a.len() >= r {
-            a[i + a.len() - r]
-        } else {
-            1
-        };
-        let db = if i + b.len() >= r {
-            b[i + b.len() - r]
-        } else {
-            1
-        };
-        out[i] = if da == db || db == 1 {
-            da
-        } else if da == 1 {
-            db
-        } else {
-            return Err(OpError::Invalid(format!(
-                "shapes {a:?} and {b:?} do not broadcast"
-            )));
-        };
-    }
-    Ok(out)
-}
-
-/// Index into a broadcast operand for each output position.
-fn broadcast_index(shape: &[usize], out: &[usize]) -> Vec<usize> {
-    let r = out.len();
-    let total: usize = out.iter().product();
-    let mut strides = vec![0usize; r];
-    let mut s = 1;
-    for i in (0..shape.len()).rev() {
-        let oi = i + r - shape.len();
-        strides[oi] = if shape[i] == 1 { 0 } else { s };
-        s *= shape[i];
-    }
-    let mut idx = vec![0usize; total];
-    let mut coord = vec![0usize; r];
-    for (pos, slot) in idx.iter_mut().enumerate() {
-        let _ = pos;
-        *slot = coord.iter().zip(&strides).map(|(c, s)| c * s).sum();
-        for d in (0..r).rev() {
-            coord[d] += 1;
-            if coord[d] < out[d] {
-                break;
-            }
-            coord[d] = 0;
-        }
-    }
-    idx
-}
-
-fn binary(
-    a: &Const,
-    b: &Const,
-    f: fn(f32, f32) -> f32,
-    fi: fn(i64, i64) -> i64,
-) -> Result<Const, OpError> {
-    let dims = broadcast_shape(&a.dims, &b.dims)?;
-    checked_len(&dims)?;
-    let ia = broadcast_index(&a.dims, &dims);
-    let ib = broadcast_index(&b.dims, &dims);
-    let data = if a.is_float() || b.is_float() {
-        let (va, vb) = (a.f32(), b.f32());
-        Data::F32(ia.iter().zip(&ib).map(|(&i, &j)| f(va[i], vb[j])).collect())
-    } else {
-        let (va, vb) = (a.i64(), b.i64());
-        Data::I64(
-            ia.iter()
-                .zip(&ib)
-                .map(|(&i, &j)| fi(va[i], vb[j]))
-                .collect(),
-        )
-    };
-    Ok(Const {
-        dims,
-        data,
-        dtype: if a.is_float() { a.dtype } else { b.dtype },
-    })
-}
-
-fn unary(a: &Const, f: fn(f32) -> f32) -> Const {
-    Const {
-        dims: a.dims.clone(),
-        data: Data::F32(a.f32().into_iter().map(f).collect()),
-        dtype: if a.is_float() {
-            a.dtype
-        } else {
-            DataType::Float as i32
-        },
-    }
-}
-
-fn norm_axes(axes: &[i64], rank: usize) -> Result<Vec<usize>, OpError> {
-    axes.iter()
-        .map(|&a| {
-            let a = if a < 0 { a + rank as i64 } else { a };
-            if a < 0 || a as usize >= rank.max(1) && rank > 0 {
-                Err(OpError::Invalid(format!(
-                    "axis {a} out of range for rank {rank}"
-                )))
-            } else {
-                Ok(a as usize)
-            }
-        })
-        .collect()
-}
-
-fn reduce(node: &NodeProto, op: &str, inputs: &[Option<Const>]) -> Result<Const, OpError> {
-    let x = need(inputs, 0)?;
-    let rank = x.dims.len();
-    let axes_given = match inputs.get(1).and_then(Option::as_ref) {
-        Some(c) => Some(c.i64()),
-        None => attr_ints(node, "axes"),
-    };
-    let noop = attr_i(node, "noop_with_empty_axes").unwrap_or(0) == 1;
-    let axes: Vec<usize> = match axes_given {
-        Some(a) if !a.is_empty() => norm_axes(&a, rank)?,
-        _ if noop => return Ok(x.clone()),
-        _ => (0..rank).collect(),
-    };
-    let keep = attr_i(node, "keepdims").unwrap_or(1) == 1;
-    let v = x.f32();
-    let out_keep: Vec<usize> = x
-        .dims
-        .iter()
-        .enumerate()
-        .map(|(i, &d)| if axes.contains(&i) { 1 } else { d })
-        .collect();
-    let total: usize = out_keep.iter().product();
-    let mut acc = vec![
-        match op {
-            "ReduceMax" => f64::NEG_INFINITY,
-            "ReduceMin" => f64::INFINITY,
-            _ => 0.0,
-        };
-        total
-    ];
-    let idx = broadcast_index(&out_keep, &x.dims);
-    for (pos, &o) in idx.iter().enumerate() {
-        let val = v[pos] as f64;
-        acc[o] = match op {
-            "ReduceMax" => acc[o].max(val),
-            "ReduceMin" => acc[o].min(val),
-            _ => acc[o] + val,
-        };
-    }
-    let count = (x.len() / total.max(1)).max(1) as f64;
-    let data: Vec<f32> = acc
-        .into_iter()
-        .map(|a| {
-            if op == "ReduceMean" {
-                (a / count) as f32
-            } else {
-                a as f32
-            }
-        })
-        .collect();
-    let dims = if keep {
-        out_keep
-    } else {
-        x.dims
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !axes.contains(i))
-            .map(|(_, &d)| d)
-            .collect()
-    };
-    Ok(Const {
-        dims,
-        data: Data::F32(data),
-        dtype: x.dtype,
-    })
-}
-
-fn transpose(node: &NodeProto, x: &Const) -> Result<Const, OpError> {
-    let rank = x.dims.len();
-    let perm: Vec<usize> = match attr_ints(node, "perm") {
-        Some(p) if !p.is_empty() => norm_axes(&p, rank)?,
-        _ => (0..rank).rev().collect(),
-    };
-    if perm.len() != rank {
-        return Err(OpError::Invalid(format!(
-            "perm {perm:?} does not match rank {rank}"
-        )));
-    }
-    let out_dims: Vec<usize> = perm.iter().map(|&p| x.dims[p]).collect();
-    let mut in_strides = vec![1usize; rank];
-    for i in (0..rank.saturating_sub(1)).rev() {
-        in_strides[i] = in_strides[i + 1] * x.dims[i + 1];
-    }
-    let strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
-    let total = x.len();
-    let mut src = Vec::with_capacity(total);
-    let mut coord = vec![0usize; rank];
-    for _ in 0..total {
-        src.push(
-            coord
-                .iter()
-                .zip(&strides)
-                .map(|(c, s)| c * s)
-                .sum::<usize>(),
-        );
-        for d in (0..rank).rev() {
-            coord[d] += 1;
-            if coord[d] < out_dims[d] {
-                break;
-            }
-            coord[d] = 0;
-        }
-    }
-    let data = match &x.data {
-        Data::F32(v) => Data::F32(src.iter().map(|&i| v[i]).collect()),
-        Data::I64(v) => Data::I64(src.iter().map(|&i| v[i]).collect()),
-    };
-    Ok(Const {
-        dims: out_dims,
-        data,
-        dtype: x.dtype,
-    })
+pub(crate) fn opt(inputs: &[Option<Const>], i: usize) -> Option<&Const> {
+    inputs.get(i).and_then(Option::as_ref)
 }
 
 /// Largest tensor the folder will materialise (elements): constants come from the file, but
-/// broadcasting can multiply their size.
+/// broadcasting, Expand, Tile, Range and ConstantOfShape can multiply their size.
 const MAX_FOLD_ELEMENTS: usize = 1 << 31;
 
-fn checked_len(dims: &[usize]) -> Result<usize, OpError> {
+pub(crate) fn checked_len(dims: &[usize]) -> Result<usize, OpError> {
     dims.iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .filter(|&n| n <= MAX_FOLD_ELEMENTS)
         .ok_or_else(|| OpError::Invalid(format!("shape {dims:?} is too large to fold")))
 }
 
-fn with_dims(x: &Const, dims: Vec<usize>) -> Result<Const, OpError> {
-    if checked_len(&dims)? != x.len() {
-        return Err(OpError::Invalid(format!(
-            "cannot reshape {:?} to {dims:?}",
-            x.dims
-        )));
+/// Normalises (possibly negative) axes against `rank`.
+pub(crate) fn norm_axes(axes: &[i64], rank: usize) -> Result<Vec<usize>, OpError> {
+    axes.iter().map(|&a| norm_axis(a, rank)).collect()
+}
+
+pub(crate) fn norm_axis(a: i64, rank: usize) -> Result<usize, OpError> {
+    let r = rank as i64;
+    let n = if a < 0 { a + r } else { a };
+    if n < 0 || (n >= r && rank > 0) || (rank == 0 && n != 0) {
+        return invalid(format!("axis {a} out of range for rank {rank}"));
     }
-    Ok(Const {
-        dims,
-        data: x.data.clone(),
-        dtype: x.dtype,
-    })
+    Ok(n as usize)
+}
+
+/// Row-major strides of `dims`.
+pub(crate) fn strides(dims: &[usize]) -> Vec<usize> {
+    let mut s = vec![1usize; dims.len()];
+    for i in (0..dims.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * dims[i + 1];
+    }
+    s
+}
+
+/// Calls `f` with each coordinate of `dims` in row-major order.
+pub(crate) fn for_each_coord(dims: &[usize], mut f: impl FnMut(&[usize])) {
+    let total: usize = dims.iter().product();
+    let mut coord = vec![0usize; dims.len()];
+    for _ in 0..total {
+        f(&coord);
+        for d in (0..dims.len()).rev() {
+            coord[d] += 1;
+            if coord[d] < dims[d] {
+                break;
+            }
+            coord[d] = 0;
+        }
+    }
+}
+
+fn eval_node(node: &NodeProto, op: &str, inputs: &[Option<Const>]) -> Result<Vec<Const>, OpError> {
+    if op == "Split" {
+        return index::split(node, inputs);
+    }
+    eval_op(node, op, inputs).map(|c| vec![c])
 }
 
 fn eval_op(node: &NodeProto, op: &str, inputs: &[Option<Const>]) -> Result<Const, OpError> {
-    let x = need(inputs, 0)?;
+    use elementwise as e;
     match op {
-        "Identity" => Ok(x.clone()),
-        "Abs" => Ok(unary(x, f32::abs)),
-        "Neg" => Ok(unary(x, |v| -v)),
-        "Reciprocal" => Ok(unary(x, |v| 1.0 / v)),
-        "Round" => Ok(unary(x, f32::round_ties_even)),
-        "Sqrt" => Ok(unary(x, f32::sqrt)),
-        "Sign" => Ok(unary(x, |v| {
-            if v > 0.0 {
-                1.0
-            } else if v < 0.0 {
-                -1.0
-            } else {
-                0.0
-            }
-        })),
-        "Floor" => Ok(unary(x, f32::floor)),
-        "Ceil" => Ok(unary(x, f32::ceil)),
-        "Add" => binary(x, need(inputs, 1)?, |a, b| a + b, |a, b| a.wrapping_add(b)),
-        "Sub" => binary(x, need(inputs, 1)?, |a, b| a - b, |a, b| a.wrapping_sub(b)),
-        "Mul" => binary(x, need(inputs, 1)?, |a, b| a * b, |a, b| a.wrapping_mul(b)),
-        "Div" => {
-            let b = need(inputs, 1)?;
-            if !x.is_float() && !b.is_float() && b.i64().contains(&0) {
-                return Err(OpError::Invalid("integer division by zero".into()));
-            }
-            binary(x, b, |a, b| a / b, |a, b| a.wrapping_div(b))
+        "Identity" => Ok(need(inputs, 0)?.clone()),
+        "Abs" | "Neg" | "Reciprocal" | "Round" | "Sqrt" | "Sign" | "Floor" | "Ceil" => {
+            e::unary(op, need(inputs, 0)?)
         }
-        "Pow" => binary(x, need(inputs, 1)?, f32::powf, |a, b| {
-            a.pow(b.clamp(0, 63) as u32)
-        }),
-        "Max" if inputs.len() == 2 => binary(x, need(inputs, 1)?, f32::max, i64::max),
-        "Min" if inputs.len() == 2 => binary(x, need(inputs, 1)?, f32::min, i64::min),
-        "Clip" => {
-            let scalar = |i: usize, attr_name: &str, default: f32| -> Result<f32, OpError> {
-                match inputs.get(i).and_then(Option::as_ref) {
-                    Some(c) if c.len() == 1 => Ok(c.f32()[0]),
-                    Some(_) => Err(OpError::Invalid("Clip bounds must be scalars".into())),
-                    None => Ok(attr_f(node, attr_name).unwrap_or(default)),
-                }
-            };
-            let lo = scalar(1, "min", f32::NEG_INFINITY)?;
-            let hi = scalar(2, "max", f32::INFINITY)?;
-            let v = x.f32().into_iter().map(|v| v.max(lo).min(hi)).collect();
-            Ok(Const {
-                dims: x.dims.clone(),
-                data: Data::F32(v),
-                dtype: x.dtype,
-            })
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Mod" => {
+            e::arith(node, op, need(inputs, 0)?, need(inputs, 1)?)
         }
+        "Max" | "Min" => e::min_max(op, inputs),
+        "Less" | "Greater" | "Equal" | "LessOrEqual" | "GreaterOrEqual" => {
+            e::compare(op, need(inputs, 0)?, need(inputs, 1)?)
+        }
+        "And" | "Or" | "Xor" | "BitwiseAnd" | "BitwiseOr" | "BitwiseXor" | "BitShift" => {
+            e::bits(node, op, need(inputs, 0)?, need(inputs, 1)?)
+        }
+        "Not" | "BitwiseNot" => e::not(op, need(inputs, 0)?),
+        "Where" => e::where_(need(inputs, 0)?, need(inputs, 1)?, need(inputs, 2)?),
+        "Clip" => e::clip(node, inputs),
         "Cast" => {
-            let to = attr_i(node, "to").ok_or_else(|| OpError::Invalid("no 'to'".into()))? as i32;
-            if bitnet_model::dtype::is_float(to) {
-                // Round through the target type so float16 casts lose what they lose.
-                let v: Vec<f32> = match DataType::try_from(to) {
-                    Ok(DataType::Float16) => x
-                        .f32()
-                        .into_iter()
-                        .map(|v| half::f16::from_f32(v).to_f32())
-                        .collect(),
-                    Ok(DataType::Bfloat16) => x
-                        .f32()
-                        .into_iter()
-                        .map(|v| half::bf16::from_f32(v).to_f32())
-                        .collect(),
-                    _ => x.f32(),
-                };
-                Ok(Const {
-                    dims: x.dims.clone(),
-                    data: Data::F32(v),
-                    dtype: to,
-                })
-            } else if matches!(
-                DataType::try_from(to),
-                Ok(DataType::Int64 | DataType::Int32)
-            ) {
-                Ok(Const {
-                    dims: x.dims.clone(),
-                    data: Data::I64(x.f32().into_iter().map(|v| v.trunc() as i64).collect()),
-                    dtype: to,
-                })
-            } else {
-                Err(OpError::Unsupported)
-            }
+            let to = attr_i(node, "to").ok_or_else(|| OpError::Invalid("no 'to'".into()))?;
+            e::cast(need(inputs, 0)?, to as i32)
         }
-        "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceSum" => reduce(node, op, inputs),
-        "Transpose" => transpose(node, x),
-        "Reshape" => {
-            let shape = need(inputs, 1)?.i64();
-            let allowzero = attr_i(node, "allowzero").unwrap_or(0) == 1;
-            let mut dims = Vec::with_capacity(shape.len());
-            let mut infer = None;
-            for (i, &s) in shape.iter().enumerate() {
-                match s {
-                    0 if !allowzero => dims.push(*x.dims.get(i).ok_or_else(|| {
-                        OpError::Invalid("0 in shape beyond the input rank".into())
-                    })?),
-                    -1 => {
-                        infer = Some(i);
-                        dims.push(1);
-                    }
-                    s if s < 0 => return Err(OpError::Invalid(format!("bad shape value {s}"))),
-                    s => dims.push(s as usize),
-                }
-            }
-            if let Some(i) = infer {
-                let rest = checked_len(&dims)?;
-                if rest == 0 || x.len() % rest != 0 {
-                    return Err(OpError::Invalid(format!(
-                        "cannot reshape {:?} to {shape:?}",
-                        x.dims
-                    )));
-                }
-                dims[i] = x.len() / rest;
-            }
-            with_dims(x, dims)
+        "CastLike" => e::cast(need(inputs, 0)?, need(inputs, 1)?.dtype),
+        "ReduceMean" | "ReduceMax" | "ReduceMin" | "ReduceSum" => reduce::reduce(node, op, inputs),
+        "CumSum" => reduce::cumsum(node, need(inputs, 0)?, need(inputs, 1)?),
+        "Transpose" => index::transpose(node, need(inputs, 0)?),
+        "Reshape" => index::reshape(node, need(inputs, 0)?, need(inputs, 1)?),
+        "Squeeze" | "Unsqueeze" => index::squeeze(node, op, inputs),
+        "Flatten" => index::flatten(node, need(inputs, 0)?),
+        "Concat" => index::concat(node, inputs),
+        "Slice" => index::slice(node, inputs),
+        "Gather" => index::gather(node, need(inputs, 0)?, need(inputs, 1)?),
+        "GatherElements" => index::gather_elements(node, need(inputs, 0)?, need(inputs, 1)?),
+        "GatherND" => index::gather_nd(node, need(inputs, 0)?, need(inputs, 1)?),
+        "ScatterND" => index::scatter_nd(node, inputs),
+        "ScatterElements" => index::scatter_elements(node, inputs),
+        "Expand" => index::expand(need(inputs, 0)?, need(inputs, 1)?),
+        "Tile" => index::tile(need(inputs, 0)?, need(inputs, 1)?),
+        "Pad" => index::pad(node, inputs),
+        "Range" => index::range(need(inputs, 0)?, need(inputs, 1)?, need(inputs, 2)?),
+        "Shape" => index::shape(node, need(inputs, 0)?),
+        "Size" => {
+            let n = need(inputs, 0)?.len() as i64;
+            Ok(Const::scalar_i64(DataType::Int64 as i32, n))
         }
-        "Squeeze" | "Unsqueeze" => {
-            let axes = match inputs.get(1).and_then(Option::as_ref) {
-                Some(c) => c.i64(),
-                None => attr_ints(node, "axes").unwrap_or_default(),
-            };
-            if op == "Squeeze" {
-                let rank = x.dims.len();
-                let axes = norm_axes(&axes, rank)?;
-                let dims = x
-                    .dims
-                    .iter()
-                    .enumerate()
-                    .filter(|&(i, &d)| {
-                        !(if axes.is_empty() {
-                            d == 1
-                        } else {
-                            axes.contains(&i)
-                        })
-                    })
-                    .map(|(_, &d)| d)
-                    .collect();
-                with_dims(x, dims)
-            } else {
-                let rank = x.dims.len() + axes.len();
-                let mut axes = norm_axes(&axes, rank)?;
-                axes.sort_unstable();
-                let mut dims = x.dims.clone();
-                for a in axes {
-                    if a > dims.len() {
-                        return Err(OpError::Invalid("Unsqueeze axis out of range".into()));
-                    }
-                    dims.insert(a, 1);
-                }
-                with_dims(x, dims)
-            }
-        }
+        "ConstantOfShape" => index::constant_of_shape(node, need(inputs, 0)?),
         _ => Err(OpError::Unsupported),
     }
 }
@@ -686,7 +676,7 @@ fn eval_op(node: &NodeProto, op: &str, inputs: &[Option<Const>]) -> Result<Const
 mod tests {
     use super::*;
 
-    fn c(dims: &[usize], v: &[f32]) -> Const {
+    pub(crate) fn c(dims: &[usize], v: &[f32]) -> Const {
         Const {
             dims: dims.to_vec(),
             data: Data::F32(v.to_vec()),
@@ -697,10 +687,17 @@ mod tests {
     #[test]
     fn huge_shapes_are_refused_not_allocated() {
         let x = c(&[2], &[1., 2.]);
-        assert!(with_dims(&x, vec![usize::MAX, 3]).is_err());
+        assert!(index::with_dims(&x, vec![usize::MAX, 3]).is_err());
         let a = c(&[1 << 20, 1], &[]);
         let b = c(&[1, 1 << 20], &[]);
-        assert!(binary(&a, &b, |x, y| x + y, |x, y| x + y).is_err());
+        let n = NodeProto::default();
+        assert!(elementwise::arith(&n, "Add", &a, &b).is_err());
+        let shape = Const {
+            dims: vec![2],
+            data: Data::I64(vec![1 << 40, 1 << 40]),
+            dtype: DataType::Int64 as i32,
+        };
+        assert!(index::expand(&x, &shape).is_err());
     }
 
     #[test]
@@ -708,13 +705,50 @@ mod tests {
         let n = NodeProto::default();
         let a = c(&[2, 3], &[1., 2., 3., 4., 5., 6.]);
         let b = c(&[3], &[10., 20., 30.]);
-        let s = binary(&a, &b, |x, y| x + y, |x, y| x + y).ok().unwrap();
+        let s = elementwise::arith(&n, "Add", &a, &b).ok().unwrap();
         assert_eq!(s.f32(), vec![11., 22., 33., 14., 25., 36.]);
-        let m = reduce(&n, "ReduceMean", &[Some(a.clone())]).ok().unwrap();
+        let m = reduce::reduce(&n, "ReduceMean", &[Some(a.clone())])
+            .ok()
+            .unwrap();
         assert_eq!(m.dims, vec![1, 1]);
         assert_eq!(m.f32(), vec![3.5]);
-        let t = transpose(&n, &a).ok().unwrap();
+        let t = index::transpose(&n, &a).ok().unwrap();
         assert_eq!(t.dims, vec![3, 2]);
         assert_eq!(t.f32(), vec![1., 4., 2., 5., 3., 6.]);
+    }
+
+    #[test]
+    fn integer_results_wrap_to_their_type() {
+        let u8_ = DataType::Uint8 as i32;
+        let a = Const {
+            dims: vec![2],
+            data: Data::I64(vec![200, 3]),
+            dtype: u8_,
+        };
+        let n = NodeProto::default();
+        let s = elementwise::arith(&n, "Add", &a, &a).ok().unwrap();
+        assert_eq!(s.data, Data::I64(vec![144, 6]));
+        assert_eq!(s.dtype, u8_);
+        let not = elementwise::not("BitwiseNot", &a).ok().unwrap();
+        assert_eq!(not.data, Data::I64(vec![55, 252]));
+    }
+
+    #[test]
+    fn float16_arithmetic_rounds_to_float16() {
+        let f16 = DataType::Float16 as i32;
+        let a = Const {
+            dims: vec![1],
+            data: Data::F32(vec![1.0]),
+            dtype: f16,
+        };
+        let b = Const {
+            dims: vec![1],
+            data: Data::F32(vec![half::f16::from_f32(1e-3).to_f32()]),
+            dtype: f16,
+        };
+        let n = NodeProto::default();
+        let s = elementwise::arith(&n, "Add", &a, &b).ok().unwrap();
+        // 1 + 0.001 is not a float16: the nearest float16 is 1.0009766.
+        assert_eq!(s.f32(), vec![half::f16::from_f32(1.001).to_f32()]);
     }
 }
