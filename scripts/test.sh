@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: creates .venv with the pinned test oracles
 # (onnx, onnxruntime, numpy from tests/python/requirements.txt), writes the ONNX backend test
-# models to target/onnx-backend, then runs every Rust test.
+# models to target/onnx-backend, checks the generated opset table against the pinned onnx
+# schemas, then runs every Rust test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -16,6 +17,9 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
   echo "$want" > "$stamp"
 fi
+
+# The opset-upgrade table is generated from the pinned onnx package's operator schemas.
+.venv/bin/python tools/opset_table.py --check
 
 backend=target/onnx-backend
 if [ ! -f "$backend/.complete" ]; then

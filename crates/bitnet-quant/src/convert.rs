@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::analyse::{self, Layout, LinearLayer, WeightValue};
 use crate::emit::{Emitter, NameGen, WeightJob};
+use crate::opsets;
 use crate::quant::kn::Rows;
 use crate::quant::{self, QuantConfig, Ternary};
 
@@ -40,13 +41,15 @@ pub enum ConvertError {
         #[source]
         source: crate::pack::PackError,
     },
-    #[error("{path}: the converted nodes need default-domain opset {needed} but the model imports opset {have}, and node '{node}' ({op}) is not known to keep its meaning between them; re-export the model at opset {needed} or newer")]
+    #[error("{path}: the converted nodes need default-domain opset {needed} but the model imports opset {have}, and node '{node}' ({op}) does not keep its meaning between them: {op}-{version} {change}; re-export the model at opset {needed} or newer")]
     OpsetUpgrade {
         path: String,
         needed: i64,
         have: i64,
         node: String,
         op: String,
+        version: i64,
+        change: String,
     },
     #[error("{path}: {reason}")]
     Other { path: String, reason: String },
@@ -191,96 +194,6 @@ pub struct Report {
     pub totals: Totals,
 }
 
-/// Default-domain ops whose meaning has not changed since the given opset: later versions only
-/// added types or attributes whose defaults keep the old behaviour (from the ONNX changelog).
-/// A model can be raised to a newer opset only when every op's version is at least this;
-/// anything else (or any op not listed) stops the conversion with its name.
-const UPGRADE_SAFE_SINCE: &[(&str, i64)] = &[
-    ("Abs", 6),
-    ("Add", 7),
-    ("And", 7),
-    ("ArgMax", 1),
-    ("ArgMin", 1),
-    ("AveragePool", 7),
-    ("BatchNormalization", 9),
-    ("Cast", 6),
-    ("Ceil", 6),
-    ("Clip", 11),
-    ("Concat", 4),
-    ("Constant", 1),
-    ("ConstantOfShape", 9),
-    ("Conv", 1),
-    ("Cos", 7),
-    ("CumSum", 11),
-    ("DequantizeLinear", 10),
-    ("Div", 7),
-    ("Dropout", 12),
-    ("Einsum", 12),
-    ("Equal", 7),
-    ("Erf", 9),
-    ("Exp", 6),
-    ("Expand", 8),
-    ("Flatten", 1),
-    ("Floor", 6),
-    ("Gather", 1),
-    ("Gelu", 20),
-    ("Gemm", 7),
-    ("GlobalAveragePool", 1),
-    ("Greater", 7),
-    ("Identity", 1),
-    // Later versions only relax branch output shapes (11) or add types.
-    ("If", 1),
-    ("LayerNormalization", 17),
-    ("Less", 7),
-    ("Log", 6),
-    // 11 made the trip count and condition optional; later versions add types.
-    ("Loop", 11),
-    ("LogSoftmax", 13),
-    ("MatMul", 1),
-    ("MatMulInteger", 10),
-    ("Max", 8),
-    ("MaxPool", 8),
-    ("Mean", 8),
-    ("Min", 8),
-    ("Mul", 7),
-    ("Neg", 6),
-    ("Not", 1),
-    ("Or", 7),
-    ("Pad", 11),
-    ("Pow", 7),
-    ("QuantizeLinear", 10),
-    ("Range", 11),
-    ("Reciprocal", 6),
-    ("ReduceSum", 13),
-    ("ReduceMean", 18),
-    ("ReduceMax", 18),
-    ("ReduceMin", 18),
-    ("Relu", 6),
-    ("Reshape", 5),
-    ("Round", 11),
-    // 9 replaced the batch axis with scan_input_axes/directions; later versions add types.
-    ("Scan", 9),
-    ("Shape", 1),
-    ("Sigmoid", 6),
-    ("Sign", 9),
-    ("Sin", 7),
-    ("Slice", 10),
-    ("Softmax", 13),
-    ("Split", 13),
-    ("Sqrt", 6),
-    ("Squeeze", 13),
-    ("Sub", 7),
-    ("Sum", 8),
-    ("Tanh", 6),
-    ("Tile", 6),
-    ("TopK", 10),
-    ("Transpose", 1),
-    ("Trilu", 14),
-    ("Unsqueeze", 13),
-    ("Where", 9),
-    ("Xor", 7),
-];
-
 fn bytes_of(dtype: i32, count: u64) -> u64 {
     bitnet_model::dtype::byte_len(dtype, count).unwrap_or(0)
 }
@@ -340,8 +253,18 @@ pub fn convert(
         }
         if let Some(have) = opset_before {
             if have < min_opset {
-                check_upgrade(model, &p, have, min_opset)?;
-                rewrite_for_upgrade(model, have, min_opset);
+                if let Some(b) = opsets::upgrade_blocker(model, have, min_opset) {
+                    return Err(ConvertError::OpsetUpgrade {
+                        path: p,
+                        needed: min_opset,
+                        have,
+                        node: b.node,
+                        op: b.op,
+                        version: b.version,
+                        change: b.change,
+                    });
+                }
+                opsets::rewrite_for_upgrade(model, have, min_opset);
                 for o in &mut model.opset_import {
                     let d = o.domain.as_deref().unwrap_or("");
                     if d.is_empty() || d == "ai.onnx" {
@@ -438,99 +361,6 @@ pub fn convert(
         }
     }
     Ok(report)
-}
-
-/// Ops whose `axes` attribute became an input: (op, the opset where it did).
-const AXES_TO_INPUT: &[(&str, i64)] = &[
-    ("Squeeze", 13),
-    ("Unsqueeze", 13),
-    ("ReduceSum", 13),
-    ("ReduceMean", 18),
-    ("ReduceMax", 18),
-    ("ReduceMin", 18),
-    ("ReduceProd", 18),
-    ("ReduceL1", 18),
-    ("ReduceL2", 18),
-    ("ReduceLogSum", 18),
-    ("ReduceLogSumExp", 18),
-    ("ReduceSumSquare", 18),
-];
-
-/// Rewrites the nodes whose form changed between `have` and `needed` but whose meaning can be
-/// kept: an `axes` attribute becomes a constant int64 input. Returns the number rewritten.
-fn rewrite_for_upgrade(model: &mut ModelProto, have: i64, needed: i64) -> usize {
-    let mut count = 0;
-    let _ = walk::for_each_graph_mut(model, &mut |g: &mut GraphProto| -> Result<(), ()> {
-        let mut names = NameGen::new(g);
-        let mut new_inits = Vec::new();
-        for n in &mut g.node {
-            let op = n.op_type.as_deref().unwrap_or("");
-            let d = n.domain.as_deref().unwrap_or("");
-            if !(d.is_empty() || d == "ai.onnx") {
-                continue;
-            }
-            let Some(&(_, since)) = AXES_TO_INPUT.iter().find(|(o, _)| *o == op) else {
-                continue;
-            };
-            if !(have < since && needed >= since) {
-                continue;
-            }
-            let Some(pos) = n
-                .attribute
-                .iter()
-                .position(|a| a.name.as_deref() == Some("axes"))
-            else {
-                continue; // no axes: the default (all axes / all size-1 dims) is unchanged
-            };
-            let axes = n.attribute.remove(pos).ints;
-            let label = n.name.clone().unwrap_or_else(|| op.to_string());
-            let name = names.fresh(&format!("{label}_axes"));
-            new_inits.push(bitnet_model::tensor::from_i64(
-                &name,
-                &[axes.len() as i64],
-                &axes,
-            ));
-            n.input.truncate(1);
-            n.input.push(name);
-            count += 1;
-        }
-        g.initializer.extend(new_inits);
-        Ok(())
-    });
-    count
-}
-
-fn check_upgrade(
-    model: &ModelProto,
-    path: &str,
-    have: i64,
-    needed: i64,
-) -> Result<(), ConvertError> {
-    let mut bad = None;
-    walk::for_each_graph(model, &mut |g| {
-        for n in &g.node {
-            let d = n.domain.as_deref().unwrap_or("");
-            let op = n.op_type.as_deref().unwrap_or("");
-            let rewritable = AXES_TO_INPUT.iter().any(|&(name, _)| name == op);
-            let safe = rewritable
-                || UPGRADE_SAFE_SINCE
-                    .iter()
-                    .any(|&(name, since)| name == op && have >= since);
-            if bad.is_none() && (d.is_empty() || d == "ai.onnx") && !safe {
-                bad = Some((n.name.clone().unwrap_or_default(), op.to_string()));
-            }
-        }
-    });
-    match bad {
-        Some((node, op)) => Err(ConvertError::OpsetUpgrade {
-            path: path.to_string(),
-            needed,
-            have,
-            node,
-            op,
-        }),
-        None => Ok(()),
-    }
 }
 
 struct GraphResult {

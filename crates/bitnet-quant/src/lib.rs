@@ -7,6 +7,7 @@ pub mod check;
 pub mod convert;
 pub mod emit;
 pub mod fold;
+pub mod opsets;
 pub mod pack;
 pub mod quant;
 pub mod scope;
