@@ -28,6 +28,13 @@ pub const FLOAT_SAMPLES: &[&str] = &[
 /// The BitLinear exports (weight fake-quant chain in the graph), one per torch.onnx exporter.
 pub const BITLINEAR_SAMPLES: &[&str] = &["bitlinear_ts.onnx", "bitlinear_dynamo.onnx"];
 
+/// The Hugging Face BitNet exports (`samples/generate_hf.py`): one per transformers linear
+/// class, each a directory with model.onnx (+ .data), input_ids.pb and transformers' logits.pb.
+pub const HF_SAMPLES: &[&str] = &["bitlinear", "autobitlinear_offline", "autobitlinear_online"];
+
+/// Every conversion target.
+pub const ALL_TARGETS: &[&str] = &["ort", "ort-int8", "onnx", "tensorrt", "qdq-int8"];
+
 pub fn sample(rel: &str) -> PathBuf {
     workspace().join("samples").join(rel)
 }
@@ -84,4 +91,27 @@ pub fn ort_compare(
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("ort_compare JSON")
+}
+
+/// Runs tests/python/ort_logits.py: `model` on a Hugging Face sample's input_ids, compared with
+/// the logits transformers computed.
+pub fn ort_logits(model: &Path, hf_sample: &str, level: &str) -> serde_json::Value {
+    let dir = sample(&format!("hf/{hf_sample}"));
+    let out = Command::new(python())
+        .arg(workspace().join("tests/python/ort_logits.py"))
+        .arg(model)
+        .arg("--input")
+        .arg(format!("input_ids={}", dir.join("input_ids.pb").display()))
+        .arg("--reference")
+        .arg(dir.join("logits.pb"))
+        .args(["--level", level])
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "ONNX Runtime could not run {}: {}",
+        model.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ort_logits JSON")
 }
