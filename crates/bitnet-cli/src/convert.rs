@@ -188,7 +188,70 @@ fn emitter(args: &ConvertArgs) -> Result<Box<dyn Emitter>> {
     })
 }
 
-pub fn run(args: &ConvertArgs, argv: &[String]) -> Result<Report> {
+/// The settings that decide the output, as flags, every one stated, in a fixed order: what the
+/// model's `bitnet_onnx.flags` metadata records. Paths, `--report`, `--threads`, `--verify` and
+/// `--quiet` do not change the output and are left out, so the same input converted with the
+/// same settings gives the same bytes wherever it is written.
+fn recorded_flags(args: &ConvertArgs) -> String {
+    fn name<T: clap::ValueEnum>(v: &T) -> String {
+        v.to_possible_value()
+            .map(|p| p.get_name().to_string())
+            .unwrap_or_default()
+    }
+    let mut f = vec![
+        format!("--target {}", name(&args.target)),
+        format!("--activations {}", name(&args.activations)),
+    ];
+    if let Some(b) = args.block_size {
+        f.push(format!("--block-size {b}"));
+    }
+    if let Some(l) = args.accuracy_level {
+        f.push(format!("--accuracy-level {l}"));
+    }
+    match args.preset {
+        Some(p) => f.push(format!("--preset {}", name(&p))),
+        None => {
+            let scale = match args.scale {
+                Granularity::Tensor => "tensor".to_string(),
+                Granularity::Channel => "channel".to_string(),
+                Granularity::Group(g) => format!("group:{g}"),
+            };
+            f.push(format!("--scale {scale}"));
+            f.push(format!("--method {}", name(&args.method)));
+            f.push(format!("--threshold {}", args.threshold));
+        }
+    }
+    if args.target == Target::Tensorrt {
+        f.push(format!(
+            "--tensorrt-block-size {}",
+            args.tensorrt_block_size
+        ));
+        if args.tensorrt_int8 {
+            f.push("--tensorrt-int8".into());
+        }
+    }
+    if let Some(r) = &args.include {
+        f.push(format!("--include '{r}'"));
+    }
+    if let Some(r) = &args.exclude {
+        f.push(format!("--exclude '{r}'"));
+    }
+    if args.min_params > 0 {
+        f.push(format!("--min-params {}", args.min_params));
+    }
+    if args.quantize_head {
+        f.push("--quantize-head".into());
+    }
+    if args.external_data {
+        f.push("--external-data".into());
+    }
+    if args.single_file {
+        f.push("--single-file".into());
+    }
+    f.join(" ")
+}
+
+pub fn run(args: &ConvertArgs) -> Result<Report> {
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
@@ -221,12 +284,7 @@ pub fn run(args: &ConvertArgs, argv: &[String]) -> Result<Report> {
     };
     let mut model = Model::load(&args.model)
         .with_context(|| format!("cannot convert {}", args.model.display()))?;
-    let flags = argv
-        .iter()
-        .skip(1)
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let flags = recorded_flags(args);
     let emitter = emitter(args)?;
     // External data in, external data out (unless asked otherwise): a model too big to be
     // handled as one file is converted without holding its output in memory.
@@ -285,8 +343,8 @@ pub fn run(args: &ConvertArgs, argv: &[String]) -> Result<Report> {
 }
 
 /// `convert`, then `verify` when asked: the process exit code.
-pub fn run_and_verify(args: &ConvertArgs, argv: &[String]) -> Result<u8> {
-    run(args, argv)?;
+pub fn run_and_verify(args: &ConvertArgs) -> Result<u8> {
+    run(args)?;
     if !args.verify {
         return Ok(0);
     }

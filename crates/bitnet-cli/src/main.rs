@@ -52,13 +52,12 @@ fn return_freed_buffers() {
 }
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().collect();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Inspect(a) => inspect::run(a).map(|_| 0),
         Command::Convert(a) => {
             return_freed_buffers();
-            convert::run_and_verify(a, &argv)
+            convert::run_and_verify(a)
         }
         Command::Check(a) => check::run(a),
         Command::Verify(a) => verify::run(a).map(|c| c.clamp(0, 255) as u8),

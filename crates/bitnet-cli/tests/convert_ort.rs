@@ -176,26 +176,57 @@ fn transformer_attention_products_are_not_candidates() {
 fn conversion_is_deterministic_and_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.onnx");
-    // Same input and flags (the flags, output path included, are recorded in the metadata),
-    // different thread counts: byte-identical output.
+    // Same input and flags, different thread counts, output names and report paths:
+    // byte-identical output (the recorded flags leave out what does not change it).
     let mut runs = Vec::new();
-    for threads in ["1", "2"] {
+    for (threads, name) in [("1", "a.onnx"), ("2", "elsewhere.onnx")] {
+        let out = dir.path().join(name);
         run_ok(
             bin()
                 .arg("convert")
                 .arg(sample("transformer.onnx"))
                 .arg("-o")
-                .arg(&a)
-                .args(["--threads", threads]),
+                .arg(&out)
+                .arg("--report")
+                .arg(dir.path().join(format!("{name}.json")))
+                .args(["--threads", threads, "-q"]),
         );
-        runs.push(std::fs::read(&a).unwrap());
+        runs.push(std::fs::read(&out).unwrap());
     }
-    let strip = |b: &[u8]| String::from_utf8_lossy(b).replace("--threads 1", "--threads 2");
-    assert_eq!(strip(&runs[0]), strip(&runs[1]));
+    assert!(
+        runs[0] == runs[1],
+        "output depends on its path or the thread count"
+    );
     let c = dir.path().join("c.onnx");
     let out = run_ok(bin().arg("convert").arg(&a).arg("-o").arg(&c));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("already converted"), "{text}");
+}
+
+/// A model with external data written to two directories: the same model and data bytes.
+#[test]
+fn external_data_output_does_not_depend_on_where_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for sub in ["one", "two/deeper"] {
+        let d = dir.path().join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        let out = d.join("model.onnx");
+        run_ok(
+            bin()
+                .arg("convert")
+                .arg(sample("hf/bitlinear/model.onnx"))
+                .arg("-o")
+                .arg(&out)
+                .args(["--target", "ort-int8", "-q"]),
+        );
+        files.push((
+            std::fs::read(&out).unwrap(),
+            std::fs::read(d.join("model.onnx.data")).unwrap(),
+        ));
+    }
+    assert!(files[0].0 == files[1].0, "model.onnx differs");
+    assert!(files[0].1 == files[1].1, "model.onnx.data differs");
 }
 
 /// The streaming path (new weights written to the output's data file as they are made, input
