@@ -12,6 +12,9 @@
 //! again per block of K, which moves the 8-bit grid BitNet's activation quantization put them
 //! on: 0.9-2.0% relative error, 93% top-1 agreement on these random weights; the limits are 5%
 //! and 80%.
+//!
+//! `verify` (tract) must pass every original against each of its conversions, and tract's own
+//! run of each original must reproduce transformers' logits (limit 1e-5 relative).
 
 mod common;
 use common::*;
@@ -76,6 +79,19 @@ fn every_linear_class_converts_losslessly_to_every_target_and_matches_transforme
             if *target == "tensorrt" {
                 run_ok(bin().args(["check", "--target", "tensorrt"]).arg(&out));
             }
+            let v = bin()
+                .arg("verify")
+                .arg(sample(&format!("hf/{s}/model.onnx")))
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert_eq!(
+                v.status.code(),
+                Some(0),
+                "{s} {target}: verify\n{}{}",
+                String::from_utf8_lossy(&v.stdout),
+                String::from_utf8_lossy(&v.stderr)
+            );
             for level in ["basic", "all"] {
                 let c = ort_logits(&out, s, level);
                 assert_eq!(c["finite"], true, "{s} {target} {level}: {c}");
@@ -91,5 +107,41 @@ fn every_linear_class_converts_losslessly_to_every_target_and_matches_transforme
                 }
             }
         }
+    }
+}
+
+#[test]
+fn tract_runs_the_originals_as_transformers_does() {
+    use bitnet_eval::{compare, HostTensor, Runner, TensorData};
+    use prost::Message;
+    let decode = |p: std::path::PathBuf| {
+        let bytes = std::fs::read(&p).unwrap();
+        let t = bitnet_model::proto::TensorProto::decode(bytes.as_slice()).unwrap();
+        let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+        (t, dims, p)
+    };
+    for s in HF_SAMPLES {
+        let dir = sample(&format!("hf/{s}"));
+        let (ids, ids_dims, ids_path) = decode(dir.join("input_ids.pb"));
+        let (logits, logits_dims, logits_path) = decode(dir.join("logits.pb"));
+        let ids = bitnet_model::tensor::to_i64(&ids_path, &ids).unwrap();
+        let want = bitnet_model::tensor::to_f32(&logits_path, &logits).unwrap();
+        let model = bitnet_model::Model::load(dir.join("model.onnx")).unwrap();
+        let dims = [
+            ("batch".to_string(), ids_dims[0]),
+            ("seq".to_string(), ids_dims[1]),
+        ]
+        .into_iter()
+        .collect();
+        let runner = Runner::new(&model.proto, &dims, &[]).unwrap();
+        let input = HostTensor {
+            shape: ids_dims.clone(),
+            data: TensorData::I64(ids),
+        };
+        let got = runner.run(&[("input_ids".to_string(), input)]).unwrap();
+        let (_, values, shape) = &got[0];
+        assert_eq!(shape, &logits_dims, "{s}");
+        let m = compare(&want, values, shape);
+        assert!(m.rel_l2 < 1e-5, "{s}: tract against transformers {m:?}");
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use bitnet_model::proto::tensor_proto::DataType;
-use bitnet_model::proto::{ModelProto, NodeProto, TensorProto};
+use bitnet_model::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use bitnet_model::tensor;
 
 use crate::error::{EvalError, Result};
@@ -253,13 +253,26 @@ pub(crate) fn constant_dq_inputs<'a>(
 
 /// Returns a copy of `model` that tract can run and that computes the same values: constant
 /// `DequantizeLinear` nodes tract cannot run are replaced by initializers holding their exact
-/// output. Other nodes are untouched. Initializers left unused are dropped.
+/// output (initializers left unused are dropped), `MatMulNBits` nodes whose K is not a whole
+/// number of blocks become a float `MatMul` on the dequantized weight, and int64 `CumSum`
+/// runs through float64 (see [`lower_int64_cumsum`]). Other nodes are untouched.
 pub fn lower_for_tract(model: &ModelProto) -> Result<ModelProto> {
     lower_for_tract_named(model, "<model>")
 }
 
 /// [`lower_for_tract`] with a label (usually the model path) used in error messages.
 pub fn lower_for_tract_named(model: &ModelProto, label: &str) -> Result<ModelProto> {
+    let mut out = lower_constant_dq(model, label)?;
+    if let Some(graph) = out.graph.as_mut() {
+        lower_unaligned_matmulnbits(graph, label)?;
+        lower_int64_cumsum(graph);
+    }
+    Ok(out)
+}
+
+/// Constant `DequantizeLinear` nodes tract cannot run become initializers holding their
+/// output; initializers left unused are dropped.
+fn lower_constant_dq(model: &ModelProto, label: &str) -> Result<ModelProto> {
     let mut out = model.clone();
     let Some(graph) = out.graph.as_mut() else {
         return Err(EvalError::Mismatch {
@@ -335,6 +348,197 @@ pub fn lower_for_tract_named(model: &ModelProto, label: &str) -> Result<ModelPro
     Ok(out)
 }
 
+/// tract's ONNX front end reads `Cast(to = INT64)` as a cast to its symbolic-dimension type,
+/// for which its `CumSum` has no kernel ("TDim is not a number"); transformers' attention-mask
+/// code cumsums such a cast (positions of packed sequences). An int64 `CumSum` is computed here
+/// through float64 instead: `Cast(DOUBLE) -> CumSum -> Cast(INT64)`, exact while the partial
+/// sums stay below 2^53 in magnitude. Returns the number of nodes rewritten.
+pub(crate) fn lower_int64_cumsum(graph: &mut GraphProto) -> usize {
+    let targets: Vec<usize> = {
+        let idx = bitnet_model::GraphIndex::new(graph);
+        graph
+            .node
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| {
+                n.op_type.as_deref() == Some("CumSum")
+                    && matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx"))
+            })
+            .filter(|(_, n)| {
+                let Some(x) = n.input.first() else {
+                    return false;
+                };
+                let cast_to_i64 = idx.producer(x).is_some_and(|p| {
+                    let p = idx.node(p);
+                    p.op_type.as_deref() == Some("Cast")
+                        && attr_i(p, "to") == Some(DataType::Int64 as i32 as i64)
+                });
+                cast_to_i64 || idx.elem_type(x) == Some(DataType::Int64 as i32)
+            })
+            .map(|(i, _)| i)
+            .collect()
+    };
+    if targets.is_empty() {
+        return 0;
+    }
+    let mut used: std::collections::HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().chain(&n.output).cloned())
+        .chain(graph.initializer.iter().filter_map(|t| t.name.clone()))
+        .chain(graph.input.iter().filter_map(|v| v.name.clone()))
+        .collect();
+    let mut fresh = |base: String| {
+        let mut name = base.clone();
+        let mut k = 2;
+        while !used.insert(name.clone()) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        name
+    };
+    let cast = |input: String, output: String, to: DataType| NodeProto {
+        op_type: Some("Cast".into()),
+        input: vec![input],
+        output: vec![output],
+        attribute: vec![AttributeProto {
+            name: Some("to".into()),
+            r#type: Some(bitnet_model::proto::attribute_proto::AttributeType::Int as i32),
+            i: Some(to as i32 as i64),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    // Back to front, so the indices of the nodes still to rewrite stay valid.
+    for &i in targets.iter().rev() {
+        let x = graph.node[i].input[0].clone();
+        let y = graph.node[i].output.first().cloned().unwrap_or_default();
+        let xf = fresh(format!("{x}__as_f64"));
+        let yf = fresh(format!("{y}__as_f64"));
+        graph.node[i].input[0] = xf.clone();
+        if let Some(o) = graph.node[i].output.first_mut() {
+            *o = yf.clone();
+        }
+        graph.node.insert(i + 1, cast(yf, y, DataType::Int64));
+        graph.node.insert(i, cast(x, xf, DataType::Double));
+    }
+    targets.len()
+}
+
+/// tract's 2-bit `MatMulNBits` kernel needs K to be a whole number of its blocks; ONNX Runtime
+/// pads the last block (codes of zero weight). A `MatMulNBits` with constant codes and scales,
+/// no zero points (the default, the middle code), and K not a multiple of `block_size` is
+/// computed here as `MatMul(A, W)` (+ bias) on its exact dequantized `[K, N]` weight
+/// `W[k][n] = (code - 2^(bits - 1)) * scale[n][k / block_size]`, in the scales' type. This is
+/// the float product; ONNX Runtime's `accuracy_level` 4 quantizes A, which verify's
+/// tolerance covers as it does for tract's own kernel. Returns the number of nodes rewritten.
+pub(crate) fn lower_unaligned_matmulnbits(graph: &mut GraphProto, label: &str) -> Result<usize> {
+    let mut count = 0;
+    let mut i = 0;
+    while i < graph.node.len() {
+        let n = &graph.node[i];
+        let is_nbits = n.op_type.as_deref() == Some("MatMulNBits")
+            && n.domain.as_deref() == Some("com.microsoft");
+        let get = |j: usize| n.input.get(j).filter(|s| !s.is_empty()).cloned();
+        let (Some(k), Some(nn), Some(bs)) =
+            (attr_i(n, "K"), attr_i(n, "N"), attr_i(n, "block_size"))
+        else {
+            i += 1;
+            continue;
+        };
+        let bits = attr_i(n, "bits").unwrap_or(4);
+        if !is_nbits || bs <= 0 || k % bs == 0 || get(3).is_some() || get(4).is_some() {
+            i += 1;
+            continue;
+        }
+        let find = |name: &Option<String>| {
+            name.as_ref().and_then(|nm| {
+                graph
+                    .initializer
+                    .iter()
+                    .find(|t| t.name.as_ref() == Some(nm))
+            })
+        };
+        let (Some(b), Some(scales)) = (find(&get(1)), find(&get(2))) else {
+            i += 1;
+            continue;
+        };
+        let node_name = n.name.clone().unwrap_or_default();
+        let bad = |reason: String| EvalError::Node {
+            model: label.to_string(),
+            node: node_name.clone(),
+            reason,
+        };
+        if !matches!(bits, 2 | 4 | 8) {
+            return Err(bad(format!("MatMulNBits bits = {bits}")));
+        }
+        let (k, nn, bs, bits) = (k as usize, nn as usize, bs as usize, bits as usize);
+        let n_blocks = k.div_ceil(bs);
+        let blob = bs * bits / 8;
+        let path = Path::new(label);
+        let codes = tensor::raw_bytes(path, b)?;
+        let scale_values = tensor::to_f32(path, scales)?;
+        if codes.len() != nn * n_blocks * blob || scale_values.len() != nn * n_blocks {
+            return Err(bad(format!(
+                "B holds {} bytes and scales {} values; K = {k}, N = {nn}, block_size = {bs} \
+                 need {} and {}",
+                codes.len(),
+                scale_values.len(),
+                nn * n_blocks * blob,
+                nn * n_blocks
+            )));
+        }
+        let mask = (1u16 << bits) - 1;
+        let zero = 1i32 << (bits - 1);
+        let mut w = vec![0f32; k * nn];
+        for col in 0..nn {
+            for row in 0..k {
+                let (blk, within) = (row / bs, row % bs);
+                let byte = codes[(col * n_blocks + blk) * blob + within * bits / 8];
+                let q = ((byte as u16 >> ((within * bits) % 8)) & mask) as i32;
+                w[row * nn + col] = (q - zero) as f32 * scale_values[col * n_blocks + blk];
+            }
+        }
+        let a = n.input[0].clone();
+        let y = n.output.first().cloned().unwrap_or_default();
+        let bias = get(5);
+        let w_name = format!("{y}__dequantized_b");
+        let w_tensor = Dequantized {
+            values: w,
+            dims: vec![k as i64, nn as i64],
+            data_type: scales.data_type.unwrap_or(DataType::Float as i32),
+        }
+        .to_tensor(&w_name);
+        let product = if bias.is_some() {
+            format!("{y}__product")
+        } else {
+            y.clone()
+        };
+        let mut nodes = vec![NodeProto {
+            op_type: Some("MatMul".into()),
+            name: Some(node_name.clone()),
+            input: vec![a, w_name],
+            output: vec![product.clone()],
+            ..Default::default()
+        }];
+        if let Some(bias) = bias {
+            nodes.push(NodeProto {
+                op_type: Some("Add".into()),
+                name: Some(format!("{node_name}__bias")),
+                input: vec![product, bias],
+                output: vec![y],
+                ..Default::default()
+            });
+        }
+        graph.initializer.push(w_tensor);
+        let added = nodes.len();
+        graph.node.splice(i..=i, nodes);
+        i += added;
+        count += 1;
+    }
+    Ok(count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +549,133 @@ mod tests {
         let b = 0b01 | 0b11 << 2 | 0b10 << 6;
         assert_eq!(unpack_int2(&[b, 0b11], 5), vec![1, -1, 0, -2, -1]);
         assert_eq!(unpack_uint2(&[b], 4), vec![1, 3, 0, 2]);
+    }
+
+    #[test]
+    fn unaligned_matmulnbits_becomes_matmul_on_its_dequantized_weight() {
+        use bitnet_model::proto::attribute_proto::AttributeType;
+        // K = 20 in blocks of 16 (the second block padded), N = 2, 2-bit codes.
+        let (k, n, bs) = (20usize, 2usize, 16usize);
+        let code = |row: usize, col: usize| ((row * 3 + col) % 3) as u8 + 1; // 1..=3
+        let mut b = vec![0u8; n * 2 * 4];
+        for col in 0..n {
+            for row in 0..k {
+                let (blk, within) = (row / bs, row % bs);
+                b[(col * 2 + blk) * 4 + within / 4] |= code(row, col) << (2 * (within % 4));
+            }
+            for row in k..2 * bs {
+                let within = row % bs;
+                b[(col * 2 + 1) * 4 + within / 4] |= 2 << (2 * (within % 4));
+            }
+        }
+        let scales = [0.5f32, 2.0, -1.0, 0.25];
+        let int = |name: &str, v: i64| AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(AttributeType::Int as i32),
+            i: Some(v),
+            ..Default::default()
+        };
+        let mut g = GraphProto {
+            node: vec![NodeProto {
+                op_type: Some("MatMulNBits".into()),
+                domain: Some("com.microsoft".into()),
+                name: Some("mm".into()),
+                input: vec![
+                    "a".into(),
+                    "b".into(),
+                    "s".into(),
+                    "".into(),
+                    "".into(),
+                    "bias".into(),
+                ],
+                output: vec!["y".into()],
+                attribute: vec![
+                    int("K", 20),
+                    int("N", 2),
+                    int("bits", 2),
+                    int("block_size", 16),
+                ],
+                ..Default::default()
+            }],
+            initializer: vec![
+                tensor::from_raw("b", DataType::Uint8, &[2, 2, 4], b),
+                tensor::from_f32("s", &[2, 2], &scales),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(lower_unaligned_matmulnbits(&mut g, "m").ok(), Some(1));
+        let ops: Vec<_> = g.node.iter().map(|n| n.op_type.clone().unwrap()).collect();
+        assert_eq!(ops, ["MatMul", "Add"]);
+        assert_eq!(g.node[1].input[1], "bias");
+        assert_eq!(g.node[1].output[0], "y");
+        let w = g
+            .initializer
+            .iter()
+            .find(|t| t.name.as_deref() == Some(g.node[0].input[1].as_str()))
+            .unwrap();
+        assert_eq!(w.dims, vec![20, 2]);
+        let w = tensor::to_f32(Path::new("m"), w).unwrap();
+        for row in 0..k {
+            for col in 0..n {
+                let want = (code(row, col) as f32 - 2.0) * scales[col * 2 + row / bs];
+                assert_eq!(w[row * n + col], want, "row {row} col {col}");
+            }
+        }
+        // Aligned K is left to tract's own kernel.
+        let mut aligned = g.clone();
+        aligned.node = vec![NodeProto {
+            attribute: vec![
+                int("K", 32),
+                int("N", 2),
+                int("bits", 2),
+                int("block_size", 16),
+            ],
+            ..g.node[0].clone()
+        }];
+        aligned.node[0].op_type = Some("MatMulNBits".into());
+        aligned.node[0].domain = Some("com.microsoft".into());
+        assert_eq!(lower_unaligned_matmulnbits(&mut aligned, "m").ok(), Some(0));
+    }
+
+    #[test]
+    fn int64_cumsum_runs_through_float64() {
+        let mut g = GraphProto {
+            node: vec![
+                NodeProto {
+                    op_type: Some("Cast".into()),
+                    input: vec!["m".into()],
+                    output: vec!["c".into()],
+                    attribute: vec![AttributeProto {
+                        name: Some("to".into()),
+                        i: Some(DataType::Int64 as i32 as i64),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                NodeProto {
+                    op_type: Some("CumSum".into()),
+                    input: vec!["c".into(), "axis".into()],
+                    output: vec!["y".into()],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(lower_int64_cumsum(&mut g), 1);
+        let chain: Vec<_> = g.node.iter().map(|n| n.op_type.clone().unwrap()).collect();
+        assert_eq!(chain, ["Cast", "Cast", "CumSum", "Cast"]);
+        assert_eq!(g.node[1].input[0], "c");
+        assert_eq!(g.node[2].input[0], g.node[1].output[0]);
+        assert_eq!(g.node[3].input[0], g.node[2].output[0]);
+        assert_eq!(g.node[3].output[0], "y");
+        assert_eq!(
+            attr_i(&g.node[1], "to"),
+            Some(DataType::Double as i32 as i64)
+        );
+        assert_eq!(
+            attr_i(&g.node[3], "to"),
+            Some(DataType::Int64 as i32 as i64)
+        );
     }
 
     #[test]

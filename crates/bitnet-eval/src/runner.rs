@@ -381,9 +381,10 @@ fn bind_symbols(model: &mut ModelProto, dims: &BTreeMap<String, usize>) {
         };
         for d in &mut shape.dim {
             if let Some(Value::DimParam(p)) = &d.value {
-                if let Some(&n) = dims.get(p) {
-                    d.value = Some(Value::DimValue(n as i64));
-                }
+                // A bound symbol becomes its value; an expression of symbols (the dynamo
+                // exporter declares intermediate dims such as `seq + 1`) or an unbound name
+                // becomes unknown, for tract to infer from the bound inputs.
+                d.value = dims.get(p).map(|&n| Value::DimValue(n as i64));
             }
         }
     }
