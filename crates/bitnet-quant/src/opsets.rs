@@ -28,6 +28,10 @@ pub enum Change {
     Changed(&'static str),
 }
 
+/// An op's name, the version it was introduced at, and each later version with how it
+/// changed from the one before.
+pub type OpHistory = (&'static str, i64, &'static [(i64, Change)]);
+
 /// Ops whose `axes` attribute became an input: (op, the opset where it did). Every
 /// [`Change::Rewrite`] of the table is one of these (unit test).
 const AXES_TO_INPUT: &[(&str, i64)] = &[
