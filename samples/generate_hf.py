@@ -81,12 +81,12 @@ FORMS = {
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def master_state() -> dict[str, torch.Tensor]:
+def master_state(config: dict = CONFIG) -> dict[str, torch.Tensor]:
     """A seeded float BitNet model's state dict (the -bf16 form, in float32)."""
     from transformers import BitNetConfig, BitNetForCausalLM
 
     torch.manual_seed(SEED)
-    model = BitNetForCausalLM(BitNetConfig(**CONFIG)).eval()
+    model = BitNetForCausalLM(BitNetConfig(**config)).eval()
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     # Norm weights away from 1, so a converter that drops one is caught.
     g = torch.Generator().manual_seed(SEED + 1)
@@ -127,23 +127,33 @@ def checkpoint(form: str, master: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
-def write_checkpoint(path: str, form: str, master: dict[str, torch.Tensor]) -> None:
+def write_checkpoint(path: str, form: str, master: dict[str, torch.Tensor], config: dict = CONFIG) -> None:
     from safetensors.torch import save_file
 
-    cfg = dict(CONFIG)
+    cfg = dict(config)
     cfg["quantization_config"] = dict(quant_method="bitnet", **FORMS[form])
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2, sort_keys=True)
     save_file(checkpoint(form, master), os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
 
 
-def export(form: str, master: dict[str, torch.Tensor], ids: torch.Tensor) -> np.ndarray:
+def export(
+    form: str,
+    master: dict[str, torch.Tensor],
+    ids: torch.Tensor,
+    out_dir: str | None = None,
+    config: dict = CONFIG,
+    check: bool = True,
+) -> np.ndarray:
+    """Writes `form`'s checkpoint, loads it with from_pretrained, exports it to `out_dir`
+    (default samples/hf/<form>) and returns ONNX Runtime's logits for `ids` (None when
+    `check` is off: no onnx.checker, no ORT run, for the large benchmark models)."""
     from transformers import BitNetForCausalLM
 
-    out_dir = os.path.join(OUT, form)
+    out_dir = out_dir or os.path.join(OUT, form)
     os.makedirs(out_dir, exist_ok=True)
     with tempfile.TemporaryDirectory() as ckpt:
-        write_checkpoint(ckpt, form, master)
+        write_checkpoint(ckpt, form, master, config)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = BitNetForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
@@ -162,7 +172,7 @@ def export(form: str, master: dict[str, torch.Tensor], ids: torch.Tensor) -> np.
     # dynamo's own compilation off.
     torch._dynamo.config.disable = True
     batch = torch.export.Dim("batch", min=1, max=64)
-    seq = torch.export.Dim("seq", min=1, max=CONFIG["max_position_embeddings"])
+    seq = torch.export.Dim("seq", min=1, max=config["max_position_embeddings"])
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -193,6 +203,8 @@ def export(form: str, master: dict[str, torch.Tensor], ids: torch.Tensor) -> np.
         location="model.onnx.data",
         size_threshold=1024,
     )
+    if not check:
+        return None
     onnx.checker.check_model(path, full_check=True)
     onnx.save_tensor(numpy_helper.from_array(ids.numpy(), "input_ids"), os.path.join(out_dir, "input_ids.pb"))
     onnx.save_tensor(numpy_helper.from_array(logits, "logits"), os.path.join(out_dir, "logits.pb"))

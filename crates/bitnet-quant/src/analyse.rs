@@ -9,7 +9,7 @@ use bitnet_model::proto::tensor_proto::DataType;
 use bitnet_model::proto::{GraphProto, NodeProto};
 use serde::Serialize;
 
-use crate::fold::{Const, Folder};
+use crate::fold::Folder;
 
 /// How the weight is laid out in the graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -94,8 +94,10 @@ pub fn feeds_graph_output(index: &GraphIndex, value: &str) -> bool {
 /// The value of a candidate's weight.
 #[derive(Debug, Clone)]
 pub enum WeightValue {
-    /// Computed by folding constant nodes (held in memory as `f32`).
-    Folded(Const),
+    /// Computed by folding constant nodes. Only its shape and type are kept: the converter
+    /// folds it again when its batch is quantized, so no more than a batch of folded weights
+    /// is ever in memory.
+    Folded { dims: Vec<usize>, dtype: i32 },
     /// A float initializer of the graph, not decoded yet: the converter reads it when it
     /// quantizes it, so analysis costs no memory for it.
     Initializer { dims: Vec<usize>, dtype: i32 },
@@ -104,14 +106,14 @@ pub enum WeightValue {
 impl WeightValue {
     pub fn dims(&self) -> &[usize] {
         match self {
-            WeightValue::Folded(c) => &c.dims,
+            WeightValue::Folded { dims, .. } => dims,
             WeightValue::Initializer { dims, .. } => dims,
         }
     }
 
     pub fn dtype(&self) -> i32 {
         match self {
-            WeightValue::Folded(c) => c.dtype,
+            WeightValue::Folded { dtype, .. } => *dtype,
             WeightValue::Initializer { dtype, .. } => *dtype,
         }
     }
@@ -196,8 +198,22 @@ pub fn find_linear_layers(
                     dims: t.dims.iter().map(|&d| d.max(0) as usize).collect(),
                     dtype: t.data_type.unwrap_or(0),
                 },
+                None if transposed_initializer(&index, &w).is_some() => {
+                    let (node, dims, dtype) =
+                        transposed_initializer(&index, &w).unwrap_or_default();
+                    // The converter folds it; the Transpose is then dead like any folded node.
+                    folder.visited.push(node);
+                    WeightValue::Folded { dims, dtype }
+                }
                 None => match folder.eval(&w) {
-                    Ok(c) => WeightValue::Folded(c),
+                    Ok(c) => {
+                        let v = WeightValue::Folded {
+                            dims: c.dims,
+                            dtype: c.dtype,
+                        };
+                        folder.evict_large();
+                        v
+                    }
                     Err(e) => return Err(fold_reason(&mut folder, &a, e)),
                 },
             };
@@ -230,6 +246,38 @@ pub fn find_linear_layers(
     }
     let visited = std::mem::take(&mut folder.visited);
     (layers, weights, visited)
+}
+
+/// The producing node, dims and type of `value` when it is a `Transpose` of an initializer (a tied LM head
+/// reading the embedding table), from the initializer's header: such a weight can always be
+/// folded, and describing it costs no memory (folding it here would hold the whole table twice).
+fn transposed_initializer(index: &GraphIndex, value: &str) -> Option<(usize, Vec<usize>, i32)> {
+    let at = index.producer(value)?;
+    let node = index.node(at);
+    let domain = node.domain.as_deref().unwrap_or("");
+    if node.op_type.as_deref() != Some("Transpose") || !(domain.is_empty() || domain == "ai.onnx") {
+        return None;
+    }
+    let t = index.initializer(node.input.first()?)?;
+    let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+    let rank = dims.len();
+    let perm: Vec<usize> = match node
+        .attribute
+        .iter()
+        .find(|a| a.name.as_deref() == Some("perm"))
+    {
+        Some(a) if !a.ints.is_empty() => a
+            .ints
+            .iter()
+            .map(|&p| usize::try_from(p).ok().filter(|&p| p < rank))
+            .collect::<Option<Vec<_>>>()?,
+        _ => (0..rank).rev().collect(),
+    };
+    let mut seen = vec![false; rank];
+    if perm.len() != rank || perm.iter().any(|&p| std::mem::replace(&mut seen[p], true)) {
+        return None;
+    }
+    Some((at, perm.iter().map(|&p| dims[p]).collect(), t.data_type?))
 }
 
 /// Why a weight that is not an initializer cannot be folded.

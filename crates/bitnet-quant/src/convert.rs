@@ -495,11 +495,22 @@ fn convert_graph(
             .collect();
         // Each job owns its input (a folded value, or a cheap clone of the initializer whose
         // payload stays in the memory-mapped file), so the graph is free for the emitter.
+        // Folded weights are folded again here, one batch at a time (analysis kept only their
+        // shapes); the folder keeps small values (shapes, scales) for the whole batch.
+        let index = GraphIndex::new(g);
+        let mut folder = crate::fold::Folder::new(&index, path);
         let inputs = batch
             .iter()
             .map(|(w, ls)| {
                 let input = match weights.remove(w) {
-                    Some(WeightValue::Folded(c)) => JobInput::Folded(c),
+                    Some(WeightValue::Folded { .. }) => {
+                        let c = folder.eval(w).map_err(|e| ConvertError::Other {
+                            path: p.clone(),
+                            reason: format!("weight '{w}' of node '{}': {e}", ls[0].node),
+                        })?;
+                        folder.evict_large();
+                        JobInput::Folded(c)
+                    }
                     _ => match by_name.get(w.as_str()) {
                         Some(t) => JobInput::Tensor(Box::new((*t).clone())),
                         None => {
@@ -530,6 +541,8 @@ fn convert_graph(
             }
         }
         drop(by_name);
+        drop(folder);
+        drop(index);
         // Quantize this batch while the previous one is emitted (in order, on the graph). Its
         // weights are taken one after another when each is quantized in parallel inside.
         let one_by_one = inside[start..end].iter().all(|&p| p);

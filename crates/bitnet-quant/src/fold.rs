@@ -132,9 +132,16 @@ pub struct Folder<'a, 'g> {
     cache: HashMap<String, Result<Const, FoldError>>,
     /// Memo of [`Folder::runtime_root`].
     runtime: HashMap<String, Option<String>>,
+    /// Consumers of each value not evaluated yet: a large value is dropped from the cache once
+    /// its last consumer is, so folding one weight holds only its live intermediates.
+    remaining: HashMap<String, usize>,
     /// Nodes that were evaluated to produce folded values (for reporting and dead-code removal).
     pub visited: Vec<usize>,
 }
+
+/// Cached values up to this many elements (shapes, axes, scalars, small tables) stay cached
+/// for the whole folder's life; larger ones are dropped once no consumer still needs them.
+pub const SMALL_VALUE: usize = 1 << 16;
 
 /// The class an element type is held in, or `None` for types the folder does not evaluate
 /// (strings, complex, 8-, 6-, 4- and 2-bit floats and integers).
@@ -386,7 +393,38 @@ impl<'a, 'g> Folder<'a, 'g> {
             path,
             cache: HashMap::new(),
             runtime: HashMap::new(),
+            remaining: HashMap::new(),
             visited: Vec::new(),
+        }
+    }
+
+    /// Drops every cached value of more than [`SMALL_VALUE`] elements: the folder then holds
+    /// no weight-sized data between the weights it is asked for.
+    pub fn evict_large(&mut self) {
+        self.cache
+            .retain(|_, r| r.as_ref().map_or(true, |c| c.len() <= SMALL_VALUE));
+    }
+
+    /// Notes that a consumer of each of `inputs` has been evaluated; drops large values that no
+    /// consumer needs any more.
+    fn consumed(&mut self, inputs: &[String]) {
+        let mut seen = std::collections::HashSet::new();
+        for i in inputs.iter().filter(|i| !i.is_empty()) {
+            if !seen.insert(i.as_str()) {
+                continue;
+            }
+            let left = self
+                .remaining
+                .entry(i.clone())
+                .or_insert_with(|| self.index.consumers(i).len());
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                if let Some(Ok(c)) = self.cache.get(i) {
+                    if c.len() > SMALL_VALUE {
+                        self.cache.remove(i);
+                    }
+                }
+            }
         }
     }
 
@@ -489,6 +527,7 @@ impl<'a, 'g> Folder<'a, 'g> {
             )));
         }
         self.visited.push(ni);
+        self.consumed(&node.input);
         // Every output of a multi-output node (Split) is known now: remember the others.
         let mut mine = None;
         for (o, c) in node.output.iter().zip(outs) {

@@ -30,8 +30,54 @@ pub(crate) fn broadcast_shapes(shapes: &[&[usize]]) -> Result<Vec<usize>, OpErro
     Ok(out)
 }
 
-/// Index into a broadcast operand of `shape` for each position of `out`.
-pub(crate) fn broadcast_index(shape: &[usize], out: &[usize]) -> Vec<usize> {
+/// Index into a broadcast operand of `shape` for each position of `out`, without a table when
+/// the operand has the output's shape or a single element (a weight-sized table of `usize`
+/// would take twice the memory of the float32 weight).
+pub(crate) enum BIdx {
+    Same(usize),
+    Scalar(usize),
+    Table(Vec<usize>),
+}
+
+impl BIdx {
+    pub(crate) fn get(&self, k: usize) -> usize {
+        match self {
+            BIdx::Same(_) => k,
+            BIdx::Scalar(_) => 0,
+            BIdx::Table(t) => t[k],
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            BIdx::Same(n) | BIdx::Scalar(n) => *n,
+            BIdx::Table(t) => t.len(),
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.len()).map(move |k| self.get(k))
+    }
+}
+
+pub(crate) fn broadcast_index(shape: &[usize], out: &[usize]) -> BIdx {
+    let total: usize = out.iter().product();
+    let own: usize = shape.iter().product();
+    if own == total
+        && shape
+            .iter()
+            .filter(|&&d| d != 1)
+            .eq(out.iter().filter(|&&d| d != 1))
+    {
+        return BIdx::Same(total);
+    }
+    if own == 1 {
+        return BIdx::Scalar(total);
+    }
+    BIdx::Table(broadcast_table(shape, out))
+}
+
+fn broadcast_table(shape: &[usize], out: &[usize]) -> Vec<usize> {
     let r = out.len();
     let total: usize = out.iter().product();
     let mut strides = vec![0usize; r];
@@ -83,27 +129,32 @@ fn zip2(
     let data = match (&a.data, &b.data) {
         (Data::I64(va), Data::I64(vb)) => {
             let mut out = Vec::with_capacity(ia.len());
-            for (&i, &j) in ia.iter().zip(&ib) {
+            for (i, j) in ia.iter().zip(ib.iter()) {
                 out.push(wrap_int(dtype, fi(va[i], vb[j])?));
             }
             Data::I64(out)
         }
         (Data::F32(va), Data::F32(vb)) => Data::F32(
             ia.iter()
-                .zip(&ib)
-                .map(|(&i, &j)| round_f32(dtype, ff(va[i], vb[j])))
+                .zip(ib.iter())
+                .map(|(i, j)| round_f32(dtype, ff(va[i], vb[j])))
                 .collect(),
         ),
         _ if class(dtype) == Some(Class::F64) => {
             let (va, vb) = (a.f64(), b.f64());
-            Data::F64(ia.iter().zip(&ib).map(|(&i, &j)| f(va[i], vb[j])).collect())
+            Data::F64(
+                ia.iter()
+                    .zip(ib.iter())
+                    .map(|(i, j)| f(va[i], vb[j]))
+                    .collect(),
+            )
         }
         _ => {
             let (va, vb) = (a.f32(), b.f32());
             Data::F32(
                 ia.iter()
-                    .zip(&ib)
-                    .map(|(&i, &j)| round_f32(dtype, ff(va[i], vb[j])))
+                    .zip(ib.iter())
+                    .map(|(i, j)| round_f32(dtype, ff(va[i], vb[j])))
                     .collect(),
             )
         }
@@ -242,7 +293,7 @@ pub(crate) fn arith(node: &NodeProto, op: &str, a: &Const, b: &Const) -> Result<
             let ia = broadcast_index(&a.dims, &dims);
             let ib = broadcast_index(&b.dims, &dims);
             let (va, vb) = (a.f64(), b.f64());
-            let p = ia.iter().zip(&ib).map(|(&i, &j)| va[i].powf(vb[j]));
+            let p = ia.iter().zip(ib.iter()).map(|(i, j)| va[i].powf(vb[j]));
             let data = match class(a.dtype) {
                 Some(Class::F32) => Data::F32(p.map(|v| round_f32(a.dtype, v as f32)).collect()),
                 Some(Class::F64) => Data::F64(p.collect()),
@@ -318,8 +369,8 @@ pub(crate) fn compare(op: &str, a: &Const, b: &Const) -> Result<Const, OpError> 
         (Data::I64(va), Data::I64(vb)) => {
             let u = is_u64(a.dtype);
             ia.iter()
-                .zip(&ib)
-                .map(|(&i, &j)| {
+                .zip(ib.iter())
+                .map(|(i, j)| {
                     let o = if u {
                         (va[i] as u64).cmp(&(vb[j] as u64))
                     } else {
@@ -332,8 +383,8 @@ pub(crate) fn compare(op: &str, a: &Const, b: &Const) -> Result<Const, OpError> 
         _ => {
             let (va, vb) = (a.f64(), b.f64());
             ia.iter()
-                .zip(&ib)
-                .map(|(&i, &j)| va[i].partial_cmp(&vb[j]).is_some_and(test) as i64)
+                .zip(ib.iter())
+                .map(|(i, j)| va[i].partial_cmp(&vb[j]).is_some_and(test) as i64)
                 .collect()
         }
     };
@@ -411,21 +462,39 @@ pub(crate) fn where_(cond: &Const, a: &Const, b: &Const) -> Result<Const, OpErro
     let ia = broadcast_index(&a.dims, &dims);
     let ib = broadcast_index(&b.dims, &dims);
     let c = cond.i64();
-    let take = |k: usize| c[ic[k]] != 0;
+    let take = |k: usize| c[ic.get(k)] != 0;
     let data = match (&a.data, &b.data) {
         (Data::F32(va), Data::F32(vb)) => Data::F32(
             (0..ic.len())
-                .map(|k| if take(k) { va[ia[k]] } else { vb[ib[k]] })
+                .map(|k| {
+                    if take(k) {
+                        va[ia.get(k)]
+                    } else {
+                        vb[ib.get(k)]
+                    }
+                })
                 .collect(),
         ),
         (Data::F64(va), Data::F64(vb)) => Data::F64(
             (0..ic.len())
-                .map(|k| if take(k) { va[ia[k]] } else { vb[ib[k]] })
+                .map(|k| {
+                    if take(k) {
+                        va[ia.get(k)]
+                    } else {
+                        vb[ib.get(k)]
+                    }
+                })
                 .collect(),
         ),
         (Data::I64(va), Data::I64(vb)) => Data::I64(
             (0..ic.len())
-                .map(|k| if take(k) { va[ia[k]] } else { vb[ib[k]] })
+                .map(|k| {
+                    if take(k) {
+                        va[ia.get(k)]
+                    } else {
+                        vb[ib.get(k)]
+                    }
+                })
                 .collect(),
         ),
         _ => return invalid("Where branches of different types"),
@@ -545,13 +614,15 @@ mod tests {
 
     #[test]
     fn broadcast_index_matches_coordinates() {
-        let idx = broadcast_index(&[3, 1], &[2, 3, 4]);
+        let idx = broadcast_table(&[3, 1], &[2, 3, 4]);
         assert_eq!(idx.len(), 24);
         for (pos, &i) in idx.iter().enumerate() {
             let row = (pos / 4) % 3;
             assert_eq!(i, row, "position {pos}");
         }
-        assert_eq!(broadcast_index(&[], &[2, 2]), vec![0; 4]);
+        assert!(matches!(broadcast_index(&[], &[2, 2]), BIdx::Scalar(4)));
+        assert!(matches!(broadcast_index(&[1, 3], &[3]), BIdx::Same(3)));
+        assert!(matches!(broadcast_index(&[3, 1], &[3, 4]), BIdx::Table(_)));
     }
 
     #[test]

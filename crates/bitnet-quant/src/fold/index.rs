@@ -41,11 +41,22 @@ pub(crate) fn transpose(node: &NodeProto, x: &Const) -> Result<Const, OpError> {
     let out_dims: Vec<usize> = perm.iter().map(|&p| x.dims[p]).collect();
     let in_strides = strides(&x.dims);
     let st: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
-    let mut src = Vec::with_capacity(x.len());
-    for_each_coord(&out_dims, |c| {
-        src.push(c.iter().zip(&st).map(|(c, s)| c * s).sum::<usize>())
-    });
-    Ok(x.with_data(out_dims, x.data.pick(&src)))
+    // Element by element, without a table of source positions (a weight's worth of `usize`).
+    macro_rules! gather {
+        ($v:expr) => {{
+            let mut out = Vec::with_capacity($v.len());
+            for_each_coord(&out_dims, |c| {
+                out.push($v[c.iter().zip(&st).map(|(c, s)| c * s).sum::<usize>()])
+            });
+            out
+        }};
+    }
+    let data = match &x.data {
+        Data::F32(v) => Data::F32(gather!(v)),
+        Data::F64(v) => Data::F64(gather!(v)),
+        Data::I64(v) => Data::I64(gather!(v)),
+    };
+    Ok(x.with_data(out_dims, data))
 }
 
 pub(crate) fn reshape(node: &NodeProto, x: &Const, shape: &Const) -> Result<Const, OpError> {
@@ -560,7 +571,8 @@ fn shape_values(c: &Const) -> Result<Vec<usize>, OpError> {
 pub(crate) fn expand(x: &Const, shape: &Const) -> Result<Const, OpError> {
     let want = shape_values(shape)?;
     let dims = broadcast_shapes(&[&x.dims, &want])?;
-    Ok(x.with_data(dims.clone(), x.data.pick(&broadcast_index(&x.dims, &dims))))
+    let idx: Vec<usize> = broadcast_index(&x.dims, &dims).iter().collect();
+    Ok(x.with_data(dims.clone(), x.data.pick(&idx)))
 }
 
 pub(crate) fn tile(x: &Const, repeats: &Const) -> Result<Const, OpError> {

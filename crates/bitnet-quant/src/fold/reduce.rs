@@ -46,7 +46,7 @@ pub(crate) fn reduce(
                 total
             ];
             let u64_ = super::is_u64(x.dtype);
-            for (pos, &o) in idx.iter().enumerate() {
+            for (pos, o) in idx.iter().enumerate() {
                 acc[o] = match op {
                     "ReduceMax" if u64_ => (acc[o] as u64).max(v[pos] as u64) as i64,
                     "ReduceMin" if u64_ => (acc[o] as u64).min(v[pos] as u64) as i64,
@@ -73,7 +73,7 @@ pub(crate) fn reduce(
                 };
                 total
             ];
-            for (pos, &o) in idx.iter().enumerate() {
+            for (pos, o) in idx.iter().enumerate() {
                 let val = v[pos];
                 acc[o] = match op {
                     "ReduceMax" => acc[o].max(val),
