@@ -401,9 +401,29 @@ pub fn print_report(r: &Report, saved: &bitnet_model::Saved) {
     for s in &r.totals.skipped {
         println!("skipped {:<36} {}", s.node, s.reason);
     }
+    // BitNet's layer around the node, as far as it was taken in (or why not).
+    let count = |prefix: &str| {
+        r.layers
+            .iter()
+            .filter(|l| l.absorbed.iter().any(|a| a.starts_with(prefix)))
+            .count()
+    };
+    let (acts, scales) = (count("activation quantization"), count("output"));
+    if acts + scales > 0 {
+        println!(
+            "absorbed into their layers: {acts} BitNet activation quantizations (taken as the graph computes them), {scales} constant output scales (folded into the weight scales)"
+        );
+    }
+    for l in r.layers.iter().filter(|l| l.not_absorbed.is_some()) {
+        println!(
+            "not absorbed {:<31} {}",
+            l.node,
+            l.not_absorbed.as_deref().unwrap_or("")
+        );
+    }
     let t = &r.totals;
     println!(
-        "converted {} layers ({} weights), skipped {}; removed {} folded nodes",
+        "converted {} layers ({} weights), skipped {}; removed {} folded or absorbed nodes",
         t.converted,
         r.layers.len(),
         t.skipped.len(),

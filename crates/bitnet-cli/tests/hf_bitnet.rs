@@ -44,6 +44,13 @@ fn convert(
     (out, r)
 }
 
+/// `inspect --json`'s op histogram of `model`.
+fn ops(model: &std::path::Path) -> serde_json::Value {
+    let out = run_ok(bin().arg("inspect").arg("--json").arg(model));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    j["ops"].clone()
+}
+
 /// Whether ONNX Runtime at `level` runs `target`'s output exactly (no int8 re-quantization of
 /// the activations).
 fn exact(target: &str, level: &str) -> bool {
@@ -75,6 +82,46 @@ fn every_linear_class_converts_losslessly_to_every_target_and_matches_transforme
             assert_eq!(layers.len(), BITNET_LAYERS, "{s} {target}: {r}");
             for l in layers {
                 assert_eq!(l["lossless"], true, "{s} {target}: {l}");
+            }
+            // BitNet's layer taken as one unit: the constant output scale (BitLinear's
+            // `/ (s * weight_scale)`, AutoBitLinear offline's `* weight_scale`) goes into the
+            // weight scales on every target; ort-int8 takes the graph's own int8 activation
+            // codes instead of quantizing them again.
+            for l in layers {
+                let absorbed: Vec<&str> = l["absorbed"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap())
+                    .collect();
+                let scale = absorbed.iter().any(|a| a.starts_with("output"));
+                assert_eq!(scale, *s != "autobitlinear_online", "{s} {target}: {l}");
+                let act = absorbed
+                    .iter()
+                    .any(|a| a.starts_with("activation quantization"));
+                assert_eq!(act, *target == "ort-int8", "{s} {target}: {l}");
+                assert!(l["not_absorbed"].is_null(), "{s} {target}: {l}");
+            }
+            let (before, after) = (ops(&sample(&format!("hf/{s}/model.onnx"))), ops(&out));
+            let count =
+                |o: &serde_json::Value, op: &str| o.get(op).and_then(|v| v.as_u64()).unwrap_or(0);
+            // One activation rounding per BitNet activation quantization of the original
+            // (AutoBitLinear online also rounds its weights in the graph: folded away).
+            let act_rounds = if *s == "autobitlinear_online" {
+                8
+            } else {
+                count(&before, "Round")
+            };
+            assert_eq!(count(&after, "Round"), act_rounds, "{s} {target}: {after}");
+            let total = |o: &serde_json::Value| {
+                o.as_object()
+                    .unwrap()
+                    .values()
+                    .map(|v| v.as_u64().unwrap())
+                    .sum::<u64>()
+            };
+            if *target == "ort" {
+                assert!(total(&after) < total(&before), "{s}: {before} -> {after}");
             }
             if *target == "tensorrt" {
                 run_ok(bin().args(["check", "--target", "tensorrt"]).arg(&out));

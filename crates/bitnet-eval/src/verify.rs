@@ -64,6 +64,20 @@ pub struct LayerSpec {
     pub op: String,
     pub weight: String,
     pub output: String,
+    /// When the converted layer took over a constant scale applied after the node (BitNet's
+    /// `weight_scale`): the value after that scale, which both models compute, and the factor
+    /// that went into the converted weight's scales.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaled_output: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_scale: Option<f32>,
+}
+
+impl LayerSpec {
+    /// The value compared between the two models for this layer.
+    pub fn compared(&self) -> &str {
+        self.scaled_output.as_deref().unwrap_or(&self.output)
+    }
 }
 
 /// Comparison of one graph output.
@@ -196,7 +210,18 @@ fn dequantized_reference(
     let mut reference = original.proto.clone();
     let rg = reference.graph.as_mut().expect("loaded");
     for l in layers {
-        let Some(cnode) = cg.node.iter().find(|n| n.output.first() == Some(&l.output)) else {
+        // The converted node writes the layer's output, or the scaled output when it took over
+        // the scale node after it.
+        let cnode = cg
+            .node
+            .iter()
+            .find(|n| n.output.first() == Some(&l.output))
+            .or_else(|| {
+                cg.node
+                    .iter()
+                    .find(|n| n.output.first().map(String::as_str) == Some(l.compared()))
+            });
+        let Some(cnode) = cnode else {
             return Ok(Err(format!(
                 "layer '{}': no node produces '{}' in the converted model",
                 l.node, l.output
@@ -217,8 +242,12 @@ fn dequantized_reference(
             )));
         };
         let d = dequantize(&clabel, dq, x, s, z)?;
-        // Bring the weight to [K, N] (MatMul orientation), then to the original's.
+        // Bring the weight to [K, N] (MatMul orientation), then to the original's. A scale the
+        // converted weight took over is divided out: the original still applies it.
         let (mut kn, mut dims) = (d.values, d.dims);
+        if let Some(f) = l.output_scale {
+            kn.iter_mut().for_each(|v| *v /= f);
+        }
         if dims.len() == 2 && trans_b(cnode) {
             kn = transpose(&kn, dims[0] as usize, dims[1] as usize);
             dims = vec![dims[1], dims[0]];
@@ -330,7 +359,7 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
             let (po, pc) = (produced(&original.proto), produced(&converted.proto));
             let (ok, missing): (Vec<_>, Vec<_>) = all
                 .into_iter()
-                .partition(|l| po.contains(&l.output) && pc.contains(&l.output));
+                .partition(|l| po.contains(l.compared()) && pc.contains(l.compared()));
             if !missing.is_empty() {
                 layers_note = Some(format!(
                     "skipped layers whose output is not computed in both models: {}",
@@ -344,7 +373,7 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
             ok
         }
     };
-    let extra: Vec<String> = layers.iter().map(|l| l.output.clone()).collect();
+    let extra: Vec<String> = layers.iter().map(|l| l.compared().to_string()).collect();
 
     let orun = Runner::new_named(&olabel, &original.proto, &dims, &extra)?;
     let crun = Runner::new_named(&clabel, &converted.proto, &dims, &extra)?;
@@ -431,8 +460,8 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
         }
         for (i, l) in layers.iter().enumerate() {
             let (a, b) = (
-                find(&o, &l.output).expect("extra"),
-                find(&c, &l.output).expect("extra"),
+                find(&o, l.compared()).expect("extra"),
+                find(&c, l.compared()).expect("extra"),
             );
             layer_acc[i].add(&a.1, &b.1, a.2.last().copied().unwrap_or(1));
         }
@@ -476,7 +505,7 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
             LayerReport {
                 node: l.node.clone(),
                 op: l.op.clone(),
-                output: l.output.clone(),
+                output: l.compared().to_string(),
                 rel_l2: m.rel_l2,
                 cosine: m.cosine,
                 max_abs_error: m.max_abs_error,

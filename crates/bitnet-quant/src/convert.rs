@@ -17,6 +17,7 @@ use regex::Regex;
 use serde::Serialize;
 
 use crate::analyse::{self, Layout, LinearLayer, WeightValue};
+use crate::bitnet;
 use crate::emit::{Emitter, NameGen, WeightJob};
 use crate::opsets;
 use crate::quant::kn::Rows;
@@ -158,6 +159,11 @@ pub struct LayerReport {
     pub folded: bool,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// What of BitNet's layer around the node was taken into the converted layer: the
+    /// activation quantization (integer targets), a constant output scale (every target).
+    pub absorbed: Vec<String>,
+    /// Why a chain that looks like BitNet's activation quantization was left as it is.
+    pub not_absorbed: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -471,6 +477,7 @@ fn convert_graph(
         reports: Vec::new(),
         meta: Vec::new(),
         min_opset: 0,
+        removable: Vec::new(),
     };
     type Batch<'j, 'l> = &'j [(String, Vec<&'l LinearLayer>)];
     let mut pending: Option<(Batch, Vec<Result<Quantized, ConvertError>>)> = None;
@@ -571,12 +578,15 @@ fn convert_graph(
         reports,
         meta,
         min_opset,
+        removable,
         ..
     } = em;
     let removed = if reports.is_empty() {
         0
     } else {
-        remove_dead(g, &folded_outputs, &read_before)
+        let mut removable_outputs = folded_outputs;
+        removable_outputs.extend(removable);
+        remove_dead(g, &removable_outputs, &read_before)
     };
     Ok(GraphResult {
         layers: reports,
@@ -593,6 +603,98 @@ struct Emission {
     reports: Vec<LayerReport>,
     meta: Vec<serde_json::Value>,
     min_opset: i64,
+    /// Outputs of nodes the converted layers took over, removed at the end if dead.
+    removable: Vec<String>,
+}
+
+/// What is BitNet's around the layers of one weight.
+struct BitnetPlan {
+    /// The constant output scale of each layer (all equal), when every layer has one.
+    output_scales: Option<Vec<bitnet::OutputScale>>,
+    /// A near miss of the activation quantization, for the report.
+    not_absorbed: Option<String>,
+}
+
+/// Looks at the graph around the layers reading `w` (read-only). Only MatMul layers are
+/// considered: a Gemm's bias or transposed input would change what the scales mean.
+fn bitnet_plan(g: &GraphProto, w: &str, ls: &[&LinearLayer], path: &Path) -> BitnetPlan {
+    let index = GraphIndex::new(g);
+    let mut scales = Vec::new();
+    let mut not_absorbed = None;
+    let mut all = true;
+    for l in ls {
+        let node = g.node.iter().find(|n| {
+            n.output.first() == Some(&l.output) && n.input.get(1).map(String::as_str) == Some(w)
+        });
+        let (Some(node), "MatMul") = (node, l.op.as_str()) else {
+            all = false;
+            continue;
+        };
+        let act = match bitnet::act_quant(&index, path, &node.input[0]) {
+            Ok(m) => m,
+            Err(reason) => {
+                not_absorbed.get_or_insert(reason);
+                None
+            }
+        };
+        let act_scale = act.as_ref().map(|m| m.scale.as_str());
+        match bitnet::output_scale(&index, path, &l.output, act_scale) {
+            Some(os) => scales.push(os),
+            None => all = false,
+        }
+    }
+    let same = scales
+        .iter()
+        .all(|s| s.factor.to_bits() == scales[0].factor.to_bits());
+    BitnetPlan {
+        output_scales: (all && same && !scales.is_empty()).then_some(scales),
+        not_absorbed,
+    }
+}
+
+/// After `l` was emitted with its scales multiplied by `os.factor`: the node that applied the
+/// factor goes (the layer's new last node writes its output instead), or, for `y / (s * c)`,
+/// divides by `s` alone.
+fn absorb_output_scale(
+    g: &mut GraphProto,
+    w: &str,
+    l: &LinearLayer,
+    os: &bitnet::OutputScale,
+    removable: &mut Vec<String>,
+) -> Result<(), String> {
+    if g.node.iter().any(|n| {
+        n.output.first() == Some(&l.output) && n.input.get(1).map(String::as_str) == Some(w)
+    }) {
+        return Err(format!(
+            "node '{}' was not rewritten, but its output scale was folded into its weight scales",
+            l.node
+        ));
+    }
+    let Some(pos) = g
+        .node
+        .iter()
+        .position(|n| n.output.first() == Some(&os.node_output))
+    else {
+        return Err(format!("the output scale node of '{}' is gone", l.node));
+    };
+    match &os.keep_divisor {
+        Some((s, product)) => {
+            g.node[pos].input[1] = s.clone();
+            removable.push(product.clone());
+        }
+        None => {
+            g.node.remove(pos);
+            for n in &mut g.node {
+                for o in &mut n.output {
+                    if *o == l.output {
+                        *o = os.node_output.clone();
+                    }
+                }
+            }
+            g.value_info.retain(|v| v.name.as_ref() != Some(&l.output));
+        }
+    }
+    Ok(())
 }
 
 impl Emission {
@@ -610,7 +712,14 @@ impl Emission {
         spare: &quant::Spare,
     ) -> Result<(), ConvertError> {
         for ((w, ls), q) in batch.iter().zip(quantized) {
-            let q = q?;
+            let mut q = q?;
+            // BitNet's layer around the node: a constant scale on the output is folded into
+            // the weight scales (the scale node goes after emission).
+            let plan = bitnet_plan(g, w, ls, Path::new(p));
+            if let Some(scales) = &plan.output_scales {
+                let f = scales[0].factor;
+                q.ternary.scales.iter_mut().for_each(|s| *s *= f);
+            }
             let t = &q.ternary;
             let dtype = q.dtype;
             let job = WeightJob {
@@ -625,6 +734,19 @@ impl Emission {
                 .emitter
                 .emit(g, &job, &mut self.names)
                 .map_err(|e| e.in_file(p))?;
+            let mut absorbed = emitted.absorbed.clone();
+            self.removable.extend(emitted.removable.iter().cloned());
+            if let Some(scales) = &plan.output_scales {
+                for (l, os) in ls.iter().zip(scales) {
+                    absorb_output_scale(g, w, l, os, &mut self.removable).map_err(|reason| {
+                        ConvertError::Other {
+                            path: p.to_string(),
+                            reason,
+                        }
+                    })?;
+                    absorbed.push(os.how.clone());
+                }
+            }
             if let Some(sink) = opts.sink {
                 for init in g.initializer.iter_mut().skip(first_new) {
                     sink.store(init).map_err(|e| ConvertError::Other {
@@ -655,9 +777,16 @@ impl Emission {
                 folded: ls[0].folded,
                 bytes_before,
                 bytes_after: emitted.bytes,
+                absorbed,
+                not_absorbed: plan.not_absorbed,
             });
-            for l in ls {
-                self.meta.push(serde_json::json!({"node": l.node, "op": l.op, "weight": l.weight, "output": l.output}));
+            for (i, l) in ls.iter().enumerate() {
+                let mut m = serde_json::json!({"node": l.node, "op": l.op, "weight": l.weight, "output": l.output});
+                if let Some(os) = plan.output_scales.as_ref().and_then(|s| s.get(i)) {
+                    m["scaled_output"] = os.node_output.clone().into();
+                    m["output_scale"] = os.factor.into();
+                }
+                self.meta.push(m);
             }
             if let Some(pr) = opts.progress {
                 pr.converted(w, bytes_before);

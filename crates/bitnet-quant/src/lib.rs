@@ -3,6 +3,7 @@
 //! emitter module per target format.
 
 pub mod analyse;
+pub mod bitnet;
 pub mod check;
 pub mod convert;
 pub mod emit;

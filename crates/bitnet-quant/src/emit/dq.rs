@@ -161,5 +161,6 @@ pub fn emit_natural(
     super::Emitted {
         bytes,
         min_opset: min_opset(job, &scales, code_type),
+        ..Default::default()
     }
 }

@@ -30,11 +30,16 @@ pub struct WeightJob<'a> {
 }
 
 /// Result of emitting one weight.
+#[derive(Debug, Default)]
 pub struct Emitted {
     /// Bytes of codes plus scales as stored.
     pub bytes: u64,
     /// Lowest default-domain opset the new nodes need.
     pub min_opset: i64,
+    /// What of the graph around the layers the emitter took over, for the report.
+    pub absorbed: Vec<String>,
+    /// Outputs of graph nodes that may be dead now (the caller removes those that are).
+    pub removable: Vec<String>,
 }
 
 /// A deployment format.

@@ -152,6 +152,7 @@ impl Emitter for Ort {
         Ok(Emitted {
             bytes: b_bytes + scale_bytes,
             min_opset: 0,
+            ..Default::default()
         })
     }
 

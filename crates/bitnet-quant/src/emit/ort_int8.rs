@@ -16,8 +16,11 @@
 //! (attention's q/k/v projections). float16 activations are computed in float32 inside the
 //! chain (int32 sums overflow float16) and cast back. Scales must be per tensor or per channel:
 //! the int32 sum runs over all of K, so a per-group scale cannot be applied after it.
-//! A model that already carries BitLinear's activation fake-quant chain computes the same
-//! thing: re-quantizing `x_q / s` per token gives back `x_q` and `s`.
+//! A model that already quantizes the layer's input as BitNet does (transformers'
+//! `AutoBitLinear`: `a = q / s`; `BitLinear`: `a = float(int8(q))`, see `crate::bitnet`) is not
+//! quantized a second time: its codes `q` are shifted into uint8 as they are, and the product
+//! is divided by the graph's `s` (AutoBitLinear) or left as the integer product that the graph
+//! divides by `s` after (BitLinear). Float32 activations only; other types get the own chain.
 
 use bitnet_model::proto::attribute_proto::AttributeType;
 use bitnet_model::proto::tensor_proto::DataType;
@@ -27,6 +30,7 @@ use bitnet_model::tensor;
 use super::dq::int_attr;
 use super::linear::{self, Bias};
 use super::{Emitted, Emitter, NameGen, WeightJob};
+use crate::bitnet;
 use crate::convert::ConvertError;
 use crate::pack;
 use crate::quant::Granularity;
@@ -64,10 +68,14 @@ fn node(
 struct Activation {
     /// uint8 activation (codes shifted by 128).
     q: String,
-    /// Per-token scale `s = 127 / max|x|`, float32 `[.., 1]`.
-    s: String,
+    /// Per-token scale `s = 127 / max|x|`, float32 `[.., 1]`, that the integer product is
+    /// divided by; `None` when the layer's input is the integer codes themselves (BitLinear,
+    /// whose graph divides by `s` after the product).
+    s: Option<String>,
     /// Nodes and initializers to add, when no earlier layer built them.
     new: Option<(Vec<NodeProto>, Vec<TensorProto>)>,
+    /// The graph's own quantization, when it was taken as it is.
+    taken: Option<bitnet::ActQuant>,
 }
 
 fn find_marked(g: &GraphProto, mark: &str) -> Option<String> {
@@ -85,8 +93,24 @@ fn quantize_activation(
     names: &mut NameGen,
 ) -> Activation {
     let (q_mark, s_mark) = (marker("activation", a), marker("scale", a));
+    // BitNet's own quantization already in the graph: its codes and scale are taken as they
+    // are, shifted into uint8 (no second rounding, no float fake-quant beside the integer path).
+    let matched = {
+        let index = bitnet_model::GraphIndex::new(g);
+        bitnet::act_quant(&index, std::path::Path::new(""), a)
+    };
+    if let Ok(Some(m)) = matched {
+        if job.dtype == DataType::Float as i32 {
+            return taken_activation(g, m, &q_mark, names);
+        }
+    }
     if let (Some(q), Some(s)) = (find_marked(g, &q_mark), find_marked(g, &s_mark)) {
-        return Activation { q, s, new: None };
+        return Activation {
+            q,
+            s: Some(s),
+            new: None,
+            taken: None,
+        };
     }
     let base = format!("{a}_int8");
     let f = |names: &mut NameGen, what: &str| names.fresh(&format!("{base}_{what}"));
@@ -150,8 +174,53 @@ fn quantize_activation(
     nodes.push(cast);
     Activation {
         q,
-        s,
+        s: Some(s),
         new: Some((nodes, inits)),
+        taken: None,
+    }
+}
+
+/// The uint8 activation of BitNet codes `m.codes` (float values in [-128, 127]): `codes + 128`
+/// cast to uint8, built once per value.
+fn taken_activation(
+    g: &GraphProto,
+    m: bitnet::ActQuant,
+    q_mark: &str,
+    names: &mut NameGen,
+) -> Activation {
+    let s = match m.form {
+        bitnet::Form::Dequantized => Some(m.scale.clone()),
+        bitnet::Form::Integer => None,
+    };
+    if let Some(q) = find_marked(g, q_mark) {
+        return Activation {
+            q,
+            s,
+            new: None,
+            taken: Some(m),
+        };
+    }
+    let base = format!("{}_int8", m.codes);
+    let c128 = names.fresh(&format!("{base}_128"));
+    let shifted = names.fresh(&format!("{base}_shifted"));
+    let q = names.fresh(&format!("{base}_u8"));
+    let add = node(
+        names,
+        &base,
+        "Add",
+        vec![m.codes.clone(), c128.clone()],
+        &shifted,
+        vec![],
+    );
+    let to = vec![int_attr("to", DataType::Uint8 as i64)];
+    let mut cast = node(names, &base, "Cast", vec![shifted], &q, to);
+    cast.doc_string = Some(q_mark.to_string());
+    let inits = vec![tensor::from_f32(&c128, &[], &[128.0])];
+    Activation {
+        q,
+        s,
+        new: Some((vec![add, cast], inits)),
+        taken: Some(m),
     }
 }
 
@@ -206,6 +275,8 @@ impl Emitter for OrtInt8 {
             vec![t.n as i64]
         };
         let mut scale_names: Vec<(u32, String)> = Vec::new();
+        let mut absorbed = Vec::new();
+        let mut removable = Vec::new();
         let mut scale_bytes = 0u64;
         for layer in job.layers {
             let Some(lin) = linear::take(g, job, layer, names) else {
@@ -224,12 +295,24 @@ impl Emitter for OrtInt8 {
                 }
             };
             let act = quantize_activation(g, job, &lin.a, names);
-            // y = Cast<float>(MatMulInteger(q, codes, 128)) * scale / s [+ bias] [Cast] [+ C]
+            if let Some(m) = &act.taken {
+                absorbed.push(format!(
+                    "activation quantization ({}): the graph's int8 codes and per-token scale",
+                    match m.form {
+                        bitnet::Form::Dequantized => "q / s",
+                        bitnet::Form::Integer => "int8 q",
+                    }
+                ));
+                removable.extend(m.between.iter().cloned());
+            }
+            // y = Cast<float>(MatMulInteger(q, codes, 128)) * scale [/ s] [+ bias] [Cast] [+ C]
             let mut steps: Vec<(&str, Option<String>, Vec<AttributeProto>)> = vec![
                 ("Cast", None, vec![int_attr("to", DataType::Float as i64)]),
                 ("Mul", Some(scale), vec![]),
-                ("Div", Some(act.s.clone()), vec![]),
             ];
+            if let Some(s) = &act.s {
+                steps.push(("Div", Some(s.clone()), vec![]));
+            }
             if let Bias::Vector(v) = &lin.bias {
                 let bn = names.fresh(&format!("{}_bias", lin.node.input[2]));
                 g.initializer.push(tensor::from_f32(&bn, &[t.n as i64], v));
@@ -266,19 +349,24 @@ impl Emitter for OrtInt8 {
             // A new activation quantization goes right after the producer of its input (the
             // Transpose just added for transA, or any earlier node), so that it precedes every
             // reader; at the start when the input is a graph input or an outer-scope value.
+            // One built on the graph's own codes goes after the codes' producer.
             if let Some((nodes, inits)) = act.new {
+                let after = act.taken.as_ref().map_or(&lin.a, |m| &m.codes);
                 let at = g
                     .node
                     .iter()
-                    .position(|n| n.output.contains(&lin.a))
+                    .position(|n| n.output.contains(after))
                     .map_or(0, |p| p + 1);
                 g.initializer.extend(inits);
                 g.node.splice(at..at, nodes);
             }
         }
+        absorbed.dedup();
         Ok(Emitted {
             bytes: code_bytes + scale_bytes,
             min_opset: MIN_OPSET,
+            absorbed,
+            removable,
         })
     }
 }

@@ -90,6 +90,7 @@ impl Emitter for TensorRt {
         Ok(Emitted {
             bytes,
             min_opset: dq::min_opset(job, &scales, code_type),
+            ..Default::default()
         })
     }
 }
