@@ -17,6 +17,7 @@ mod reduce;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use bitnet_model::graph::GraphIndex;
 use bitnet_model::proto::tensor_proto::DataType;
@@ -129,7 +130,8 @@ pub enum FoldError {
 pub struct Folder<'a, 'g> {
     index: &'a GraphIndex<'g>,
     path: &'a Path,
-    cache: HashMap<String, Result<Const, FoldError>>,
+    /// Values evaluated so far, shared with the nodes reading them (no copy per reader).
+    cache: HashMap<String, Result<Arc<Const>, FoldError>>,
     /// Memo of [`Folder::runtime_root`].
     runtime: HashMap<String, Option<String>>,
     /// Consumers of each value not evaluated yet: a large value is dropped from the cache once
@@ -428,8 +430,16 @@ impl<'a, 'g> Folder<'a, 'g> {
         }
     }
 
-    /// Evaluates `value`, or says why it cannot be.
+    /// Evaluates `value`, or says why it cannot be. A large result is handed over, not kept.
     pub fn eval(&mut self, value: &str) -> Result<Const, FoldError> {
+        let r = self.eval_shared(value)?;
+        if r.len() > SMALL_VALUE {
+            self.cache.remove(value);
+        }
+        Ok(Arc::unwrap_or_clone(r))
+    }
+
+    fn eval_shared(&mut self, value: &str) -> Result<Arc<Const>, FoldError> {
         if let Some(r) = self.cache.get(value) {
             return r.clone();
         }
@@ -465,13 +475,15 @@ impl<'a, 'g> Folder<'a, 'g> {
         r
     }
 
-    fn eval_uncached(&mut self, value: &str) -> Result<Const, FoldError> {
+    fn eval_uncached(&mut self, value: &str) -> Result<Arc<Const>, FoldError> {
         if let Some(t) = self.index.initializer(value) {
-            return Const::from_tensor(self.path, t).map_err(|reason| FoldError::Invalid {
-                op: "initializer".into(),
-                node: value.into(),
-                reason,
-            });
+            return Const::from_tensor(self.path, t)
+                .map(Arc::new)
+                .map_err(|reason| FoldError::Invalid {
+                    op: "initializer".into(),
+                    node: value.into(),
+                    reason,
+                });
         }
         let Some(ni) = self.index.producer(value) else {
             return Err(FoldError::RunTime(value.to_string()));
@@ -491,7 +503,7 @@ impl<'a, 'g> Folder<'a, 'g> {
         if op == "Constant" {
             let c = self.constant(node).map_err(invalid)?;
             self.visited.push(ni);
-            return Ok(c);
+            return Ok(Arc::new(c));
         }
         // A node reading a run-time value cannot be folded: say so before decoding any of its
         // constant inputs (an activation's path reaches the embedding table, for one).
@@ -509,7 +521,7 @@ impl<'a, 'g> Folder<'a, 'g> {
             if i.is_empty() {
                 inputs.push(None);
             } else {
-                inputs.push(Some(self.eval(i)?));
+                inputs.push(Some(self.eval_shared(i)?));
             }
         }
         let outs = eval_node(node, &op, &inputs).map_err(|e| match e {
@@ -526,15 +538,16 @@ impl<'a, 'g> Folder<'a, 'g> {
                 node.output.len()
             )));
         }
+        drop(inputs);
         self.visited.push(ni);
         self.consumed(&node.input);
         // Every output of a multi-output node (Split) is known now: remember the others.
         let mut mine = None;
         for (o, c) in node.output.iter().zip(outs) {
             if o == value {
-                mine = Some(c);
+                mine = Some(Arc::new(c));
             } else if !o.is_empty() {
-                self.cache.insert(o.clone(), Ok(c));
+                self.cache.insert(o.clone(), Ok(Arc::new(c)));
             }
         }
         mine.ok_or_else(|| invalid(format!("does not produce '{value}'")))
@@ -591,15 +604,18 @@ pub(crate) fn invalid<T>(reason: impl Into<String>) -> Result<T, OpError> {
     Err(OpError::Invalid(reason.into()))
 }
 
-pub(crate) fn need(inputs: &[Option<Const>], i: usize) -> Result<&Const, OpError> {
+/// A node's evaluated inputs (`None` for an omitted optional input).
+pub(crate) type Inputs = [Option<Arc<Const>>];
+
+pub(crate) fn need(inputs: &Inputs, i: usize) -> Result<&Const, OpError> {
     inputs
         .get(i)
-        .and_then(Option::as_ref)
+        .and_then(Option::as_deref)
         .ok_or_else(|| OpError::Invalid(format!("missing input {i}")))
 }
 
-pub(crate) fn opt(inputs: &[Option<Const>], i: usize) -> Option<&Const> {
-    inputs.get(i).and_then(Option::as_ref)
+pub(crate) fn opt(inputs: &Inputs, i: usize) -> Option<&Const> {
+    inputs.get(i).and_then(Option::as_deref)
 }
 
 /// Largest tensor the folder will materialise (elements): constants come from the file, but
@@ -652,14 +668,14 @@ pub(crate) fn for_each_coord(dims: &[usize], mut f: impl FnMut(&[usize])) {
     }
 }
 
-fn eval_node(node: &NodeProto, op: &str, inputs: &[Option<Const>]) -> Result<Vec<Const>, OpError> {
+fn eval_node(node: &NodeProto, op: &str, inputs: &Inputs) -> Result<Vec<Const>, OpError> {
     if op == "Split" {
         return index::split(node, inputs);
     }
     eval_op(node, op, inputs).map(|c| vec![c])
 }
 
-fn eval_op(node: &NodeProto, op: &str, inputs: &[Option<Const>]) -> Result<Const, OpError> {
+fn eval_op(node: &NodeProto, op: &str, inputs: &Inputs) -> Result<Const, OpError> {
     use elementwise as e;
     match op {
         "Identity" => Ok(need(inputs, 0)?.clone()),
@@ -746,7 +762,7 @@ mod tests {
         let b = c(&[3], &[10., 20., 30.]);
         let s = elementwise::arith(&n, "Add", &a, &b).ok().unwrap();
         assert_eq!(s.f32(), vec![11., 22., 33., 14., 25., 36.]);
-        let m = reduce::reduce(&n, "ReduceMean", &[Some(a.clone())])
+        let m = reduce::reduce(&n, "ReduceMean", &[Some(Arc::new(a.clone()))])
             .ok()
             .unwrap();
         assert_eq!(m.dims, vec![1, 1]);

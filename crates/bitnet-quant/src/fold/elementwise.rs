@@ -6,7 +6,7 @@ use bitnet_model::proto::NodeProto;
 
 use super::{
     attr_f, attr_i, attr_s, checked_len, class, invalid, is_u64, opt, round_f32, wrap_int, Class,
-    Const, Data, OpError,
+    Const, Data, Inputs, OpError,
 };
 
 /// The broadcast shape of `shapes`.
@@ -322,8 +322,8 @@ fn float_mod(fmod: bool, x: f64, y: f64) -> f64 {
 }
 
 /// Variadic Min/Max (NaN propagates, as numpy's minimum/maximum).
-pub(crate) fn min_max(op: &str, inputs: &[Option<Const>]) -> Result<Const, OpError> {
-    let xs: Vec<&Const> = inputs.iter().flatten().collect();
+pub(crate) fn min_max(op: &str, inputs: &Inputs) -> Result<Const, OpError> {
+    let xs: Vec<&Const> = inputs.iter().flatten().map(|c| c.as_ref()).collect();
     let Some(&first) = xs.first() else {
         return invalid("no inputs");
     };
@@ -502,7 +502,7 @@ pub(crate) fn where_(cond: &Const, a: &Const, b: &Const) -> Result<Const, OpErro
     Ok(a.with_data(dims, data))
 }
 
-pub(crate) fn clip(node: &NodeProto, inputs: &[Option<Const>]) -> Result<Const, OpError> {
+pub(crate) fn clip(node: &NodeProto, inputs: &Inputs) -> Result<Const, OpError> {
     let x = super::need(inputs, 0)?;
     let bound = |i: usize, attr_name: &str| -> Result<Option<f64>, OpError> {
         match opt(inputs, i) {

@@ -8,7 +8,7 @@ use bitnet_model::proto::NodeProto;
 use super::elementwise::{broadcast_index, broadcast_shapes};
 use super::{
     attr, attr_i, attr_ints, attr_s, checked_len, for_each_coord, invalid, need, norm_axes,
-    norm_axis, opt, strides, Class, Const, Data, OpError,
+    norm_axis, opt, strides, Class, Const, Data, Inputs, OpError,
 };
 
 pub(crate) fn with_dims(x: &Const, dims: Vec<usize>) -> Result<Const, OpError> {
@@ -89,11 +89,7 @@ pub(crate) fn reshape(node: &NodeProto, x: &Const, shape: &Const) -> Result<Cons
     with_dims(x, dims)
 }
 
-pub(crate) fn squeeze(
-    node: &NodeProto,
-    op: &str,
-    inputs: &[Option<Const>],
-) -> Result<Const, OpError> {
+pub(crate) fn squeeze(node: &NodeProto, op: &str, inputs: &Inputs) -> Result<Const, OpError> {
     let x = need(inputs, 0)?;
     let axes = match opt(inputs, 1) {
         Some(c) => c.i64(),
@@ -160,8 +156,8 @@ fn along_axis(dims: &[usize], axis: usize, along: &[usize]) -> Vec<usize> {
     idx
 }
 
-pub(crate) fn concat(node: &NodeProto, inputs: &[Option<Const>]) -> Result<Const, OpError> {
-    let xs: Vec<&Const> = inputs.iter().flatten().collect();
+pub(crate) fn concat(node: &NodeProto, inputs: &Inputs) -> Result<Const, OpError> {
+    let xs: Vec<&Const> = inputs.iter().flatten().map(|c| c.as_ref()).collect();
     let Some(&first) = xs.first() else {
         return invalid("Concat of no inputs");
     };
@@ -207,7 +203,7 @@ pub(crate) fn concat(node: &NodeProto, inputs: &[Option<Const>]) -> Result<Const
     Ok(first.with_data(dims, data))
 }
 
-pub(crate) fn split(node: &NodeProto, inputs: &[Option<Const>]) -> Result<Vec<Const>, OpError> {
+pub(crate) fn split(node: &NodeProto, inputs: &Inputs) -> Result<Vec<Const>, OpError> {
     let x = need(inputs, 0)?;
     let axis = norm_axis(attr_i(node, "axis").unwrap_or(0), x.dims.len())?;
     let d = x.dims[axis];
@@ -246,7 +242,7 @@ pub(crate) fn split(node: &NodeProto, inputs: &[Option<Const>]) -> Result<Vec<Co
     Ok(outs)
 }
 
-pub(crate) fn slice(node: &NodeProto, inputs: &[Option<Const>]) -> Result<Const, OpError> {
+pub(crate) fn slice(node: &NodeProto, inputs: &Inputs) -> Result<Const, OpError> {
     let x = need(inputs, 0)?;
     let rank = x.dims.len();
     // Opset 10 made starts, ends, axes and steps inputs; before, starts/ends/axes were
@@ -511,17 +507,14 @@ fn scatter_into(
     Ok(x.with_data(x.dims.clone(), data))
 }
 
-pub(crate) fn scatter_nd(node: &NodeProto, inputs: &[Option<Const>]) -> Result<Const, OpError> {
+pub(crate) fn scatter_nd(node: &NodeProto, inputs: &Inputs) -> Result<Const, OpError> {
     let (x, indices, updates) = (need(inputs, 0)?, need(inputs, 1)?, need(inputs, 2)?);
     let (offsets, slice) = nd_offsets(&x.dims, indices, 0)?;
     let targets: Vec<usize> = offsets.iter().flat_map(|&o| o..o + slice).collect();
     scatter_into(x, updates, &targets, reduction(node)?)
 }
 
-pub(crate) fn scatter_elements(
-    node: &NodeProto,
-    inputs: &[Option<Const>],
-) -> Result<Const, OpError> {
+pub(crate) fn scatter_elements(node: &NodeProto, inputs: &Inputs) -> Result<Const, OpError> {
     let (x, indices, updates) = (need(inputs, 0)?, need(inputs, 1)?, need(inputs, 2)?);
     let rank = x.dims.len();
     let axis = norm_axis(attr_i(node, "axis").unwrap_or(0), rank)?;
@@ -591,7 +584,7 @@ pub(crate) fn tile(x: &Const, repeats: &Const) -> Result<Const, OpError> {
     pick_product(x, &take)
 }
 
-pub(crate) fn pad(node: &NodeProto, inputs: &[Option<Const>]) -> Result<Const, OpError> {
+pub(crate) fn pad(node: &NodeProto, inputs: &Inputs) -> Result<Const, OpError> {
     let x = need(inputs, 0)?;
     let rank = x.dims.len();
     // Opset 11 made pads and the constant value inputs; before, they were attributes.

@@ -3,14 +3,12 @@
 use bitnet_model::proto::NodeProto;
 
 use super::elementwise::broadcast_index;
-use super::{attr_i, attr_ints, invalid, need, norm_axes, norm_axis, opt, round_f32, wrap_int};
+use super::{
+    attr_i, attr_ints, invalid, need, norm_axes, norm_axis, opt, round_f32, wrap_int, Inputs,
+};
 use super::{Const, Data, OpError};
 
-pub(crate) fn reduce(
-    node: &NodeProto,
-    op: &str,
-    inputs: &[Option<Const>],
-) -> Result<Const, OpError> {
+pub(crate) fn reduce(node: &NodeProto, op: &str, inputs: &Inputs) -> Result<Const, OpError> {
     let x = need(inputs, 0)?;
     let rank = x.dims.len();
     // Opset 18 (13 for ReduceSum) made the axes an input.
