@@ -10,7 +10,7 @@ pub enum EvalError {
     #[error(transparent)]
     Model(#[from] bitnet_model::ModelError),
     /// tract refused the model or failed while building or running it.
-    #[error("{model}: tract failed while {stage}: {message}")]
+    #[error("{model}: tract failed while {stage}: {message} (verify runs both models in tract; this is the node and op tract could not handle: binding symbolic dims with --dim NAME=VALUE or giving real inputs with --inputs may get it past shape analysis, else the model cannot be verified here)")]
     Tract {
         model: String,
         stage: String,
@@ -39,11 +39,12 @@ pub enum EvalError {
 }
 
 impl EvalError {
-    pub(crate) fn tract(model: &str, stage: impl Into<String>, e: impl std::fmt::Debug) -> Self {
+    pub(crate) fn tract(model: &str, stage: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        // The whole cause chain on one line, without the backtrace Debug would add.
         EvalError::Tract {
             model: model.to_string(),
             stage: stage.into(),
-            message: format!("{e:?}"),
+            message: format!("{e:#}"),
         }
     }
     pub(crate) fn file(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
