@@ -50,7 +50,8 @@ pub fn inspect_json(model: &Model) -> Value {
     let mut layers = Vec::new();
     let mut graph_no = 0;
     walk::for_each_graph(p, &mut |sub| {
-        let (ls, _, _) = bitnet_quant::analyse::find_linear_layers(sub, &model.path);
+        let (ls, _, _) =
+            bitnet_quant::analyse::find_linear_layers(sub, &model.path, Some(&model.mappings));
         for l in ls {
             layers.push(json!({
                 "graph": if graph_no == 0 { "main".to_string() } else { sub.name.clone().unwrap_or_else(|| format!("subgraph {graph_no}")) },

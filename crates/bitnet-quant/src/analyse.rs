@@ -128,11 +128,29 @@ impl WeightValue {
     }
 }
 
+/// Drops the memory-mapped pages of the large initializers `folder` decoded (a packed weight
+/// unpacked in the graph): they are read again from the file if needed.
+pub fn release_decoded(
+    index: &GraphIndex,
+    folder: &mut Folder,
+    source: Option<&bitnet_model::load::Mappings>,
+) {
+    for name in folder.decoded.drain(..) {
+        if let (Some(src), Some(raw)) = (
+            source,
+            index.initializer(&name).and_then(|t| t.raw_data.as_ref()),
+        ) {
+            src.release(raw);
+        }
+    }
+}
+
 /// Finds every MatMul/Gemm of `graph`, folding constant weights. Returns the layers, the
 /// weights of the candidates (by weight value name) and the folded nodes.
 pub fn find_linear_layers(
     graph: &GraphProto,
     path: &Path,
+    source: Option<&bitnet_model::load::Mappings>,
 ) -> (
     Vec<LinearLayer>,
     std::collections::BTreeMap<String, WeightValue>,
@@ -212,6 +230,7 @@ pub fn find_linear_layers(
                             dtype: c.dtype,
                         };
                         folder.evict_large();
+                        release_decoded(&index, &mut folder, source);
                         v
                     }
                     Err(e) => return Err(fold_reason(&mut folder, &a, e)),

@@ -384,7 +384,7 @@ fn convert_graph(
     opset: i64,
 ) -> Result<GraphResult, ConvertError> {
     let p = path.display().to_string();
-    let (layers, mut weights, folded_nodes) = analyse::find_linear_layers(g, path);
+    let (layers, mut weights, folded_nodes) = analyse::find_linear_layers(g, path, opts.source);
     // Identify folded nodes by their outputs: indices shift once emitters insert nodes.
     let folded_outputs: HashSet<String> = folded_nodes
         .iter()
@@ -516,6 +516,7 @@ fn convert_graph(
                             reason: format!("weight '{w}' of node '{}': {e}", ls[0].node),
                         })?;
                         folder.evict_large();
+                        analyse::release_decoded(&index, &mut folder, opts.source);
                         JobInput::Folded(c)
                     }
                     _ => match by_name.get(w.as_str()) {

@@ -139,6 +139,9 @@ pub struct Folder<'a, 'g> {
     remaining: HashMap<String, usize>,
     /// Nodes that were evaluated to produce folded values (for reporting and dead-code removal).
     pub visited: Vec<usize>,
+    /// Initializers of more than [`SMALL_VALUE`] elements decoded since the caller last took
+    /// this list: their memory-mapped pages can be dropped once the fold is done.
+    pub decoded: Vec<String>,
 }
 
 /// Cached values up to this many elements (shapes, axes, scalars, small tables) stay cached
@@ -397,6 +400,7 @@ impl<'a, 'g> Folder<'a, 'g> {
             runtime: HashMap::new(),
             remaining: HashMap::new(),
             visited: Vec::new(),
+            decoded: Vec::new(),
         }
     }
 
@@ -477,6 +481,9 @@ impl<'a, 'g> Folder<'a, 'g> {
 
     fn eval_uncached(&mut self, value: &str) -> Result<Arc<Const>, FoldError> {
         if let Some(t) = self.index.initializer(value) {
+            if tensor::saturating_element_count(t) > SMALL_VALUE as u64 {
+                self.decoded.push(value.to_string());
+            }
             return Const::from_tensor(self.path, t)
                 .map(Arc::new)
                 .map_err(|reason| FoldError::Invalid {
