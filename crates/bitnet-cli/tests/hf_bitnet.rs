@@ -123,6 +123,14 @@ fn every_linear_class_converts_losslessly_to_every_target_and_matches_transforme
             if *target == "ort" {
                 assert!(total(&after) < total(&before), "{s}: {before} -> {after}");
             }
+            // State between layers stays in the converter: nothing of it ships in the model.
+            let m = bitnet_model::Model::load(&out).unwrap().proto;
+            let marked = m.graph.as_ref().unwrap().node.iter().find(|n| {
+                n.doc_string
+                    .as_deref()
+                    .is_some_and(|d| d.contains("bitnet-onnx"))
+            });
+            assert!(marked.is_none(), "{s} {target}: {marked:?}");
             if *target == "tensorrt" {
                 run_ok(bin().args(["check", "--target", "tensorrt"]).arg(&out));
             }

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::analyse::{self, Layout, LinearLayer, WeightValue};
 use crate::bitnet;
-use crate::emit::{Emitter, NameGen, WeightJob};
+use crate::emit::{EmitContext, Emitter, WeightJob};
 use crate::opsets;
 use crate::quant::kn::Rows;
 use crate::quant::{self, QuantConfig, Ternary};
@@ -473,7 +473,7 @@ fn convert_graph(
         largest.max(rayon::current_num_threads() as u64 * BATCH_BYTES_PER_THREAD)
     });
     let mut em = Emission {
-        names: NameGen::new(g),
+        cx: EmitContext::new(g),
         reports: Vec::new(),
         meta: Vec::new(),
         min_opset: 0,
@@ -600,7 +600,8 @@ fn convert_graph(
 
 /// The emitting side of the driver: names, and what the report and metadata collect.
 struct Emission {
-    names: NameGen,
+    /// The names in use and what earlier weights' emission left for later ones.
+    cx: EmitContext,
     reports: Vec<LayerReport>,
     meta: Vec<serde_json::Value>,
     min_opset: i64,
@@ -733,7 +734,7 @@ impl Emission {
             let first_new = g.initializer.len();
             let emitted = opts
                 .emitter
-                .emit(g, &job, &mut self.names)
+                .emit(g, &job, &mut self.cx)
                 .map_err(|e| e.in_file(p))?;
             let mut absorbed = emitted.absorbed.clone();
             self.removable.extend(emitted.removable.iter().cloned());

@@ -52,7 +52,7 @@ pub trait Emitter: Sync {
         &self,
         graph: &mut GraphProto,
         job: &WeightJob,
-        names: &mut NameGen,
+        cx: &mut EmitContext,
     ) -> Result<Emitted, ConvertError>;
     /// True when every converted weight reaches its node through a constant DequantizeLinear,
     /// so a verifier can rebuild the dequantized reference from the output alone.
@@ -78,6 +78,46 @@ pub trait Emitter: Sync {
 }
 
 /// Generates value/node names that do not clash with any name in the graph.
+/// What emitting one weight leaves for the next ones, kept by the driver for the whole graph
+/// (never in the model): the names in use, and the activation quantizations already built,
+/// which later layers reading the same value share. Derefs to the name generator.
+pub struct EmitContext {
+    pub names: NameGen,
+    /// Per-token int8 activations built so far, by the value they quantize.
+    pub activations: std::collections::HashMap<String, SharedActivation>,
+}
+
+/// An activation quantization one layer built and later layers reuse.
+#[derive(Debug, Clone)]
+pub struct SharedActivation {
+    /// The uint8 activation (codes shifted by 128).
+    pub q: String,
+    /// The per-token scale the product is divided by, when there is one.
+    pub s: Option<String>,
+}
+
+impl EmitContext {
+    pub fn new(graph: &GraphProto) -> Self {
+        EmitContext {
+            names: NameGen::new(graph),
+            activations: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for EmitContext {
+    type Target = NameGen;
+    fn deref(&self) -> &NameGen {
+        &self.names
+    }
+}
+
+impl std::ops::DerefMut for EmitContext {
+    fn deref_mut(&mut self) -> &mut NameGen {
+        &mut self.names
+    }
+}
+
 pub struct NameGen {
     used: std::collections::HashSet<String>,
 }

@@ -6,7 +6,7 @@
 use bitnet_model::proto::tensor_proto::DataType;
 use bitnet_model::proto::GraphProto;
 
-use super::{dq, Emitted, Emitter, NameGen, WeightJob};
+use super::{dq, EmitContext, Emitted, Emitter, WeightJob};
 use crate::convert::ConvertError;
 use crate::pack;
 
@@ -29,7 +29,7 @@ impl Emitter for OnnxInt2 {
         &self,
         g: &mut GraphProto,
         job: &WeightJob,
-        names: &mut NameGen,
+        names: &mut EmitContext,
     ) -> Result<Emitted, ConvertError> {
         Ok(dq::emit_natural(
             g,

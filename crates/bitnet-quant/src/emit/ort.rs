@@ -12,7 +12,7 @@ use bitnet_model::tensor;
 
 use super::dq::int_attr;
 use super::linear::{self, Bias};
-use super::{Emitted, Emitter, NameGen, WeightJob};
+use super::{EmitContext, Emitted, Emitter, WeightJob};
 use crate::convert::ConvertError;
 use crate::pack;
 
@@ -51,7 +51,7 @@ impl Emitter for Ort {
         &self,
         g: &mut GraphProto,
         job: &WeightJob,
-        names: &mut NameGen,
+        names: &mut EmitContext,
     ) -> Result<Emitted, ConvertError> {
         let t = job.ternary;
         let other = ConvertError::refused;

@@ -29,7 +29,7 @@ use bitnet_model::tensor;
 
 use super::dq::int_attr;
 use super::linear::{self, Bias};
-use super::{Emitted, Emitter, NameGen, WeightJob};
+use super::{EmitContext, Emitted, Emitter, NameGen, SharedActivation, WeightJob};
 use crate::bitnet;
 use crate::convert::ConvertError;
 use crate::pack;
@@ -39,12 +39,6 @@ pub struct OrtInt8;
 
 /// Opset the emitted nodes need: Round and Clip with min/max inputs (11).
 const MIN_OPSET: i64 = 11;
-
-/// Marks the nodes of an activation quantization so that later layers reading the same value
-/// reuse it: the final Cast (the uint8 activation) and the Div (the per-token scale `s`).
-fn marker(what: &str, a: &str) -> String {
-    format!("bitnet-onnx: per-token int8 {what} of '{a}'")
-}
 
 fn node(
     names: &mut NameGen,
@@ -78,40 +72,47 @@ struct Activation {
     taken: Option<bitnet::ActQuant>,
 }
 
-fn find_marked(g: &GraphProto, mark: &str) -> Option<String> {
-    g.node
-        .iter()
-        .find(|n| n.doc_string.as_deref() == Some(mark))
-        .and_then(|n| n.output.first().cloned())
-}
-
 /// The quantization of activation `a`: the one an earlier layer built, or a new one.
 fn quantize_activation(
     g: &GraphProto,
     job: &WeightJob,
     a: &str,
-    names: &mut NameGen,
+    cx: &mut EmitContext,
 ) -> Activation {
-    let (q_mark, s_mark) = (marker("activation", a), marker("scale", a));
     // BitNet's own quantization already in the graph: its codes and scale are taken as they
     // are, shifted into uint8 (no second rounding, no float fake-quant beside the integer path).
     let matched = {
         let index = bitnet_model::GraphIndex::new(g);
         bitnet::act_quant(&index, std::path::Path::new(""), a)
-    };
-    if let Ok(Some(m)) = matched {
-        if job.dtype == DataType::Float as i32 {
-            return taken_activation(g, m, &q_mark, names);
-        }
     }
-    if let (Some(q), Some(s)) = (find_marked(g, &q_mark), find_marked(g, &s_mark)) {
+    .ok()
+    .flatten()
+    .filter(|_| job.dtype == DataType::Float as i32);
+    // One quantization per value: a later layer reading it takes the first one's.
+    if let Some(shared) = cx.activations.get(a) {
         return Activation {
-            q,
-            s: Some(s),
+            q: shared.q.clone(),
+            s: shared.s.clone(),
             new: None,
-            taken: None,
+            taken: matched,
         };
     }
+    let act = match matched {
+        Some(m) => taken_activation(m, &mut cx.names),
+        None => own_activation(job, a, &mut cx.names),
+    };
+    cx.activations.insert(
+        a.to_string(),
+        SharedActivation {
+            q: act.q.clone(),
+            s: act.s.clone(),
+        },
+    );
+    act
+}
+
+/// BitNet's per-token int8 quantization of `a`, built in the graph.
+fn own_activation(job: &WeightJob, a: &str, names: &mut NameGen) -> Activation {
     let base = format!("{a}_int8");
     let f = |names: &mut NameGen, what: &str| names.fresh(&format!("{base}_{what}"));
     let mut nodes = Vec::new();
@@ -155,9 +156,7 @@ fn quantize_activation(
     let clamped = f(names, "absmax_clamped");
     nodes.push(node(names, &base, "Max", vec![max, eps], &clamped, vec![]));
     let s = f(names, "scale");
-    let mut div = node(names, &base, "Div", vec![c127, clamped], &s, vec![]);
-    div.doc_string = Some(s_mark);
-    nodes.push(div);
+    nodes.push(node(names, &base, "Div", vec![c127, clamped], &s, vec![]));
     let xs = f(names, "scaled");
     nodes.push(node(names, &base, "Mul", vec![x, s.clone()], &xs, vec![]));
     let r = f(names, "rounded");
@@ -169,9 +168,7 @@ fn quantize_activation(
     nodes.push(node(names, &base, "Clip", input, &clipped, vec![]));
     let q = f(names, "u8");
     let to = vec![int_attr("to", DataType::Uint8 as i64)];
-    let mut cast = node(names, &base, "Cast", vec![clipped], &q, to);
-    cast.doc_string = Some(q_mark);
-    nodes.push(cast);
+    nodes.push(node(names, &base, "Cast", vec![clipped], &q, to));
     Activation {
         q,
         s: Some(s),
@@ -182,24 +179,11 @@ fn quantize_activation(
 
 /// The uint8 activation of BitNet codes `m.codes` (float values in [-128, 127]): `codes + 128`
 /// cast to uint8, built once per value.
-fn taken_activation(
-    g: &GraphProto,
-    m: bitnet::ActQuant,
-    q_mark: &str,
-    names: &mut NameGen,
-) -> Activation {
+fn taken_activation(m: bitnet::ActQuant, names: &mut NameGen) -> Activation {
     let s = match m.form {
         bitnet::Form::Dequantized => Some(m.scale.clone()),
         bitnet::Form::Integer => None,
     };
-    if let Some(q) = find_marked(g, q_mark) {
-        return Activation {
-            q,
-            s,
-            new: None,
-            taken: Some(m),
-        };
-    }
     let base = format!("{}_int8", m.codes);
     let c128 = names.fresh(&format!("{base}_128"));
     let shifted = names.fresh(&format!("{base}_shifted"));
@@ -213,8 +197,7 @@ fn taken_activation(
         vec![],
     );
     let to = vec![int_attr("to", DataType::Uint8 as i64)];
-    let mut cast = node(names, &base, "Cast", vec![shifted], &q, to);
-    cast.doc_string = Some(q_mark.to_string());
+    let cast = node(names, &base, "Cast", vec![shifted], &q, to);
     let inits = vec![tensor::from_f32(&c128, &[], &[128.0])];
     Activation {
         q,
@@ -243,7 +226,7 @@ impl Emitter for OrtInt8 {
         &self,
         g: &mut GraphProto,
         job: &WeightJob,
-        names: &mut NameGen,
+        names: &mut EmitContext,
     ) -> Result<Emitted, ConvertError> {
         let t = job.ternary;
         let other = ConvertError::refused;

@@ -5,7 +5,7 @@
 use bitnet_model::proto::tensor_proto::DataType;
 use bitnet_model::proto::GraphProto;
 
-use super::{dq, Emitted, Emitter, NameGen, WeightJob};
+use super::{dq, EmitContext, Emitted, Emitter, WeightJob};
 use crate::convert::ConvertError;
 use crate::pack;
 
@@ -24,7 +24,7 @@ impl Emitter for QdqInt8 {
         &self,
         g: &mut GraphProto,
         job: &WeightJob,
-        names: &mut NameGen,
+        names: &mut EmitContext,
     ) -> Result<Emitted, ConvertError> {
         Ok(dq::emit_natural(
             g,

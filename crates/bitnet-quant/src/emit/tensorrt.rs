@@ -6,7 +6,7 @@
 use bitnet_model::proto::tensor_proto::DataType;
 use bitnet_model::proto::GraphProto;
 
-use super::{dq, Emitted, Emitter, NameGen, WeightJob};
+use super::{dq, EmitContext, Emitted, Emitter, WeightJob};
 use crate::convert::ConvertError;
 use crate::pack;
 use crate::quant::Granularity;
@@ -44,7 +44,7 @@ impl Emitter for TensorRt {
         &self,
         g: &mut GraphProto,
         job: &WeightJob,
-        names: &mut NameGen,
+        names: &mut EmitContext,
     ) -> Result<Emitted, ConvertError> {
         if job.dtype == DataType::Bfloat16 as i32 {
             // The scale type is the DequantizeLinear output type, and TensorRT takes float32
