@@ -641,10 +641,11 @@ pub(crate) fn norm_axes(axes: &[i64], rank: usize) -> Result<Vec<usize>, OpError
     axes.iter().map(|&a| norm_axis(a, rank)).collect()
 }
 
+/// An axis of a tensor of rank `rank` (a scalar has none).
 pub(crate) fn norm_axis(a: i64, rank: usize) -> Result<usize, OpError> {
     let r = rank as i64;
     let n = if a < 0 { a + r } else { a };
-    if n < 0 || (n >= r && rank > 0) || (rank == 0 && n != 0) {
+    if n < 0 || n >= r {
         return invalid(format!("axis {a} out of range for rank {rank}"));
     }
     Ok(n as usize)

@@ -201,3 +201,115 @@ fn folder_matches_every_backend_node_test_of_its_ops() {
         "foldable ops with no passing backend case: {uncovered:?}"
     );
 }
+
+/// Bad input never panics the folder: every backend case of a foldable op is run again with
+/// each input replaced by a scalar, by an empty tensor, and with its integer attributes set to
+/// out-of-range values (seeded, a bounded number of variants per case). Each must fold or
+/// give an error.
+#[test]
+fn malformed_inputs_give_errors_not_panics() {
+    use bitnet_model::proto::tensor_proto::DataType;
+    let root = backend_dir().join("node");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/test.sh)", root.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.join("model.onnx").exists())
+        .collect();
+    cases.sort();
+    let mut runs = 0usize;
+    let mut panics: Vec<String> = Vec::new();
+    // Panics are caught and listed; the default hook would print each one's backtrace.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    for dir in &cases {
+        let model_path = dir.join("model.onnx");
+        let bytes = std::fs::read(&model_path).expect("model.onnx");
+        let model = ModelProto::decode(bytes.as_slice()).expect("decodes");
+        let graph = model.graph.clone().unwrap_or_default();
+        let foldable = !graph.node.is_empty()
+            && graph.node.iter().all(|n| {
+                n.domain.as_deref().unwrap_or("").is_empty()
+                    && FOLDABLE_OPS.contains(&n.op_type.as_deref().unwrap_or(""))
+            });
+        if !foldable {
+            continue;
+        }
+        let inputs: Vec<TensorProto> = (0..graph.input.len())
+            .map_while(|i| {
+                let p = dir.join(format!("input_{i}.pb"));
+                p.exists().then(|| {
+                    let mut t = read_tensor(&p);
+                    t.name = graph.input[i].name.clone();
+                    t
+                })
+            })
+            .collect();
+        if inputs.len() != graph.input.len() {
+            continue;
+        }
+        // Variant k: input k as a scalar (k < n), input k - n empty (n <= k < 2n), then the
+        // integer attributes at huge, negative and zero values.
+        let n = inputs.len();
+        for variant in 0..(2 * n + 3) {
+            let mut g = graph.clone();
+            let mut ins = inputs.clone();
+            if variant < n {
+                let t = &mut ins[variant];
+                let dt = t.data_type.unwrap_or(0);
+                let one = bitnet_model::dtype::byte_len(dt, 1).unwrap_or(1) as usize;
+                let raw = bitnet_model::tensor::raw_bytes(Path::new(""), t)
+                    .map(|r| r.iter().copied().take(one).collect::<Vec<u8>>())
+                    .unwrap_or_default();
+                *t = bitnet_model::tensor::from_raw(
+                    t.name.as_deref().unwrap_or(""),
+                    DataType::try_from(dt).unwrap_or(DataType::Float),
+                    &[],
+                    if raw.len() == one { raw } else { vec![0; one] },
+                );
+            } else if variant < 2 * n {
+                let t = &mut ins[variant - n];
+                let dt = DataType::try_from(t.data_type.unwrap_or(0)).unwrap_or(DataType::Float);
+                *t = bitnet_model::tensor::from_raw(
+                    t.name.as_deref().unwrap_or(""),
+                    dt,
+                    &[0],
+                    vec![],
+                );
+            } else {
+                let v = [i64::MAX / 2, -1_000_000, 0][variant - 2 * n];
+                for node in &mut g.node {
+                    for a in &mut node.attribute {
+                        if a.i.is_some() && a.name.as_deref() != Some("to") {
+                            a.i = Some(v);
+                        }
+                        for x in &mut a.ints {
+                            *x = v;
+                        }
+                    }
+                }
+            }
+            g.initializer.extend(ins);
+            g.input.clear();
+            let outputs: Vec<String> = g.output.iter().filter_map(|o| o.name.clone()).collect();
+            let name = dir.file_name().unwrap().to_string_lossy().to_string();
+            let result = std::panic::catch_unwind(|| {
+                let index = GraphIndex::new(&g);
+                let mut folder = Folder::new(&index, &model_path);
+                for o in &outputs {
+                    let _ = folder.eval(o);
+                }
+            });
+            if result.is_err() {
+                panics.push(format!("{name} variant {variant}"));
+            }
+            runs += 1;
+        }
+    }
+    std::panic::set_hook(default_hook);
+    assert!(
+        panics.is_empty(),
+        "the folder panicked on:\n  {}",
+        panics.join("\n  ")
+    );
+    assert!(runs > 1500, "only {runs} variants ran");
+}

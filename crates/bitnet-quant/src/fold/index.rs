@@ -219,8 +219,13 @@ pub(crate) fn split(node: &NodeProto, inputs: &Inputs) -> Result<Vec<Const>, OpE
         }
         None => {
             let n = match attr_i(node, "num_outputs") {
-                Some(n) if n > 0 => n as usize,
-                Some(n) => return invalid(format!("num_outputs {n}")),
+                Some(n) if n > 0 && n as usize == node.output.len() => n as usize,
+                Some(n) => {
+                    return invalid(format!(
+                        "num_outputs {n} for a node with {} outputs",
+                        node.output.len()
+                    ))
+                }
                 None => node.output.len().max(1),
             };
             // Equal parts, the last one smaller when `d` does not divide (opset 18).
@@ -264,7 +269,8 @@ pub(crate) fn slice(node: &NodeProto, inputs: &Inputs) -> Result<Const, OpError>
     };
     let axes = match axes {
         Some(a) => norm_axes(&a, rank)?,
-        None => (0..starts.len()).collect(),
+        None if starts.len() <= rank => (0..starts.len()).collect(),
+        None => return invalid(format!("{} starts for rank {rank}", starts.len())),
     };
     let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
     if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
