@@ -411,6 +411,21 @@ impl<'a, 'g> Folder<'a, 'g> {
             .retain(|_, r| r.as_ref().map_or(true, |c| c.len() <= SMALL_VALUE));
     }
 
+    /// Large values read by a node that is their last reader leave the memo before the node
+    /// runs, so the node holds the only reference and an op can reuse the memory.
+    fn release_last_reads(&mut self, inputs: &[String]) {
+        for i in inputs.iter().filter(|i| !i.is_empty()) {
+            let left = match self.remaining.get(i) {
+                Some(&n) => n,
+                None => self.index.consumers(i).len(),
+            };
+            let large = matches!(self.cache.get(i), Some(Ok(c)) if c.len() > SMALL_VALUE);
+            if left <= 1 && large {
+                self.cache.remove(i);
+            }
+        }
+    }
+
     /// Notes that a consumer of each of `inputs` has been evaluated; drops large values that no
     /// consumer needs any more.
     fn consumed(&mut self, inputs: &[String]) {
@@ -531,7 +546,8 @@ impl<'a, 'g> Folder<'a, 'g> {
                 inputs.push(Some(self.eval_shared(i)?));
             }
         }
-        let outs = eval_node(node, &op, &inputs).map_err(|e| match e {
+        self.release_last_reads(&node.input);
+        let outs = eval_node(node, &op, inputs).map_err(|e| match e {
             OpError::Unsupported => FoldError::Unsupported {
                 op: op.clone(),
                 node: name.clone(),
@@ -545,7 +561,6 @@ impl<'a, 'g> Folder<'a, 'g> {
                 node.output.len()
             )));
         }
-        drop(inputs);
         self.visited.push(ni);
         self.consumed(&node.input);
         // Every output of a multi-output node (Split) is known now: remember the others.
@@ -676,11 +691,29 @@ pub(crate) fn for_each_coord(dims: &[usize], mut f: impl FnMut(&[usize])) {
     }
 }
 
-fn eval_node(node: &NodeProto, op: &str, inputs: &Inputs) -> Result<Vec<Const>, OpError> {
+fn eval_node(
+    node: &NodeProto,
+    op: &str,
+    mut inputs: Vec<Option<Arc<Const>>>,
+) -> Result<Vec<Const>, OpError> {
     if op == "Split" {
-        return index::split(node, inputs);
+        return index::split(node, &inputs);
     }
-    eval_op(node, op, inputs).map(|c| vec![c])
+    if matches!(op, "ScatterND" | "ScatterElements") {
+        // Updated in place when the memo let go of the data (this node is its last reader).
+        let data = inputs
+            .first_mut()
+            .and_then(Option::take)
+            .ok_or_else(|| OpError::Invalid("missing input 0".into()))?;
+        let data = Arc::unwrap_or_clone(data);
+        let out = if op == "ScatterND" {
+            index::scatter_nd(node, data, &inputs)
+        } else {
+            index::scatter_elements(node, data, &inputs)
+        };
+        return out.map(|c| vec![c]);
+    }
+    eval_op(node, op, &inputs).map(|c| vec![c])
 }
 
 fn eval_op(node: &NodeProto, op: &str, inputs: &Inputs) -> Result<Const, OpError> {
@@ -719,8 +752,6 @@ fn eval_op(node: &NodeProto, op: &str, inputs: &Inputs) -> Result<Const, OpError
         "Gather" => index::gather(node, need(inputs, 0)?, need(inputs, 1)?),
         "GatherElements" => index::gather_elements(node, need(inputs, 0)?, need(inputs, 1)?),
         "GatherND" => index::gather_nd(node, need(inputs, 0)?, need(inputs, 1)?),
-        "ScatterND" => index::scatter_nd(node, inputs),
-        "ScatterElements" => index::scatter_elements(node, inputs),
         "Expand" => index::expand(need(inputs, 0)?, need(inputs, 1)?),
         "Tile" => index::tile(need(inputs, 0)?, need(inputs, 1)?),
         "Pad" => index::pad(node, inputs),

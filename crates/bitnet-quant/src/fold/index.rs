@@ -455,7 +455,7 @@ fn reduction(node: &NodeProto) -> Result<&'static str, OpError> {
 
 /// Writes `updates[k]` into `out[targets[k]]` with `how`.
 fn scatter_into(
-    x: &Const,
+    mut x: Const,
     updates: &Const,
     targets: &[usize],
     how: &str,
@@ -469,10 +469,9 @@ fn scatter_into(
     }
     macro_rules! apply {
         ($variant:ident, $max:expr, $min:expr, $add:expr, $mul:expr) => {{
-            let (Data::$variant(base), Data::$variant(up)) = (&x.data, &updates.data) else {
+            let (Data::$variant(out), Data::$variant(up)) = (&mut x.data, &updates.data) else {
                 return invalid("updates of another type than data");
             };
-            let mut out = base.clone();
             for (&t, &u) in targets.iter().zip(up) {
                 let o = &mut out[t];
                 *o = match how {
@@ -483,11 +482,10 @@ fn scatter_into(
                     _ => u,
                 };
             }
-            Data::$variant(out)
         }};
     }
     let dt = x.dtype;
-    let data = match x.data {
+    match x.data {
         Data::F32(_) => apply!(
             F32,
             f32::max,
@@ -509,19 +507,25 @@ fn scatter_into(
             |a: i64, b: i64| super::wrap_int(dt, a.wrapping_add(b)),
             |a: i64, b: i64| super::wrap_int(dt, a.wrapping_mul(b))
         ),
-    };
-    Ok(x.with_data(x.dims.clone(), data))
+    }
+    Ok(x)
 }
 
-pub(crate) fn scatter_nd(node: &NodeProto, inputs: &Inputs) -> Result<Const, OpError> {
-    let (x, indices, updates) = (need(inputs, 0)?, need(inputs, 1)?, need(inputs, 2)?);
+/// ScatterND of `x` (taken by value: updated in place), `inputs[1]` and `inputs[2]`.
+pub(crate) fn scatter_nd(node: &NodeProto, x: Const, inputs: &Inputs) -> Result<Const, OpError> {
+    let (indices, updates) = (need(inputs, 1)?, need(inputs, 2)?);
     let (offsets, slice) = nd_offsets(&x.dims, indices, 0)?;
     let targets: Vec<usize> = offsets.iter().flat_map(|&o| o..o + slice).collect();
     scatter_into(x, updates, &targets, reduction(node)?)
 }
 
-pub(crate) fn scatter_elements(node: &NodeProto, inputs: &Inputs) -> Result<Const, OpError> {
-    let (x, indices, updates) = (need(inputs, 0)?, need(inputs, 1)?, need(inputs, 2)?);
+/// ScatterElements of `x` (taken by value: updated in place), `inputs[1]` and `inputs[2]`.
+pub(crate) fn scatter_elements(
+    node: &NodeProto,
+    x: Const,
+    inputs: &Inputs,
+) -> Result<Const, OpError> {
+    let (indices, updates) = (need(inputs, 1)?, need(inputs, 2)?);
     let rank = x.dims.len();
     let axis = norm_axis(attr_i(node, "axis").unwrap_or(0), rank)?;
     if indices.dims.len() != rank || updates.dims != indices.dims {
