@@ -23,6 +23,18 @@ fn backend_dir() -> PathBuf {
     }
 }
 
+/// Every backend node test case directory, sorted.
+fn node_cases() -> Vec<PathBuf> {
+    let root = backend_dir().join("node");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/test.sh)", root.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.join("model.onnx").exists())
+        .collect();
+    cases.sort();
+    cases
+}
+
 fn read_tensor(path: &Path) -> TensorProto {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     TensorProto::decode(bytes.as_slice()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -155,13 +167,7 @@ fn run_case(dir: &Path) -> (BTreeSet<String>, Outcome) {
 
 #[test]
 fn folder_matches_every_backend_node_test_of_its_ops() {
-    let root = backend_dir().join("node");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/test.sh)", root.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.join("model.onnx").exists())
-        .collect();
-    cases.sort();
+    let cases = node_cases();
     assert!(cases.len() > 1000, "only {} node cases", cases.len());
     let mut passed_by_op: BTreeMap<String, usize> = BTreeMap::new();
     let mut passed = 0;
@@ -204,18 +210,12 @@ fn folder_matches_every_backend_node_test_of_its_ops() {
 
 /// Bad input never panics the folder: every backend case of a foldable op is run again with
 /// each input replaced by a scalar, by an empty tensor, and with its integer attributes set to
-/// out-of-range values (seeded, a bounded number of variants per case). Each must fold or
+/// out-of-range values (a fixed, bounded set of variants per case). Each must fold or
 /// give an error.
 #[test]
 fn malformed_inputs_give_errors_not_panics() {
     use bitnet_model::proto::tensor_proto::DataType;
-    let root = backend_dir().join("node");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/test.sh)", root.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.join("model.onnx").exists())
-        .collect();
-    cases.sort();
+    let cases = node_cases();
     let mut runs = 0usize;
     let mut panics: Vec<String> = Vec::new();
     // Panics are caught and listed; the default hook would print each one's backtrace.

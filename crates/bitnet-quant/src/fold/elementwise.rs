@@ -462,41 +462,21 @@ pub(crate) fn where_(cond: &Const, a: &Const, b: &Const) -> Result<Const, OpErro
     let ia = broadcast_index(&a.dims, &dims);
     let ib = broadcast_index(&b.dims, &dims);
     let c = cond.i64();
-    let take = |k: usize| c[ic.get(k)] != 0;
+    fn select<T: Copy>(c: &[i64], ic: &BIdx, va: &[T], ia: &BIdx, vb: &[T], ib: &BIdx) -> Vec<T> {
+        (0..ic.len())
+            .map(|k| {
+                if c[ic.get(k)] != 0 {
+                    va[ia.get(k)]
+                } else {
+                    vb[ib.get(k)]
+                }
+            })
+            .collect()
+    }
     let data = match (&a.data, &b.data) {
-        (Data::F32(va), Data::F32(vb)) => Data::F32(
-            (0..ic.len())
-                .map(|k| {
-                    if take(k) {
-                        va[ia.get(k)]
-                    } else {
-                        vb[ib.get(k)]
-                    }
-                })
-                .collect(),
-        ),
-        (Data::F64(va), Data::F64(vb)) => Data::F64(
-            (0..ic.len())
-                .map(|k| {
-                    if take(k) {
-                        va[ia.get(k)]
-                    } else {
-                        vb[ib.get(k)]
-                    }
-                })
-                .collect(),
-        ),
-        (Data::I64(va), Data::I64(vb)) => Data::I64(
-            (0..ic.len())
-                .map(|k| {
-                    if take(k) {
-                        va[ia.get(k)]
-                    } else {
-                        vb[ib.get(k)]
-                    }
-                })
-                .collect(),
-        ),
+        (Data::F32(va), Data::F32(vb)) => Data::F32(select(&c, &ic, va, &ia, vb, &ib)),
+        (Data::F64(va), Data::F64(vb)) => Data::F64(select(&c, &ic, va, &ia, vb, &ib)),
+        (Data::I64(va), Data::I64(vb)) => Data::I64(select(&c, &ic, va, &ia, vb, &ib)),
         _ => return invalid("Where branches of different types"),
     };
     Ok(a.with_data(dims, data))

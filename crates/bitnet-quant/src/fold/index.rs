@@ -344,46 +344,50 @@ pub(crate) fn gather(node: &NodeProto, x: &Const, indices: &Const) -> Result<Con
     Ok(x.with_data(dims, x.data.pick(&along_axis(&x.dims, axis, &along))))
 }
 
-pub(crate) fn gather_elements(
-    node: &NodeProto,
-    x: &Const,
-    indices: &Const,
-) -> Result<Const, OpError> {
-    let rank = x.dims.len();
-    let axis = norm_axis(attr_i(node, "axis").unwrap_or(0), rank)?;
-    if indices.dims.len() != rank {
-        return invalid("GatherElements indices of another rank");
+/// For GatherElements and ScatterElements: the flat position in `dims` of each element of
+/// `indices` (same rank), its coordinate along `axis` replaced by the index it holds.
+fn element_positions(dims: &[usize], indices: &Const, axis: usize) -> Result<Vec<usize>, OpError> {
+    if indices.dims.len() != dims.len() {
+        return invalid("indices of another rank than the data");
     }
-    let st = strides(&x.dims);
+    let st = strides(dims);
     let ind = indices.i64();
-    let mut idx = Vec::with_capacity(ind.len());
+    let mut out = Vec::with_capacity(ind.len());
     let mut k = 0;
     let mut err = None;
     for_each_coord(&indices.dims, |c| {
         let mut at = 0;
         for (a, &ci) in c.iter().enumerate() {
             let p = if a == axis {
-                match resolve(ind[k], x.dims[a]) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        err.get_or_insert(e);
-                        0
-                    }
-                }
-            } else if ci < x.dims[a] {
-                ci
+                resolve(ind[k], dims[a])
+            } else if ci < dims[a] {
+                Ok(ci)
             } else {
-                err.get_or_insert(OpError::Invalid("indices larger than data".into()));
-                0
+                invalid("indices larger than data")
             };
-            at += p * st[a];
+            match p {
+                Ok(p) => at += p * st[a],
+                Err(e) => {
+                    err.get_or_insert(e);
+                }
+            }
         }
-        idx.push(at);
+        out.push(at);
         k += 1;
     });
-    if let Some(e) = err {
-        return Err(e);
+    match err {
+        Some(e) => Err(e),
+        None => Ok(out),
     }
+}
+
+pub(crate) fn gather_elements(
+    node: &NodeProto,
+    x: &Const,
+    indices: &Const,
+) -> Result<Const, OpError> {
+    let axis = norm_axis(attr_i(node, "axis").unwrap_or(0), x.dims.len())?;
+    let idx = element_positions(&x.dims, indices, axis)?;
     Ok(x.with_data(indices.dims.clone(), x.data.pick(&idx)))
 }
 
@@ -526,39 +530,11 @@ pub(crate) fn scatter_elements(
     inputs: &Inputs,
 ) -> Result<Const, OpError> {
     let (indices, updates) = (need(inputs, 1)?, need(inputs, 2)?);
-    let rank = x.dims.len();
-    let axis = norm_axis(attr_i(node, "axis").unwrap_or(0), rank)?;
-    if indices.dims.len() != rank || updates.dims != indices.dims {
-        return invalid("ScatterElements indices and updates must match and have data's rank");
+    let axis = norm_axis(attr_i(node, "axis").unwrap_or(0), x.dims.len())?;
+    if updates.dims != indices.dims {
+        return invalid("ScatterElements indices and updates must have one shape");
     }
-    let st = strides(&x.dims);
-    let ind = indices.i64();
-    let mut targets = Vec::with_capacity(ind.len());
-    let mut k = 0;
-    let mut err = None;
-    for_each_coord(&indices.dims, |c| {
-        let mut at = 0;
-        for (a, &ci) in c.iter().enumerate() {
-            let p = if a == axis {
-                resolve(ind[k], x.dims[a])
-            } else if ci < x.dims[a] {
-                Ok(ci)
-            } else {
-                invalid("indices larger than data")
-            };
-            match p {
-                Ok(p) => at += p * st[a],
-                Err(e) => {
-                    err.get_or_insert(e);
-                }
-            }
-        }
-        targets.push(at);
-        k += 1;
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
+    let targets = element_positions(&x.dims, indices, axis)?;
     scatter_into(x, updates, &targets, reduction(node)?)
 }
 
