@@ -200,3 +200,58 @@ fn tract_runs_the_originals_as_transformers_does() {
         assert!(m.rel_l2 < 1e-5, "{s}: tract against transformers {m:?}");
     }
 }
+
+/// A chain that only looks like BitNet's (rounding clipped to [-127, 127]) is left as it is:
+/// the report says why, and the conversion still computes what the model computes.
+#[test]
+fn a_near_miss_of_the_activation_quantization_is_left_and_reported() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let src = sample("hf/autobitlinear_offline");
+    let bytes = std::fs::read(src.join("model.onnx")).unwrap();
+    let mut m = bitnet_model::proto::ModelProto::decode(bytes.as_slice()).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let lo = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.name.as_deref() == Some("round_1_min"))
+        .expect("the export's shared clip bound");
+    *lo = bitnet_model::tensor::from_f32("round_1_min", &[], &[-127.0]);
+    let model = dir.path().join("model.onnx");
+    std::fs::write(&model, m.encode_to_vec()).unwrap();
+    std::fs::copy(
+        src.join("model.onnx.data"),
+        dir.path().join("model.onnx.data"),
+    )
+    .unwrap();
+    let out = dir.path().join("out.onnx");
+    let report = dir.path().join("out.json");
+    run_ok(
+        bin()
+            .arg("convert")
+            .arg(&model)
+            .arg("-o")
+            .arg(&out)
+            .arg("--report")
+            .arg(&report)
+            .args(["--target", "ort-int8", "-q"]),
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let layers = r["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), BITNET_LAYERS, "{r}");
+    for l in layers {
+        let why = l["not_absorbed"].as_str().unwrap_or_default();
+        assert!(why.contains("[-127, 127]"), "{l}");
+        let absorbed = l["absorbed"].as_array().unwrap();
+        assert!(
+            !absorbed
+                .iter()
+                .any(|a| a.as_str().unwrap().starts_with("activation")),
+            "{l}"
+        );
+    }
+    let cmp = ort_compare(&model, &out, "basic", &["batch=2", "seq=7"]);
+    for o in cmp["outputs"].as_array().unwrap() {
+        assert!(o["rel_l2"].as_f64().unwrap() < 1e-5, "{cmp}");
+    }
+}
