@@ -216,24 +216,25 @@ pub fn find_linear_layers(
                     dims: t.dims.iter().map(|&d| d.max(0) as usize).collect(),
                     dtype: t.data_type.unwrap_or(0),
                 },
-                None if transposed_initializer(&index, &w).is_some() => {
-                    let (node, dims, dtype) =
-                        transposed_initializer(&index, &w).unwrap_or_default();
-                    // The converter folds it; the Transpose is then dead like any folded node.
-                    folder.visited.push(node);
-                    WeightValue::Folded { dims, dtype }
-                }
-                None => match folder.eval(&w) {
-                    Ok(c) => {
-                        let v = WeightValue::Folded {
-                            dims: c.dims,
-                            dtype: c.dtype,
-                        };
-                        folder.evict_large();
-                        release_decoded(&index, &mut folder, source);
-                        v
+                None => match transposed_initializer(&index, &w) {
+                    Some((node, dims, dtype)) => {
+                        // The converter folds it; the Transpose is then dead like any folded
+                        // node.
+                        folder.visited.push(node);
+                        WeightValue::Folded { dims, dtype }
                     }
-                    Err(e) => return Err(fold_reason(&mut folder, &a, e)),
+                    None => match folder.eval(&w) {
+                        Ok(c) => {
+                            let v = WeightValue::Folded {
+                                dims: c.dims,
+                                dtype: c.dtype,
+                            };
+                            folder.evict_large();
+                            release_decoded(&index, &mut folder, source);
+                            v
+                        }
+                        Err(e) => return Err(fold_reason(&mut folder, &a, e)),
+                    },
                 },
             };
             layer.shape = c.dims().iter().map(|&d| d as i64).collect();

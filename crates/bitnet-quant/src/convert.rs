@@ -611,16 +611,21 @@ struct Emission {
 
 /// What is BitNet's around the layers of one weight.
 struct BitnetPlan {
+    /// The activation quantization feeding each layer, when it is BitNet's (for the emitters
+    /// with an integer path).
+    activations: Vec<Option<bitnet::ActQuant>>,
     /// The constant output scale of each layer (all equal), when every layer has one.
     output_scales: Option<Vec<bitnet::OutputScale>>,
     /// A near miss of the activation quantization, for the report.
     not_absorbed: Option<String>,
 }
 
-/// Looks at the graph around the layers reading `w` (read-only). Only MatMul layers are
-/// considered: a Gemm's bias or transposed input would change what the scales mean.
+/// Looks at the graph around the layers reading `w` (read-only). The activation is the node's
+/// first input (not for a Gemm with `transA`); output scales are taken for MatMul layers only,
+/// since a Gemm's bias would need the factor too.
 fn bitnet_plan(g: &GraphProto, w: &str, ls: &[&LinearLayer], path: &Path) -> BitnetPlan {
     let index = GraphIndex::new(g);
+    let mut activations = Vec::with_capacity(ls.len());
     let mut scales = Vec::new();
     let mut not_absorbed = None;
     let mut all = true;
@@ -628,27 +633,33 @@ fn bitnet_plan(g: &GraphProto, w: &str, ls: &[&LinearLayer], path: &Path) -> Bit
         let node = g.node.iter().find(|n| {
             n.output.first() == Some(&l.output) && n.input.get(1).map(String::as_str) == Some(w)
         });
-        let (Some(node), "MatMul") = (node, l.op.as_str()) else {
-            all = false;
-            continue;
-        };
-        let act = match bitnet::act_quant(&index, path, &node.input[0]) {
-            Ok(m) => m,
-            Err(reason) => {
+        let trans_a = node.is_some_and(|n| {
+            n.attribute
+                .iter()
+                .any(|a| a.name.as_deref() == Some("transA") && a.i == Some(1))
+        });
+        let act = match node.and_then(|n| n.input.first()).filter(|_| !trans_a) {
+            Some(a) => bitnet::act_quant(&index, path, a).unwrap_or_else(|reason| {
                 not_absorbed.get_or_insert(reason);
                 None
-            }
+            }),
+            None => None,
         };
         let act_scale = act.as_ref().map(|m| m.scale.as_str());
-        match bitnet::output_scale(&index, path, &l.output, act_scale) {
+        let os = (l.op == "MatMul" && node.is_some())
+            .then(|| bitnet::output_scale(&index, path, &l.output, act_scale))
+            .flatten();
+        match os {
             Some(os) => scales.push(os),
             None => all = false,
         }
+        activations.push(act);
     }
     let same = scales
         .iter()
         .all(|s| s.factor.to_bits() == scales[0].factor.to_bits());
     BitnetPlan {
+        activations,
         output_scales: (all && same && !scales.is_empty()).then_some(scales),
         not_absorbed,
     }
@@ -730,14 +741,15 @@ impl Emission {
                 layers: ls,
                 ternary: t,
                 opset,
+                activations: &plan.activations,
             };
             let first_new = g.initializer.len();
             let emitted = opts
                 .emitter
                 .emit(g, &job, &mut self.cx)
                 .map_err(|e| e.in_file(p))?;
-            let mut absorbed = emitted.absorbed.clone();
-            self.removable.extend(emitted.removable.iter().cloned());
+            let mut absorbed = emitted.absorbed;
+            self.removable.extend(emitted.removable);
             if let Some(scales) = &plan.output_scales {
                 for (l, os) in ls.iter().zip(scales) {
                     absorb_output_scale(g, w, l, os, &mut self.removable).map_err(|reason| {

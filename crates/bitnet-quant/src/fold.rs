@@ -175,6 +175,15 @@ pub(crate) enum Class {
     I64,
 }
 
+/// The payload of a 64-bit tensor (float64, uint64) as little-endian words.
+fn words(path: &Path, t: &TensorProto) -> Result<Vec<u64>, String> {
+    let raw = tensor::raw_bytes(path, t).map_err(|e| e.to_string())?;
+    Ok(raw
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect())
+}
+
 /// Rounds an `f32` to the float element type `dtype` (float16, bfloat16; float32 unchanged).
 pub(crate) fn round_f32(dtype: i32, v: f32) -> f32 {
     match DataType::try_from(dtype) {
@@ -226,20 +235,24 @@ impl Data {
         }
     }
 
-    /// The elements at `idx`, with `None` taking element 0 of `fill` (same class).
-    pub(crate) fn pick_or(&self, idx: &[Option<usize>], fill: &Data) -> Data {
-        match (self, fill) {
+    /// The elements at `idx`, with `None` taking element 0 of `fill`; `None` when `fill` is
+    /// empty or of another class.
+    pub(crate) fn pick_or(&self, idx: &[Option<usize>], fill: &Data) -> Option<Data> {
+        Some(match (self, fill) {
             (Data::F32(v), Data::F32(f)) => {
-                Data::F32(idx.iter().map(|i| i.map_or(f[0], |i| v[i])).collect())
+                let f = *f.first()?;
+                Data::F32(idx.iter().map(|i| i.map_or(f, |i| v[i])).collect())
             }
             (Data::F64(v), Data::F64(f)) => {
-                Data::F64(idx.iter().map(|i| i.map_or(f[0], |i| v[i])).collect())
+                let f = *f.first()?;
+                Data::F64(idx.iter().map(|i| i.map_or(f, |i| v[i])).collect())
             }
             (Data::I64(v), Data::I64(f)) => {
-                Data::I64(idx.iter().map(|i| i.map_or(f[0], |i| v[i])).collect())
+                let f = *f.first()?;
+                Data::I64(idx.iter().map(|i| i.map_or(f, |i| v[i])).collect())
             }
-            _ => unreachable!("fill value of another class"),
-        }
+            _ => return None,
+        })
     }
 }
 
@@ -335,24 +348,10 @@ impl Const {
         let data = match class(dtype) {
             Some(Class::F32) => Data::F32(tensor::to_f32(path, t).map_err(|e| e.to_string())?),
             Some(Class::F64) => {
-                let raw = tensor::raw_bytes(path, t).map_err(|e| e.to_string())?;
-                Data::F64(
-                    raw.chunks_exact(8)
-                        .map(|c| {
-                            f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
-                        })
-                        .collect(),
-                )
+                Data::F64(words(path, t)?.into_iter().map(f64::from_bits).collect())
             }
             Some(Class::I64) if dtype == D::Uint64 as i32 => {
-                let raw = tensor::raw_bytes(path, t).map_err(|e| e.to_string())?;
-                Data::I64(
-                    raw.chunks_exact(8)
-                        .map(|c| {
-                            i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
-                        })
-                        .collect(),
-                )
+                Data::I64(words(path, t)?.into_iter().map(|w| w as i64).collect())
             }
             Some(Class::I64) => {
                 let v = tensor::to_i64(path, t).map_err(|e| e.to_string())?;

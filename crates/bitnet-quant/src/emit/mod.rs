@@ -27,6 +27,9 @@ pub struct WeightJob<'a> {
     /// The model's default-domain opset (0 when it imports none): emitters that add standard
     /// ops beyond DequantizeLinear pick the operator forms valid at this version.
     pub opset: i64,
+    /// For each layer, BitNet's activation quantization feeding it, when the driver found one
+    /// (`crate::bitnet::act_quant`): an integer path can take its codes as they are.
+    pub activations: &'a [Option<crate::bitnet::ActQuant>],
 }
 
 /// Result of emitting one weight.

@@ -74,20 +74,16 @@ struct Activation {
 
 /// The quantization of activation `a`: the one an earlier layer built, or a new one.
 fn quantize_activation(
-    g: &GraphProto,
     job: &WeightJob,
     a: &str,
+    matched: Option<&bitnet::ActQuant>,
     cx: &mut EmitContext,
 ) -> Activation {
     // BitNet's own quantization already in the graph: its codes and scale are taken as they
     // are, shifted into uint8 (no second rounding, no float fake-quant beside the integer path).
-    let matched = {
-        let index = bitnet_model::GraphIndex::new(g);
-        bitnet::act_quant(&index, std::path::Path::new(""), a)
-    }
-    .ok()
-    .flatten()
-    .filter(|_| job.dtype == DataType::Float as i32);
+    let matched = matched
+        .filter(|_| job.dtype == DataType::Float as i32)
+        .cloned();
     // One quantization per value: a later layer reading it takes the first one's.
     if let Some(shared) = cx.activations.get(a) {
         return Activation {
@@ -261,7 +257,7 @@ impl Emitter for OrtInt8 {
         let mut absorbed = Vec::new();
         let mut removable = Vec::new();
         let mut scale_bytes = 0u64;
-        for layer in job.layers {
+        for (i, layer) in job.layers.iter().enumerate() {
             let Some(lin) = linear::take(g, job, layer, names) else {
                 continue;
             };
@@ -277,7 +273,8 @@ impl Emitter for OrtInt8 {
                     n
                 }
             };
-            let act = quantize_activation(g, job, &lin.a, names);
+            let matched = job.activations.get(i).and_then(Option::as_ref);
+            let act = quantize_activation(job, &lin.a, matched, names);
             if let Some(m) = &act.taken {
                 absorbed.push(format!(
                     "activation quantization ({}): the graph's int8 codes and per-token scale",

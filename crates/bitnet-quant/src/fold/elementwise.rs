@@ -175,18 +175,9 @@ pub(crate) fn unary(op: &str, x: &Const) -> Result<Const, OpError> {
             _ => v.ceil(),
         }
     };
-    let ff = |v: f32| -> f32 {
-        match op {
-            "Abs" => v.abs(),
-            "Neg" => -v,
-            "Reciprocal" => 1.0 / v,
-            "Round" => v.round_ties_even(),
-            "Sqrt" => v.sqrt(),
-            "Sign" => sign(v as f64) as f32,
-            "Floor" => v.floor(),
-            _ => v.ceil(),
-        }
-    };
+    // In float64 and rounded once: the same float32 result as computing in float32 (these ops
+    // are exact or correctly rounded, and float64 holds over twice float32's precision).
+    let ff = |v: f32| f(v as f64) as f32;
     let data = match &x.data {
         Data::F32(v) => Data::F32(v.iter().map(|&a| round_f32(x.dtype, ff(a))).collect()),
         Data::F64(v) => Data::F64(v.iter().map(|&a| f(a)).collect()),

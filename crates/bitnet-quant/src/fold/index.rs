@@ -186,7 +186,7 @@ pub(crate) fn concat(node: &NodeProto, inputs: &Inputs) -> Result<Const, OpError
             for o in 0..outer {
                 for x in &xs {
                     let Data::$variant(v) = &x.data else {
-                        unreachable!("checked above")
+                        return invalid("Concat of inputs of different types");
                     };
                     let n = x.dims[axis] * inner;
                     out.extend_from_slice(&v[o * n..(o + 1) * n]);
@@ -597,9 +597,6 @@ pub(crate) fn pad(node: &NodeProto, inputs: &Inputs) -> Result<Const, OpError> {
             }
         }
     };
-    if std::mem::discriminant(&fill) != std::mem::discriminant(&x.data) {
-        return invalid("Pad constant_value of another type than data");
-    }
     let mode = attr_s(node, "mode").unwrap_or(b"constant");
     let mut begin = vec![0i64; rank];
     let mut end = vec![0i64; rank];
@@ -660,7 +657,11 @@ pub(crate) fn pad(node: &NodeProto, inputs: &Inputs) -> Result<Const, OpError> {
         }
         idx.push(at);
     });
-    Ok(x.with_data(dims, x.data.pick_or(&idx, &fill)))
+    let data = x
+        .data
+        .pick_or(&idx, &fill)
+        .ok_or_else(|| OpError::Invalid("Pad constant_value of another type than data".into()))?;
+    Ok(x.with_data(dims, data))
 }
 
 pub(crate) fn range(start: &Const, limit: &Const, delta: &Const) -> Result<Const, OpError> {
