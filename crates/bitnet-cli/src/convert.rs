@@ -35,6 +35,30 @@ pub enum Activations {
     Int8,
 }
 
+/// What the LM head (the projection feeding a graph output) becomes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadArg {
+    /// Left as it is.
+    Float,
+    /// 8-bit blocks (MatMulNBits bits 8; ort and ort-int8).
+    Int8,
+    /// 4-bit blocks (MatMulNBits bits 4; ort and ort-int8).
+    Int4,
+    /// Ternary like the other layers (every target).
+    Ternary,
+}
+
+/// What the token embedding (a Gather on a float table) becomes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmbeddingsArg {
+    /// Left as it is.
+    Float,
+    /// 8-bit blocks (GatherBlockQuantized; ort and ort-int8).
+    Int8,
+    /// 4-bit blocks (GatherBlockQuantized; ort and ort-int8).
+    Int4,
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MethodArg {
     Absmean,
@@ -100,8 +124,21 @@ pub struct ConvertArgs {
     /// Skip weights with fewer elements than this.
     #[arg(long, default_value_t = 0)]
     pub min_params: u64,
-    /// Also convert the output projection that feeds a graph output.
-    #[arg(long)]
+    /// The LM head (the projection feeding a graph output): float, int8 or int4 blocks
+    /// (ONNX Runtime's MatMulNBits; ort and ort-int8), or ternary (every target).
+    /// Default: int4 for ort and ort-int8, float for the others.
+    #[arg(long, value_enum)]
+    pub head: Option<HeadArg>,
+    /// The token embedding table: float, int8 or int4 blocks (ONNX Runtime's
+    /// GatherBlockQuantized; ort and ort-int8). A tied embedding shares the head's codes when
+    /// both have the same bits. Default: int4 for ort and ort-int8, float for the others.
+    #[arg(long, value_enum)]
+    pub embeddings: Option<EmbeddingsArg>,
+    /// Values per block of the int4/int8 head and embedding (power of two, >= 16).
+    #[arg(long, default_value_t = bitnet_quant::vocab::DEFAULT_BLOCK_SIZE)]
+    pub table_block_size: usize,
+    /// Same as --head ternary (kept for existing scripts).
+    #[arg(long, conflicts_with = "head")]
     pub quantize_head: bool,
     /// Write weights to `<output>.data` even when the model would fit in one file. This is
     /// the default when the input keeps its weights in external data: new weights then go to
@@ -188,6 +225,63 @@ fn emitter(args: &ConvertArgs) -> Result<Box<dyn Emitter>> {
     })
 }
 
+/// The head and embedding settings: the flags, or each target's defaults.
+fn tables(args: &ConvertArgs) -> Result<(HeadArg, EmbeddingsArg)> {
+    let ort = matches!(args.target, Target::Ort | Target::OrtInt8);
+    let head = match (args.head, args.quantize_head) {
+        (Some(h), _) => h,
+        (None, true) => HeadArg::Ternary,
+        (None, false) if ort => HeadArg::Int4,
+        (None, false) => HeadArg::Float,
+    };
+    let embeddings = match args.embeddings {
+        Some(e) => e,
+        None if ort => EmbeddingsArg::Int4,
+        None => EmbeddingsArg::Float,
+    };
+    if !ort && (matches!(head, HeadArg::Int4 | HeadArg::Int8) || embeddings != EmbeddingsArg::Float)
+    {
+        anyhow::bail!(
+            "--head int4/int8 and --embeddings int4/int8 use ONNX Runtime's MatMulNBits and \
+             GatherBlockQuantized: targets ort and ort-int8 only (for --target {}, use --head \
+             ternary or float and --embeddings float)",
+            clap::ValueEnum::to_possible_value(&args.target)
+                .map(|p| p.get_name().to_string())
+                .unwrap_or_default()
+        );
+    }
+    Ok((head, embeddings))
+}
+
+fn vocab_options(args: &ConvertArgs) -> Result<bitnet_quant::vocab::VocabOptions> {
+    use bitnet_quant::blockq::TableBits;
+    let (head, embeddings) = tables(args)?;
+    let bs = args.table_block_size;
+    if bs < 16 || !bs.is_power_of_two() {
+        anyhow::bail!("--table-block-size {bs}: expected a power of two of at least 16");
+    }
+    Ok(bitnet_quant::vocab::VocabOptions {
+        head: match head {
+            HeadArg::Int4 => Some(TableBits::Int4),
+            HeadArg::Int8 => Some(TableBits::Int8),
+            HeadArg::Float | HeadArg::Ternary => None,
+        },
+        embeddings: match embeddings {
+            EmbeddingsArg::Int4 => Some(TableBits::Int4),
+            EmbeddingsArg::Int8 => Some(TableBits::Int8),
+            EmbeddingsArg::Float => None,
+        },
+        block_size: bs,
+        // The head's input is float: int8 activations per block (accuracy_level 4) unless
+        // the ort target was asked for float activations.
+        accuracy_level: match (args.target, args.activations, args.accuracy_level) {
+            (Target::Ort, _, Some(l)) => l,
+            (Target::Ort, Activations::Float, None) => 0,
+            _ => 4,
+        },
+    })
+}
+
 /// The settings that decide the output, as flags, every one stated, in a fixed order: what the
 /// model's `bitnet_onnx.flags` metadata records. Paths, `--report`, `--threads`, `--verify` and
 /// `--quiet` do not change the output and are left out, so the same input converted with the
@@ -239,8 +333,14 @@ fn recorded_flags(args: &ConvertArgs) -> String {
     if args.min_params > 0 {
         f.push(format!("--min-params {}", args.min_params));
     }
-    if args.quantize_head {
-        f.push("--quantize-head".into());
+    if let Ok((head, embeddings)) = tables(args) {
+        f.push(format!("--head {}", name(&head)));
+        f.push(format!("--embeddings {}", name(&embeddings)));
+        let blocked =
+            matches!(head, HeadArg::Int4 | HeadArg::Int8) || embeddings != EmbeddingsArg::Float;
+        if blocked {
+            f.push(format!("--table-block-size {}", args.table_block_size));
+        }
     }
     if args.external_data {
         f.push("--external-data".into());
@@ -280,8 +380,9 @@ pub fn run(args: &ConvertArgs) -> Result<Report> {
         include: re(&args.include, "--include")?,
         exclude: re(&args.exclude, "--exclude")?,
         min_params: args.min_params,
-        quantize_head: args.quantize_head,
+        quantize_head: tables(args)?.0 == HeadArg::Ternary,
     };
+    let vocab = vocab_options(args)?;
     let mut model = Model::load(&args.model)
         .with_context(|| format!("cannot convert {}", args.model.display()))?;
     let flags = recorded_flags(args);
@@ -315,6 +416,7 @@ pub fn run(args: &ConvertArgs) -> Result<Report> {
         quant,
         selection,
         emitter: emitter.as_ref(),
+        vocab,
         flags,
         progress: Some(progress.as_ref()),
         source: Some(&model.mappings),
@@ -396,6 +498,22 @@ pub fn print_report(r: &Report, saved: &bitnet_model::Saved) {
             l.bytes_before,
             l.bytes_after,
             if l.lossless { "  lossless" } else { "" }
+        );
+    }
+    for t in &r.tables {
+        let shared = match &t.shares_codes_with {
+            Some(n) => format!("  codes shared with {n}"),
+            None => String::new(),
+        };
+        println!(
+            "{:<36} {:>11} {} blocks of {}, rel err {:.2e}, {} -> {} bytes{shared}",
+            format!("{} {}", t.role, t.node),
+            format!("{}x{}", t.shape[0], t.shape[1]),
+            t.bits.name(),
+            t.block_size,
+            t.rel_error,
+            t.bytes_before,
+            t.bytes_after,
         );
     }
     for s in &r.totals.skipped {

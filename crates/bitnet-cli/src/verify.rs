@@ -177,6 +177,40 @@ pub fn render(r: &VerifyReport) -> String {
             if o.pass { "ok" } else { "FAIL" }
         );
     }
+    if !r.tables.is_empty() {
+        let _ = writeln!(
+            s,
+            "\ntables (the original above ran on these tables' dequantized values):"
+        );
+        for t in &r.tables {
+            let _ = writeln!(
+                s,
+                "  {:<9} {:<30} {} blocks of {}: table rel error {}",
+                t.role,
+                t.node,
+                t.bits,
+                t.block_size,
+                fmt_f(t.rel_error)
+            );
+        }
+    }
+    if let Some(outs) = &r.against_original {
+        let _ = writeln!(
+            s,
+            "  what the tables cost, against the float original (reported, not judged):"
+        );
+        for o in outs {
+            let m = &o.metrics;
+            let _ = writeln!(
+                s,
+                "  {:<28} rel_l2 {} cosine {:.6} top1 {:.3}",
+                o.name,
+                fmt_f(m.rel_l2),
+                m.cosine,
+                m.top1_agreement
+            );
+        }
+    }
     let _ = writeln!(s, "\nlayers:");
     if let Some(note) = &r.layers_note {
         let _ = writeln!(s, "  note: {note}");

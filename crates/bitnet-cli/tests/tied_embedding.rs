@@ -1,7 +1,7 @@
 //! Tied embeddings: one float table `W[V, D]` read by a `Gather` (the embedding lookup) and by
 //! the output projection, as PyTorch exports tied weights: `Gemm(h, W, transB=1)`, or
 //! `MatMul(h, Transpose(W))`; and a `[K, N]` table read directly by a `MatMul`. For every
-//! target, the Gather must still read the original float tensor bit for bit, the projection
+//! target, with `--embeddings float`, the Gather must still read the original float tensor bit for bit, the projection
 //! must be converted, and ONNX Runtime must compute what the original computes (the table is
 //! already ternary, so to float rounding: relative L2 < 1e-5 with ORT_ENABLE_BASIC).
 
@@ -144,7 +144,9 @@ fn run_case(name: &str, m: &ModelProto, head: &str, weight: &str, folded: bool, 
     for (target, flags) in TARGETS {
         let out = dir.path().join(format!("{name}.{target}.onnx"));
         let mut args = flags.to_vec();
-        args.push("--quantize-head");
+        // The projection ternary like the other layers, the embedding float (the ort targets
+        // quantize it by default).
+        args.extend(["--quantize-head", "--embeddings", "float"]);
         let r = convert(&src, &out, &args);
         let what = format!("{name} {target}");
         let layers = r["layers"].as_array().unwrap();

@@ -265,6 +265,7 @@ pub fn lower_for_tract_named(model: &ModelProto, label: &str) -> Result<ModelPro
     let mut out = lower_constant_dq(model, label)?;
     if let Some(graph) = out.graph.as_mut() {
         lower_unaligned_matmulnbits(graph, label)?;
+        lower_gather_block_quantized(graph, label)?;
         lower_int64_cumsum(graph);
     }
     Ok(out)
@@ -425,10 +426,82 @@ pub(crate) fn lower_int64_cumsum(graph: &mut GraphProto) -> usize {
     targets.len()
 }
 
-/// tract's 2-bit `MatMulNBits` kernel needs K to be a whole number of its blocks; ONNX Runtime
-/// pads the last block (codes of zero weight). A `MatMulNBits` with constant codes and scales,
-/// no zero points (the default, the middle code), and K not a multiple of `block_size` is
-/// computed here as `MatMul(A, W)` (+ bias) on its exact dequantized `[K, N]` weight
+/// The exact dequantized `[K, N]` weight of a `MatMulNBits` node with constant codes and
+/// scales and no zero points: `W[k][n] = (code - 2^(bits - 1)) * scale[n][k / block_size]`, in
+/// the scales' type. `None` when the node's inputs are not such constants.
+pub fn matmulnbits_weight(
+    label: &str,
+    graph: &GraphProto,
+    n: &NodeProto,
+) -> Result<Option<Dequantized>> {
+    let get = |j: usize| n.input.get(j).filter(|s| !s.is_empty()).cloned();
+    let (Some(k), Some(nn), Some(bs)) = (attr_i(n, "K"), attr_i(n, "N"), attr_i(n, "block_size"))
+    else {
+        return Ok(None);
+    };
+    let bits = attr_i(n, "bits").unwrap_or(4);
+    if bs <= 0 || get(3).is_some() || get(4).is_some() {
+        return Ok(None);
+    }
+    let find = |name: &Option<String>| {
+        name.as_ref().and_then(|nm| {
+            graph
+                .initializer
+                .iter()
+                .find(|t| t.name.as_ref() == Some(nm))
+        })
+    };
+    let (Some(b), Some(scales)) = (find(&get(1)), find(&get(2))) else {
+        return Ok(None);
+    };
+    let node_name = n.name.clone().unwrap_or_default();
+    let bad = |reason: String| EvalError::Node {
+        model: label.to_string(),
+        node: node_name.clone(),
+        reason,
+    };
+    if !matches!(bits, 2 | 4 | 8) {
+        return Err(bad(format!("MatMulNBits bits = {bits}")));
+    }
+    let (k, nn, bs, bits) = (k as usize, nn as usize, bs as usize, bits as usize);
+    let n_blocks = k.div_ceil(bs);
+    let blob = bs * bits / 8;
+    let path = Path::new(label);
+    let codes = tensor::raw_bytes(path, b)?;
+    let scale_values = tensor::to_f32(path, scales)?;
+    if codes.len() != nn * n_blocks * blob || scale_values.len() != nn * n_blocks {
+        return Err(bad(format!(
+            "B holds {} bytes and scales {} values; K = {k}, N = {nn}, block_size = {bs} \
+                 need {} and {}",
+            codes.len(),
+            scale_values.len(),
+            nn * n_blocks * blob,
+            nn * n_blocks
+        )));
+    }
+    let mask = (1u16 << bits) - 1;
+    let zero = 1i32 << (bits - 1);
+    let mut w = vec![0f32; k * nn];
+    for col in 0..nn {
+        for row in 0..k {
+            let (blk, within) = (row / bs, row % bs);
+            let byte = codes[(col * n_blocks + blk) * blob + within * bits / 8];
+            let q = ((byte as u16 >> ((within * bits) % 8)) & mask) as i32;
+            w[row * nn + col] = (q - zero) as f32 * scale_values[col * n_blocks + blk];
+        }
+    }
+    Ok(Some(Dequantized {
+        values: w,
+        dims: vec![k as i64, nn as i64],
+        data_type: scales.data_type.unwrap_or(DataType::Float as i32),
+    }))
+}
+
+/// tract's `MatMulNBits` kernel needs K to be a whole number of its blocks (ONNX Runtime
+/// pads the last block with codes of zero weight) and takes 2 and 4 bits only. A `MatMulNBits`
+/// with constant codes and scales, no zero points (the default, the middle code), and K not a
+/// multiple of `block_size` or 8-bit codes (the LM head's `--head int8`) is computed here as
+/// `MatMul(A, W)` (+ bias) on its exact dequantized `[K, N]` weight
 /// `W[k][n] = (code - 2^(bits - 1)) * scale[n][k / block_size]`, in the scales' type. This is
 /// the float product; ONNX Runtime's `accuracy_level` 4 quantizes A, which verify's
 /// tolerance covers as it does for tract's own kernel. Returns the number of nodes rewritten.
@@ -439,76 +512,28 @@ pub(crate) fn lower_unaligned_matmulnbits(graph: &mut GraphProto, label: &str) -
         let n = &graph.node[i];
         let is_nbits = n.op_type.as_deref() == Some("MatMulNBits")
             && n.domain.as_deref() == Some("com.microsoft");
-        let get = |j: usize| n.input.get(j).filter(|s| !s.is_empty()).cloned();
-        let (Some(k), Some(nn), Some(bs)) =
-            (attr_i(n, "K"), attr_i(n, "N"), attr_i(n, "block_size"))
-        else {
+        let (Some(k), Some(bs)) = (attr_i(n, "K"), attr_i(n, "block_size")) else {
             i += 1;
             continue;
         };
         let bits = attr_i(n, "bits").unwrap_or(4);
-        if !is_nbits || bs <= 0 || k % bs == 0 || get(3).is_some() || get(4).is_some() {
-            i += 1;
-            continue;
-        }
-        let find = |name: &Option<String>| {
-            name.as_ref().and_then(|nm| {
-                graph
-                    .initializer
-                    .iter()
-                    .find(|t| t.name.as_ref() == Some(nm))
-            })
+        let tract_runs = bs > 0 && k % bs == 0 && bits != 8;
+        let weight = if is_nbits && !tract_runs {
+            matmulnbits_weight(label, graph, n)?
+        } else {
+            None
         };
-        let (Some(b), Some(scales)) = (find(&get(1)), find(&get(2))) else {
+        let Some(weight) = weight else {
             i += 1;
             continue;
         };
+        let get = |j: usize| n.input.get(j).filter(|s| !s.is_empty()).cloned();
         let node_name = n.name.clone().unwrap_or_default();
-        let bad = |reason: String| EvalError::Node {
-            model: label.to_string(),
-            node: node_name.clone(),
-            reason,
-        };
-        if !matches!(bits, 2 | 4 | 8) {
-            return Err(bad(format!("MatMulNBits bits = {bits}")));
-        }
-        let (k, nn, bs, bits) = (k as usize, nn as usize, bs as usize, bits as usize);
-        let n_blocks = k.div_ceil(bs);
-        let blob = bs * bits / 8;
-        let path = Path::new(label);
-        let codes = tensor::raw_bytes(path, b)?;
-        let scale_values = tensor::to_f32(path, scales)?;
-        if codes.len() != nn * n_blocks * blob || scale_values.len() != nn * n_blocks {
-            return Err(bad(format!(
-                "B holds {} bytes and scales {} values; K = {k}, N = {nn}, block_size = {bs} \
-                 need {} and {}",
-                codes.len(),
-                scale_values.len(),
-                nn * n_blocks * blob,
-                nn * n_blocks
-            )));
-        }
-        let mask = (1u16 << bits) - 1;
-        let zero = 1i32 << (bits - 1);
-        let mut w = vec![0f32; k * nn];
-        for col in 0..nn {
-            for row in 0..k {
-                let (blk, within) = (row / bs, row % bs);
-                let byte = codes[(col * n_blocks + blk) * blob + within * bits / 8];
-                let q = ((byte as u16 >> ((within * bits) % 8)) & mask) as i32;
-                w[row * nn + col] = (q - zero) as f32 * scale_values[col * n_blocks + blk];
-            }
-        }
-        let a = n.input[0].clone();
         let y = n.output.first().cloned().unwrap_or_default();
-        let bias = get(5);
         let w_name = format!("{y}__dequantized_b");
-        let w_tensor = Dequantized {
-            values: w,
-            dims: vec![k as i64, nn as i64],
-            data_type: scales.data_type.unwrap_or(DataType::Float as i32),
-        }
-        .to_tensor(&w_name);
+        let w_tensor = weight.to_tensor(&w_name);
+        let a = n.input[0].clone();
+        let bias = get(5);
         let product = if bias.is_some() {
             format!("{y}__product")
         } else {
@@ -534,6 +559,131 @@ pub(crate) fn lower_unaligned_matmulnbits(graph: &mut GraphProto, label: &str) -
         let added = nodes.len();
         graph.node.splice(i..=i, nodes);
         i += added;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// The exact dequantized table of a `GatherBlockQuantized` node (see
+/// [`lower_gather_block_quantized`]), shaped like its data with the last axis unpacked.
+pub fn gather_block_quantized_table(
+    label: &str,
+    graph: &GraphProto,
+    n: &NodeProto,
+) -> Result<Dequantized> {
+    let node_name = n.name.clone().unwrap_or_default();
+    let bad = |reason: String| EvalError::Node {
+        model: label.to_string(),
+        node: node_name.clone(),
+        reason: format!("GatherBlockQuantized: {reason}"),
+    };
+    let get = |j: usize| n.input.get(j).filter(|s| !s.is_empty()).cloned();
+    if get(3).is_some() {
+        return Err(bad("zero points are not supported here".into()));
+    }
+    let find = |name: Option<String>| {
+        name.and_then(|nm| {
+            graph
+                .initializer
+                .iter()
+                .find(|t| t.name.as_deref() == Some(nm.as_str()))
+        })
+    };
+    let (Some(data), Some(scales)) = (find(get(0)), find(get(2))) else {
+        return Err(bad("data and scales must be initializers".into()));
+    };
+    let bits = attr_i(n, "bits").unwrap_or(4);
+    let bs = attr_i(n, "block_size").unwrap_or(128);
+    let rank = data.dims.len() as i64;
+    let qaxis = attr_i(n, "quantize_axis").unwrap_or(1);
+    let qaxis = if qaxis < 0 { qaxis + rank } else { qaxis };
+    if data.data_type != Some(DataType::Uint8 as i32)
+        || !matches!(bits, 2 | 4 | 8)
+        || bs <= 0
+        || attr_i(n, "gather_axis").unwrap_or(0) != 0
+        || qaxis != rank - 1
+        || rank < 2
+    {
+        return Err(bad(format!(
+            "only uint8 data of 2, 4 or 8 bits with gather_axis 0 and quantize_axis last \
+                 is supported (bits {bits}, block_size {bs}, rank {rank}, quantize_axis {qaxis})"
+        )));
+    }
+    let (bits, bs) = (bits as usize, bs as usize);
+    let per_byte = 8 / bits;
+    let path = Path::new(label);
+    let codes = tensor::raw_bytes(path, data)?;
+    let scale_values = tensor::to_f32(path, scales)?;
+    let dims: Vec<usize> = data.dims.iter().map(|&d| d.max(0) as usize).collect();
+    let last = dims[dims.len() - 1] * per_byte;
+    let outer: usize = dims[..dims.len() - 1].iter().product();
+    let nb = last.div_ceil(bs);
+    if codes.len() != outer * dims[dims.len() - 1] || scale_values.len() != outer * nb {
+        return Err(bad(format!(
+            "data holds {} bytes and scales {} values; shape {dims:?} with block_size {bs} \
+                 needs {} and {}",
+            codes.len(),
+            scale_values.len(),
+            outer * dims[dims.len() - 1],
+            outer * nb
+        )));
+    }
+    let mask = (1u16 << bits) - 1;
+    let zero = 1i32 << (bits - 1);
+    let mut values = vec![0f32; outer * last];
+    for r in 0..outer {
+        for c in 0..last {
+            let byte = codes[r * dims[dims.len() - 1] + c / per_byte];
+            let q = ((byte as u16 >> ((c % per_byte) * bits)) & mask) as i32;
+            values[r * last + c] = (q - zero) as f32 * scale_values[r * nb + c / bs];
+        }
+    }
+    let mut out_dims: Vec<i64> = data.dims.clone();
+    if let Some(d) = out_dims.last_mut() {
+        *d = last as i64;
+    }
+    Ok(Dequantized {
+        values,
+        dims: out_dims,
+        data_type: scales.data_type.unwrap_or(DataType::Float as i32),
+    })
+}
+
+/// tract has no `com.microsoft::GatherBlockQuantized` (the `--embeddings int4|int8` lookup).
+/// One with constant uint8 data, constant scales, no zero points (ONNX Runtime's default, the
+/// middle code), `gather_axis` 0 and `quantize_axis` the last axis becomes a `Gather` (axis 0)
+/// on its exact dequantized table, `(code - 2^(bits - 1)) * scale`, in the scales' type: the
+/// same values ONNX Runtime's kernel produces. The data's last axis holds `8 / bits` codes per
+/// byte, low bits first. Returns the number of nodes rewritten.
+pub(crate) fn lower_gather_block_quantized(graph: &mut GraphProto, label: &str) -> Result<usize> {
+    let mut count = 0;
+    for i in 0..graph.node.len() {
+        let n = &graph.node[i];
+        if n.op_type.as_deref() != Some("GatherBlockQuantized")
+            || n.domain.as_deref() != Some("com.microsoft")
+        {
+            continue;
+        }
+        let node_name = n.name.clone().unwrap_or_default();
+        let table = gather_block_quantized_table(label, graph, n)?;
+        let y = n.output.first().cloned().unwrap_or_default();
+        let name = format!("{y}__dequantized_table");
+        let table = table.to_tensor(&name);
+        let indices = n.input.get(1).cloned().unwrap_or_default();
+        graph.node[i] = NodeProto {
+            op_type: Some("Gather".into()),
+            name: Some(node_name.clone()),
+            input: vec![name, indices],
+            output: vec![y],
+            attribute: vec![AttributeProto {
+                name: Some("axis".into()),
+                r#type: Some(bitnet_model::proto::attribute_proto::AttributeType::Int as i32),
+                i: Some(0),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        graph.initializer.push(table);
         count += 1;
     }
     Ok(count)

@@ -15,12 +15,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EvalError, Result};
 use crate::inputs::{load_inputs, make_inputs, InputDescription, Inputs};
-use crate::lower::{constant_dq_inputs, dequantize};
+use crate::lower::{
+    constant_dq_inputs, dequantize, gather_block_quantized_table, matmulnbits_weight,
+};
 use crate::metrics::{Accumulator, Metrics};
 use crate::runner::{bind_shapes, graph_inputs, Output, Runner};
 
 /// Metadata key listing the converted layers (JSON array of [`LayerSpec`]).
 pub const LAYERS_KEY: &str = "bitnet_onnx.layers";
+/// Metadata key listing the embedding and head tables quantized to 4 or 8 bits (JSON array
+/// of [`TableSpec`]).
+pub const TABLES_KEY: &str = "bitnet_onnx.tables";
 /// Metadata key saying whether the dequantized reference can be built (`available`).
 pub const DEQUANTIZED_KEY: &str = "bitnet_onnx.dequantized_reference";
 /// Largest rel_l2 between the converted model and the dequantized reference that counts as
@@ -80,6 +85,35 @@ impl LayerSpec {
     }
 }
 
+/// One embedding or head table as listed in the converted model's metadata.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TableSpec {
+    /// `head` or `embedding`.
+    pub role: String,
+    pub node: String,
+    /// The original float initializer.
+    pub weight: String,
+    /// The value the node computes in both models.
+    pub output: String,
+    /// `int4` or `int8`.
+    pub bits: String,
+    pub block_size: usize,
+    /// The converter's `|W - dequantized| / |W|`.
+    pub rel_error: f64,
+}
+
+/// A quantized table as verify found it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableCheck {
+    pub role: String,
+    pub node: String,
+    pub bits: String,
+    pub block_size: usize,
+    /// `|W - dequantized| / |W|` recomputed from the original's table and the converted
+    /// model's codes.
+    pub rel_error: f64,
+}
+
 /// Comparison of one graph output.
 #[derive(Debug, Clone, Serialize)]
 pub struct OutputReport {
@@ -134,6 +168,12 @@ pub struct VerifyReport {
     pub dequantized_reference: Option<DequantizedReport>,
     /// Why there is no dequantized reference, when there is none.
     pub dequantized_reference_note: Option<String>,
+    /// The 4- and 8-bit embedding and head tables. When there are any, `outputs` and `layers`
+    /// compare the converted model with the original running on those tables' dequantized
+    /// values (what the conversion says it computes), and `against_original` gives what the
+    /// tables cost against the float original (reported, not judged).
+    pub tables: Vec<TableCheck>,
+    pub against_original: Option<Vec<OutputReport>>,
     /// Inputs of the first sample (later samples differ only by seed).
     pub inputs: Vec<InputDescription>,
     /// Every symbolic dim and its value.
@@ -165,6 +205,155 @@ pub fn converted_layers(converted: &Model) -> Result<Option<Vec<LayerSpec>>> {
             model: converted.path.display().to_string(),
             reason: format!("metadata '{LAYERS_KEY}' is not a valid layer list: {e}"),
         })
+}
+
+/// The tables listed in a converted model's metadata (empty when the key is absent).
+pub fn converted_tables(converted: &Model) -> Result<Vec<TableSpec>> {
+    let Some(v) = meta(&converted.proto, TABLES_KEY) else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_str(v).map_err(|e| EvalError::Mismatch {
+        model: converted.path.display().to_string(),
+        reason: format!("metadata '{TABLES_KEY}' is not a valid table list: {e}"),
+    })
+}
+
+/// `|a - b| / |a|` over two equally long value lists.
+fn rel_error(a: &[f32], b: &[f32]) -> f64 {
+    let (mut err, mut norm) = (0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        err += (x as f64 - y as f64).powi(2);
+        norm += (x as f64).powi(2);
+    }
+    if norm > 0.0 {
+        (err / norm).sqrt()
+    } else {
+        err.sqrt()
+    }
+}
+
+/// The original model with each quantized table replaced by the converted model's
+/// dequantized table (the head's weight as `[K, N]`, the embedding's as `[V, H]`), and each
+/// table's error against the original's float values.
+fn table_reference(
+    original: &Model,
+    converted: &Model,
+    tables: &[TableSpec],
+) -> Result<(ModelProto, Vec<TableCheck>)> {
+    let clabel = converted.path.display().to_string();
+    let olabel = original.path.display().to_string();
+    let cg = converted.graph();
+    let mismatch = |reason: String| EvalError::Mismatch {
+        model: clabel.clone(),
+        reason,
+    };
+    let producer = |g: &'_ bitnet_model::proto::GraphProto, v: &str| {
+        g.node
+            .iter()
+            .position(|n| n.output.first().map(String::as_str) == Some(v))
+    };
+    let mut reference = original.proto.clone();
+    let mut checks = Vec::new();
+    for t in tables {
+        let Some(ci) = producer(cg, &t.output) else {
+            return Err(mismatch(format!(
+                "table '{}': no node produces '{}'",
+                t.node, t.output
+            )));
+        };
+        let mut cnode = &cg.node[ci];
+        // A shared table's lookup is reshaped to [..., H] after GatherBlockQuantized.
+        if cnode.op_type.as_deref() == Some("Reshape") {
+            if let Some(p) = cnode.input.first().and_then(|i| producer(cg, i)) {
+                cnode = &cg.node[p];
+            }
+        }
+        let (values, dims) = match (t.role.as_str(), cnode.op_type.as_deref()) {
+            ("head", Some("MatMulNBits")) => match matmulnbits_weight(&clabel, cg, cnode)? {
+                Some(d) => (d.values, d.dims),
+                None => {
+                    return Err(mismatch(format!(
+                        "head '{}': MatMulNBits without constant codes and scales",
+                        t.node
+                    )))
+                }
+            },
+            ("embedding", Some("GatherBlockQuantized")) => {
+                let d = gather_block_quantized_table(&clabel, cg, cnode)?;
+                let rows = d.dims.first().copied().unwrap_or(0);
+                let width = d.dims[1..].iter().product::<i64>();
+                (d.values, vec![rows, width])
+            }
+            (role, op) => {
+                return Err(mismatch(format!(
+                    "table '{}' ({role}) is computed by {}, not by the op its role uses",
+                    t.node,
+                    op.unwrap_or("?")
+                )))
+            }
+        };
+        let rg = reference
+            .graph
+            .as_mut()
+            .expect("loaded models have a graph");
+        let Some(oi) = producer(rg, &t.output) else {
+            return Err(EvalError::Mismatch {
+                model: olabel.clone(),
+                reason: format!("table '{}': no node produces '{}'", t.node, t.output),
+            });
+        };
+        let slot = if t.role == "head" { 1 } else { 0 };
+        // The original's float values, in the orientation of `values`.
+        let source = rg.node[oi].input.get(slot).cloned().unwrap_or_default();
+        let init = |g: &'_ bitnet_model::proto::GraphProto, name: &str| {
+            g.initializer
+                .iter()
+                .find(|i| i.name.as_deref() == Some(name))
+                .cloned()
+        };
+        let float = match init(rg, &source) {
+            Some(i) => tensor::to_f32(&original.path, &i)?,
+            // A tied head reads Transpose(table): transpose the table back.
+            None => match producer(rg, &source)
+                .map(|p| rg.node[p].input.first().cloned().unwrap_or_default())
+                .and_then(|table| init(rg, &table))
+            {
+                Some(i) if i.dims.len() == 2 => transpose(
+                    &tensor::to_f32(&original.path, &i)?,
+                    i.dims[0].max(0) as usize,
+                    i.dims[1].max(0) as usize,
+                ),
+                _ => {
+                    return Err(EvalError::Mismatch {
+                        model: olabel.clone(),
+                        reason: format!(
+                            "table '{}': the original's '{source}' is not a float table",
+                            t.node
+                        ),
+                    })
+                }
+            },
+        };
+        if float.len() != values.len() {
+            return Err(mismatch(format!(
+                "table '{}' holds {} values, the original's {}",
+                t.node,
+                values.len(),
+                float.len()
+            )));
+        }
+        checks.push(TableCheck {
+            role: t.role.clone(),
+            node: t.node.clone(),
+            bits: t.bits.clone(),
+            block_size: t.block_size,
+            rel_error: rel_error(&float, &values),
+        });
+        let name = format!("{}.bitnet_dequantized_{}", t.weight, t.role);
+        rg.node[oi].input[slot] = name.clone();
+        rg.initializer.push(tensor::from_f32(&name, &dims, &values));
+    }
+    Ok((reference, checks))
 }
 
 fn produced(p: &ModelProto) -> HashSet<String> {
@@ -375,7 +564,23 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
     };
     let extra: Vec<String> = layers.iter().map(|l| l.compared().to_string()).collect();
 
-    let orun = Runner::new_named(&olabel, &original.proto, &dims, &extra)?;
+    // With quantized tables, the converted model is judged against the original running on
+    // the tables' dequantized values; the float original is compared too, for the cost.
+    let table_specs = converted_tables(converted)?;
+    let (orun, true_run, table_checks) = if table_specs.is_empty() {
+        let orun = Runner::new_named(&olabel, &original.proto, &dims, &extra)?;
+        (orun, None, Vec::new())
+    } else {
+        let (reference, checks) = table_reference(original, converted, &table_specs)?;
+        let orun = Runner::new_named(
+            &format!("{olabel} (on the converted tables)"),
+            &reference,
+            &dims,
+            &extra,
+        )?;
+        let true_run = Runner::new_named(&olabel, &original.proto, &dims, &[])?;
+        (orun, Some(true_run), checks)
+    };
     let crun = Runner::new_named(&clabel, &converted.proto, &dims, &extra)?;
     let out_names: Vec<String> = original
         .graph()
@@ -429,6 +634,7 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
     let mut shapes = vec![Vec::new(); out_names.len()];
     let mut layer_acc = vec![Accumulator::default(); layers.len()];
     let mut deq_acc = vec![Accumulator::default(); out_names.len()];
+    let mut true_acc = vec![Accumulator::default(); out_names.len()];
     let mut worst = (0usize, -1.0f64);
     for (si, inputs) in sets.iter().enumerate() {
         let o = orun.run(inputs)?;
@@ -464,6 +670,16 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
                 find(&c, l.compared()).expect("extra"),
             );
             layer_acc[i].add(&a.1, &b.1, a.2.last().copied().unwrap_or(1));
+        }
+        if let Some(r) = &true_run {
+            let t = r.run(inputs)?;
+            for (i, name) in out_names.iter().enumerate() {
+                let (a, b) = (
+                    find(&t, name).expect("graph output"),
+                    find(&c, name).expect("checked"),
+                );
+                true_acc[i].add(&a.1, &b.1, a.2.last().copied().unwrap_or(1));
+            }
         }
         if let Some(r) = &deq_run {
             let d = r.run(inputs)?;
@@ -513,6 +729,9 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
             }
         })
         .collect();
+    let against_original = true_run
+        .as_ref()
+        .map(|_| output_reports(&true_acc, &within));
     let first_failing_layer = layer_reports
         .iter()
         .find(|l| !l.pass)
@@ -542,6 +761,8 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
         first_failing_layer,
         dequantized_reference,
         dequantized_reference_note: deq_note,
+        tables: table_checks,
+        against_original,
         inputs: descriptions,
         dims,
         default_dims,

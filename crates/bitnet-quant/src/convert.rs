@@ -96,6 +96,7 @@ pub struct Selection {
     pub include: Option<Regex>,
     pub exclude: Option<Regex>,
     pub min_params: u64,
+    /// Convert the output projection feeding a graph output to ternary like the other layers.
     pub quantize_head: bool,
 }
 
@@ -103,6 +104,9 @@ pub struct ConvertOptions<'a> {
     pub quant: QuantConfig,
     pub selection: Selection,
     pub emitter: &'a dyn Emitter,
+    /// The embedding and LM head as 4- or 8-bit tables (ONNX Runtime targets); a head taken
+    /// here is left out of the ternary layers.
+    pub vocab: crate::vocab::VocabOptions,
     /// The command line flags, recorded in the output's metadata.
     pub flags: String,
     /// Told what is queued and what is done (the library never prints).
@@ -197,6 +201,8 @@ pub struct Report {
     pub activations: String,
     pub already_converted: bool,
     pub layers: Vec<LayerReport>,
+    /// The embedding and LM head tables quantized to 4 or 8 bits.
+    pub tables: Vec<crate::vocab::TableReport>,
     pub totals: Totals,
 }
 
@@ -222,13 +228,15 @@ pub fn convert(
     let mut meta_layers = Vec::new();
     let mut min_opset = 0i64;
     let mut removed = 0usize;
+    let mut main_graph = true;
     // Weights that If/Loop/Scan bodies capture from an enclosing graph are converted inside
     // the subgraph that reads them: copy them in first, drop what is left over afterwards.
     let copied = crate::scope::localize(model);
     walk::for_each_graph_mut(
         model,
         &mut |g: &mut GraphProto| -> Result<(), ConvertError> {
-            let r = convert_graph(g, path, opts, opset_before.unwrap_or(0))?;
+            let main = std::mem::replace(&mut main_graph, false);
+            let r = convert_graph(g, path, opts, opset_before.unwrap_or(0), main)?;
             layers_out.extend(r.layers);
             skipped.extend(r.skipped);
             meta_layers.extend(r.meta);
@@ -238,6 +246,25 @@ pub fn convert(
         },
     )?;
     crate::scope::release(model, &copied);
+    let mut tables = Vec::new();
+    if opts.vocab.any() {
+        if !opts.emitter.onnx_runtime() {
+            return Err(ConvertError::Other {
+                path: p,
+                reason: format!(
+                    "4- and 8-bit embedding and head tables use ONNX Runtime's com.microsoft \
+                     ops, which target {} does not emit (targets ort, ort-int8)",
+                    opts.emitter.name()
+                ),
+            });
+        }
+        if let Some(g) = model.graph.as_mut() {
+            let (t, s) =
+                crate::vocab::quantize_tables(g, path, &opts.vocab, opts.source, opts.sink)?;
+            tables = t;
+            skipped.extend(s);
+        }
+    }
     let mut opset_after = opset_before;
     if !layers_out.is_empty() {
         if let Some(max) = opts.emitter.max_opset() {
@@ -281,8 +308,13 @@ pub fn convert(
             }
         }
     }
-    if !layers_out.is_empty() {
-        for &(domain, version) in opts.emitter.domains() {
+    if !layers_out.is_empty() || !tables.is_empty() {
+        let tables_domain: &[(&str, i64)] = if tables.is_empty() {
+            &[]
+        } else {
+            &[("com.microsoft", 1)]
+        };
+        for &(domain, version) in opts.emitter.domains().iter().chain(tables_domain) {
             if bitnet_model::load::opset_version(model, domain).is_none() {
                 model
                     .opset_import
@@ -329,11 +361,12 @@ pub fn convert(
         tool: format!("bitnet-onnx {}", env!("CARGO_PKG_VERSION")),
         target: opts.emitter.name().to_string(),
         activations: opts.emitter.activations(),
-        already_converted: already && layers_out.is_empty(),
+        already_converted: already && layers_out.is_empty() && tables.is_empty(),
         layers: layers_out,
+        tables,
         totals,
     };
-    if !report.layers.is_empty() {
+    if !report.layers.is_empty() || !report.tables.is_empty() {
         let mut set = |k: &str, v: String| {
             let key = format!("{METADATA_PREFIX}{k}");
             model
@@ -362,6 +395,18 @@ pub fn convert(
             })
             .to_string(),
         );
+        if !report.tables.is_empty() {
+            let specs: Vec<serde_json::Value> = report
+                .tables
+                .iter()
+                .map(|t| {
+                    serde_json::json!({"role": t.role, "node": t.node, "weight": t.weight,
+                        "output": t.output, "bits": t.bits, "block_size": t.block_size,
+                        "rel_error": t.rel_error})
+                })
+                .collect();
+            set("tables", serde_json::to_string(&specs).unwrap_or_default());
+        }
         if opts.emitter.dequantize_linear_weights() {
             set("dequantized_reference", "available".to_string());
         }
@@ -382,6 +427,7 @@ fn convert_graph(
     path: &Path,
     opts: &ConvertOptions,
     opset: i64,
+    main: bool,
 ) -> Result<GraphResult, ConvertError> {
     let p = path.display().to_string();
     let (layers, mut weights, folded_nodes) = analyse::find_linear_layers(g, path, opts.source);
@@ -396,6 +442,11 @@ fn convert_graph(
     let mut skipped = Vec::new();
     for l in layers {
         let params: i64 = l.shape.iter().product();
+        if main && opts.vocab.head.is_some() && analyse::feeds_graph_output(&index, &l.output) {
+            // The LM head: quantized as a table after the ternary layers (`vocab`, which
+            // reports it when it cannot).
+            continue;
+        }
         let reason = if let Some(r) = &l.reason {
             Some(r.clone())
         } else if sel.include.as_ref().is_some_and(|re| !re.is_match(&l.node)) {
@@ -408,10 +459,14 @@ fn convert_graph(
                 sel.min_params
             ))
         } else if !sel.quantize_head && analyse::feeds_graph_output(&index, &l.output) {
-            Some(
-                "output projection feeding a graph output stays float (use --quantize-head)"
-                    .to_string(),
-            )
+            Some(if main {
+                "output projection feeding a graph output stays float (use --head int4, int8 or ternary)"
+                    .to_string()
+            } else {
+                "output projection feeding a subgraph output stays float (--head int4/int8 \
+                 quantize the main graph's head only; --head ternary converts it)"
+                    .to_string()
+            })
         } else {
             None
         };

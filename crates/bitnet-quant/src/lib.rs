@@ -4,6 +4,7 @@
 
 pub mod analyse;
 pub mod bitnet;
+pub mod blockq;
 pub mod check;
 pub mod convert;
 pub mod emit;
@@ -12,3 +13,4 @@ pub mod opsets;
 pub mod pack;
 pub mod quant;
 pub mod scope;
+pub mod vocab;

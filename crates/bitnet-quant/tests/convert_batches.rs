@@ -195,6 +195,7 @@ fn run(
                 ..Default::default()
             },
             emitter,
+            vocab: bitnet_quant::vocab::VocabOptions::none(),
             flags: "test".into(),
             progress: Some(&events),
             source: Some(&model.mappings),

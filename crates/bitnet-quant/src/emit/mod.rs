@@ -74,6 +74,11 @@ pub trait Emitter: Sync {
          may fuse DequantizeLinear -> MatMul into int8-activation kernels)"
             .to_string()
     }
+    /// True when the target runtime is ONNX Runtime, whose `com.microsoft` ops
+    /// (`MatMulNBits`, `GatherBlockQuantized`) the embedding and head tables use.
+    fn onnx_runtime(&self) -> bool {
+        false
+    }
     /// Highest default-domain opset the target runtime parses, if it has a limit.
     fn max_opset(&self) -> Option<i64> {
         None

@@ -39,6 +39,10 @@ impl Emitter for Ort {
         false
     }
 
+    fn onnx_runtime(&self) -> bool {
+        true
+    }
+
     fn activations(&self) -> String {
         if self.accuracy_level == 4 {
             "int8, quantized by MatMulNBits per block of K (accuracy_level 4)".to_string()

@@ -212,6 +212,10 @@ impl Emitter for OrtInt8 {
         false
     }
 
+    fn onnx_runtime(&self) -> bool {
+        true
+    }
+
     fn activations(&self) -> String {
         "int8 per token (BitNet absmax: 127 / max|x| over the last axis), MatMulInteger on \
          uint8 activations shifted by 128 and INT8 ternary weights"
