@@ -1,0 +1,342 @@
+//! The embedding and LM head as 4- and 8-bit tables (`--head`, `--embeddings`): ONNX Runtime
+//! must read what the converter wrote. `tests/python/table_reference.py` unpacks every table
+//! with numpy from the documented layouts and gives the original model those dequantized
+//! tables; then, in ONNX Runtime (CPU, ORT_ENABLE_BASIC): each embedding lookup must equal
+//! the reference's exactly, each head's MatMulNBits run alone must match `A @ W` on the
+//! unpacked weight (measured 1.3e-7..1.5e-7 relative at accuracy_level 0, limit 1e-5;
+//! 5.1e-3..5.2e-3 at accuracy_level 4, whose int8 activations the limit 2e-2 covers), and
+//! the unpacked tables must be as far from the original's float values as the report says.
+//! A tied table is stored once when both roles have the same bits.
+
+mod build_model;
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use build_model::*;
+use common::*;
+use prost::Message;
+
+/// (head, embeddings) settings covering shared and separate codes and each role alone.
+const SETTINGS: &[(&str, &str)] = &[
+    ("int4", "int4"),
+    ("int8", "int8"),
+    ("int8", "int4"),
+    ("float", "int8"),
+    ("int4", "float"),
+];
+
+/// `table_reference.py ORIGINAL CONVERTED --input NAME=FILE --level basic` as JSON.
+fn table_reference(original: &Path, converted: &Path, input: &str) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(workspace().join("tests/python/table_reference.py"))
+        .arg(original)
+        .arg(converted)
+        .arg("--input")
+        .arg(input)
+        .args(["--level", "basic"])
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "ONNX Runtime could not check {}: {}",
+        converted.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("table_reference JSON")
+}
+
+/// Checks one conversion's tables: layouts in ONNX Runtime, errors, sharing, what is stored.
+fn check_tables(
+    original: &Path,
+    converted: &Path,
+    input: &str,
+    report: &serde_json::Value,
+    (head, embeddings): (&str, &str),
+    head_limit: f64,
+    what: &str,
+) {
+    let tables = report["tables"].as_array().unwrap();
+    let want = [head, embeddings].iter().filter(|b| **b != "float").count();
+    assert_eq!(tables.len(), want, "{what}: {report}");
+    let r = table_reference(original, converted, input);
+    for t in r["tables"].as_array().unwrap() {
+        let err = t["rel_error"].as_f64().unwrap();
+        let claimed = t["metadata_rel_error"].as_f64().unwrap();
+        assert!(
+            (err - claimed).abs() <= 1e-6 * claimed.max(1e-12),
+            "{what}: {r}"
+        );
+        // Blocks of 32 random values: about 9% for 4 bits, 0.5% for 8.
+        let bound = if t["bits"] == "int4" { 0.12 } else { 0.008 };
+        assert!(err > 0.0 && err < bound, "{what}: {r}");
+        if t["role"] == "embedding" {
+            assert_eq!(t["max_abs"].as_f64(), Some(0.0), "{what}: {r}");
+        } else {
+            assert!(
+                t["alone_rel_l2"].as_f64().unwrap() < head_limit,
+                "{what}: {r}"
+            );
+        }
+    }
+    let shared = head == embeddings && head != "float";
+    let m = bitnet_model::Model::load(converted).unwrap().proto;
+    let g = m.graph.as_ref().unwrap();
+    let codes = |bits: &str, rows: usize, width: usize| {
+        let bytes = (rows * width * if bits == "int4" { 4 } else { 8 } / 8) as i64;
+        g.initializer
+            .iter()
+            .filter(|t| t.data_type == Some(2) && t.dims.iter().product::<i64>() == bytes)
+            .count()
+    };
+    for t in tables {
+        let shape: Vec<usize> = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        // Each table's codes are stored once; a shared table once for both roles.
+        let stored = codes(t["bits"].as_str().unwrap(), shape[0], shape[1]);
+        assert_eq!(stored, 1, "{what}: {t}");
+        assert_eq!(
+            t["shares_codes_with"].is_string(),
+            shared,
+            "{what}: {report}"
+        );
+    }
+}
+
+#[test]
+fn tied_tables_lay_out_as_onnx_runtime_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    for s in HF_SAMPLES {
+        let original = sample(&format!("hf/{s}/model.onnx"));
+        let input = format!(
+            "input_ids={}",
+            sample(&format!("hf/{s}/input_ids.pb")).display()
+        );
+        for &(head, embeddings) in SETTINGS {
+            // Float activations (accuracy_level 0): the head is exact; ort-int8's head uses
+            // int8 activations (accuracy_level 4).
+            for (target, flags, limit) in [
+                (
+                    "ort",
+                    &["--target", "ort", "--activations", "float"][..],
+                    1e-5,
+                ),
+                ("ort-int8", &["--target", "ort-int8"][..], 2e-2),
+            ] {
+                let what = format!("{s} {target} --head {head} --embeddings {embeddings}");
+                let out = dir
+                    .path()
+                    .join(format!("{s}.{target}.{head}.{embeddings}.onnx"));
+                let mut args = flags.to_vec();
+                args.extend(["--head", head, "--embeddings", embeddings]);
+                let r = build_model::convert(&original, &out, &args);
+                check_tables(
+                    &original,
+                    &out,
+                    &input,
+                    &r,
+                    (head, embeddings),
+                    limit,
+                    &what,
+                );
+                // Both roles quantized: the float table is gone.
+                if head != "float" && embeddings != "float" {
+                    let m = bitnet_model::Model::load(&out).unwrap().proto;
+                    let g = m.graph.as_ref().unwrap();
+                    let table = r["tables"][0]["weight"].as_str().unwrap();
+                    assert!(
+                        !g.initializer
+                            .iter()
+                            .any(|t| t.name.as_deref() == Some(table)),
+                        "{what}: the float table '{table}' is still stored"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `ids[batch, seq] -> Gather(E) -> Tanh -> MatMul(., W) -> logits`, with a separate `[K, N]`
+/// head weight `W` (untied, read directly) and K = 80: not a whole number of head blocks of 32
+/// (MatMulNBits pads; the embedding width 64 is whole).
+fn untied() -> bitnet_model::proto::ModelProto {
+    let (v, d) = (96usize, 64usize);
+    let e = ternary(v, d, false, 3);
+    let w = ternary(80, v, true, 4);
+    let g = graph(
+        "untied",
+        vec![
+            node("Gather", "embed", &["E", "ids"], &["emb"]),
+            node("Tanh", "act", &["emb"], &["h"]),
+            node("Concat", "widen", &["h", "extra"], &["hw"]),
+            node("MatMul", "head", &["hw", "W"], &["logits"]),
+        ],
+        vec![
+            vi("ids", INT64, "batch,seq"),
+            vi("extra", FLOAT, "batch,seq,16"),
+        ],
+        vec![vi("logits", FLOAT, &format!("batch,seq,{v}"))],
+        vec![
+            bitnet_model::tensor::from_f32("E", &[v as i64, d as i64], &e),
+            bitnet_model::tensor::from_f32("W", &[80, v as i64], &w),
+        ],
+    );
+    let mut g = g;
+    g.node[2].attribute.push(attr_i("axis", -1));
+    model(g, 17)
+}
+
+fn tensor_file(dir: &Path, name: &str, t: bitnet_model::proto::TensorProto) -> String {
+    let path = dir.join(format!("{name}.pb"));
+    std::fs::write(&path, t.encode_to_vec()).unwrap();
+    format!("{name}={}", path.display())
+}
+
+#[test]
+fn untied_head_read_directly_and_padded_lays_out_as_onnx_runtime_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("untied.onnx");
+    save(&untied(), &src);
+    let ids: Vec<i64> = (0..8).map(|i| (i * 37 % 96) as i64).collect();
+    let ids = tensor_file(
+        dir.path(),
+        "ids",
+        bitnet_model::tensor::from_i64("ids", &[2, 4], &ids),
+    );
+    let extra: Vec<f32> = (0..2 * 4 * 16)
+        .map(|i| (i % 7) as f32 / 7.0 - 0.5)
+        .collect();
+    let extra = tensor_file(
+        dir.path(),
+        "extra",
+        bitnet_model::tensor::from_f32("extra", &[2, 4, 16], &extra),
+    );
+    for &(head, embeddings) in SETTINGS {
+        let out = dir.path().join(format!("untied.{head}.{embeddings}.onnx"));
+        let args = [
+            "--target",
+            "ort",
+            "--activations",
+            "float",
+            "--head",
+            head,
+            "--embeddings",
+            embeddings,
+        ];
+        let r = build_model::convert(&src, &out, &args);
+        let what = format!("untied --head {head} --embeddings {embeddings}");
+        let tables = r["tables"].as_array().unwrap();
+        assert!(
+            tables.iter().all(|t| t["shares_codes_with"].is_null()),
+            "{what}: {r}"
+        );
+        let reference = Command::new(python())
+            .arg(workspace().join("tests/python/table_reference.py"))
+            .arg(&src)
+            .arg(&out)
+            .args(["--input", &ids, "--input", &extra, "--level", "basic"])
+            .output()
+            .unwrap();
+        assert!(reference.status.success(), "{what}: {reference:?}");
+        let j: serde_json::Value = serde_json::from_slice(&reference.stdout).unwrap();
+        for t in j["tables"].as_array().unwrap() {
+            if t["role"] == "head" {
+                assert!(t["alone_rel_l2"].as_f64().unwrap() < 1e-5, "{what}: {j}");
+                assert_eq!(
+                    r["tables"][0]["shape"],
+                    serde_json::json!([96, 80]),
+                    "{what}"
+                );
+            } else {
+                assert_eq!(t["max_abs"].as_f64(), Some(0.0), "{what}: {j}");
+            }
+        }
+        // Nothing else in this model is converted: the whole output is the tables' doing.
+        assert!(j["rel_l2"].as_f64().unwrap() < 1e-5, "{what}: {j}");
+    }
+}
+
+#[test]
+fn verify_judges_the_tables_conversion_and_reports_their_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = HF_SAMPLES[0];
+    let original = sample(&format!("hf/{s}/model.onnx"));
+    for target in ["ort", "ort-int8"] {
+        let out = dir.path().join(format!("{target}.onnx"));
+        // Default flags: int4 tables on both ONNX Runtime targets.
+        let r = build_model::convert(&original, &out, &["--target", target]);
+        assert_eq!(r["tables"].as_array().unwrap().len(), 2, "{r}");
+        let v = run_ok(
+            bin()
+                .arg("verify")
+                .arg(&original)
+                .arg(&out)
+                .args(["--json", "-"]),
+        );
+        let j: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+        assert_eq!(j["pass"], true, "{target}: {j}");
+        let tables = j["tables"].as_array().unwrap();
+        assert_eq!(tables.len(), 2, "{j}");
+        for t in tables {
+            let e = t["rel_error"].as_f64().unwrap();
+            assert!(e > 0.01 && e < 0.12, "{target}: {t}");
+        }
+        // The cost against the float original is reported (these random tables cost
+        // several percent of the logits) and not judged.
+        let cost = j["against_original"][0]["rel_l2"].as_f64().unwrap();
+        let judged = j["outputs"][0]["rel_l2"].as_f64().unwrap();
+        assert!(cost > judged, "{target}: {j}");
+    }
+}
+
+#[test]
+fn table_flags_are_refused_where_they_cannot_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = sample(&format!("hf/{}/model.onnx", HF_SAMPLES[0]));
+    let out = dir.path().join("out.onnx");
+    for args in [
+        &["--target", "qdq-int8", "--head", "int4"][..],
+        &["--target", "onnx", "--embeddings", "int8"][..],
+        &["--target", "ort", "--table-block-size", "48"][..],
+        &["--target", "ort", "--head", "int4", "--quantize-head"][..],
+    ] {
+        let o = bin()
+            .arg("convert")
+            .arg(&original)
+            .arg("-o")
+            .arg(&out)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("ort-int8") || err.contains("block-size") || err.contains("--head"),
+            "{args:?}: {err}"
+        );
+        assert!(!out.exists(), "{args:?} left an output");
+    }
+    // --quantize-head is --head ternary: the same bytes (same file names, so the external data
+    // references agree).
+    std::fs::create_dir_all(dir.path().join("a")).unwrap();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    let a = dir.path().join("a/out.onnx");
+    let b = dir.path().join("b/out.onnx");
+    let ra = build_model::convert(&original, &a, &["--quantize-head", "--embeddings", "float"]);
+    build_model::convert(
+        &original,
+        &b,
+        &["--head", "ternary", "--embeddings", "float"],
+    );
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let data = |p: &Path| std::fs::read(format!("{}.data", p.display())).unwrap();
+    assert_eq!(data(&a), data(&b));
+    assert!(ra["tables"].as_array().unwrap().is_empty());
+    // 14 BitNet layers and the head.
+    assert_eq!(ra["layers"].as_array().unwrap().len(), 15, "{ra}");
+}
