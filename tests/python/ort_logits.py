@@ -2,7 +2,11 @@
 compares its first output with a stored reference (transformers' logits for the Hugging Face
 samples). Prints JSON: relative L2 error, max abs error and next-token top-1 agreement.
 
+With --last-position the model's output holds the last position only (`convert --logits
+last`): the reference is cut to its last position along axis -2 first.
+
 usage: ort_logits.py MODEL --input NAME=FILE.pb [...] --reference FILE.pb --level basic|all
+       [--last-position]
 """
 
 import argparse
@@ -21,6 +25,7 @@ def main():
     ap.add_argument("--input", action="append", default=[])
     ap.add_argument("--reference", required=True)
     ap.add_argument("--level", choices=["basic", "all"], required=True)
+    ap.add_argument("--last-position", action="store_true")
     a = ap.parse_args()
     feeds = {}
     for spec in a.input:
@@ -35,6 +40,8 @@ def main():
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(a.model, opts, providers=["CPUExecutionProvider"])
     got = sess.run(None, feeds)[0].astype(np.float64)
+    if a.last_position:
+        ref = ref[..., -1:, :]
     if got.shape != ref.shape:
         raise SystemExit(f"output shape {got.shape}, reference {ref.shape}")
     diff = got - ref

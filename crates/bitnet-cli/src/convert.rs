@@ -60,6 +60,14 @@ pub enum EmbeddingsArg {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsArg {
+    /// Every position, as the model was exported.
+    All,
+    /// The last position only.
+    Last,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MethodArg {
     Absmean,
     Twn,
@@ -137,6 +145,12 @@ pub struct ConvertArgs {
     /// Values per block of the int4/int8 head and embedding (power of two, >= 16).
     #[arg(long, default_value_t = bitnet_quant::vocab::DEFAULT_BLOCK_SIZE)]
     pub table_block_size: usize,
+    /// Which positions the LM head computes: all (as exported) or last (the next token's
+    /// logits only, what a generation runtime's prompt step needs; logits become
+    /// [batch, 1, vocab]). With a long prompt the head over every position costs more than
+    /// the ternary layers; `last` is the setting for prompt processing.
+    #[arg(long, value_enum, default_value = "all")]
+    pub logits: LogitsArg,
     /// Same as --head ternary (kept for existing scripts).
     #[arg(long, conflicts_with = "head")]
     pub quantize_head: bool,
@@ -342,6 +356,9 @@ fn recorded_flags(args: &ConvertArgs) -> String {
             f.push(format!("--table-block-size {}", args.table_block_size));
         }
     }
+    if args.logits == LogitsArg::Last {
+        f.push("--logits last".into());
+    }
     if args.external_data {
         f.push("--external-data".into());
     }
@@ -417,6 +434,7 @@ pub fn run(args: &ConvertArgs) -> Result<Report> {
         selection,
         emitter: emitter.as_ref(),
         vocab,
+        last_logits: args.logits == LogitsArg::Last,
         flags,
         progress: Some(progress.as_ref()),
         source: Some(&model.mappings),
@@ -515,6 +533,9 @@ pub fn print_report(r: &Report, saved: &bitnet_model::Saved) {
             t.bytes_before,
             t.bytes_after,
         );
+    }
+    for h in &r.last_position_heads {
+        println!("{h:<36} computes the last position only (--logits last)");
     }
     for s in &r.totals.skipped {
         println!("skipped {:<36} {}", s.node, s.reason);

@@ -340,3 +340,64 @@ fn table_flags_are_refused_where_they_cannot_apply() {
     // 14 BitNet layers and the head.
     assert_eq!(ra["layers"].as_array().unwrap().len(), 15, "{ra}");
 }
+
+#[test]
+fn logits_last_keeps_the_last_position_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    for s in HF_SAMPLES {
+        let original = sample(&format!("hf/{s}/model.onnx"));
+        let out = dir.path().join(format!("{s}.onnx"));
+        // The exact path (ort-int8 layers, float tables): the last position as transformers
+        // computed it, to float rounding.
+        let args = [
+            "--target",
+            "ort-int8",
+            "--head",
+            "float",
+            "--embeddings",
+            "float",
+            "--logits",
+            "last",
+        ];
+        let r = build_model::convert(&original, &out, &args);
+        assert_eq!(r["last_position_heads"].as_array().unwrap().len(), 1, "{r}");
+        let d = sample(&format!("hf/{s}"));
+        let o = Command::new(python())
+            .arg(workspace().join("tests/python/ort_logits.py"))
+            .arg(&out)
+            .arg("--input")
+            .arg(format!("input_ids={}", d.join("input_ids.pb").display()))
+            .arg("--reference")
+            .arg(d.join("logits.pb"))
+            .args(["--level", "basic", "--last-position"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{s}: {o:?}");
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(j["rel_l2"].as_f64().unwrap() < 1e-5, "{s}: {j}");
+        // verify compares the original's last position.
+        let v = run_ok(
+            bin()
+                .arg("verify")
+                .arg(&original)
+                .arg(&out)
+                .args(["--json", "-"]),
+        );
+        let j: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+        assert_eq!(j["pass"], true, "{s}: {j}");
+        assert_eq!(j["outputs"][0]["shape"][1], 1, "{s}: {j}");
+    }
+    // A model whose outputs no MatMul computes is refused, and nothing is written.
+    let mlp_out = dir.path().join("none.onnx");
+    let o = bin()
+        .arg("convert")
+        .arg(sample("gemm/no_bias.onnx"))
+        .arg("-o")
+        .arg(&mlp_out)
+        .args(["--logits", "last"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--logits last"));
+    assert!(!mlp_out.exists());
+}

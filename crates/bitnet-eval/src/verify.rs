@@ -491,6 +491,31 @@ fn find<'a>(outs: &'a [Output], name: &str) -> Option<&'a Output> {
     outs.iter().find(|(n, _, _)| n == name)
 }
 
+/// With `bitnet_onnx.logits = last` the converted heads compute the last position only: the
+/// original's `[..., positions, vocab]` output is cut to its last position before comparing.
+/// Any other output is returned as it is.
+fn last_position(o: &Output, converted_shape: &[usize]) -> Output {
+    let (name, v, shape) = o;
+    let r = shape.len();
+    let cut = r >= 2
+        && converted_shape.len() == r
+        && converted_shape[r - 2] == 1
+        && shape[r - 2] > 1
+        && shape[..r - 2] == converted_shape[..r - 2]
+        && shape[r - 1] == converted_shape[r - 1];
+    if !cut {
+        return o.clone();
+    }
+    let (rows, width) = (shape[r - 2], shape[r - 1]);
+    let values = v
+        .chunks(rows * width)
+        .flat_map(|m| m[(rows - 1) * width..].iter().copied())
+        .collect();
+    let mut s = shape.clone();
+    s[r - 2] = 1;
+    (name.clone(), values, s)
+}
+
 /// Runs `original` and `converted` on the same inputs and compares them (see the module docs).
 pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Result<VerifyReport> {
     let start = Instant::now();
@@ -636,9 +661,22 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
     let mut deq_acc = vec![Accumulator::default(); out_names.len()];
     let mut true_acc = vec![Accumulator::default(); out_names.len()];
     let mut worst = (0usize, -1.0f64);
+    let last_logits = meta(&converted.proto, "bitnet_onnx.logits") == Some("last");
+    // The original's outputs as the converted model computes them (see `last_position`).
+    let as_converted = |o: Vec<Output>, c: &[Output]| -> Vec<Output> {
+        if !last_logits {
+            return o;
+        }
+        o.iter()
+            .map(|x| match find(c, &x.0) {
+                Some(y) => last_position(x, &y.2),
+                None => x.clone(),
+            })
+            .collect()
+    };
     for (si, inputs) in sets.iter().enumerate() {
-        let o = orun.run(inputs)?;
         let c = crun.run(inputs)?;
+        let o = as_converted(orun.run(inputs)?, &c);
         let mut sample_worst = 0.0f64;
         for (i, name) in out_names.iter().enumerate() {
             let (a, b) = (
@@ -672,7 +710,7 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
             layer_acc[i].add(&a.1, &b.1, a.2.last().copied().unwrap_or(1));
         }
         if let Some(r) = &true_run {
-            let t = r.run(inputs)?;
+            let t = as_converted(r.run(inputs)?, &c);
             for (i, name) in out_names.iter().enumerate() {
                 let (a, b) = (
                     find(&t, name).expect("graph output"),
@@ -682,7 +720,7 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
             }
         }
         if let Some(r) = &deq_run {
-            let d = r.run(inputs)?;
+            let d = as_converted(r.run(inputs)?, &c);
             for (i, name) in out_names.iter().enumerate() {
                 let (a, b) = (
                     find(&d, name).expect("graph output"),

@@ -107,6 +107,9 @@ pub struct ConvertOptions<'a> {
     /// The embedding and LM head as 4- or 8-bit tables (ONNX Runtime targets); a head taken
     /// here is left out of the ternary layers.
     pub vocab: crate::vocab::VocabOptions,
+    /// `--logits last`: the LM heads compute the last position only
+    /// ([`crate::vocab::last_position_logits`]).
+    pub last_logits: bool,
     /// The command line flags, recorded in the output's metadata.
     pub flags: String,
     /// Told what is queued and what is done (the library never prints).
@@ -203,6 +206,8 @@ pub struct Report {
     pub layers: Vec<LayerReport>,
     /// The embedding and LM head tables quantized to 4 or 8 bits.
     pub tables: Vec<crate::vocab::TableReport>,
+    /// The heads that compute the last position only (`--logits last`).
+    pub last_position_heads: Vec<String>,
     pub totals: Totals,
 }
 
@@ -229,6 +234,20 @@ pub fn convert(
     let mut min_opset = 0i64;
     let mut removed = 0usize;
     let mut main_graph = true;
+    let mut last_position = Vec::new();
+    if opts.last_logits {
+        let g = model.graph.as_mut().ok_or_else(|| ConvertError::Other {
+            path: p.clone(),
+            reason: "the model has no graph".into(),
+        })?;
+        last_position =
+            crate::vocab::last_position_logits(g, opset_before.unwrap_or(0)).map_err(|reason| {
+                ConvertError::Other {
+                    path: p.clone(),
+                    reason,
+                }
+            })?;
+    }
     // Weights that If/Loop/Scan bodies capture from an enclosing graph are converted inside
     // the subgraph that reads them: copy them in first, drop what is left over afterwards.
     let copied = crate::scope::localize(model);
@@ -361,12 +380,19 @@ pub fn convert(
         tool: format!("bitnet-onnx {}", env!("CARGO_PKG_VERSION")),
         target: opts.emitter.name().to_string(),
         activations: opts.emitter.activations(),
-        already_converted: already && layers_out.is_empty() && tables.is_empty(),
+        already_converted: already
+            && layers_out.is_empty()
+            && tables.is_empty()
+            && last_position.is_empty(),
         layers: layers_out,
         tables,
+        last_position_heads: last_position,
         totals,
     };
-    if !report.layers.is_empty() || !report.tables.is_empty() {
+    if !report.layers.is_empty()
+        || !report.tables.is_empty()
+        || !report.last_position_heads.is_empty()
+    {
         let mut set = |k: &str, v: String| {
             let key = format!("{METADATA_PREFIX}{k}");
             model
@@ -395,6 +421,9 @@ pub fn convert(
             })
             .to_string(),
         );
+        if !report.last_position_heads.is_empty() {
+            set("logits", "last".to_string());
+        }
         if !report.tables.is_empty() {
             let specs: Vec<serde_json::Value> = report
                 .tables

@@ -699,3 +699,116 @@ fn remove_unread(g: &mut GraphProto, reports: &[TableReport]) {
     g.initializer
         .retain(|t| !t.name.as_ref().is_some_and(|n| unread.contains(n)));
 }
+
+/// `--logits last`: each LM head computes the last position only. A generation runtime's
+/// prompt step needs the next token's logits, not one row per prompt token, and at 2B width
+/// the head over every position costs more than the whole ternary model (a 128-token prompt:
+/// 128 x 2560 x 128256 multiply-adds). Before each head (a MatMul or Gemm feeding a graph
+/// output, reading an activation of rank 3 or more), `Slice(x, [-1], [i64::MAX], [-2])` keeps
+/// the last position; the graph outputs it reaches get 1 at that axis, and the intermediate
+/// value infos between the head and them are dropped (their shapes changed). Returns the
+/// heads' node labels. Run before the other stages, so they see the sliced activation.
+pub fn last_position_logits(g: &mut GraphProto, opset: i64) -> Result<Vec<String>, String> {
+    let heads: Vec<(usize, String, String)> = {
+        let index = GraphIndex::new(g);
+        let mut heads = Vec::new();
+        for (i, n) in g.node.iter().enumerate() {
+            let default_domain = matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx"));
+            let op = n.op_type.as_deref().unwrap_or("");
+            let Some(out) = n.output.first() else {
+                continue;
+            };
+            if !default_domain || !(op == "MatMul" || op == "Gemm") {
+                continue;
+            }
+            if !feeds_graph_output(&index, out) {
+                continue;
+            }
+            let a = n.input.first().cloned().unwrap_or_default();
+            let rank = index.shape(&a).map(|s| s.len());
+            match rank {
+                Some(r) if r >= 3 && op == "MatMul" => heads.push((i, a, out.clone())),
+                _ => {
+                    return Err(format!(
+                        "--logits last: the head '{}' reads '{a}' of {} rank; it needs a MatMul \
+                         on a [batch, positions, hidden] activation",
+                        node_label(n, i),
+                        rank.map_or("unknown".to_string(), |r| r.to_string())
+                    ))
+                }
+            }
+        }
+        heads
+    };
+    if heads.is_empty() {
+        return Err("--logits last: no MatMul feeds a graph output".into());
+    }
+    if opset < 10 {
+        return Err(format!(
+            "--logits last needs Slice with inputs (opset 10 or newer); the model imports {opset}"
+        ));
+    }
+    let mut names = NameGen::new(g);
+    let mut labels = Vec::new();
+    let starts = names.fresh("last_position_starts");
+    let ends = names.fresh("last_position_ends");
+    let axes = names.fresh("last_position_axes");
+    g.initializer.push(tensor::from_i64(&starts, &[1], &[-1]));
+    g.initializer
+        .push(tensor::from_i64(&ends, &[1], &[i64::MAX]));
+    g.initializer.push(tensor::from_i64(&axes, &[1], &[-2]));
+    // Back to front, so the positions of the heads still to do stay valid.
+    for (at, a, _) in heads.iter().rev() {
+        let label = node_label(&g.node[*at], *at);
+        let sliced = names.fresh(&format!("{a}_last_position"));
+        g.node[*at].input[0] = sliced.clone();
+        g.node.insert(
+            *at,
+            NodeProto {
+                name: Some(names.fresh(&format!("{label}_last_position"))),
+                op_type: Some("Slice".into()),
+                input: vec![a.clone(), starts.clone(), ends.clone(), axes.clone()],
+                output: vec![sliced],
+                ..Default::default()
+            },
+        );
+        labels.push(label);
+    }
+    labels.reverse();
+    // Values downstream of the heads changed shape: drop their value infos, and give the graph
+    // outputs 1 at the position axis.
+    let mut downstream: HashSet<String> = HashSet::new();
+    {
+        let index = GraphIndex::new(g);
+        let mut stack: Vec<String> = heads.iter().map(|(_, _, out)| out.clone()).collect();
+        while let Some(v) = stack.pop() {
+            if !downstream.insert(v.clone()) {
+                continue;
+            }
+            for &c in index.consumers(&v) {
+                stack.extend(index.node(c).output.iter().cloned());
+            }
+        }
+    }
+    g.value_info
+        .retain(|v| !v.name.as_ref().is_some_and(|n| downstream.contains(n)));
+    for o in &mut g.output {
+        if !o.name.as_ref().is_some_and(|n| downstream.contains(n)) {
+            continue;
+        }
+        use bitnet_model::proto::tensor_shape_proto::{dimension::Value as D, Dimension};
+        use bitnet_model::proto::type_proto::Value;
+        if let Some(Value::TensorType(t)) = o.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+            if let Some(shape) = t.shape.as_mut() {
+                let r = shape.dim.len();
+                if r >= 2 {
+                    shape.dim[r - 2] = Dimension {
+                        value: Some(D::DimValue(1)),
+                        ..Default::default()
+                    };
+                }
+            }
+        }
+    }
+    Ok(labels)
+}

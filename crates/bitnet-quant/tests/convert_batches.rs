@@ -196,6 +196,7 @@ fn run(
             },
             emitter,
             vocab: bitnet_quant::vocab::VocabOptions::none(),
+            last_logits: false,
             flags: "test".into(),
             progress: Some(&events),
             source: Some(&model.mappings),
