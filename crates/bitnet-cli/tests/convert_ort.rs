@@ -35,7 +35,12 @@ fn bitlinear_samples_convert_losslessly_and_match_in_ort() {
         let layers = r["layers"].as_array().unwrap();
         assert_eq!(layers.len(), 3, "{s}: {r}");
         assert!(layers.iter().all(|l| l["lossless"] == true), "{s}: {r}");
-        assert!(r["totals"]["weight_compression"].as_f64().unwrap() > 3.9);
+        // INT8 codes and a float32 scale per output channel (a per-tensor scale written per
+        // axis, so ONNX Runtime's ConstantSharing cannot merge it): just under 4x here.
+        assert!(
+            r["totals"]["weight_compression"].as_f64().unwrap() > 3.75,
+            "{r}"
+        );
         // ORT_ENABLE_BASIC keeps DequantizeLinear -> MatMul exact (no int8-activation fusion).
         let cmp = ort_compare(&sample(s), &out, "basic", &["batch=4"]);
         for o in cmp["outputs"].as_array().unwrap() {

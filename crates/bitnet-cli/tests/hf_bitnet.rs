@@ -92,6 +92,7 @@ fn every_linear_class_converts_losslessly_to_every_target_and_matches_transforme
             // `/ (s * weight_scale)`, AutoBitLinear offline's `* weight_scale`) goes into the
             // weight scales on every target; ort-int8 takes the graph's own int8 activation
             // codes instead of quantizing them again.
+            let mut kept_scales = 0;
             for l in layers {
                 let absorbed: Vec<&str> = l["absorbed"]
                     .as_array()
@@ -99,14 +100,32 @@ fn every_linear_class_converts_losslessly_to_every_target_and_matches_transforme
                     .iter()
                     .map(|a| a.as_str().unwrap())
                     .collect();
+                // The DequantizeLinear targets that ONNX Runtime fuses keep a scale whose
+                // only consumer is a Relu (the offline gate projections; see
+                // `qdq_int8_fuses_into_matmulnbits_in_onnx_runtime`).
+                let kept = l["not_absorbed"]
+                    .as_str()
+                    .is_some_and(|w| w.starts_with("output scale kept before its Relu/Clip"));
+                kept_scales += kept as usize;
                 let scale = absorbed.iter().any(|a| a.starts_with("output"));
-                assert_eq!(scale, *s != "autobitlinear_online", "{s} {target}: {l}");
+                assert_eq!(
+                    scale,
+                    *s != "autobitlinear_online" && !kept,
+                    "{s} {target}: {l}"
+                );
                 let act = absorbed
                     .iter()
                     .any(|a| a.starts_with("activation quantization"));
                 assert_eq!(act, *target == "ort-int8", "{s} {target}: {l}");
-                assert!(l["not_absorbed"].is_null(), "{s} {target}: {l}");
+                assert!(kept || l["not_absorbed"].is_null(), "{s} {target}: {l}");
             }
+            // The two gate projections (one per decoder layer).
+            let want = if *target == "qdq-int8" && *s == "autobitlinear_offline" {
+                2
+            } else {
+                0
+            };
+            assert_eq!(kept_scales, want, "{s} {target}: {r}");
             let (before, after) = (ops(&sample(&format!("hf/{s}/model.onnx"))), ops(&out));
             let count =
                 |o: &serde_json::Value, op: &str| o.get(op).and_then(|v| v.as_u64()).unwrap_or(0);
@@ -259,5 +278,48 @@ fn a_near_miss_of_the_activation_quantization_is_left_and_reported() {
     let cmp = ort_compare(&model, &out, "basic", &["batch=2", "seq=7"]);
     for o in cmp["outputs"].as_array().unwrap() {
         assert!(o["rel_l2"].as_f64().unwrap() < 1e-5, "{cmp}");
+    }
+}
+
+/// ONNX Runtime (ORT_ENABLE_ALL) fuses every `qdq-int8` DequantizeLinear -> MatMul into
+/// MatMulNBits, except where the export's own MatMul feeds a lone Relu: ORT's QDQ selector
+/// refuses that shape (the `AutoBitLinear` online form's gate projections, 2 here, whose
+/// relu2 reads the MatMul directly). The offline form's gates read the MatMul through its
+/// `weight_scale` Mul: the converter keeps that Mul for the DequantizeLinear targets (folding
+/// it left 2 unfused, dequantized at every run), and writes per-tensor scales per axis so
+/// ORT's ConstantSharing cannot merge equal ones (a shared scale also blocks the fusion).
+#[test]
+fn qdq_int8_fuses_into_matmulnbits_in_onnx_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    for (s, unfused) in [
+        ("bitlinear", 0),
+        ("autobitlinear_offline", 0),
+        ("autobitlinear_online", 2),
+    ] {
+        let (out, r) = convert(s, "qdq-int8", dir.path());
+        if s == "autobitlinear_offline" {
+            let kept = r["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|l| {
+                    l["not_absorbed"]
+                        .as_str()
+                        .is_some_and(|w| w.contains("Relu/Clip"))
+                })
+                .count();
+            assert_eq!(kept, 2, "{r}");
+        }
+        let o = std::process::Command::new(python())
+            .arg(workspace().join("tests/python/ort_optimized_ops.py"))
+            .arg(&out)
+            .args(["--level", "all"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{s}: {o:?}");
+        let ops: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let count = |op: &str| ops[op].as_u64().unwrap_or(0);
+        assert_eq!(count("DequantizeLinear"), unfused, "{s}: {ops}");
+        assert_eq!(count("MatMulNBits"), 14 - unfused, "{s}: {ops}");
     }
 }

@@ -707,7 +707,15 @@ struct BitnetPlan {
 /// Looks at the graph around the layers reading `w` (read-only). The activation is the node's
 /// first input (not for a Gemm with `transA`); output scales are taken for MatMul layers only,
 /// since a Gemm's bias would need the factor too.
-fn bitnet_plan(g: &GraphProto, w: &str, ls: &[&LinearLayer], path: &Path) -> BitnetPlan {
+/// With `keep_before_clip` (the emitter's [`Emitter::keep_scale_before_clip`]), a scale whose
+/// only consumer is a Relu or Clip is left where it is.
+fn bitnet_plan(
+    g: &GraphProto,
+    w: &str,
+    ls: &[&LinearLayer],
+    path: &Path,
+    keep_before_clip: bool,
+) -> BitnetPlan {
     let index = GraphIndex::new(g);
     let mut activations = Vec::with_capacity(ls.len());
     let mut scales = Vec::new();
@@ -733,6 +741,23 @@ fn bitnet_plan(g: &GraphProto, w: &str, ls: &[&LinearLayer], path: &Path) -> Bit
         let os = (l.op == "MatMul" && node.is_some())
             .then(|| bitnet::output_scale(&index, path, &l.output, act_scale))
             .flatten();
+        let before_clip = |os: &bitnet::OutputScale| {
+            let c = index.consumers(&os.node_output);
+            c.len() == 1
+                && matches!(index.node(c[0]).op_type.as_deref(), Some("Relu" | "Clip"))
+                && !index.is_graph_output(&os.node_output)
+        };
+        let os = match os {
+            Some(os) if keep_before_clip && os.keep_divisor.is_none() && before_clip(&os) => {
+                not_absorbed.get_or_insert_with(|| {
+                    "output scale kept before its Relu/Clip: ONNX Runtime does not fuse \
+                     DequantizeLinear -> MatMul feeding a lone Relu or Clip"
+                        .to_string()
+                });
+                None
+            }
+            os => os,
+        };
         match os {
             Some(os) => scales.push(os),
             None => all = false,
@@ -812,7 +837,8 @@ impl Emission {
             let mut q = q?;
             // BitNet's layer around the node: a constant scale on the output is folded into
             // the weight scales (the scale node goes after emission).
-            let plan = bitnet_plan(g, w, ls, Path::new(p));
+            let keep = opts.emitter.keep_scale_before_clip();
+            let plan = bitnet_plan(g, w, ls, Path::new(p), keep);
             if let Some(scales) = &plan.output_scales {
                 let f = scales[0].factor;
                 q.ternary.scales.iter_mut().for_each(|s| *s *= f);

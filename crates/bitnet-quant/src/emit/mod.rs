@@ -74,6 +74,14 @@ pub trait Emitter: Sync {
          may fuse DequantizeLinear -> MatMul into int8-activation kernels)"
             .to_string()
     }
+    /// Whether a layer keeps its constant output scale node when that node's only consumer is
+    /// a Relu or Clip. ONNX Runtime 1.32 fuses `DequantizeLinear -> MatMul` into MatMulNBits
+    /// only when the MatMul does not feed a lone Relu/Clip (its QDQ selector takes one for a
+    /// clip a QuantizeLinear would make redundant, and finds none), so folding the scale
+    /// into the weights would leave that layer's weight dequantized at every run.
+    fn keep_scale_before_clip(&self) -> bool {
+        false
+    }
     /// True when the target runtime is ONNX Runtime, whose `com.microsoft` ops
     /// (`MatMulNBits`, `GatherBlockQuantized`) the embedding and head tables use.
     fn onnx_runtime(&self) -> bool {

@@ -1,6 +1,13 @@
 //! `--target qdq-int8`: ternary codes as INT8 initializers, a per-tensor, per-axis or blocked
 //! float `DequantizeLinear` feeding the original `MatMul`/`Gemm` (bias and attributes
 //! unchanged). Runs on every ONNX runtime, tract included; 4x smaller than float32 weights.
+//!
+//! ONNX Runtime fuses `DequantizeLinear -> MatMul` into MatMulNBits (8 bits) unless the
+//! DequantizeLinear's scale initializer is shared with another node, and its ConstantSharing
+//! pass merges equal scalar (or `[1]`) initializers first: equal per-tensor scales (BitNet's
+//! offline weights are exactly -1/0/+1, scale 1) would leave every such layer dequantized at
+//! run time. So from opset 13 a per-tensor scale is written per axis, `[N]` copies of it
+//! (`N` floats per layer), which ConstantSharing leaves alone.
 
 use bitnet_model::proto::tensor_proto::DataType;
 use bitnet_model::proto::GraphProto;
@@ -20,18 +27,29 @@ impl Emitter for QdqInt8 {
         true
     }
 
+    fn keep_scale_before_clip(&self) -> bool {
+        true
+    }
+
     fn emit(
         &self,
         g: &mut GraphProto,
         job: &WeightJob,
         names: &mut EmitContext,
     ) -> Result<Emitted, ConvertError> {
-        Ok(dq::emit_natural(
-            g,
-            job,
-            names,
-            DataType::Int8,
-            pack::pack_int8,
-        ))
+        let (_, transposed) = dq::weight_dims(job);
+        let codes = pack::pack_int8(&pack::codes_in_onnx_order(job.ternary, transposed));
+        let mut scales = dq::natural_scales(job);
+        if scales.axis.is_none() && job.opset >= 13 {
+            scales.values = vec![scales.values[0]; job.ternary.n];
+            scales.dims = vec![job.ternary.n as i64];
+            scales.axis = Some(if transposed { 0 } else { 1 });
+        }
+        let bytes = dq::emit(g, job, names, DataType::Int8, codes, &scales);
+        Ok(Emitted {
+            bytes,
+            min_opset: dq::min_opset(job, &scales, DataType::Int8),
+            ..Default::default()
+        })
     }
 }
