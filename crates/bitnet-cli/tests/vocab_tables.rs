@@ -47,6 +47,18 @@ fn table_reference(original: &Path, converted: &Path, input: &str) -> serde_json
     serde_json::from_slice(&out.stdout).expect("table_reference JSON")
 }
 
+/// `bitnet-onnx verify ORIGINAL CONVERTED --json -` (must exit 0) as JSON.
+fn verify_json(original: &Path, converted: &Path) -> serde_json::Value {
+    let v = run_ok(
+        bin()
+            .arg("verify")
+            .arg(original)
+            .arg(converted)
+            .args(["--json", "-"]),
+    );
+    serde_json::from_slice(&v.stdout).unwrap()
+}
+
 /// Checks one conversion's tables: layouts in ONNX Runtime, errors, sharing, what is stored.
 fn check_tables(
     original: &Path,
@@ -271,14 +283,7 @@ fn verify_judges_the_tables_conversion_and_reports_their_cost() {
         // Default flags: int4 tables on both ONNX Runtime targets.
         let r = build_model::convert(&original, &out, &["--target", target]);
         assert_eq!(r["tables"].as_array().unwrap().len(), 2, "{r}");
-        let v = run_ok(
-            bin()
-                .arg("verify")
-                .arg(&original)
-                .arg(&out)
-                .args(["--json", "-"]),
-        );
-        let j: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+        let j = verify_json(&original, &out);
         assert_eq!(j["pass"], true, "{target}: {j}");
         let tables = j["tables"].as_array().unwrap();
         assert_eq!(tables.len(), 2, "{j}");
@@ -376,14 +381,7 @@ fn logits_last_keeps_the_last_position_exactly() {
         let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert!(j["rel_l2"].as_f64().unwrap() < 1e-5, "{s}: {j}");
         // verify compares the original's last position.
-        let v = run_ok(
-            bin()
-                .arg("verify")
-                .arg(&original)
-                .arg(&out)
-                .args(["--json", "-"]),
-        );
-        let j: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+        let j = verify_json(&original, &out);
         assert_eq!(j["pass"], true, "{s}: {j}");
         assert_eq!(j["outputs"][0]["shape"][1], 1, "{s}: {j}");
     }

@@ -55,7 +55,8 @@ const HEAD_PASS_THROUGH: &[&str] = &[
     "Flatten",
 ];
 
-fn attr_i(node: &NodeProto, name: &str) -> Option<i64> {
+/// An INT attribute of `node`.
+pub(crate) fn attr_i(node: &NodeProto, name: &str) -> Option<i64> {
     node.attribute
         .iter()
         .find(|a| a.name.as_deref() == Some(name))

@@ -433,12 +433,7 @@ fn find_embedding(index: &GraphIndex, n: &NodeProto, i: usize) -> Result<Option<
     let (Some(data), Some(indices)) = (n.input.first(), n.input.get(1)) else {
         return Ok(None);
     };
-    let axis = n
-        .attribute
-        .iter()
-        .find(|a| a.name.as_deref() == Some("axis"))
-        .and_then(|a| a.i)
-        .unwrap_or(0);
+    let axis = crate::analyse::attr_i(n, "axis").unwrap_or(0);
     let Some(t) = index.initializer(data) else {
         return Ok(None);
     };
