@@ -144,10 +144,14 @@ def export(
     out_dir: str | None = None,
     config: dict = CONFIG,
     check: bool = True,
+    files: tuple[str, str] = ("input_ids.pb", "logits.pb"),
+    generated_by: str = "samples/generate.py",
 ) -> np.ndarray:
     """Writes `form`'s checkpoint, loads it with from_pretrained, exports it to `out_dir`
     (default samples/hf/<form>) and returns ONNX Runtime's logits for `ids` (None when
-    `check` is off: no onnx.checker, no ORT run, for the large benchmark models)."""
+    `check` is off: no onnx.checker, no ORT run, for the large benchmark models).
+    With `check`, `ids` and transformers' logits for them are saved in `out_dir` as the
+    TensorProto files named by `files`; `generated_by` is stamped into the model."""
     from transformers import BitNetForCausalLM
 
     out_dir = out_dir or os.path.join(OUT, form)
@@ -190,6 +194,7 @@ def export(
         proto,
         f"transformers BitNetForCausalLM, quantization_config {FORMS[form]}, "
         "torch.onnx.export(dynamo=True)",
+        generated_by,
     )
     path = os.path.join(out_dir, "model.onnx")
     for f in ("model.onnx", "model.onnx.data"):
@@ -206,8 +211,8 @@ def export(
     if not check:
         return None
     onnx.checker.check_model(path, full_check=True)
-    onnx.save_tensor(numpy_helper.from_array(ids.numpy(), "input_ids"), os.path.join(out_dir, "input_ids.pb"))
-    onnx.save_tensor(numpy_helper.from_array(logits, "logits"), os.path.join(out_dir, "logits.pb"))
+    onnx.save_tensor(numpy_helper.from_array(ids.numpy(), "input_ids"), os.path.join(out_dir, files[0]))
+    onnx.save_tensor(numpy_helper.from_array(logits, "logits"), os.path.join(out_dir, files[1]))
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     got = sess.run(None, {"input_ids": ids.numpy()})[0]
     diff = float(np.abs(got - logits).max())
