@@ -81,9 +81,10 @@ def time_runs(run, seqs, reps, check_seq, logits_out):
             ts.append(time.perf_counter() - t0)
         out["seqs"][str(seq)] = {"median_ms": statistics.median(ts) * 1e3, "min_ms": min(ts) * 1e3, "reps": n}
         if seq == check_seq:
-            np.save(logits_out, np.asarray(logits, dtype=np.float32).reshape(seq, -1))
+            np.save(logits_out, np.asarray(logits, dtype=np.float32).reshape(-1, np.shape(logits)[-1]))
     if check_seq not in seqs:
-        np.save(logits_out, np.asarray(run(input_ids(check_seq)), dtype=np.float32).reshape(check_seq, -1))
+        lg = np.asarray(run(input_ids(check_seq)), dtype=np.float32)
+        np.save(logits_out, lg.reshape(-1, lg.shape[-1]))
     return out
 
 
@@ -237,9 +238,9 @@ def run_worker(kind, path, seqs, reps, threads, check_seq, logits_out):
 
 def compare(logits_path, ref):
     got = np.load(logits_path)
-    if got.shape != ref.shape and got.shape[-2] == 1:
+    if got.shape != ref.shape and got.shape[0] == 1:
         # `--logits last`: the last position only.
-        ref = ref[..., -1:, :]
+        ref = ref[-1:]
     rel = float(np.linalg.norm((got - ref).ravel()) / np.linalg.norm(ref.ravel()))
     same = got.argmax(-1) == ref.argmax(-1)
     return rel, f"{int(same.sum())}/{same.size}"
