@@ -11,7 +11,7 @@ use std::time::Instant;
 use bitnet_model::graph::Dim;
 use bitnet_model::proto::{ModelProto, NodeProto, TensorProto};
 use bitnet_model::{tensor, Model};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::{EvalError, Result};
 use crate::inputs::{load_inputs, make_inputs, InputDescription, Inputs};
@@ -21,13 +21,10 @@ use crate::lower::{
 use crate::metrics::{Accumulator, Metrics};
 use crate::runner::{bind_shapes, graph_inputs, Output, Runner};
 
-/// Metadata key listing the converted layers (JSON array of [`LayerSpec`]).
-pub const LAYERS_KEY: &str = "bitnet_onnx.layers";
-/// Metadata key listing the embedding and head tables quantized to 4 or 8 bits (JSON array
-/// of [`TableSpec`]).
-pub const TABLES_KEY: &str = "bitnet_onnx.tables";
-/// Metadata key saying whether the dequantized reference can be built (`available`).
-pub const DEQUANTIZED_KEY: &str = "bitnet_onnx.dequantized_reference";
+pub use bitnet_model::metadata::{
+    LayerSpec, TableSpec, DEQUANTIZED_REFERENCE as DEQUANTIZED_KEY, LAYERS as LAYERS_KEY,
+    TABLES as TABLES_KEY,
+};
 /// Largest rel_l2 between the converted model and the dequantized reference that counts as
 /// float rounding.
 pub const DEQUANTIZED_MAX_REL_L2: f64 = 1e-4;
@@ -60,46 +57,6 @@ impl Default for VerifyOptions {
             min_cosine: 0.99,
         }
     }
-}
-
-/// One converted layer as listed in the converted model's metadata.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LayerSpec {
-    pub node: String,
-    pub op: String,
-    pub weight: String,
-    pub output: String,
-    /// When the converted layer took over a constant scale applied after the node (BitNet's
-    /// `weight_scale`): the value after that scale, which both models compute, and the factor
-    /// that went into the converted weight's scales.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scaled_output: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_scale: Option<f32>,
-}
-
-impl LayerSpec {
-    /// The value compared between the two models for this layer.
-    pub fn compared(&self) -> &str {
-        self.scaled_output.as_deref().unwrap_or(&self.output)
-    }
-}
-
-/// One embedding or head table as listed in the converted model's metadata.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TableSpec {
-    /// `head` or `embedding`.
-    pub role: String,
-    pub node: String,
-    /// The original float initializer.
-    pub weight: String,
-    /// The value the node computes in both models.
-    pub output: String,
-    /// `int4` or `int8`.
-    pub bits: String,
-    pub block_size: usize,
-    /// The converter's `|W - dequantized| / |W|`.
-    pub rel_error: f64,
 }
 
 /// A quantized table as verify found it.
@@ -188,19 +145,13 @@ pub struct VerifyReport {
 }
 
 fn meta<'a>(p: &'a ModelProto, key: &str) -> Option<&'a str> {
-    p.metadata_props
-        .iter()
-        .find(|e| e.key.as_deref() == Some(key))
-        .and_then(|e| e.value.as_deref())
+    bitnet_model::metadata::get(p, key)
 }
 
 /// The layers listed in a converted model's metadata (`None` when the key is absent).
 pub fn converted_layers(converted: &Model) -> Result<Option<Vec<LayerSpec>>> {
-    let Some(v) = meta(&converted.proto, LAYERS_KEY) else {
-        return Ok(None);
-    };
-    serde_json::from_str(v)
-        .map(Some)
+    bitnet_model::metadata::list(&converted.proto, LAYERS_KEY)
+        .transpose()
         .map_err(|e| EvalError::Mismatch {
             model: converted.path.display().to_string(),
             reason: format!("metadata '{LAYERS_KEY}' is not a valid layer list: {e}"),
@@ -209,13 +160,12 @@ pub fn converted_layers(converted: &Model) -> Result<Option<Vec<LayerSpec>>> {
 
 /// The tables listed in a converted model's metadata (empty when the key is absent).
 pub fn converted_tables(converted: &Model) -> Result<Vec<TableSpec>> {
-    let Some(v) = meta(&converted.proto, TABLES_KEY) else {
-        return Ok(Vec::new());
-    };
-    serde_json::from_str(v).map_err(|e| EvalError::Mismatch {
-        model: converted.path.display().to_string(),
-        reason: format!("metadata '{TABLES_KEY}' is not a valid table list: {e}"),
-    })
+    bitnet_model::metadata::list(&converted.proto, TABLES_KEY)
+        .unwrap_or(Ok(Vec::new()))
+        .map_err(|e| EvalError::Mismatch {
+            model: converted.path.display().to_string(),
+            reason: format!("metadata '{TABLES_KEY}' is not a valid table list: {e}"),
+        })
 }
 
 /// `|a - b| / |a|` over two equally long value lists.
@@ -435,6 +385,8 @@ fn dequantized_reference(
         // converted weight took over is divided out: the original still applies it.
         let (mut kn, mut dims) = (d.values, d.dims);
         if let Some(f) = l.output_scale {
+            // Written from an f32 factor: exact as f32.
+            let f = f as f32;
             kn.iter_mut().for_each(|v| *v /= f);
         }
         if dims.len() == 2 && trans_b(cnode) {
@@ -661,7 +613,7 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
     let mut deq_acc = vec![Accumulator::default(); out_names.len()];
     let mut true_acc = vec![Accumulator::default(); out_names.len()];
     let mut worst = (0usize, -1.0f64);
-    let last_logits = meta(&converted.proto, "bitnet_onnx.logits") == Some("last");
+    let last_logits = meta(&converted.proto, bitnet_model::metadata::LOGITS) == Some("last");
     // The original's outputs as the converted model computes them (see `last_position`).
     let as_converted = |o: Vec<Output>, c: &[Output]| -> Vec<Output> {
         if !last_logits {

@@ -17,6 +17,7 @@ pub mod dtype;
 pub mod error;
 pub mod graph;
 pub mod load;
+pub mod metadata;
 pub mod save;
 pub mod tensor;
 pub mod text;

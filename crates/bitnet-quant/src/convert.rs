@@ -9,7 +9,7 @@ use std::path::Path;
 
 use bitnet_model::graph::GraphIndex;
 use bitnet_model::load::Mappings;
-use bitnet_model::proto::{GraphProto, ModelProto, StringStringEntryProto};
+use bitnet_model::proto::{GraphProto, ModelProto};
 use bitnet_model::save::Writer;
 use bitnet_model::walk;
 use rayon::prelude::*;
@@ -23,7 +23,7 @@ use crate::opsets;
 use crate::quant::kn::Rows;
 use crate::quant::{self, QuantConfig, Ternary};
 
-pub const METADATA_PREFIX: &str = "bitnet_onnx.";
+pub use bitnet_model::metadata::PREFIX as METADATA_PREFIX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
@@ -222,11 +222,7 @@ pub fn convert(
     opts: &ConvertOptions,
 ) -> Result<Report, ConvertError> {
     let p = path.display().to_string();
-    let already = model.metadata_props.iter().any(|kv| {
-        kv.key
-            .as_deref()
-            .is_some_and(|k| k.starts_with(METADATA_PREFIX))
-    });
+    let already = bitnet_model::metadata::converted(model);
     let opset_before = bitnet_model::load::opset_version(model, "");
     let mut layers_out = Vec::new();
     let mut skipped = Vec::new();
@@ -393,51 +389,40 @@ pub fn convert(
         || !report.tables.is_empty()
         || !report.last_position_heads.is_empty()
     {
-        let mut set = |k: &str, v: String| {
-            let key = format!("{METADATA_PREFIX}{k}");
-            model
-                .metadata_props
-                .retain(|kv| kv.key.as_deref() != Some(key.as_str()));
-            model.metadata_props.push(StringStringEntryProto {
-                key: Some(key),
-                value: Some(v),
-            });
+        use bitnet_model::metadata::{self as md, TableSpec, TotalsSpec};
+        md::set(model, md::VERSION, env!("CARGO_PKG_VERSION").to_string());
+        md::set(model, md::TARGET, opts.emitter.name().to_string());
+        md::set(model, md::FLAGS, opts.flags.clone());
+        md::set(model, md::ACTIVATIONS, report.activations.clone());
+        md::set(model, md::LAYERS, md::to_json(&meta_layers));
+        let totals = TotalsSpec {
+            converted: report.totals.converted,
+            skipped: report.totals.skipped.len(),
+            weight_bytes_after: report.totals.weight_bytes_after,
+            weight_bytes_before: report.totals.weight_bytes_before,
         };
-        set("version", env!("CARGO_PKG_VERSION").to_string());
-        set("target", opts.emitter.name().to_string());
-        set("flags", opts.flags.clone());
-        set("activations", report.activations.clone());
-        set(
-            "layers",
-            serde_json::to_string(&meta_layers).unwrap_or_default(),
-        );
-        set(
-            "totals",
-            serde_json::json!({
-                "converted": report.totals.converted,
-                "skipped": report.totals.skipped.len(),
-                "weight_bytes_before": report.totals.weight_bytes_before,
-                "weight_bytes_after": report.totals.weight_bytes_after,
-            })
-            .to_string(),
-        );
+        md::set(model, md::TOTALS, md::to_json(&totals));
         if !report.last_position_heads.is_empty() {
-            set("logits", "last".to_string());
+            md::set(model, md::LOGITS, "last".to_string());
         }
         if !report.tables.is_empty() {
-            let specs: Vec<serde_json::Value> = report
+            let specs: Vec<TableSpec> = report
                 .tables
                 .iter()
-                .map(|t| {
-                    serde_json::json!({"role": t.role, "node": t.node, "weight": t.weight,
-                        "output": t.output, "bits": t.bits, "block_size": t.block_size,
-                        "rel_error": t.rel_error})
+                .map(|t| TableSpec {
+                    bits: t.bits.name().to_string(),
+                    block_size: t.block_size,
+                    node: t.node.clone(),
+                    output: t.output.clone(),
+                    rel_error: t.rel_error,
+                    role: t.role.clone(),
+                    weight: t.weight.clone(),
                 })
                 .collect();
-            set("tables", serde_json::to_string(&specs).unwrap_or_default());
+            md::set(model, md::TABLES, md::to_json(&specs));
         }
         if opts.emitter.dequantize_linear_weights() {
-            set("dequantized_reference", "available".to_string());
+            md::set(model, md::DEQUANTIZED_REFERENCE, "available".to_string());
         }
     }
     Ok(report)
@@ -446,7 +431,7 @@ pub fn convert(
 struct GraphResult {
     layers: Vec<LayerReport>,
     skipped: Vec<Skipped>,
-    meta: Vec<serde_json::Value>,
+    meta: Vec<bitnet_model::metadata::LayerSpec>,
     min_opset: i64,
     removed: usize,
 }
@@ -687,7 +672,7 @@ struct Emission {
     /// The names in use and what earlier weights' emission left for later ones.
     cx: EmitContext,
     reports: Vec<LayerReport>,
-    meta: Vec<serde_json::Value>,
+    meta: Vec<bitnet_model::metadata::LayerSpec>,
     min_opset: i64,
     /// Outputs of nodes the converted layers took over, removed at the end if dead.
     removable: Vec<String>,
@@ -905,12 +890,15 @@ impl Emission {
                 not_absorbed: plan.not_absorbed,
             });
             for (i, l) in ls.iter().enumerate() {
-                let mut m = serde_json::json!({"node": l.node, "op": l.op, "weight": l.weight, "output": l.output});
-                if let Some(os) = plan.output_scales.as_ref().and_then(|s| s.get(i)) {
-                    m["scaled_output"] = os.node_output.clone().into();
-                    m["output_scale"] = os.factor.into();
-                }
-                self.meta.push(m);
+                let os = plan.output_scales.as_ref().and_then(|s| s.get(i));
+                self.meta.push(bitnet_model::metadata::LayerSpec {
+                    node: l.node.clone(),
+                    op: l.op.clone(),
+                    output: l.output.clone(),
+                    output_scale: os.map(|os| os.factor as f64),
+                    scaled_output: os.map(|os| os.node_output.clone()),
+                    weight: l.weight.clone(),
+                });
             }
             if let Some(pr) = opts.progress {
                 pr.converted(w, bytes_before);
