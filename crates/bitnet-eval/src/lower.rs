@@ -103,12 +103,7 @@ pub fn decode_codes(path: &Path, t: &TensorProto) -> Result<Vec<i32>> {
     })
 }
 
-fn attr_i(node: &NodeProto, name: &str) -> Option<i64> {
-    node.attribute
-        .iter()
-        .find(|a| a.name.as_deref() == Some(name))
-        .and_then(|a| a.i)
-}
+use bitnet_model::node::attr_i;
 
 /// A dequantized constant: values as `f32`, dims, and the ONNX type of the result (the
 /// scale's type).
@@ -237,7 +232,7 @@ pub(crate) fn constant_dq_inputs<'a>(
     inits: &HashMap<&str, &'a TensorProto>,
 ) -> Option<(&'a TensorProto, &'a TensorProto, Option<&'a TensorProto>)> {
     if node.op_type.as_deref() != Some("DequantizeLinear")
-        || !matches!(node.domain.as_deref(), None | Some("") | Some("ai.onnx"))
+        || !bitnet_model::node::in_default_domain(node)
     {
         return None;
     }
@@ -362,8 +357,7 @@ pub(crate) fn lower_int64_cumsum(graph: &mut GraphProto) -> usize {
             .iter()
             .enumerate()
             .filter(|(_, n)| {
-                n.op_type.as_deref() == Some("CumSum")
-                    && matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx"))
+                n.op_type.as_deref() == Some("CumSum") && bitnet_model::node::in_default_domain(n)
             })
             .filter(|(_, n)| {
                 let Some(x) = n.input.first() else {

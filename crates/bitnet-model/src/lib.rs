@@ -18,6 +18,7 @@ pub mod error;
 pub mod graph;
 pub mod load;
 pub mod metadata;
+pub mod node;
 pub mod save;
 pub mod tensor;
 pub mod text;

@@ -55,13 +55,7 @@ const HEAD_PASS_THROUGH: &[&str] = &[
     "Flatten",
 ];
 
-/// An INT attribute of `node`.
-pub(crate) fn attr_i(node: &NodeProto, name: &str) -> Option<i64> {
-    node.attribute
-        .iter()
-        .find(|a| a.name.as_deref() == Some(name))
-        .and_then(|a| a.i)
-}
+pub(crate) use bitnet_model::node::attr_i;
 
 /// Name used for a node in reports: its name, or `op_type#index` when unnamed.
 pub fn node_label(node: &NodeProto, index: usize) -> String {
@@ -164,7 +158,8 @@ pub fn find_linear_layers(
     for (i, node) in graph.node.iter().enumerate() {
         let op = node.op_type.as_deref().unwrap_or("");
         let domain = node.domain.as_deref().unwrap_or("");
-        if !(op == "MatMul" || op == "Gemm") || !(domain.is_empty() || domain == "ai.onnx") {
+        if !(op == "MatMul" || op == "Gemm") || !bitnet_model::node::is_default_domain(Some(domain))
+        {
             continue;
         }
         let label = node_label(node, i);
@@ -276,7 +271,9 @@ fn transposed_initializer(index: &GraphIndex, value: &str) -> Option<(usize, Vec
     let at = index.producer(value)?;
     let node = index.node(at);
     let domain = node.domain.as_deref().unwrap_or("");
-    if node.op_type.as_deref() != Some("Transpose") || !(domain.is_empty() || domain == "ai.onnx") {
+    if node.op_type.as_deref() != Some("Transpose")
+        || !bitnet_model::node::is_default_domain(Some(domain))
+    {
         return None;
     }
     let t = index.initializer(node.input.first()?)?;

@@ -48,28 +48,12 @@ pub struct ActQuant {
     pub between: Vec<String>,
 }
 
-fn is_default_domain(n: &NodeProto) -> bool {
-    matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx"))
-}
-
 fn op<'g>(index: &GraphIndex<'g>, value: &str) -> Option<(&'g NodeProto, &'g str)> {
     let n = index.node(index.producer(value)?);
-    is_default_domain(n).then(|| (n, n.op_type.as_deref().unwrap_or("")))
+    bitnet_model::node::in_default_domain(n).then(|| (n, n.op_type.as_deref().unwrap_or("")))
 }
 
-fn attr_i(n: &NodeProto, name: &str) -> Option<i64> {
-    n.attribute
-        .iter()
-        .find(|a| a.name.as_deref() == Some(name))
-        .and_then(|a| a.i)
-}
-
-fn attr_ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
-    n.attribute
-        .iter()
-        .find(|a| a.name.as_deref() == Some(name))
-        .map(|a| a.ints.clone())
-}
+use bitnet_model::node::{attr_i, attr_ints};
 
 fn input(n: &NodeProto, i: usize) -> Option<&str> {
     n.input.get(i).map(String::as_str).filter(|s| !s.is_empty())
@@ -269,7 +253,7 @@ pub fn output_scale(
         return None;
     };
     let n = index.node(*c);
-    if !is_default_domain(n) || n.output.len() != 1 {
+    if !bitnet_model::node::in_default_domain(n) || n.output.len() != 1 {
         return None;
     }
     let mut folder = Folder::new(index, path);

@@ -22,12 +22,7 @@ pub struct Violation {
     pub message: String,
 }
 
-fn attr_i(n: &NodeProto, name: &str) -> Option<i64> {
-    n.attribute
-        .iter()
-        .find(|a| a.name.as_deref() == Some(name))
-        .and_then(|a| a.i)
-}
+use bitnet_model::node::attr_i;
 
 fn label(n: &NodeProto, i: usize) -> String {
     crate::analyse::node_label(n, i)
@@ -41,7 +36,7 @@ pub fn check_tensorrt(model: &ModelProto, path: &Path) -> Vec<Violation> {
     for o in &model.opset_import {
         let d = o.domain.as_deref().unwrap_or("");
         let ver = o.version.unwrap_or(0);
-        if d.is_empty() || d == "ai.onnx" {
+        if bitnet_model::node::is_default_domain(Some(d)) {
             if !(13..=24).contains(&ver) {
                 push("opset", "model".into(), format!("default-domain opset {ver}: TensorRT 10.x parses opsets 13 to 24 for explicit quantization"));
             }

@@ -315,7 +315,7 @@ pub fn convert(
                 opsets::rewrite_for_upgrade(model, have, min_opset);
                 for o in &mut model.opset_import {
                     let d = o.domain.as_deref().unwrap_or("");
-                    if d.is_empty() || d == "ai.onnx" {
+                    if bitnet_model::node::is_default_domain(Some(d)) {
                         o.version = Some(min_opset);
                     }
                 }
@@ -1244,7 +1244,7 @@ fn remove_dead(
         let dead: HashSet<usize> = (0..g.node.len())
             .filter(|&i| {
                 let n = index.node(i);
-                let pure = matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx"))
+                let pure = bitnet_model::node::in_default_domain(n)
                     && n.attribute
                         .iter()
                         .all(|a| a.g.is_none() && a.graphs.is_empty());

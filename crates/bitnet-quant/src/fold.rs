@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use bitnet_model::graph::GraphIndex;
 use bitnet_model::proto::tensor_proto::DataType;
-use bitnet_model::proto::{AttributeProto, NodeProto, TensorProto};
+use bitnet_model::proto::{NodeProto, TensorProto};
 use bitnet_model::tensor;
 
 /// Every op the folder evaluates (default ONNX domain).
@@ -368,27 +368,7 @@ impl Const {
     }
 }
 
-pub(crate) fn attr<'n>(node: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
-    node.attribute
-        .iter()
-        .find(|a| a.name.as_deref() == Some(name))
-}
-
-pub(crate) fn attr_i(node: &NodeProto, name: &str) -> Option<i64> {
-    attr(node, name).and_then(|a| a.i)
-}
-
-pub(crate) fn attr_f(node: &NodeProto, name: &str) -> Option<f32> {
-    attr(node, name).and_then(|a| a.f)
-}
-
-pub(crate) fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
-    attr(node, name).map(|a| a.ints.clone())
-}
-
-pub(crate) fn attr_s<'n>(node: &'n NodeProto, name: &str) -> Option<&'n [u8]> {
-    attr(node, name).and_then(|a| a.s.as_deref())
-}
+pub(crate) use bitnet_model::node::{attr, attr_f, attr_i, attr_ints, attr_s};
 
 impl<'a, 'g> Folder<'a, 'g> {
     pub fn new(index: &'a GraphIndex<'g>, path: &'a Path) -> Self {
@@ -513,7 +493,7 @@ impl<'a, 'g> Folder<'a, 'g> {
         let op = node.op_type.clone().unwrap_or_default();
         let name = node.name.clone().unwrap_or_default();
         let domain = node.domain.as_deref().unwrap_or("");
-        if !(domain.is_empty() || domain == "ai.onnx") {
+        if !bitnet_model::node::is_default_domain(Some(domain)) {
             return Err(FoldError::Unsupported { op, node: name });
         }
         let invalid = |reason: String| FoldError::Invalid {

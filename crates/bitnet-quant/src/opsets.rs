@@ -86,7 +86,7 @@ pub fn upgrade_blocker(model: &ModelProto, have: i64, needed: i64) -> Option<Blo
     walk::for_each_graph(model, &mut |g| {
         for n in &g.node {
             let d = n.domain.as_deref().unwrap_or("");
-            if bad.is_some() || !(d.is_empty() || d == "ai.onnx") {
+            if bad.is_some() || !bitnet_model::node::is_default_domain(Some(d)) {
                 continue;
             }
             let op = n.op_type.as_deref().unwrap_or("");
@@ -113,7 +113,7 @@ pub fn rewrite_for_upgrade(model: &mut ModelProto, have: i64, needed: i64) -> us
         for n in &mut g.node {
             let op = n.op_type.as_deref().unwrap_or("");
             let d = n.domain.as_deref().unwrap_or("");
-            if !(d.is_empty() || d == "ai.onnx") {
+            if !bitnet_model::node::is_default_domain(Some(d)) {
                 continue;
             }
             let Some(&(_, since)) = AXES_TO_INPUT.iter().find(|(o, _)| *o == op) else {

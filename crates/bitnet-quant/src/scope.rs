@@ -55,7 +55,9 @@ fn localize_graph(
         for n in &g.node {
             let op = n.op_type.as_deref().unwrap_or("");
             let domain = n.domain.as_deref().unwrap_or("");
-            if !(op == "MatMul" || op == "Gemm") || !(domain.is_empty() || domain == "ai.onnx") {
+            if !(op == "MatMul" || op == "Gemm")
+                || !bitnet_model::node::is_default_domain(Some(domain))
+            {
                 continue;
             }
             if let Some(w) = n.input.get(1) {

@@ -132,7 +132,7 @@ pub fn quantize_tables(
         let mut heads = Vec::new();
         let mut embeddings = Vec::new();
         for (i, n) in g.node.iter().enumerate() {
-            let default_domain = matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx"));
+            let default_domain = bitnet_model::node::in_default_domain(n);
             if !default_domain {
                 continue;
             }
@@ -405,7 +405,7 @@ fn find_head(index: &GraphIndex, n: &NodeProto, i: usize) -> Result<Found, Strin
     let transposed = index.producer(w).and_then(|at| {
         let t = index.node(at);
         let plain = t.op_type.as_deref() == Some("Transpose")
-            && matches!(t.domain.as_deref(), None | Some("") | Some("ai.onnx"))
+            && bitnet_model::node::in_default_domain(t)
             && t.attribute
                 .iter()
                 .filter(|a| a.name.as_deref() == Some("perm"))
@@ -708,7 +708,7 @@ pub fn last_position_logits(g: &mut GraphProto, opset: i64) -> Result<Vec<String
         let index = GraphIndex::new(g);
         let mut heads = Vec::new();
         for (i, n) in g.node.iter().enumerate() {
-            let default_domain = matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx"));
+            let default_domain = bitnet_model::node::in_default_domain(n);
             let op = n.op_type.as_deref().unwrap_or("");
             let Some(out) = n.output.first() else {
                 continue;

@@ -2,9 +2,8 @@
 //! `DequantizeLinear(codes, scale)` whose output replaces the weight input of every layer of
 //! the job. Scales are in the weight's float type; zero points are omitted (symmetric).
 
-use bitnet_model::proto::attribute_proto::AttributeType;
 use bitnet_model::proto::tensor_proto::DataType;
-use bitnet_model::proto::{AttributeProto, GraphProto, NodeProto};
+use bitnet_model::proto::{GraphProto, NodeProto};
 use bitnet_model::tensor;
 
 use super::{NameGen, WeightJob};
@@ -66,15 +65,7 @@ pub fn blocked_scales(job: &WeightJob, block: usize) -> Result<DqScales, pack::P
     })
 }
 
-/// An INT attribute.
-pub fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        i: Some(v),
-        r#type: Some(AttributeType::Int as i32),
-        ..Default::default()
-    }
-}
+pub use bitnet_model::node::int_attr;
 
 /// Adds the codes, scales and DequantizeLinear node and rewires the job's layers to it.
 /// `codes` is already packed for `code_type`. Returns the bytes of codes plus scales.
