@@ -222,7 +222,7 @@ fn int4_blocked_with_zero_point_and_f16_scale() {
 
 #[test]
 fn tract_runs_matmul_nbits_bits2_natively() {
-    // DESIGN.md 3.1: B uint8 [N, n_blocks, block_size / 4], q = t + 2 packed LSB first,
+    // docs/formats.md 2.1: B uint8 [N, n_blocks, block_size / 4], q = t + 2 packed LSB first,
     // scales [N, n_blocks], zero points omitted (2).
     let (m, k, n, bs) = (3usize, 32usize, 5usize, 16usize);
     let nb = k / bs;

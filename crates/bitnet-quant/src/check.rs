@@ -1,5 +1,5 @@
 //! `bitnet-onnx check --target tensorrt`: lints a model against TensorRT's rules for explicit
-//! (Q/DQ) weight quantization as the TensorRT 10.x ONNX parser documents them (DESIGN.md 3.3):
+//! (Q/DQ) weight quantization as the TensorRT 10.x ONNX parser documents them (docs/formats.md 2.3):
 //! default-domain opset 13..=24, no contrib or custom domains, no INT2/UINT2 tensors, symmetric
 //! quantization (zero point absent or all zeros), constant scales, blocked quantization only
 //! for INT4 with block size 64 or 128 (opset 21+), INT4 only blocked, and DequantizeLinear

@@ -1,4 +1,4 @@
-//! Exact on-disk layouts of ternary weights (DESIGN.md section 3).
+//! Exact on-disk layouts of ternary weights (docs/formats.md section 2).
 //!
 //! * `com.microsoft::MatMulNBits` (ONNX Runtime): `B` uint8 `[N, ceil(K / bs), bs * bits / 8]`,
 //!   codes packed along K inside each block, least significant bits first, stored unsigned as

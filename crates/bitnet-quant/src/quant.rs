@@ -1,4 +1,4 @@
-//! Ternary quantization of weight matrices (DESIGN.md section 2).
+//! Ternary quantization of weight matrices (docs/formats.md section 1).
 //!
 //! Everything here is pure math over `f32` slices; no ONNX types. A weight is always given
 //! *channel-major*: `w` has shape `[N][K]` row-major, `N` output features (channels), `K` input
@@ -13,8 +13,8 @@
 //!   `s = 1.0_f32 / a` and `r = |w| * s` (one `f32` multiply), the code is `0` when
 //!   `r <= threshold` and `sign(w)` otherwise. With `threshold = 0.5` this reproduces
 //!   `clamp(round_half_even(w * s), -1, 1)` bit for bit *for the same `a`*: `r == 0.5` gives `0`
-//!   (torch rounds the tie to even), `r == 1.5` gives `1` (rounds to 2, then clamps). DESIGN.md
-//!   writes the rule as "zero where `|W| < threshold * a`"; the two only differ on exact ties,
+//!   (torch rounds the tie to even), `r == 1.5` gives `1` (rounds to 2, then clamps). The rule
+//!   is often written "zero where `|W| < threshold * a`"; the two only differ on exact ties,
 //!   where we follow torch. Dividing (`w / a`) instead of multiplying by `1 / a` can differ in
 //!   the last bit, which moves codes near the tie, so we do not divide.
 //! * **Scale precision.** Sums are accumulated in `f64` in a fixed order, the mean is rounded to

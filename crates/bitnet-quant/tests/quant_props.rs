@@ -291,7 +291,7 @@ proptest! {
                 // The exact rule: zero iff |w| * (1/a) <= threshold, else sign(w).
                 let expected = if x.abs() * (1.0 / a) <= thr { 0 } else if x < 0.0 { -1 } else { 1 };
                 prop_assert_eq!(t.codes[i], expected, "w {} a {} thr {}", x, a, thr);
-                // DESIGN.md's "zero where |W| < threshold * a", away from ties.
+                // The rule "zero where |W| < threshold * a" (docs/formats.md 1.2), away from ties.
                 let lim = f64::from(thr) * f64::from(a);
                 let m = f64::from(x.abs());
                 if m < lim * (1.0 - 1e-6) {
@@ -669,7 +669,7 @@ fn default_configs() {
 
 #[test]
 fn torch_export_noise_is_lossless() {
-    // DESIGN.md: real exports carry relative deviations up to 4e-7 around `a`.
+    // docs/formats.md 1.4: real exports carry relative deviations up to 4e-7 around `a`.
     let a = 0.037f32;
     let mut s = 12345u64;
     let (n, k) = (16, 96);

@@ -1,4 +1,4 @@
-//! `--target ort`: ONNX Runtime's `com.microsoft::MatMulNBits` with bits = 2 (DESIGN.md 3.1).
+//! `--target ort`: ONNX Runtime's `com.microsoft::MatMulNBits` with bits = 2 (docs/formats.md 2.1).
 //! `B` is uint8 `[N, ceil(K / block_size), block_size / 4]` (codes `t + 2`, four per byte, least
 //! significant bits first, K padded with code 2), `scales` `[N, blocks]` in the activation type,
 //! zero points omitted (default 2). Each MatMul/Gemm node is replaced in place by a

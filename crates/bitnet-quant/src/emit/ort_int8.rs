@@ -1,5 +1,5 @@
 //! `--target ort-int8`: BitNet b1.58 W1.58A8 as ONNX Runtime runs it fastest at every batch
-//! size (DESIGN.md 2 and 3.4). Weights are INT8 ternary codes `[K, N]`; activations are
+//! size (docs/formats.md 1.5 and 2.4). Weights are INT8 ternary codes `[K, N]`; activations are
 //! quantized per token exactly as BitNet defines it, `s = 127 / max(|x|)` over the last axis
 //! (max clamped below at 1e-5), `x_q = clamp(round(x * s), -128, 127)`, and shifted by +128 into
 //! uint8 so that `MatMulInteger` with `a_zero_point = 128` takes ONNX Runtime's fast u8s8

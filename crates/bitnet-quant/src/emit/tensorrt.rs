@@ -1,5 +1,5 @@
 //! `--target tensorrt`: what TensorRT's ONNX parser accepts for weight-only quantization
-//! (DESIGN.md 3.3): symmetric INT4 codes blocked along K (block 64 or 128, opset 21), or with
+//! (docs/formats.md 2.3): symmetric INT4 codes blocked along K (block 64 or 128, opset 21), or with
 //! `--tensorrt-int8` per-channel INT8 (opset 13). No INT2, no contrib ops, constant scales,
 //! DequantizeLinear directly on the weight initializer.
 
