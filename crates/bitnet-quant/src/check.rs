@@ -13,6 +13,15 @@ use bitnet_model::proto::{ModelProto, NodeProto};
 use bitnet_model::{tensor, walk};
 use serde::Serialize;
 
+/// What TensorRT 10.x's ONNX parser accepts for explicit quantization (docs/formats.md 2.3),
+/// read by this lint and by the `tensorrt` emitter.
+pub mod tensorrt {
+    /// Default-domain opsets the parser reads for Q/DQ models.
+    pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=24;
+    /// Block sizes along K of blocked (INT4) weight quantization.
+    pub const INT4_BLOCK_SIZES: [i64; 2] = [64, 128];
+}
+
 /// One broken rule.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Violation {
@@ -37,8 +46,8 @@ pub fn check_tensorrt(model: &ModelProto, path: &Path) -> Vec<Violation> {
         let d = o.domain.as_deref().unwrap_or("");
         let ver = o.version.unwrap_or(0);
         if bitnet_model::node::is_default_domain(Some(d)) {
-            if !(13..=24).contains(&ver) {
-                push("opset", "model".into(), format!("default-domain opset {ver}: TensorRT 10.x parses opsets 13 to 24 for explicit quantization"));
+            if !tensorrt::OPSETS.contains(&ver) {
+                push("opset", "model".into(), format!("default-domain opset {ver}: TensorRT 10.x parses opsets {} to {} for explicit quantization", tensorrt::OPSETS.start(), tensorrt::OPSETS.end()));
             }
         } else if d != "ai.onnx.ml" {
             push("domain", "model".into(), format!("imports domain '{d}': TensorRT's parser has no ops from it (contrib ops such as MatMulNBits are not supported)"));
@@ -123,7 +132,7 @@ pub fn check_tensorrt(model: &ModelProto, path: &Path) -> Vec<Violation> {
                             bitnet_model::dtype::name(x_type)
                         ),
                     );
-                } else if b != 64 && b != 128 {
+                } else if !tensorrt::INT4_BLOCK_SIZES.contains(&b) {
                     push(
                         "block",
                         at.clone(),

@@ -28,7 +28,7 @@ impl Emitter for TensorRt {
     }
 
     fn max_opset(&self) -> Option<i64> {
-        Some(24)
+        Some(*crate::check::tensorrt::OPSETS.end())
     }
 
     /// INT4 tensors exist from IR version 10 on.
@@ -77,7 +77,7 @@ impl Emitter for TensorRt {
             }
             (DataType::Int8, pack::pack_int8(&codes), s)
         } else {
-            if self.block_size != 64 && self.block_size != 128 {
+            if !crate::check::tensorrt::INT4_BLOCK_SIZES.contains(&(self.block_size as i64)) {
                 return Err(ConvertError::refused(format!(
                     "TensorRT INT4 block size must be 64 or 128, not {}",
                     self.block_size
