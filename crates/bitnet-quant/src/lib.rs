@@ -1,16 +1,16 @@
-//! Quantization and rewriting for bitnet-onnx: the ternary quantizer (pure math), packing into
-//! each runtime's layout, constant folding, linear-layer analysis, the rewrite driver and one
-//! emitter module per target format.
+//! The graph work of bitnet-onnx: constant folding, linear-layer analysis, BitNet pattern
+//! recognition, the rewrite driver, the embedding and head tables, and one emitter module per
+//! target format. The math it calls (quantizers, packing) is `bitnet-math`'s.
 
 pub mod analyse;
 pub mod bitnet;
-pub mod blockq;
 pub mod check;
 pub mod convert;
 pub mod emit;
 pub mod fold;
 pub mod opsets;
-pub mod pack;
-pub mod quant;
 pub mod scope;
 pub mod vocab;
+
+/// The math (no ONNX types) lives in `bitnet-math`; re-exported under its old paths.
+pub use bitnet_math::{blockq, pack, quant};
