@@ -98,7 +98,7 @@ pub fn set(model: &mut ModelProto, key: &str, value: String) {
 }
 
 /// `value` as the JSON a metadata entry holds.
-pub fn to_json<T: Serialize>(value: &T) -> String {
+pub fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
