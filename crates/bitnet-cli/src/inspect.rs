@@ -78,6 +78,7 @@ pub fn inspect_json(model: &Model) -> Value {
         "external_data": { "tensors": model.external.len(), "bytes": model.external.iter().map(|e| e.length).sum::<u64>() },
         "file_bytes": model.file_bytes,
         "linear_layers": layers,
+        "tables": bitnet_quant::vocab::describe_tables(g),
     })
 }
 
@@ -164,6 +165,31 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             l["node"].as_str().unwrap_or(""),
             l["op"].as_str().unwrap_or(""),
             l["weight"].as_str().unwrap_or(""),
+            shape.join("x"),
+            verdict
+        );
+    }
+    let tables = j["tables"].as_array().cloned().unwrap_or_default();
+    if !tables.is_empty() {
+        println!("embedding and head tables (--head, --embeddings; targets ort, ort-int8):");
+    }
+    for t in &tables {
+        let shape: Vec<String> = t["shape"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| d.to_string())
+            .collect();
+        let verdict = match (t["reason"].as_str(), t["tied_with"].as_str()) {
+            (Some(r), _) => format!("no: {r}"),
+            (None, Some(o)) => format!("int4/int8 (tied with {o}: one table)"),
+            (None, None) => "int4/int8".to_string(),
+        };
+        println!(
+            "  {:<9} {:<30} {:<36} [{}] {}",
+            t["role"].as_str().unwrap_or(""),
+            t["node"].as_str().unwrap_or(""),
+            t["weight"].as_str().unwrap_or(""),
             shape.join("x"),
             verdict
         );

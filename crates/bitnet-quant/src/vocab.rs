@@ -127,42 +127,17 @@ pub fn quantize_tables(
     };
     blockq_block_size(opts.block_size).map_err(&err)?;
     let mut skipped = Vec::new();
-    let (heads, embeddings) = {
-        let index = GraphIndex::new(g);
-        let mut heads = Vec::new();
-        let mut embeddings = Vec::new();
-        for (i, n) in g.node.iter().enumerate() {
-            let default_domain = bitnet_model::node::in_default_domain(n);
-            if !default_domain {
-                continue;
+    let (mut heads, mut embeddings) = (Vec::new(), Vec::new());
+    for (head, found) in find_tables(g) {
+        match found {
+            Ok(f) if head && opts.head.is_some() => heads.push(f),
+            Ok(f) if !head && opts.embeddings.is_some() => embeddings.push(f),
+            Err(s) if (head && opts.head.is_some()) || (!head && opts.embeddings.is_some()) => {
+                skipped.push(s)
             }
-            let op = n.op_type.as_deref().unwrap_or("");
-            let found = match (op, opts.head, opts.embeddings) {
-                ("MatMul", Some(_), _)
-                    if n.output
-                        .first()
-                        .is_some_and(|o| feeds_graph_output(&index, o)) =>
-                {
-                    find_head(&index, n, i).map(|f| (true, f))
-                }
-                ("Gather", _, Some(_)) => match find_embedding(&index, n, i) {
-                    Ok(Some(f)) => Ok((false, f)),
-                    Ok(None) => continue,
-                    Err(e) => Err(e),
-                },
-                _ => continue,
-            };
-            match found {
-                Ok((true, f)) => heads.push(f),
-                Ok((false, f)) => embeddings.push(f),
-                Err(reason) => skipped.push(Skipped {
-                    node: node_label(n, i),
-                    reason,
-                }),
-            }
+            _ => {}
         }
-        (heads, embeddings)
-    };
+    }
     let mut names = NameGen::new(g);
     let mut reports = Vec::new();
     // Replacement nodes by position; applied at the end so positions stay valid.
@@ -378,6 +353,125 @@ pub fn quantize_tables(
     }
     remove_unread(g, &reports);
     Ok((reports, skipped))
+}
+
+/// Every LM head (`true`) and token embedding (`false`) of `g`, or why one cannot be
+/// quantized, in node order.
+fn find_tables(g: &GraphProto) -> Vec<(bool, Result<Found, Skipped>)> {
+    let index = GraphIndex::new(g);
+    let mut out = Vec::new();
+    for (i, n) in g.node.iter().enumerate() {
+        if !bitnet_model::node::in_default_domain(n) {
+            continue;
+        }
+        let skipped = |reason| Skipped {
+            node: node_label(n, i),
+            reason,
+        };
+        match n.op_type.as_deref().unwrap_or("") {
+            "MatMul"
+                if n.output
+                    .first()
+                    .is_some_and(|o| feeds_graph_output(&index, o)) =>
+            {
+                out.push((true, find_head(&index, n, i).map_err(skipped)));
+            }
+            "Gemm"
+                if n.output
+                    .first()
+                    .is_some_and(|o| feeds_graph_output(&index, o)) =>
+            {
+                out.push((
+                    true,
+                    Err(skipped(
+                        "LM head is a Gemm: --head int4/int8 take MatMul heads; it stays float \
+                         (--head ternary converts it)"
+                            .to_string(),
+                    )),
+                ));
+            }
+            "Gather" => match find_embedding(&index, n, i) {
+                Ok(Some(f)) => out.push((false, Ok(f))),
+                Ok(None) => {}
+                Err(e) => out.push((false, Err(skipped(e)))),
+            },
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A vocabulary table as `inspect` describes it (read-only).
+#[derive(Debug, Clone, Serialize)]
+pub struct TableCandidate {
+    /// `head` or `embedding`.
+    pub role: String,
+    pub node: String,
+    /// The float table (for a head reading `Transpose(E)`, `E`).
+    pub weight: String,
+    /// `[rows, width]` of the quantized layout (`[V, H]`, or `[N, K]` for a head).
+    pub shape: Vec<i64>,
+    /// The node of the other role reading the same table (a tied embedding).
+    pub tied_with: Option<String>,
+    /// Why it cannot become a 4/8-bit table, if it cannot.
+    pub reason: Option<String>,
+}
+
+/// The LM heads and token embeddings of `g` and whether `--head` / `--embeddings` can quantize
+/// them (read-only; what `inspect` shows).
+pub fn describe_tables(g: &GraphProto) -> Vec<TableCandidate> {
+    let found = find_tables(g);
+    let shape = |f: &Found| -> Vec<i64> {
+        let dims = g
+            .initializer
+            .iter()
+            .find(|t| t.name.as_deref() == Some(f.table.as_str()))
+            .map(|t| t.dims.clone())
+            .unwrap_or_default();
+        if f.rows || dims.len() != 2 {
+            dims
+        } else {
+            vec![dims[1], dims[0]]
+        }
+    };
+    let mut out: Vec<TableCandidate> = found
+        .iter()
+        .map(|(head, r)| {
+            let role = if *head { "head" } else { "embedding" }.to_string();
+            match r {
+                Ok(f) => TableCandidate {
+                    role,
+                    node: node_label(&g.node[f.node], f.node),
+                    weight: f.table.clone(),
+                    shape: shape(f),
+                    tied_with: None,
+                    reason: None,
+                },
+                Err(s) => TableCandidate {
+                    role,
+                    node: s.node.clone(),
+                    weight: String::new(),
+                    shape: Vec::new(),
+                    tied_with: None,
+                    reason: Some(s.reason.clone()),
+                },
+            }
+        })
+        .collect();
+    let tied: Vec<(usize, String)> = out
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.reason.is_none())
+        .flat_map(|(i, c)| {
+            out.iter()
+                .filter(move |o| o.role != c.role && o.reason.is_none() && o.weight == c.weight)
+                .map(move |o| (i, o.node.clone()))
+        })
+        .collect();
+    for (i, other) in tied {
+        out[i].tied_with = Some(other);
+    }
+    out
 }
 
 /// The head's table, or why it cannot be quantized.
