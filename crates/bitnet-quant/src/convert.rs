@@ -27,7 +27,7 @@ mod plan;
 mod quantize;
 mod record;
 
-use cleanup::remove_dead;
+pub(crate) use cleanup::remove_dead;
 use plan::{absorb_output_scale, bitnet_plan};
 use quantize::{
     job_cost, parallel_inside, quantize_job, JobInput, Quantized, BATCH_BYTES_PER_THREAD,

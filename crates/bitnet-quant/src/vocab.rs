@@ -351,7 +351,18 @@ pub fn quantize_tables(
         }
         g.initializer.push(init);
     }
-    remove_unread(g, &reports);
+    // The Transposes that fed a quantized head, then the float tables nothing reads any more.
+    let tables: HashSet<String> = reports.iter().map(|r| r.weight.clone()).collect();
+    let transposes: HashSet<String> = g
+        .node
+        .iter()
+        .filter(|n| {
+            n.op_type.as_deref() == Some("Transpose")
+                && n.input.first().is_some_and(|i| tables.contains(i))
+        })
+        .filter_map(|n| n.output.first().cloned())
+        .collect();
+    crate::convert::remove_dead(g, &transposes, &tables);
     Ok((reports, skipped))
 }
 
@@ -751,42 +762,6 @@ fn target_shape(
             (nodes, out)
         }
     }
-}
-
-/// Drops the Transposes of quantized tables that nothing reads any more (they fed the head),
-/// then the float tables nothing reads.
-fn remove_unread(g: &mut GraphProto, reports: &[TableReport]) {
-    let candidates: HashSet<String> = reports.iter().map(|r| r.weight.clone()).collect();
-    let outputs: HashSet<String> = g
-        .node
-        .iter()
-        .filter(|n| {
-            n.op_type.as_deref() == Some("Transpose")
-                && n.input.first().is_some_and(|i| candidates.contains(i))
-        })
-        .filter_map(|n| n.output.first().cloned())
-        .collect();
-    let index = GraphIndex::new(g);
-    let dead: HashSet<String> = outputs
-        .into_iter()
-        .filter(|o| index.consumers(o).is_empty() && !index.is_graph_output(o))
-        .collect();
-    drop(index);
-    g.node
-        .retain(|n| !n.output.first().is_some_and(|o| dead.contains(o)));
-    let index = GraphIndex::new(g);
-    let unread: HashSet<String> = candidates
-        .into_iter()
-        .filter(|t| {
-            index.consumers(t).is_empty()
-                && !index.is_graph_output(t)
-                && !index.is_graph_input(t)
-                && !index.is_captured(t)
-        })
-        .collect();
-    drop(index);
-    g.initializer
-        .retain(|t| !t.name.as_ref().is_some_and(|n| unread.contains(n)));
 }
 
 /// `--logits last`: each LM head computes the last position only. A generation runtime's

@@ -145,9 +145,20 @@ pub fn emit_natural(
     code_type: DataType,
     pack_codes: fn(&[i8]) -> Vec<u8>,
 ) -> super::Emitted {
+    emit_with_scales(g, job, names, code_type, pack_codes, natural_scales(job))
+}
+
+/// [`emit_natural`] with the scales laid out by the caller.
+pub fn emit_with_scales(
+    g: &mut GraphProto,
+    job: &WeightJob,
+    names: &mut NameGen,
+    code_type: DataType,
+    pack_codes: fn(&[i8]) -> Vec<u8>,
+    scales: DqScales,
+) -> super::Emitted {
     let (_, transposed) = weight_dims(job);
     let codes = pack_codes(&pack::codes_in_onnx_order(job.ternary, transposed));
-    let scales = natural_scales(job);
     let bytes = emit(g, job, names, code_type, codes, &scales);
     super::Emitted {
         bytes,

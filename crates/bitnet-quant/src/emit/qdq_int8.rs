@@ -37,19 +37,20 @@ impl Emitter for QdqInt8 {
         job: &WeightJob,
         names: &mut EmitContext,
     ) -> Result<Emitted, ConvertError> {
-        let (_, transposed) = dq::weight_dims(job);
-        let codes = pack::pack_int8(&pack::codes_in_onnx_order(job.ternary, transposed));
         let mut scales = dq::natural_scales(job);
         if scales.axis.is_none() && job.opset >= 13 {
+            let (_, transposed) = dq::weight_dims(job);
             scales.values = vec![scales.values[0]; job.ternary.n];
             scales.dims = vec![job.ternary.n as i64];
             scales.axis = Some(if transposed { 0 } else { 1 });
         }
-        let bytes = dq::emit(g, job, names, DataType::Int8, codes, &scales);
-        Ok(Emitted {
-            bytes,
-            min_opset: dq::min_opset(job, &scales, DataType::Int8),
-            ..Default::default()
-        })
+        Ok(dq::emit_with_scales(
+            g,
+            job,
+            names,
+            DataType::Int8,
+            pack::pack_int8,
+            scales,
+        ))
     }
 }
