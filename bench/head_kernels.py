@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""The LM head alone at BitNet-b1.58-2B-4T width (128256 x 2560) in ONNX Runtime (not a test;
+nothing it writes is kept): float32 MatMul against MatMulNBits with 4- and 8-bit codes in blocks
+of 32 and 128 (accuracy_level 4, as `--head int4|int8` writes it), at 1 and 128 positions,
+2 intra-op threads, minimum of --reps runs after a warm-up. Seeded random weights.
+
+    .venv/bin/python bench/head_kernels.py [--reps 10]
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+V, H = 128256, 2560
+
+
+def cpu() -> str:
+    model, flags = "?", []
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and model == "?":
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].split()
+    keep = [f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c")]
+    return f"{model}; {os.cpu_count()} CPUs; {' '.join(keep)}"
+
+
+def blocked(w, bits, bs):
+    n, k = w.shape
+    wb = w.reshape(n, k // bs, bs)
+    half = 1 << (bits - 1)
+    m = np.take_along_axis(wb, np.abs(wb).argmax(-1)[..., None], -1)[..., 0]
+    d = -m / half
+    q = np.clip(np.round(wb / np.where(d == 0, 1, d)[..., None]), -half, half - 1).astype(np.int32) + half
+    if bits == 4:
+        q = q.reshape(n, k // bs, bs // 2, 2)
+        q = q[..., 0] | (q[..., 1] << 4)
+    return q.astype(np.uint8), d.astype(np.float32)
+
+
+def model(nodes, inits):
+    g = h.make_graph(nodes, "head", [h.make_tensor_value_info("x", T.FLOAT, [1, None, H])],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 21), h.make_opsetid("com.microsoft", 1)])
+
+
+def time_ms(m, x, reps):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    s.run(None, {"x": x})
+    t = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        s.run(None, {"x": x})
+        t.append(time.perf_counter() - t0)
+    return min(t) * 1e3
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=10)
+    a = ap.parse_args()
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((V, H), dtype=np.float32) * 0.02
+    xs = {p: rng.standard_normal((1, p, H), dtype=np.float32) for p in (1, 128)}
+    print(f"CPU: {cpu()}; ONNX Runtime {ort.__version__}; 2 threads; min of {a.reps}")
+    print()
+    print("| head | 1 position ms | 128 positions ms |")
+    print("|---|---|---|")
+    f32 = model([h.make_node("MatMul", ["x", "W"], ["y"])], [nh.from_array(np.ascontiguousarray(w.T), "W")])
+    print(f"| float32 MatMul | {time_ms(f32, xs[1], a.reps):.1f} | {time_ms(f32, xs[128], max(2, a.reps // 3)):.1f} |", flush=True)
+    for bits in (4, 8):
+        for bs in (32, 128):
+            b, d = blocked(w, bits, bs)
+            node = h.make_node("MatMulNBits", ["x", "B", "S"], ["y"], domain="com.microsoft",
+                               K=H, N=V, bits=bits, block_size=bs, accuracy_level=4)
+            m = model([node], [nh.from_array(b, "B"), nh.from_array(d.reshape(-1), "S")])
+            print(f"| MatMulNBits {bits}-bit, blocks of {bs} | {time_ms(m, xs[1], a.reps):.1f} | "
+                  f"{time_ms(m, xs[128], max(2, a.reps // 3)):.1f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
