@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod build;
 mod check;
 mod convert;
 mod inspect;
@@ -30,6 +31,9 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Lint a model against a runtime's quantization rules (exit 1 on violations).
     Check(check::CheckArgs),
+    /// Build an onnxruntime-genai model folder (KV cache, 2-bit layers) from a transformers
+    /// BitNet checkpoint (exit 2 on a bad checkpoint, with nothing written).
+    Build(build::BuildArgs),
 }
 
 /// Makes glibc give large freed buffers back to the system at once.
@@ -60,6 +64,10 @@ fn main() -> ExitCode {
             convert::run_and_verify(a)
         }
         Command::Check(a) => check::run(a),
+        Command::Build(a) => {
+            return_freed_buffers();
+            build::run(a)
+        }
         Command::Verify(a) => verify::run(a).map(|c| c.clamp(0, 255) as u8),
     };
     match result {

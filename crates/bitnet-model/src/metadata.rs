@@ -24,6 +24,8 @@ pub const TOTALS: &str = "bitnet_onnx.totals";
 pub const TABLES: &str = "bitnet_onnx.tables";
 /// `last` when the heads compute the last position only (`--logits last`).
 pub const LOGITS: &str = "bitnet_onnx.logits";
+/// What `build` read: the checkpoint's transformers linear class.
+pub const SOURCE: &str = "bitnet_onnx.source";
 /// `available` when every converted weight reaches its layer through a constant
 /// DequantizeLinear (the original can be rebuilt on the dequantized weights).
 pub const DEQUANTIZED_REFERENCE: &str = "bitnet_onnx.dequantized_reference";

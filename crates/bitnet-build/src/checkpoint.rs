@@ -1,0 +1,275 @@
+//! A transformers BitNet checkpoint directory: its config and every tensor the decoder needs,
+//! checked (present, dtype, shape, scales usable) before anything is written, then read one
+//! weight at a time.
+
+use std::path::{Path, PathBuf};
+
+use bitnet_math::hf;
+
+use crate::config::{Config, LinearForm};
+use crate::error::{BuildError, Result};
+use crate::safetensors::{Dtype, TensorInfo, Tensors};
+
+/// The linear layers of one decoder layer, by their transformers names.
+pub const ATTENTION: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
+pub const MLP: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub tensors: Tensors,
+}
+
+/// A linear layer's ternary codes `[out][in]` and the factor that dequantizes them.
+pub struct Linear {
+    pub codes: Vec<i8>,
+    pub out: usize,
+    pub k: usize,
+    pub scale: f32,
+    /// The weight was stored as codes (packed or float codes): nothing was rounded.
+    pub stored_as_codes: bool,
+}
+
+impl Checkpoint {
+    /// Reads `config.json` and the safetensors headers, and checks every tensor the decoder
+    /// reads.
+    pub fn open(dir: &Path) -> Result<Checkpoint> {
+        if !dir.is_dir() {
+            return Err(BuildError::config(dir, "is not a checkpoint directory"));
+        }
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(BuildError::config(
+                dir,
+                "no config.json in the checkpoint directory",
+            ));
+        }
+        let config = Config::read(&config_path)?;
+        let tensors = Tensors::open(dir)?;
+        let ck = Checkpoint {
+            dir: dir.to_path_buf(),
+            config_path,
+            config,
+            tensors,
+        };
+        ck.check()?;
+        Ok(ck)
+    }
+
+    /// Where the tensor names would be found (the index for sharded checkpoints).
+    fn weights_path(&self) -> PathBuf {
+        let index = self.dir.join("model.safetensors.index.json");
+        if index.is_file() {
+            index
+        } else {
+            self.dir.join("model.safetensors")
+        }
+    }
+
+    pub fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.tensors
+            .tensors
+            .get(name)
+            .ok_or_else(|| BuildError::MissingTensor {
+                path: self.weights_path(),
+                tensor: name.to_string(),
+            })
+    }
+
+    fn expect_float(&self, name: &str, shape: &[usize]) -> Result<&TensorInfo> {
+        let info = self.info(name)?;
+        let path = self.tensors.path_of(info);
+        if !info.dtype.is_float() {
+            return Err(BuildError::tensor(
+                path,
+                name,
+                format!("dtype {}, expected F32, F16 or BF16", info.dtype.name()),
+            ));
+        }
+        if info.shape != shape {
+            return Err(BuildError::tensor(
+                path,
+                name,
+                format!(
+                    "shape {:?}, expected {shape:?} from config.json",
+                    info.shape
+                ),
+            ));
+        }
+        Ok(info)
+    }
+
+    /// The LM head's table: `lm_head.weight`, or the embedding when tied.
+    pub fn head_name(&self) -> &'static str {
+        if self.config.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        }
+    }
+
+    /// `(out, in)` of a layer's linear by its short name.
+    pub fn linear_shape(&self, short: &str) -> (usize, usize) {
+        let c = &self.config;
+        match short {
+            "q_proj" => (c.q_dim(), c.hidden_size),
+            "k_proj" | "v_proj" => (c.kv_dim(), c.hidden_size),
+            "o_proj" => (c.hidden_size, c.q_dim()),
+            "gate_proj" | "up_proj" => (c.intermediate_size, c.hidden_size),
+            _ => (c.hidden_size, c.intermediate_size),
+        }
+    }
+
+    pub fn linear_name(layer: usize, short: &str) -> String {
+        let block = if MLP.contains(&short) {
+            "mlp"
+        } else {
+            "self_attn"
+        };
+        format!("model.layers.{layer}.{block}.{short}")
+    }
+
+    fn check(&self) -> Result<()> {
+        let c = &self.config;
+        let (v, h, i) = (c.vocab_size, c.hidden_size, c.intermediate_size);
+        self.expect_float("model.embed_tokens.weight", &[v, h])?;
+        if !c.tie_word_embeddings {
+            self.expect_float("lm_head.weight", &[v, h])?;
+        }
+        self.expect_float("model.norm.weight", &[h])?;
+        for l in 0..c.num_layers {
+            let p = format!("model.layers.{l}");
+            self.expect_float(&format!("{p}.input_layernorm.weight"), &[h])?;
+            self.expect_float(&format!("{p}.post_attention_layernorm.weight"), &[h])?;
+            self.expect_float(&format!("{p}.self_attn.attn_sub_norm.weight"), &[h])?;
+            self.expect_float(&format!("{p}.mlp.ffn_sub_norm.weight"), &[i])?;
+            for short in ATTENTION.iter().chain(MLP.iter()) {
+                self.check_linear(&Self::linear_name(l, short), self.linear_shape(short))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored form of a linear weight, checked against the config's linear class.
+    fn check_linear(&self, name: &str, (out, k): (usize, usize)) -> Result<()> {
+        let wname = format!("{name}.weight");
+        let info = self.info(&wname)?;
+        let path = self.tensors.path_of(info);
+        let packed = info.dtype == Dtype::U8;
+        let form = self.config.linear;
+        if packed {
+            if !out.is_multiple_of(4) || info.shape != [out / 4, k] {
+                return Err(BuildError::tensor(
+                    path,
+                    &wname,
+                    format!(
+                        "packed uint8 shape {:?}, expected [{}, {k}] (out_features {out} / 4, in_features) from config.json",
+                        info.shape,
+                        out as f64 / 4.0
+                    ),
+                ));
+            }
+            if form == LinearForm::AutoOnline {
+                return Err(BuildError::tensor(
+                    path,
+                    &wname,
+                    "packed uint8 weights, but quantization_config says autobitlinear online \
+                     (master weights); transformers would not unpack them",
+                ));
+            }
+        } else {
+            if form == LinearForm::BitLinear {
+                return Err(BuildError::tensor(
+                    path,
+                    &wname,
+                    format!(
+                        "dtype {}, but quantization_config's linear_class bitlinear stores packed uint8 weights",
+                        info.dtype.name()
+                    ),
+                ));
+            }
+            self.expect_float(&wname, &[out, k])?;
+        }
+        if form != LinearForm::AutoOnline {
+            let sname = format!("{name}.weight_scale");
+            let s = self.info(&sname)?;
+            let spath = self.tensors.path_of(s);
+            if !s.dtype.is_float() || s.elements() != 1 || s.shape.len() > 1 {
+                return Err(BuildError::tensor(
+                    spath,
+                    &sname,
+                    format!(
+                        "{} of shape {:?}, expected one float (shape [1]): BitNet's scale is per tensor",
+                        s.dtype.name(),
+                        s.shape
+                    ),
+                ));
+            }
+            let value = self.tensors.read_f32(&sname, s)?[0];
+            if !value.is_finite() || value == 0.0 {
+                return Err(BuildError::tensor(
+                    spath,
+                    &sname,
+                    format!("value {value} cannot scale a weight"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A linear layer's codes and dequantization factor, as its transformers class computes
+    /// them.
+    pub fn linear(&self, name: &str, (out, k): (usize, usize)) -> Result<Linear> {
+        let wname = format!("{name}.weight");
+        let info = self.info(&wname)?;
+        let path = self.tensors.path_of(info).to_path_buf();
+        let form = self.config.linear;
+        let weight_scale = || -> Result<f32> {
+            let sname = format!("{name}.weight_scale");
+            Ok(self.tensors.read_f32(&sname, self.info(&sname)?)?[0])
+        };
+        let terr = |e: hf::HfError| BuildError::tensor(&path, &wname, e.to_string());
+        let (codes, scale, stored) = if info.dtype == Dtype::U8 {
+            let raw = self.tensors.read(&wname, info)?;
+            let codes = hf::unpack_packed(&raw, out, k).map_err(terr)?;
+            (codes, factor(form, weight_scale()?), true)
+        } else {
+            let w = self.tensors.read_f32(&wname, info)?;
+            match form {
+                LinearForm::AutoOnline => {
+                    let (codes, scale) = hf::weight_quant(&w);
+                    (codes, scale, false)
+                }
+                _ => {
+                    let codes = hf::float_codes(&w).map_err(|e| {
+                        BuildError::tensor(
+                            &path,
+                            &wname,
+                            format!(
+                                "{e}: autobitlinear offline uses the stored weight as it is, so it must hold ternary codes"
+                            ),
+                        )
+                    })?;
+                    (codes, factor(form, weight_scale()?), true)
+                }
+            }
+        };
+        Ok(Linear {
+            codes,
+            out,
+            k,
+            scale,
+            stored_as_codes: stored,
+        })
+    }
+}
+
+/// The factor a code is multiplied by: `BitLinear` divides by `weight_scale`,
+/// `AutoBitLinear` offline multiplies.
+fn factor(form: LinearForm, weight_scale: f32) -> f32 {
+    match form {
+        LinearForm::BitLinear => 1.0 / weight_scale,
+        _ => weight_scale,
+    }
+}

@@ -1,0 +1,859 @@
+//! The decoder graph, as onnxruntime-genai runs it (docs/formats.md section 8): token ids and
+//! an attention mask in, logits and each layer's KV cache (`present.{i}.key/value`, from
+//! `past_key_values.{i}.key/value`) out.
+//!
+//! One layer, as transformers' `BitNetDecoderLayer` computes it:
+//! ```text
+//! x  = RMSNorm(h)                                  input_layernorm (fused with the residual)
+//! a  = GroupQueryAttention(BitLinear_qkv(x))       rotary inside, grouped KV heads, KV cache
+//! h += BitLinear_o(RMSNorm(a))                     attn_sub_norm
+//! x  = RMSNorm(h)                                  post_attention_layernorm
+//! g, u = BitLinear_gate_up(x)
+//! h += BitLinear_down(RMSNorm(relu(g)^2 * u))      ffn_sub_norm
+//! ```
+//! Every BitLinear is BitNet's per-token int8 activation quantization in standard ops
+//! (`s = 127 / max(max|x|, 1e-5)`, `q = clamp(round(x * s), -128, 127)`), then a 2-bit
+//! `MatMulNBits` (`accuracy_level` 4) on the exact-activation layout of `bitnet_math::hf`
+//! (127 in each block's reserved slot, so ONNX Runtime's int8 kernels compute BitNet's integer
+//! dot products exactly), then the product divided by `s`. The projections that read one input
+//! share one quantization and one `MatMulNBits` (q, k and v; gate and up).
+
+use bitnet_math::blockq::{self, BlockTable, TableBits};
+use bitnet_math::hf;
+use bitnet_model::metadata::{LayerSpec, TableSpec};
+use bitnet_model::proto::tensor_proto::DataType;
+use bitnet_model::tensor;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{BuildError, Result};
+use crate::graph::{Attr, DimSpec, Graph, MS};
+use crate::{BuildOptions, TableMode};
+
+/// What the graph holds, for the report and the metadata.
+#[derive(Default)]
+pub struct Built {
+    pub layers: Vec<LayerSpec>,
+    pub tables: Vec<TableSpec>,
+    /// Linear weights stored as codes (read exactly) and ternarised from master weights.
+    pub stored_as_codes: usize,
+    pub ternarised: usize,
+    pub linear_params: u64,
+    pub table_shared: bool,
+    /// The float embedding table's initializer, which a tied float head reads too.
+    pub float_embedding: Option<String>,
+}
+
+/// Rows of a table read per band (each band's rows are quantized in parallel).
+const TABLE_BAND_ROWS: usize = 4096;
+
+pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Built> {
+    let c = &ck.config;
+    let (kv, hd) = (c.num_kv_heads as i64, c.head_dim as i64);
+    let mut built = Built::default();
+
+    g.input(
+        "input_ids",
+        DataType::Int64,
+        &[
+            DimSpec::Symbol("batch_size"),
+            DimSpec::Symbol("sequence_length"),
+        ],
+    );
+    g.input(
+        "attention_mask",
+        DataType::Int64,
+        &[
+            DimSpec::Symbol("batch_size"),
+            DimSpec::Symbol("total_sequence_length"),
+        ],
+    );
+    for i in 0..c.num_layers {
+        for kind in ["key", "value"] {
+            let past = [
+                DimSpec::Symbol("batch_size"),
+                DimSpec::Fixed(kv),
+                DimSpec::Symbol("past_sequence_length"),
+                DimSpec::Fixed(hd),
+            ];
+            g.input(
+                &format!("past_key_values.{i}.{kind}"),
+                DataType::Float,
+                &past,
+            );
+        }
+    }
+    g.output(
+        "logits",
+        DataType::Float,
+        &[
+            DimSpec::Symbol("batch_size"),
+            DimSpec::Symbol("sequence_length"),
+            DimSpec::Fixed(c.vocab_size as i64),
+        ],
+    );
+    for i in 0..c.num_layers {
+        for kind in ["key", "value"] {
+            let present = [
+                DimSpec::Symbol("batch_size"),
+                DimSpec::Fixed(kv),
+                DimSpec::Symbol("total_sequence_length"),
+                DimSpec::Fixed(hd),
+            ];
+            g.output(&format!("present.{i}.{kind}"), DataType::Float, &present);
+        }
+    }
+
+    let (seqlens_k, total_len) = attention_lengths(g);
+    let (cos, sin) = rotary_caches(ck, g)?;
+
+    // The tables: one quantized table for a tied embedding and head of the same bits.
+    let shared =
+        c.tie_word_embeddings && opts.embeddings == opts.head && opts.head != TableMode::Float;
+    built.table_shared = shared;
+    let mut head_table = match opts.head.bits() {
+        Some(bits) => Some(quantize_table(
+            ck,
+            ck.head_name(),
+            bits,
+            opts.table_block_size,
+        )?),
+        None => None,
+    };
+    let h0 = embedding(
+        ck,
+        opts,
+        g,
+        head_table.as_mut().filter(|_| shared),
+        &mut built,
+    )?;
+
+    let mut h = h0;
+    let mut pending: Option<String> = None;
+    for l in 0..c.num_layers {
+        let p = format!("/model/layers.{l}");
+        let ln_in = norm_weight(ck, g, &format!("model.layers.{l}.input_layernorm.weight"))?;
+        let x = match pending.take() {
+            None => rms_norm(
+                g,
+                &format!("{p}/input_layernorm"),
+                &h,
+                &ln_in,
+                c.rms_norm_eps,
+            ),
+            Some(d) => {
+                let (x, sum) = skip_rms_norm(
+                    g,
+                    &format!("{p}/input_layernorm"),
+                    &h,
+                    &d,
+                    &ln_in,
+                    c.rms_norm_eps,
+                );
+                h = sum;
+                x
+            }
+        };
+        let qkv = bitlinear(
+            ck,
+            opts,
+            g,
+            &mut built,
+            &format!("{p}/attn/qkv_proj"),
+            &x,
+            l,
+            &["q_proj", "k_proj", "v_proj"],
+        )?;
+        let gqa = format!("{p}/attn/GroupQueryAttention");
+        let outputs = vec![
+            format!("{gqa}/output_0"),
+            format!("present.{l}.key"),
+            format!("present.{l}.value"),
+        ];
+        let (pk, pv) = (
+            format!("past_key_values.{l}.key"),
+            format!("past_key_values.{l}.value"),
+        );
+        g.node_to(
+            "GroupQueryAttention",
+            MS,
+            &gqa,
+            &[&qkv, "", "", &pk, &pv, &seqlens_k, &total_len, &cos, &sin],
+            &outputs,
+            &[
+                ("num_heads", Attr::Int(c.num_heads as i64)),
+                ("kv_num_heads", Attr::Int(c.num_kv_heads as i64)),
+                ("scale", Attr::Float((c.head_dim as f32).powf(-0.5))),
+                ("do_rotary", Attr::Int(1)),
+                ("rotary_interleaved", Attr::Int(0)),
+                ("local_window_size", Attr::Int(-1)),
+                ("softcap", Attr::Float(0.0)),
+            ],
+        );
+        let sub = norm_weight(
+            ck,
+            g,
+            &format!("model.layers.{l}.self_attn.attn_sub_norm.weight"),
+        )?;
+        let a = rms_norm(
+            g,
+            &format!("{p}/attn/attn_sub_norm"),
+            &outputs[0],
+            &sub,
+            c.rms_norm_eps,
+        );
+        let o = bitlinear(
+            ck,
+            opts,
+            g,
+            &mut built,
+            &format!("{p}/attn/o_proj"),
+            &a,
+            l,
+            &["o_proj"],
+        )?;
+        let ln_post = norm_weight(
+            ck,
+            g,
+            &format!("model.layers.{l}.post_attention_layernorm.weight"),
+        )?;
+        let (x2, sum) = skip_rms_norm(
+            g,
+            &format!("{p}/post_attention_layernorm"),
+            &h,
+            &o,
+            &ln_post,
+            c.rms_norm_eps,
+        );
+        h = sum;
+        let gu = bitlinear(
+            ck,
+            opts,
+            g,
+            &mut built,
+            &format!("{p}/mlp/gate_up_proj"),
+            &x2,
+            l,
+            &["gate_proj", "up_proj"],
+        )?;
+        let i = c.intermediate_size as i64;
+        let split = g.i64s(&[i, i]);
+        let parts = g.node(
+            "Split",
+            "",
+            &format!("{p}/mlp/Split"),
+            &[&gu, &split],
+            2,
+            &[("axis", Attr::Int(-1))],
+        );
+        let r = g
+            .node(
+                "Relu",
+                "",
+                &format!("{p}/mlp/act_fn/Relu"),
+                &[&parts[0]],
+                1,
+                &[],
+            )
+            .remove(0);
+        let r2 = g
+            .node(
+                "Mul",
+                "",
+                &format!("{p}/mlp/act_fn/Square"),
+                &[&r, &r],
+                1,
+                &[],
+            )
+            .remove(0);
+        let m = g
+            .node(
+                "Mul",
+                "",
+                &format!("{p}/mlp/Mul"),
+                &[&r2, &parts[1]],
+                1,
+                &[],
+            )
+            .remove(0);
+        let fsub = norm_weight(ck, g, &format!("model.layers.{l}.mlp.ffn_sub_norm.weight"))?;
+        let m = rms_norm(
+            g,
+            &format!("{p}/mlp/ffn_sub_norm"),
+            &m,
+            &fsub,
+            c.rms_norm_eps,
+        );
+        pending = Some(bitlinear(
+            ck,
+            opts,
+            g,
+            &mut built,
+            &format!("{p}/mlp/down_proj"),
+            &m,
+            l,
+            &["down_proj"],
+        )?);
+    }
+    let final_w = norm_weight(ck, g, "model.norm.weight")?;
+    let xf = match pending {
+        None => rms_norm(g, "/model/norm", &h, &final_w, c.rms_norm_eps),
+        Some(d) => {
+            let name = "/model/norm/SkipLayerNorm";
+            let out = vec![format!("{name}/output_0")];
+            g.node_to(
+                "SkipSimplifiedLayerNormalization",
+                MS,
+                name,
+                &[&h, &d, &final_w],
+                &out,
+                &[("epsilon", Attr::Float(c.rms_norm_eps))],
+            );
+            out[0].clone()
+        }
+    };
+    head(ck, g, &xf, head_table, &mut built)?;
+    Ok(built)
+}
+
+/// GroupQueryAttention's `seqlens_k` (tokens seen per sequence, minus one) and
+/// `total_sequence_length`, from the attention mask as onnxruntime-genai feeds it.
+fn attention_lengths(g: &mut Graph) -> (String, String) {
+    let p = "/model/attn_mask_reformat";
+    let one = g.i64s(&[1]);
+    let sum = g
+        .node(
+            "ReduceSum",
+            "",
+            &format!("{p}/ReduceSum"),
+            &["attention_mask", &one],
+            1,
+            &[("keepdims", Attr::Int(0))],
+        )
+        .remove(0);
+    let sub = g
+        .node("Sub", "", &format!("{p}/Sub"), &[&sum, &one], 1, &[])
+        .remove(0);
+    let seqlens = g
+        .node(
+            "Cast",
+            "",
+            &format!("{p}/Sub/Cast"),
+            &[&sub],
+            1,
+            &[("to", Attr::Int(DataType::Int32 as i64))],
+        )
+        .remove(0);
+    let shape = g
+        .node(
+            "Shape",
+            "",
+            &format!("{p}/Shape"),
+            &["attention_mask"],
+            1,
+            &[],
+        )
+        .remove(0);
+    let idx = g.i64_scalar(1);
+    let total = g
+        .node(
+            "Gather",
+            "",
+            &format!("{p}/Gather"),
+            &[&shape, &idx],
+            1,
+            &[("axis", Attr::Int(0))],
+        )
+        .remove(0);
+    let total = g
+        .node(
+            "Cast",
+            "",
+            &format!("{p}/Gather/Cast"),
+            &[&total],
+            1,
+            &[("to", Attr::Int(DataType::Int32 as i64))],
+        )
+        .remove(0);
+    (seqlens, total)
+}
+
+/// The rotary tables `[max_position_embeddings, head_dim / 2]`, computed in float32 the way
+/// transformers' default RoPE does: `inv_freq = 1 / theta^(2i / d)`, angle `pos * inv_freq`.
+fn rotary_caches(ck: &Checkpoint, g: &mut Graph) -> Result<(String, String)> {
+    let c = &ck.config;
+    let half = c.head_dim / 2;
+    let d = c.head_dim as f32;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0f32 / (c.rope_theta as f32).powf((2 * i) as f32 / d))
+        .collect();
+    let n = c.max_position_embeddings;
+    let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
+    for pos in 0..n {
+        for &f in &inv {
+            let a = pos as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    let dims = [n as i64, half as i64];
+    let cos = g.initializer(tensor::from_f32("cos_cache", &dims, &cos))?;
+    let sin = g.initializer(tensor::from_f32("sin_cache", &dims, &sin))?;
+    Ok((cos, sin))
+}
+
+fn norm_weight(ck: &Checkpoint, g: &mut Graph, name: &str) -> Result<String> {
+    let info = ck.info(name)?;
+    let v = ck.tensors.read_f32(name, info)?;
+    g.initializer(tensor::from_f32(name, &[v.len() as i64], &v))
+}
+
+fn rms_norm(g: &mut Graph, name: &str, x: &str, w: &str, eps: f32) -> String {
+    g.node(
+        "SimplifiedLayerNormalization",
+        "",
+        &format!("{name}/LayerNorm"),
+        &[x, w],
+        1,
+        &[
+            ("axis", Attr::Int(-1)),
+            ("epsilon", Attr::Float(eps)),
+            ("stash_type", Attr::Int(1)),
+        ],
+    )
+    .remove(0)
+}
+
+/// `RMSNorm(h + d)` and `h + d`.
+fn skip_rms_norm(
+    g: &mut Graph,
+    name: &str,
+    h: &str,
+    d: &str,
+    w: &str,
+    eps: f32,
+) -> (String, String) {
+    let node = format!("{name}/SkipLayerNorm");
+    let out = vec![
+        format!("{node}/output_0"),
+        String::new(),
+        String::new(),
+        format!("{node}/output_3"),
+    ];
+    g.node_to(
+        "SkipSimplifiedLayerNormalization",
+        MS,
+        &node,
+        &[h, d, w],
+        &out,
+        &[("epsilon", Attr::Float(eps))],
+    );
+    (out[0].clone(), out[3].clone())
+}
+
+/// BitNet linear layers reading `x`, as one 2-bit `MatMulNBits` with BitNet's exact int8
+/// activations (see the module docs). Returns the output (the parts' outputs concatenated).
+#[allow(clippy::too_many_arguments)]
+fn bitlinear(
+    ck: &Checkpoint,
+    opts: &BuildOptions,
+    g: &mut Graph,
+    built: &mut Built,
+    name: &str,
+    x: &str,
+    layer: usize,
+    parts: &[&str],
+) -> Result<String> {
+    let bs = opts.block_size;
+    let mut codes: Vec<i8> = Vec::new();
+    let mut row_scales: Vec<f32> = Vec::new();
+    let mut k = 0;
+    let mut weights = Vec::new();
+    for short in parts {
+        let lname = Checkpoint::linear_name(layer, short);
+        let lin = ck.linear(&lname, ck.linear_shape(short))?;
+        k = lin.k;
+        if lin.stored_as_codes {
+            built.stored_as_codes += 1;
+        } else {
+            built.ternarised += 1;
+        }
+        built.linear_params += (lin.out * lin.k) as u64;
+        row_scales.extend(std::iter::repeat_n(lin.scale, lin.out));
+        codes.extend_from_slice(&lin.codes);
+        weights.push(format!("{lname}.weight"));
+    }
+    let n = row_scales.len();
+    let nb = hf::reserved_blocks(k, bs);
+    let packed = hf::pack_2bit_reserved(&codes, n, k, bs)
+        .map_err(|e| BuildError::tensor(&ck.dir, &weights.join(", "), e.to_string()))?;
+    drop(codes);
+    let wname = format!("{}.qweight", weights.join("+").replace(".weight", ""));
+    let b = g.initializer(tensor::from_raw(
+        &wname,
+        DataType::Uint8,
+        &[n as i64, nb as i64, (bs / 4) as i64],
+        packed,
+    ))?;
+    let scales: Vec<f32> = row_scales
+        .iter()
+        .flat_map(|&s| std::iter::repeat_n(s, nb))
+        .collect();
+    let s_name = g.initializer(tensor::from_f32(
+        &format!("{}.scales", wname.trim_end_matches(".qweight")),
+        &[n as i64, nb as i64],
+        &scales,
+    ))?;
+
+    // BitNet's per-token activation quantization.
+    let q = format!("{name}/act_quant");
+    let axes = g.i64s(&[-1]);
+    let (eps, q_max, lo) = (
+        g.f32_scalar(1e-5),
+        g.f32_scalar(127.0),
+        g.f32_scalar(-128.0),
+    );
+    let abs = g
+        .node("Abs", "", &format!("{q}/Abs"), &[x], 1, &[])
+        .remove(0);
+    let max = g
+        .node(
+            "ReduceMax",
+            "",
+            &format!("{q}/ReduceMax"),
+            &[&abs, &axes],
+            1,
+            &[("keepdims", Attr::Int(1))],
+        )
+        .remove(0);
+    let max = g
+        .node("Max", "", &format!("{q}/Clamp"), &[&max, &eps], 1, &[])
+        .remove(0);
+    let s = g
+        .node("Div", "", &format!("{q}/Scale"), &[&q_max, &max], 1, &[])
+        .remove(0);
+    let xs = g
+        .node("Mul", "", &format!("{q}/Mul"), &[x, &s], 1, &[])
+        .remove(0);
+    let r = g
+        .node("Round", "", &format!("{q}/Round"), &[&xs], 1, &[])
+        .remove(0);
+    let codes_in = g
+        .node("Clip", "", &format!("{q}/Clip"), &[&r, &lo, &q_max], 1, &[])
+        .remove(0);
+    // The exact-activation layout: `bs - 1` values and 127 per block.
+    let per = bs - 1;
+    let mut a = codes_in;
+    if nb * per > k {
+        let pads = g.i64s(&[0, 0, 0, 0, 0, (nb * per - k) as i64]);
+        a = g
+            .node("Pad", "", &format!("{q}/PadK"), &[&a, &pads], 1, &[])
+            .remove(0);
+    }
+    let blocks = g.i64s(&[0, 0, nb as i64, per as i64]);
+    a = g
+        .node(
+            "Reshape",
+            "",
+            &format!("{q}/Blocks"),
+            &[&a, &blocks],
+            1,
+            &[],
+        )
+        .remove(0);
+    let slot = g.i64s(&[0, 0, 0, 0, 0, 0, 0, 1]);
+    a = g
+        .node(
+            "Pad",
+            "",
+            &format!("{q}/Reserved"),
+            &[&a, &slot, &q_max],
+            1,
+            &[],
+        )
+        .remove(0);
+    let flat = g.i64s(&[0, 0, (nb * bs) as i64]);
+    a = g
+        .node("Reshape", "", &format!("{q}/Flatten"), &[&a, &flat], 1, &[])
+        .remove(0);
+    let mm = format!("{name}/MatMulNBits");
+    let y = g
+        .node(
+            "MatMulNBits",
+            MS,
+            &mm,
+            &[&a, &b, &s_name],
+            1,
+            &[
+                ("K", Attr::Int((nb * bs) as i64)),
+                ("N", Attr::Int(n as i64)),
+                ("bits", Attr::Int(2)),
+                ("block_size", Attr::Int(bs as i64)),
+                ("accuracy_level", Attr::Int(4)),
+            ],
+        )
+        .remove(0);
+    let out = g
+        .node("Div", "", &format!("{name}/Rescale"), &[&y, &s], 1, &[])
+        .remove(0);
+    built.layers.push(LayerSpec {
+        node: mm,
+        op: "MatMulNBits".into(),
+        output: out.clone(),
+        output_scale: None,
+        scaled_output: None,
+        weight: weights.join(","),
+    });
+    Ok(out)
+}
+
+/// Quantizes a `[V, H]` table in blocks along H, reading it a band of rows at a time.
+fn quantize_table(
+    ck: &Checkpoint,
+    name: &str,
+    bits: TableBits,
+    block_size: usize,
+) -> Result<BlockTable> {
+    let info = ck.info(name)?.clone();
+    let (rows, k) = (info.shape[0], info.shape[1]);
+    let failed = std::sync::Mutex::new(None);
+    let esize = info.dtype.size();
+    let row_info = |r: usize| {
+        let mut ri = info.clone();
+        ri.shape = vec![k];
+        ri.offset = info.offset + (r * k * esize) as u64;
+        ri.len = k * esize;
+        ri
+    };
+    let table = blockq::quantize_rows(
+        rows,
+        k,
+        bits,
+        block_size,
+        TABLE_BAND_ROWS,
+        |r, out| match ck.tensors.read_f32(name, &row_info(r)) {
+            Ok(v) => out.copy_from_slice(&v),
+            Err(e) => {
+                let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
+                f.get_or_insert(e);
+            }
+        },
+        |_| {},
+    );
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    Ok(table)
+}
+
+/// Writes a table's codes `[V, blocks, blob]` and scales `[V, blocks]`.
+/// The payloads move to the output: `t` keeps its shape and error only.
+fn table_tensors(g: &mut Graph, name: &str, t: &mut BlockTable) -> Result<(String, String)> {
+    let blob = blockq::blob_bytes(t.block_size, t.bits);
+    let nb = t.blocks();
+    let q = g.initializer(tensor::from_raw(
+        &format!("{name}.{}", t.bits.name()),
+        DataType::Uint8,
+        &[t.rows as i64, nb as i64, blob as i64],
+        std::mem::take(&mut t.packed),
+    ))?;
+    let scales = std::mem::take(&mut t.scales);
+    let s = g.initializer(tensor::from_f32(
+        &format!("{name}.{}.scales", t.bits.name()),
+        &[t.rows as i64, nb as i64],
+        &scales,
+    ))?;
+    Ok((q, s))
+}
+
+fn table_spec(role: &str, node: &str, output: &str, weight: &str, t: &BlockTable) -> TableSpec {
+    TableSpec {
+        bits: t.bits.name().into(),
+        block_size: t.block_size,
+        node: node.into(),
+        output: output.into(),
+        rel_error: t.rel_error,
+        role: role.into(),
+        weight: weight.into(),
+    }
+}
+
+/// The embedding lookup: `GatherBlockQuantized` on a 4/8-bit table (the head's when shared),
+/// or `Gather` on the float table.
+fn embedding(
+    ck: &Checkpoint,
+    opts: &BuildOptions,
+    g: &mut Graph,
+    shared: Option<&mut BlockTable>,
+    built: &mut Built,
+) -> Result<String> {
+    let c = &ck.config;
+    let wname = "model.embed_tokens.weight";
+    let node = "/model/embed_tokens/GatherBlockQuantized";
+    let mut own;
+    let table = match (shared, opts.embeddings.bits()) {
+        (Some(t), _) => Some(t),
+        (None, Some(bits)) => {
+            own = quantize_table(ck, wname, bits, opts.table_block_size)?;
+            Some(&mut own)
+        }
+        (None, None) => None,
+    };
+    let Some(t) = table else {
+        let info = ck.info(wname)?;
+        let v = ck.tensors.read_f32(wname, info)?;
+        let w = g.initializer(tensor::from_f32(
+            wname,
+            &[c.vocab_size as i64, c.hidden_size as i64],
+            &v,
+        ))?;
+        built.float_embedding = Some(w.clone());
+        return Ok(g
+            .node(
+                "Gather",
+                "",
+                "/model/embed_tokens/Gather",
+                &[&w, "input_ids"],
+                1,
+                &[("axis", Attr::Int(0))],
+            )
+            .remove(0));
+    };
+    let (q, s) = table_tensors(g, wname, t)?;
+    let row_bytes = t.row_bytes() as i64;
+    let shape = g.i64s(&[c.vocab_size as i64, row_bytes]);
+    let data = g
+        .node(
+            "Reshape",
+            "",
+            "/model/embed_tokens/Reshape",
+            &[&q, &shape],
+            1,
+            &[],
+        )
+        .remove(0);
+    let out = g
+        .node(
+            "GatherBlockQuantized",
+            MS,
+            node,
+            &[&data, "input_ids", &s],
+            1,
+            &[
+                ("bits", Attr::Int(t.bits.bits() as i64)),
+                ("block_size", Attr::Int(t.block_size as i64)),
+                ("gather_axis", Attr::Int(0)),
+                ("quantize_axis", Attr::Int(1)),
+            ],
+        )
+        .remove(0);
+    built
+        .tables
+        .push(table_spec("embedding", node, &out, wname, t));
+    Ok(out)
+}
+
+/// The LM head: 4/8-bit `MatMulNBits`, or a float `Gemm` on the `[V, H]` table (no transposed
+/// copy of a tied table).
+fn head(
+    ck: &Checkpoint,
+    g: &mut Graph,
+    x: &str,
+    table: Option<BlockTable>,
+    built: &mut Built,
+) -> Result<()> {
+    let c = &ck.config;
+    let wname = ck.head_name();
+    let logits = vec!["logits".to_string()];
+    let Some(mut t) = table else {
+        let w = match built
+            .float_embedding
+            .clone()
+            .filter(|_| c.tie_word_embeddings)
+        {
+            Some(w) => w,
+            None => {
+                let v = ck.tensors.read_f32(wname, ck.info(wname)?)?;
+                g.initializer(tensor::from_f32(
+                    wname,
+                    &[c.vocab_size as i64, c.hidden_size as i64],
+                    &v,
+                ))?
+            }
+        };
+        let flat = g.i64s(&[-1, c.hidden_size as i64]);
+        let x2 = g
+            .node("Reshape", "", "/lm_head/Flatten", &[x, &flat], 1, &[])
+            .remove(0);
+        let y = g
+            .node(
+                "Gemm",
+                "",
+                "/lm_head/Gemm",
+                &[&x2, &w],
+                1,
+                &[("transB", Attr::Int(1))],
+            )
+            .remove(0);
+        let shape = g
+            .node("Shape", "", "/lm_head/Shape", &[x], 1, &[])
+            .remove(0);
+        let (zero, two) = (g.i64s(&[0]), g.i64s(&[2]));
+        let bs = g
+            .node(
+                "Slice",
+                "",
+                "/lm_head/BatchSeq",
+                &[&shape, &zero, &two],
+                1,
+                &[],
+            )
+            .remove(0);
+        let v = g.i64s(&[c.vocab_size as i64]);
+        let out_shape = g
+            .node(
+                "Concat",
+                "",
+                "/lm_head/OutShape",
+                &[&bs, &v],
+                1,
+                &[("axis", Attr::Int(0))],
+            )
+            .remove(0);
+        g.node_to(
+            "Reshape",
+            "",
+            "/lm_head/Reshape",
+            &[&y, &out_shape],
+            &logits,
+            &[],
+        );
+        return Ok(());
+    };
+    let (q, s) = if built.table_shared {
+        (
+            format!("model.embed_tokens.weight.{}", t.bits.name()),
+            format!("model.embed_tokens.weight.{}.scales", t.bits.name()),
+        )
+    } else {
+        table_tensors(g, wname, &mut t)?
+    };
+    let node = "/lm_head/MatMulNBits";
+    g.node_to(
+        "MatMulNBits",
+        MS,
+        node,
+        &[x, &q, &s],
+        &logits,
+        &[
+            ("K", Attr::Int(c.hidden_size as i64)),
+            ("N", Attr::Int(c.vocab_size as i64)),
+            ("bits", Attr::Int(t.bits.bits() as i64)),
+            ("block_size", Attr::Int(t.block_size as i64)),
+            ("accuracy_level", Attr::Int(4)),
+        ],
+    );
+    built
+        .tables
+        .push(table_spec("head", node, "logits", wname, &t));
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! `genai_config.json`: what onnxruntime-genai needs to run the decoder (docs/formats.md
+//! section 8): the input and output names the graph uses, the KV cache's shape, the context
+//! length, the special tokens and greedy search defaults.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{BuildError, Result};
+
+pub fn config_json(ck: &Checkpoint) -> serde_json::Value {
+    let c = &ck.config;
+    let eos: Vec<i64> = c.eos_token_ids.clone();
+    let pad = c.pad_token_id.or_else(|| eos.first().copied()).unwrap_or(0);
+    json!({
+        "model": {
+            "bos_token_id": c.bos_token_id.unwrap_or(0),
+            "context_length": c.max_position_embeddings,
+            "decoder": {
+                "session_options": {
+                    "log_id": "onnxruntime-genai",
+                    "provider_options": []
+                },
+                "filename": "model.onnx",
+                "head_size": c.head_dim,
+                "hidden_size": c.hidden_size,
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value"
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value"
+                },
+                "num_attention_heads": c.num_heads,
+                "num_hidden_layers": c.num_layers,
+                "num_key_value_heads": c.num_kv_heads
+            },
+            "eos_token_id": eos,
+            "pad_token_id": pad,
+            "type": "decoder",
+            "vocab_size": c.vocab_size
+        },
+        "search": {
+            "diversity_penalty": 0.0,
+            "do_sample": false,
+            "early_stopping": true,
+            "length_penalty": 1.0,
+            "max_length": c.max_position_embeddings,
+            "min_length": 0,
+            "no_repeat_ngram_size": 0,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "past_present_share_buffer": true,
+            "repetition_penalty": 1.0,
+            "temperature": 1.0,
+            "top_k": 1,
+            "top_p": 1.0
+        }
+    })
+}
+
+pub fn write_config(ck: &Checkpoint, path: &Path) -> Result<()> {
+    let mut text =
+        serde_json::to_string_pretty(&config_json(ck)).map_err(|e| BuildError::Output {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    text.push('\n');
+    std::fs::write(path, text).map_err(|e| BuildError::io(path, e))
+}

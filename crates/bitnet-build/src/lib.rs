@@ -1,0 +1,361 @@
+//! `bitnet-onnx build`: a transformers BitNet checkpoint directory to a model folder that
+//! onnxruntime-genai generates with (`model.onnx` + `model.onnx.data`, `genai_config.json`,
+//! the tokenizer files).
+//!
+//! Stages, in order:
+//! 1. [`checkpoint`]: read `config.json` ([`config`]) and the safetensors headers
+//!    ([`safetensors`]); check every tensor the decoder reads. Nothing is written before this
+//!    passes.
+//! 2. [`decoder`]: build the graph front to back, reading one weight at a time and handing
+//!    each large initializer to the output writer as soon as it exists (peak memory: the
+//!    largest fused weight, or the quantized vocabulary table).
+//! 3. [`genai`]: `genai_config.json`; the tokenizer files are copied.
+//! 4. Everything goes to a temporary directory beside `OUT_DIR`, renamed into place only when
+//!    complete: a failed build leaves nothing behind.
+//!
+//! No printing: the caller gets a [`BuildReport`].
+
+pub mod checkpoint;
+pub mod config;
+pub mod decoder;
+pub mod error;
+pub mod genai;
+pub mod graph;
+pub mod safetensors;
+
+use std::path::{Path, PathBuf};
+
+use bitnet_math::blockq::TableBits;
+use bitnet_model::metadata;
+use bitnet_model::proto::{ModelProto, OperatorSetIdProto};
+use bitnet_model::save::{ExternalData, SaveOptions, Writer};
+use serde::Serialize;
+
+pub use checkpoint::Checkpoint;
+pub use config::{Config, LinearForm};
+pub use error::{BuildError, Result};
+
+/// How a vocabulary table (the embedding or the LM head) is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableMode {
+    Float,
+    Int4,
+    Int8,
+}
+
+impl TableMode {
+    pub fn bits(self) -> Option<TableBits> {
+        match self {
+            TableMode::Float => None,
+            TableMode::Int4 => Some(TableBits::Int4),
+            TableMode::Int8 => Some(TableBits::Int8),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TableMode::Float => "float",
+            TableMode::Int4 => "int4",
+            TableMode::Int8 => "int8",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub embeddings: TableMode,
+    pub head: TableMode,
+    /// Block size of the 4/8-bit tables along the hidden axis.
+    pub table_block_size: usize,
+    /// `MatMulNBits` block size of the ternary layers (each block holds `block_size - 1`
+    /// weights and the reserved activation slot).
+    pub block_size: usize,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            embeddings: TableMode::Int4,
+            head: TableMode::Int4,
+            table_block_size: 32,
+            block_size: 128,
+        }
+    }
+}
+
+impl BuildOptions {
+    /// The settings as `build` flags (recorded in the model's metadata).
+    pub fn flags(&self) -> String {
+        format!(
+            "--embeddings {} --head {} --table-block-size {} --block-size {}",
+            self.embeddings.name(),
+            self.head.name(),
+            self.table_block_size,
+            self.block_size
+        )
+    }
+}
+
+/// What `build` wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildReport {
+    pub checkpoint: PathBuf,
+    pub out_dir: PathBuf,
+    pub linear_form: String,
+    pub layers: usize,
+    pub hidden_size: usize,
+    pub vocab_size: usize,
+    pub tied_embeddings: bool,
+    /// Linear weights whose codes were read as stored (packed or float codes: lossless).
+    pub linear_weights_stored_as_codes: usize,
+    /// Linear weights ternarised from master weights with transformers' `WeightQuant`.
+    pub linear_weights_ternarised: usize,
+    pub linear_params: u64,
+    pub matmulnbits_layers: usize,
+    pub activations: String,
+    pub tables: Vec<metadata::TableSpec>,
+    pub table_shared: bool,
+    pub model_bytes: u64,
+    pub data_bytes: u64,
+    pub files: Vec<String>,
+    /// Things a user should know (no tokenizer, ...).
+    pub warnings: Vec<String>,
+}
+
+/// What the activations of the ternary layers compute, as recorded in the metadata.
+pub const ACTIVATIONS: &str = "bitnet per-token int8 (absmax 127), exact: MatMulNBits accuracy_level 4 on BitNet's int8 codes with a reserved 127 slot per block";
+
+/// The tokenizer files copied when present (onnxruntime-genai reads `tokenizer.json` and
+/// `tokenizer_config.json`).
+const TOKENIZER_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "generation_config.json",
+];
+
+/// Builds the model folder `out_dir` from the checkpoint in `checkpoint_dir`.
+pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Result<BuildReport> {
+    let ck = Checkpoint::open(checkpoint_dir)?;
+    check_options(&ck, opts)?;
+    let staging = Staging::new(checkpoint_dir, out_dir)?;
+    let model_path = staging.dir.join("model.onnx");
+    let protect: Vec<PathBuf> = ck.tensors.files.iter().map(|(p, _)| p.clone()).collect();
+    let writer = Writer::new(
+        &model_path,
+        &SaveOptions {
+            external_data: ExternalData::Always,
+            size_threshold: 1024,
+        },
+        &protect,
+    )?;
+    writer.stream()?;
+    let mut g = graph::Graph::new("bitnet", &writer);
+    let built = decoder::build(&ck, opts, &mut g)?;
+    let graph = std::mem::take(&mut g.graph);
+    drop(g);
+    let mut model = ModelProto {
+        ir_version: Some(10),
+        opset_import: vec![
+            OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(21),
+            },
+            OperatorSetIdProto {
+                domain: Some(graph::MS.to_string()),
+                version: Some(1),
+            },
+        ],
+        producer_name: Some("bitnet-onnx".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        graph: Some(graph),
+        ..Default::default()
+    };
+    record(&mut model, &ck, opts, &built);
+    let saved = writer.finish(&model)?;
+    drop(model);
+    genai::write_config(&ck, &staging.dir.join("genai_config.json"))?;
+    let mut files = vec![
+        "model.onnx".to_string(),
+        "model.onnx.data".to_string(),
+        "genai_config.json".to_string(),
+    ];
+    let mut warnings = Vec::new();
+    for f in TOKENIZER_FILES {
+        let src = checkpoint_dir.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, staging.dir.join(f)).map_err(|e| BuildError::io(&src, e))?;
+            files.push(f.to_string());
+        }
+    }
+    if !checkpoint_dir.join("tokenizer.json").is_file() {
+        warnings.push(format!(
+            "{} has no tokenizer.json: onnxruntime-genai generates from token ids, but og.Tokenizer cannot load this model folder",
+            checkpoint_dir.display()
+        ));
+    }
+    staging.commit()?;
+    let c = &ck.config;
+    Ok(BuildReport {
+        checkpoint: checkpoint_dir.to_path_buf(),
+        out_dir: out_dir.to_path_buf(),
+        linear_form: c.linear.name().into(),
+        layers: c.num_layers,
+        hidden_size: c.hidden_size,
+        vocab_size: c.vocab_size,
+        tied_embeddings: c.tie_word_embeddings,
+        linear_weights_stored_as_codes: built.stored_as_codes,
+        linear_weights_ternarised: built.ternarised,
+        linear_params: built.linear_params,
+        matmulnbits_layers: built.layers.len(),
+        activations: ACTIVATIONS.into(),
+        tables: built.tables,
+        table_shared: built.table_shared,
+        model_bytes: saved.model_bytes,
+        data_bytes: saved.data_bytes,
+        files,
+        warnings,
+    })
+}
+
+fn check_options(ck: &Checkpoint, opts: &BuildOptions) -> Result<()> {
+    let bad = |flag: &str, v: usize, why: String| BuildError::Unsupported {
+        path: ck.config_path.clone(),
+        key: flag.into(),
+        value: v.to_string(),
+        why,
+    };
+    for (flag, v) in [
+        ("--block-size", opts.block_size),
+        ("--table-block-size", opts.table_block_size),
+    ] {
+        if v < 16 || !v.is_power_of_two() {
+            return Err(bad(
+                flag,
+                v,
+                "MatMulNBits block sizes are powers of two >= 16".into(),
+            ));
+        }
+    }
+    let h = ck.config.hidden_size;
+    let quantized = opts.embeddings != TableMode::Float || opts.head != TableMode::Float;
+    if quantized && !h.is_multiple_of(opts.table_block_size) {
+        return Err(bad(
+            "--table-block-size",
+            opts.table_block_size,
+            format!("the 4/8-bit tables need whole blocks along hidden_size {h}"),
+        ));
+    }
+    Ok(())
+}
+
+fn record(model: &mut ModelProto, ck: &Checkpoint, opts: &BuildOptions, built: &decoder::Built) {
+    metadata::set(model, metadata::VERSION, env!("CARGO_PKG_VERSION").into());
+    metadata::set(model, metadata::TARGET, "ort-genai".into());
+    metadata::set(model, metadata::FLAGS, format!("build {}", opts.flags()));
+    metadata::set(model, metadata::ACTIVATIONS, ACTIVATIONS.into());
+    metadata::set(model, metadata::LAYERS, metadata::to_json(&built.layers));
+    if !built.tables.is_empty() {
+        metadata::set(model, metadata::TABLES, metadata::to_json(&built.tables));
+    }
+    metadata::set(model, metadata::SOURCE, ck.config.linear.name().into());
+}
+
+/// The output folder while it is written: a hidden sibling of `OUT_DIR`, removed unless
+/// [`Staging::commit`] renames it into place.
+struct Staging {
+    dir: PathBuf,
+    out: PathBuf,
+    done: bool,
+}
+
+impl Staging {
+    fn new(checkpoint: &Path, out: &Path) -> Result<Staging> {
+        let err = |m: String| BuildError::Output {
+            path: out.to_path_buf(),
+            message: m,
+        };
+        if out.exists() {
+            let empty = out.is_dir()
+                && std::fs::read_dir(out)
+                    .map_err(|e| BuildError::io(out, e))?
+                    .next()
+                    .is_none();
+            if !empty {
+                return Err(err(
+                    "exists and is not an empty directory; nothing was written".into(),
+                ));
+            }
+        }
+        let (ck, o) = (
+            std::fs::canonicalize(checkpoint).map_err(|e| BuildError::io(checkpoint, e))?,
+            absolute(out),
+        );
+        if o.starts_with(&ck) || ck.starts_with(&o) {
+            return Err(err(format!(
+                "is inside (or contains) the checkpoint directory {}; write the model elsewhere",
+                checkpoint.display()
+            )));
+        }
+        let parent = o
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        if !parent.is_dir() {
+            return Err(err(format!(
+                "its parent {} is not a directory",
+                parent.display()
+            )));
+        }
+        let name = o
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| BuildError::io(&dir, e))?;
+        }
+        std::fs::create_dir(&dir).map_err(|e| BuildError::io(&dir, e))?;
+        Ok(Staging {
+            dir,
+            out: o,
+            done: false,
+        })
+    }
+
+    fn commit(mut self) -> Result<()> {
+        if self.out.is_dir() {
+            // Checked empty when the build started.
+            std::fs::remove_dir(&self.out).map_err(|e| BuildError::io(&self.out, e))?;
+        }
+        std::fs::rename(&self.dir, &self.out).map_err(|e| BuildError::io(&self.out, e))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
+    }
+    match (p.parent(), p.file_name()) {
+        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
+            std::fs::canonicalize(parent)
+                .map(|c| c.join(name))
+                .unwrap_or_else(|_| p.to_path_buf())
+        }
+        _ => std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf()),
+    }
+}

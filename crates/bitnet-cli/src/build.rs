@@ -1,0 +1,140 @@
+//! `bitnet-onnx build CHECKPOINT_DIR -o OUT_DIR`: a transformers BitNet checkpoint to an
+//! onnxruntime-genai model folder.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use bitnet_build::{BuildOptions, TableMode};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    Float,
+    Int4,
+    Int8,
+}
+
+impl From<Table> for TableMode {
+    fn from(t: Table) -> Self {
+        match t {
+            Table::Float => TableMode::Float,
+            Table::Int4 => TableMode::Int4,
+            Table::Int8 => TableMode::Int8,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BuildArgs {
+    /// A transformers BitNet checkpoint directory (config.json, model.safetensors or sharded
+    /// model-*.safetensors with their index, tokenizer files): the packed form of
+    /// microsoft/bitnet-b1.58-2B-4T or the master weights of its -bf16 form.
+    pub checkpoint: PathBuf,
+    /// The model folder to write (must not exist, or be empty): model.onnx, model.onnx.data,
+    /// genai_config.json and the tokenizer files.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Runtime the folder is for; onnxruntime-genai on ONNX Runtime's CPU kernels is the only
+    /// one built.
+    #[arg(long, value_enum, default_value = "ort")]
+    pub target: BuildTarget,
+    /// The token embedding: 4- or 8-bit `GatherBlockQuantized`, or float32 `Gather`.
+    #[arg(long, value_enum, default_value = "int4")]
+    pub embeddings: Table,
+    /// The LM head: 4- or 8-bit `MatMulNBits` (int8 activations), or a float32 `Gemm`. A tied
+    /// head and embedding of the same bits share one table.
+    #[arg(long, value_enum, default_value = "int4")]
+    pub head: Table,
+    /// Block size of the 4/8-bit tables along the hidden axis.
+    #[arg(long, default_value_t = 32)]
+    pub table_block_size: usize,
+    /// `MatMulNBits` block size of the ternary layers (each block holds block-size - 1
+    /// weights and the slot that makes BitNet's int8 activations exact).
+    #[arg(long, default_value_t = 128)]
+    pub block_size: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildTarget {
+    Ort,
+}
+
+pub fn run(args: &BuildArgs) -> Result<u8> {
+    let opts = BuildOptions {
+        embeddings: args.embeddings.into(),
+        head: args.head.into(),
+        table_block_size: args.table_block_size,
+        block_size: args.block_size,
+    };
+    let start = Instant::now();
+    let report = bitnet_build::build(&args.checkpoint, &args.output, &opts).with_context(|| {
+        format!(
+            "cannot build {} from {} (nothing was written)",
+            args.output.display(),
+            args.checkpoint.display()
+        )
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    if args.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["seconds"] = serde_json::json!(secs);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    if args.quiet {
+        return Ok(0);
+    }
+    println!(
+        "{}: {} layers, hidden {}, vocab {} ({}), {}",
+        report.checkpoint.display(),
+        report.layers,
+        report.hidden_size,
+        report.vocab_size,
+        if report.tied_embeddings {
+            "tied"
+        } else {
+            "untied"
+        },
+        report.linear_form
+    );
+    println!(
+        "  {} linear weights ({} parameters) as 2-bit MatMulNBits in {} nodes: {} read as stored codes (lossless), {} ternarised from master weights",
+        report.linear_weights_stored_as_codes + report.linear_weights_ternarised,
+        report.linear_params,
+        report.matmulnbits_layers,
+        report.linear_weights_stored_as_codes,
+        report.linear_weights_ternarised
+    );
+    println!("  activations: {}", report.activations);
+    for t in &report.tables {
+        println!(
+            "  {}: {} blocks of {} (rel. error {:.4}){}",
+            t.role,
+            t.bits,
+            t.block_size,
+            t.rel_error,
+            if report.table_shared {
+                ", one table shared by embedding and head"
+            } else {
+                ""
+            }
+        );
+    }
+    println!(
+        "  wrote {} ({} files, {:.1} MB) in {:.1} s",
+        report.out_dir.display(),
+        report.files.len(),
+        (report.model_bytes + report.data_bytes) as f64 / 1e6,
+        secs
+    );
+    for w in &report.warnings {
+        println!("  warning: {w}");
+    }
+    Ok(0)
+}
