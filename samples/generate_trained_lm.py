@@ -298,13 +298,13 @@ def ngram_baselines(train: np.ndarray, val: np.ndarray) -> dict[str, float]:
 # --------------------------------------------------------------------------- training
 
 
-def load_online(state: dict[str, torch.Tensor]):
+def load_online(state: dict[str, torch.Tensor], config: dict = CONFIG):
     """transformers' BitNetForCausalLM with AutoBitLinear (online) layers, from_pretrained
     from a float checkpoint holding `state` (the -bf16 form: master weights)."""
     from transformers import BitNetForCausalLM
 
     with tempfile.TemporaryDirectory() as ckpt:
-        generate_hf.write_checkpoint(ckpt, "autobitlinear_online", state, CONFIG)
+        generate_hf.write_checkpoint(ckpt, "autobitlinear_online", state, config)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return BitNetForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
@@ -312,7 +312,7 @@ def load_online(state: dict[str, torch.Tensor]):
 
 def lm_loss(model, ids: torch.Tensor) -> torch.Tensor:
     logits = model(input_ids=ids, use_cache=False).logits
-    return F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
 @torch.no_grad()
@@ -329,6 +329,26 @@ def evaluate(model, ids: torch.Tensor, copy: np.ndarray) -> dict[str, float]:
     return {"val_loss": float(nll.mean()), "copy_loss": float(nll[c].mean()), "other_loss": float(nll[~c].mean())}
 
 
+def optimizer(model, steps: int, lr: float, warmup: int, weight_decay: float):
+    """AdamW (betas 0.9/0.95, weight decay on matrices only) and its schedule: linear warm-up
+    over `warmup` steps, then cosine from lr down to 10% of it at `steps`."""
+    decay = [p for n, p in model.named_parameters() if p.ndim == 2]
+    other = [p for n, p in model.named_parameters() if p.ndim != 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
 def train(train_ids: torch.Tensor, val_ids: torch.Tensor, val_copy: np.ndarray) -> tuple[dict, list[str], float, dict]:
     from transformers import BitNetConfig, BitNetForCausalLM
     from transformers.integrations.bitnet import AutoBitLinear
@@ -340,21 +360,7 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, val_copy: np.ndarray) 
     assert len(linears) == 7 * CONFIG["num_hidden_layers"] and all(m.online_quant for m in linears)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim == 2]
-    other = [p for n, p in model.named_parameters() if p.ndim != 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": other, "weight_decay": 0.0}],
-        lr=LR,
-        betas=(0.9, 0.95),
-    )
-
-    def lr_at(step: int) -> float:
-        if step < WARMUP:
-            return (step + 1) / WARMUP
-        t = (step - WARMUP) / max(1, STEPS - WARMUP)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    opt, sched = optimizer(model, STEPS, LR, WARMUP, WEIGHT_DECAY)
     log = []
     start = time.perf_counter()
     running = 0.0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: creates .venv with the pinned test oracles
-# (onnx, onnxruntime, numpy from tests/python/requirements.txt), writes the ONNX backend test
+# (onnx, onnxruntime, onnxruntime-genai, numpy from tests/python/requirements.txt), writes the ONNX backend test
 # models to target/onnx-backend, checks the generated opset table against the pinned onnx
 # schemas, then runs every Rust test.
 set -euo pipefail

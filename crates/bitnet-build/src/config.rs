@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::error::{BuildError, Result};
 
 /// Which transformers class computes the checkpoint's linear layers (docs/formats.md
-/// section 7), which decides how its weights and `weight_scale` are read.
+/// section 3), which decides how its weights and `weight_scale` are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinearForm {
     /// `BitLinear`: packed uint8 weights, `y = (x_q @ codes) / (s * weight_scale)`.

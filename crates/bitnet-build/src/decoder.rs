@@ -1,4 +1,4 @@
-//! The decoder graph, as onnxruntime-genai runs it (docs/formats.md section 8): token ids and
+//! The decoder graph, as onnxruntime-genai runs it (docs/formats.md section 4): token ids and
 //! an attention mask in, logits and each layer's KV cache (`present.{i}.key/value`, from
 //! `past_key_values.{i}.key/value`) out.
 //!

@@ -1,5 +1,5 @@
 //! `genai_config.json`: what onnxruntime-genai needs to run the decoder (docs/formats.md
-//! section 8): the input and output names the graph uses, the KV cache's shape, the context
+//! section 4): the input and output names the graph uses, the KV cache's shape, the context
 //! length, the special tokens and greedy search defaults.
 
 use std::path::Path;

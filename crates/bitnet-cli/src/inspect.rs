@@ -79,6 +79,30 @@ pub fn inspect_json(model: &Model) -> Value {
         "file_bytes": model.file_bytes,
         "linear_layers": layers,
         "tables": bitnet_quant::vocab::describe_tables(g),
+        "bitnet_onnx": recorded(p),
+    })
+}
+
+/// What `convert` or `build` recorded in the model (`bitnet_onnx.*` metadata), or null: the
+/// target, flags and activations as written, and the counts of converted layers and tables.
+fn recorded(p: &bitnet_model::proto::ModelProto) -> Value {
+    use bitnet_model::metadata as md;
+    if !md::converted(p) {
+        return Value::Null;
+    }
+    let count = |key: &str| {
+        md::get(p, key)
+            .and_then(|v| serde_json::from_str::<Vec<Value>>(v).ok())
+            .map(|v| v.len())
+    };
+    json!({
+        "version": md::get(p, md::VERSION),
+        "target": md::get(p, md::TARGET),
+        "flags": md::get(p, md::FLAGS),
+        "activations": md::get(p, md::ACTIVATIONS),
+        "source": md::get(p, md::SOURCE),
+        "layers": count(md::LAYERS),
+        "tables": count(md::TABLES),
     })
 }
 
@@ -168,6 +192,26 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             shape.join("x"),
             verdict
         );
+    }
+    if let Some(r) = j["bitnet_onnx"].as_object() {
+        println!(
+            "written by bitnet-onnx {}:",
+            r["version"].as_str().unwrap_or("?")
+        );
+        for k in [
+            "target",
+            "flags",
+            "source",
+            "activations",
+            "layers",
+            "tables",
+        ] {
+            match &r[k] {
+                Value::Null => {}
+                Value::String(v) => println!("  {k:<11} {v}"),
+                v => println!("  {k:<11} {v}"),
+            }
+        }
     }
     let tables = j["tables"].as_array().cloned().unwrap_or_default();
     if !tables.is_empty() {

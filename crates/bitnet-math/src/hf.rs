@@ -1,5 +1,5 @@
 //! transformers' BitNet weight forms and the 2-bit layout `build` writes for them: pure math,
-//! no ONNX types (docs/formats.md section 7 has the conventions).
+//! no ONNX types (docs/formats.md section 3 has the conventions).
 //!
 //! * Packed checkpoints (microsoft/bitnet-b1.58-2B-4T): a linear weight of `out` rows and `k`
 //!   columns is stored as uint8 `[out / 4, k]`, planar along rows: packed row `r` holds the
