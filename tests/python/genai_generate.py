@@ -43,7 +43,8 @@ def main() -> int:
         params.set_search_options(do_sample=False, max_length=len(ref_ids) + len(want))
         gen = og.Generator(model, params)
         gen.append_tokens(np.array([ref_ids], dtype=np.int32))
-        logits = np.array(gen.get_output("logits"), dtype=np.float32)[0, -1]
+        all_rows = np.array(gen.get_output("logits"), dtype=np.float32)[0]
+        logits = all_rows[-1]
         ref = np.array(p["first_step_logits"], dtype=np.float32)
         ours = []
         while len(ours) < len(want) and not gen.is_done():
@@ -62,6 +63,8 @@ def main() -> int:
             "first_step_max_abs": float(np.abs(logits - ref).max()),
             "first_step_ref_max_abs": float(np.abs(ref).max()),
             "first_step_top1_same": int(logits.argmax()) == int(ref.argmax()),
+            # The prompt step's other positions (0 with `build --logits last`).
+            "other_rows_max_abs": float(np.abs(all_rows[:-1]).max()) if len(all_rows) > 1 else 0.0,
             "decoded": tokenizer.decode(np.array(ours, dtype=np.int32)),
         })
     json.dump({"prompts": results}, sys.stdout, indent=1)

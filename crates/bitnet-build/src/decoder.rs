@@ -311,7 +311,20 @@ pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Buil
             out[0].clone()
         }
     };
-    head(ck, g, &xf, head_table, &mut built)?;
+    if opts.last_logits {
+        let (rows, idx, positions) = last_rows(ck, g, &xf);
+        head(
+            ck,
+            g,
+            &rows,
+            "/lm_head/last/output_0",
+            head_table,
+            &mut built,
+        )?;
+        scatter_last(g, "/lm_head/last/output_0", &idx, &positions);
+    } else {
+        head(ck, g, &xf, "logits", head_table, &mut built)?;
+    }
     Ok(built)
 }
 
@@ -758,12 +771,13 @@ fn head(
     ck: &Checkpoint,
     g: &mut Graph,
     x: &str,
+    output: &str,
     table: Option<BlockTable>,
     built: &mut Built,
 ) -> Result<()> {
     let c = &ck.config;
     let wname = ck.head_name();
-    let logits = vec!["logits".to_string()];
+    let logits = vec![output.to_string()];
     let Some(mut t) = table else {
         let w = match built
             .float_embedding
@@ -854,6 +868,142 @@ fn head(
     );
     built
         .tables
-        .push(table_spec("head", node, "logits", wname, &t));
+        .push(table_spec("head", node, output, wname, &t));
     Ok(())
+}
+
+/// `--logits last`: the hidden state of the one position per sequence whose logits
+/// onnxruntime-genai reads, `[batch, 1, hidden]`, and that position `[batch, 1, 1]`. It picks
+/// the last token that is not the pad token (docs/formats.md section 4), and so does this:
+/// `max(where(input_ids != pad, position, -1), 0)`.
+fn last_rows(ck: &Checkpoint, g: &mut Graph, x: &str) -> (String, String, String) {
+    let c = &ck.config;
+    let p = "/lm_head/last";
+    let pad = g.i64_scalar(crate::genai::pad_token_id(c));
+    let eq = g
+        .node(
+            "Equal",
+            "",
+            &format!("{p}/IsPad"),
+            &["input_ids", &pad],
+            1,
+            &[],
+        )
+        .remove(0);
+    let real = g
+        .node("Not", "", &format!("{p}/IsReal"), &[&eq], 1, &[])
+        .remove(0);
+    let shape = g
+        .node(
+            "Shape",
+            "",
+            &format!("{p}/IdsShape"),
+            &["input_ids"],
+            1,
+            &[],
+        )
+        .remove(0);
+    let one = g.i64_scalar(1);
+    let zero = g.i64_scalar(0);
+    let len = g
+        .node(
+            "Gather",
+            "",
+            &format!("{p}/SeqLen"),
+            &[&shape, &one],
+            1,
+            &[("axis", Attr::Int(0))],
+        )
+        .remove(0);
+    let pos = g
+        .node(
+            "Range",
+            "",
+            &format!("{p}/Positions"),
+            &[&zero, &len, &one],
+            1,
+            &[],
+        )
+        .remove(0);
+    let none = g.i64_scalar(-1);
+    let cand = g
+        .node(
+            "Where",
+            "",
+            &format!("{p}/RealPositions"),
+            &[&real, &pos, &none],
+            1,
+            &[],
+        )
+        .remove(0);
+    let axes = g.i64s(&[1]);
+    let last = g
+        .node(
+            "ReduceMax",
+            "",
+            &format!("{p}/Last"),
+            &[&cand, &axes],
+            1,
+            &[("keepdims", Attr::Int(1))],
+        )
+        .remove(0);
+    let last = g
+        .node("Max", "", &format!("{p}/AtLeast0"), &[&last, &zero], 1, &[])
+        .remove(0);
+    let two = g.i64s(&[2]);
+    let idx = g
+        .node(
+            "Unsqueeze",
+            "",
+            &format!("{p}/Index"),
+            &[&last, &two],
+            1,
+            &[],
+        )
+        .remove(0);
+    let h = g.i64s(&[1, 1, c.hidden_size as i64]);
+    let idx_h = g
+        .node("Expand", "", &format!("{p}/IndexH"), &[&idx, &h], 1, &[])
+        .remove(0);
+    let rows = g
+        .node(
+            "GatherElements",
+            "",
+            &format!("{p}/Rows"),
+            &[x, &idx_h],
+            1,
+            &[("axis", Attr::Int(1))],
+        )
+        .remove(0);
+    (rows, idx, pos)
+}
+
+/// `logits` `[batch, seq, vocab]`: the picked position's row, zeros elsewhere (onnxruntime-genai
+/// allocates the output at that shape): `where(position == index, row, 0)`, one pass over
+/// the output.
+fn scatter_last(g: &mut Graph, rows: &str, idx: &str, positions: &str) {
+    let p = "/lm_head/last";
+    let shape = g.i64s(&[1, -1, 1]);
+    let pos = g
+        .node(
+            "Reshape",
+            "",
+            &format!("{p}/PositionsColumn"),
+            &[positions, &shape],
+            1,
+            &[],
+        )
+        .remove(0);
+    let at = g
+        .node("Equal", "", &format!("{p}/AtIndex"), &[&pos, idx], 1, &[])
+        .remove(0);
+    let zero = g.f32_scalar(0.0);
+    g.node_to(
+        "Where",
+        "",
+        &format!("{p}/Place"),
+        &[&at, rows, &zero],
+        &["logits".to_string()],
+        &[],
+    );
 }

@@ -9,10 +9,17 @@ use serde_json::json;
 use crate::checkpoint::Checkpoint;
 use crate::error::{BuildError, Result};
 
+/// The pad token onnxruntime-genai is told about: the config's, else the first EOS.
+pub fn pad_token_id(c: &crate::Config) -> i64 {
+    c.pad_token_id
+        .or_else(|| c.eos_token_ids.first().copied())
+        .unwrap_or(0)
+}
+
 pub fn config_json(ck: &Checkpoint) -> serde_json::Value {
     let c = &ck.config;
     let eos: Vec<i64> = c.eos_token_ids.clone();
-    let pad = c.pad_token_id.or_else(|| eos.first().copied()).unwrap_or(0);
+    let pad = pad_token_id(c);
     json!({
         "model": {
             "bos_token_id": c.bos_token_id.unwrap_or(0),

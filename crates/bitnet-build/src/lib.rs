@@ -71,6 +71,9 @@ pub struct BuildOptions {
     /// `MatMulNBits` block size of the ternary layers (each block holds `block_size - 1`
     /// weights and the reserved activation slot).
     pub block_size: usize,
+    /// Compute the LM head for the one position per sequence onnxruntime-genai reads (the last
+    /// token that is not the pad token); the other rows of `logits` are 0.
+    pub last_logits: bool,
 }
 
 impl Default for BuildOptions {
@@ -80,6 +83,7 @@ impl Default for BuildOptions {
             head: TableMode::Int4,
             table_block_size: 32,
             block_size: 128,
+            last_logits: true,
         }
     }
 }
@@ -88,11 +92,12 @@ impl BuildOptions {
     /// The settings as `build` flags (recorded in the model's metadata).
     pub fn flags(&self) -> String {
         format!(
-            "--embeddings {} --head {} --table-block-size {} --block-size {}",
+            "--embeddings {} --head {} --table-block-size {} --block-size {} --logits {}",
             self.embeddings.name(),
             self.head.name(),
             self.table_block_size,
-            self.block_size
+            self.block_size,
+            if self.last_logits { "last" } else { "all" }
         )
     }
 }
@@ -174,6 +179,9 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
         ..Default::default()
     };
     record(&mut model, &ck, opts, &built);
+    if opts.last_logits {
+        metadata::set(&mut model, metadata::LOGITS, "last-row".into());
+    }
     let saved = writer.finish(&model)?;
     drop(model);
     genai::write_config(&ck, &staging.dir.join("genai_config.json"))?;

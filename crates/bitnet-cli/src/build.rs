@@ -52,12 +52,24 @@ pub struct BuildArgs {
     /// weights and the slot that makes BitNet's int8 activations exact).
     #[arg(long, default_value_t = 128)]
     pub block_size: usize,
+    /// `last`: compute the LM head only for the position of each sequence whose logits
+    /// onnxruntime-genai reads (its last token that is not the pad token); the other rows of
+    /// `logits` are 0. On a 128-token prompt that skips 127 of 128 head products. `all`
+    /// computes every row (for reading every position's logits, as when scoring a text).
+    #[arg(long, value_enum, default_value = "last")]
+    pub logits: Logits,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
     /// Print nothing but errors.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    All,
+    Last,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +83,7 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
         head: args.head.into(),
         table_block_size: args.table_block_size,
         block_size: args.block_size,
+        last_logits: args.logits == Logits::Last,
     };
     let start = Instant::now();
     let report = bitnet_build::build(&args.checkpoint, &args.output, &opts).with_context(|| {

@@ -93,6 +93,19 @@ fn check(flags: &[&str], min_same: Option<usize>, max_rel: f64) {
                 diff <= max_rel * scale,
                 "{form} {flags:?}: first-step logits differ by {diff} (largest {scale})"
             );
+            // Every prompt has several tokens: the other rows are computed only with `all`.
+            let others = p["other_rows_max_abs"].as_f64().unwrap();
+            if flags.contains(&"all") {
+                assert!(
+                    others > 0.0,
+                    "{form} {flags:?}: the prompt's other rows are 0"
+                );
+            } else {
+                assert_eq!(
+                    others, 0.0,
+                    "{form} {flags:?}: rows other than the last were computed"
+                );
+            }
         }
     }
 }
@@ -103,15 +116,29 @@ fn check(flags: &[&str], min_same: Option<usize>, max_rel: f64) {
 #[test]
 fn float_tables_generate_token_for_token() {
     check(&["--embeddings", "float", "--head", "float"], None, 1e-5);
+    check(
+        &[
+            "--embeddings",
+            "float",
+            "--head",
+            "float",
+            "--logits",
+            "all",
+        ],
+        None,
+        1e-5,
+    );
 }
 
-/// The default build (int4 embedding and head in blocks of 32, one shared table) and int8
-/// tables: the tables are the lossy part. Measured on these checkpoints: all 40 tokens agree
-/// on every prompt and form; first-step logits within 0.10 (int4) and 0.013 (int8) of the
-/// largest logit. Required: the 32 tokens, and 0.15 / 0.03.
+/// The default build (int4 embedding and head in blocks of 32, one shared table; the head for
+/// the last position only) and int8 tables, and every position's logits (`--logits all`): the
+/// tables are the lossy part. Measured on these checkpoints: all 40 tokens agree on every
+/// prompt and form; first-step logits within 0.10 (int4) and 0.013 (int8) of the largest
+/// logit. Required: the 32 tokens, and 0.15 / 0.03.
 #[test]
 fn quantized_tables_generate_the_same_tokens() {
     check(&[], Some(32), 0.15);
+    check(&["--logits", "all"], Some(32), 0.15);
     check(&["--embeddings", "int8", "--head", "int8"], Some(32), 0.03);
 }
 

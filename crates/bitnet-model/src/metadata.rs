@@ -22,7 +22,9 @@ pub const LAYERS: &str = "bitnet_onnx.layers";
 pub const TOTALS: &str = "bitnet_onnx.totals";
 /// The 4/8-bit embedding and head tables: a JSON array of [`TableSpec`].
 pub const TABLES: &str = "bitnet_onnx.tables";
-/// `last` when the heads compute the last position only (`--logits last`).
+/// `last` when the heads compute the last position only (`convert --logits last`: logits
+/// `[batch, 1, vocab]`); `last-row` when `build --logits last` computes only the row
+/// onnxruntime-genai reads and leaves the others 0 (logits keep `[batch, seq, vocab]`).
 pub const LOGITS: &str = "bitnet_onnx.logits";
 /// What `build` read: the checkpoint's transformers linear class.
 pub const SOURCE: &str = "bitnet_onnx.source";
