@@ -377,3 +377,36 @@ fn reserved_slot_makes_int8_kernels_exact() {
         assert!(v["plain"].as_f64().unwrap() > 1e-3, "{v}");
     }
 }
+
+/// All prompts of a form as one batch (`tests/python/genai_batch.py`: og.Tokenizer pads them
+/// on the right with the pad token): each sequence must generate what transformers generated
+/// for it alone, with both `--logits` (measured: all 40 tokens of all 4 prompts).
+#[test]
+fn batched_prompts_generate_what_each_does_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    for logits in ["last", "all"] {
+        let out = dir.path().join(logits);
+        let r = build(&checkpoint("packed"), &out, &["--logits", logits]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let run = Command::new(python())
+            .arg(workspace().join("tests/python/genai_batch.py"))
+            .arg(&out)
+            .arg(workspace().join("samples/checkpoints/expected/packed.json"))
+            .output()
+            .expect("run python");
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+        assert!(v["batch"].as_u64().unwrap() >= 2, "{v}");
+        for p in v["prompts"].as_array().unwrap() {
+            assert!(p["prompt_ids_match"].as_bool().unwrap(), "{p}");
+            assert!(
+                p["same_prefix"].as_u64().unwrap() >= 32,
+                "--logits {logits}: {p}"
+            );
+        }
+    }
+}
