@@ -410,3 +410,67 @@ fn batched_prompts_generate_what_each_does_alone() {
         }
     }
 }
+
+/// A sharded checkpoint (`model-0000N-of-00002.safetensors` and the index transformers writes)
+/// builds the same folder as the single file.
+#[test]
+fn sharded_checkpoint_builds_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = copy_checkpoint(dir.path());
+    let p = ck.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let names: Vec<&String> = header.keys().filter(|k| *k != "__metadata__").collect();
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let (mut h, mut payload) = (serde_json::Map::new(), Vec::new());
+        for name in part {
+            let e = &header[name.as_str()];
+            let (b, end) = (
+                e["data_offsets"][0].as_u64().unwrap() as usize,
+                e["data_offsets"][1].as_u64().unwrap() as usize,
+            );
+            let begin = payload.len();
+            payload.extend_from_slice(&data[b..end]);
+            let mut e = e.clone();
+            e["data_offsets"] = serde_json::json!([begin, payload.len()]);
+            h.insert(name.to_string(), e);
+            weight_map.insert(name.to_string(), file.clone().into());
+        }
+        let hb = serde_json::to_vec(&h).unwrap();
+        let mut out = (hb.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&hb);
+        out.extend_from_slice(&payload);
+        std::fs::write(ck.join(&file), out).unwrap();
+    }
+    std::fs::remove_file(&p).unwrap();
+    std::fs::write(
+        ck.join("model.safetensors.index.json"),
+        serde_json::to_vec(&serde_json::json!({"metadata": {}, "weight_map": weight_map})).unwrap(),
+    )
+    .unwrap();
+    let (a, b) = (dir.path().join("single"), dir.path().join("sharded"));
+    assert!(build(&checkpoint("packed"), &a, &[]).status.success());
+    let r = build(&ck, &b, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for f in ["model.onnx", "model.onnx.data", "genai_config.json"] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // An index naming a missing shard is refused by name.
+    std::fs::remove_file(ck.join("model-00002-of-00002.safetensors")).unwrap();
+    let r = build(&ck, &dir.path().join("broken"), &[]);
+    assert_eq!(r.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("model-00002-of-00002.safetensors") && err.contains("does not exist"),
+        "{err}"
+    );
+}
