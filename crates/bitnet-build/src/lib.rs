@@ -128,6 +128,9 @@ pub struct BuildReport {
     pub warnings: Vec<String>,
 }
 
+/// The `bitnet_onnx.target` of a built model.
+pub const TARGET: &str = "ort-genai";
+
 /// What the activations of the ternary layers compute, as recorded in the metadata.
 pub const ACTIVATIONS: &str = "bitnet per-token int8 (absmax 127), exact: MatMulNBits accuracy_level 4 on BitNet's int8 codes with a reserved 127 slot per block";
 
@@ -261,7 +264,7 @@ fn check_options(ck: &Checkpoint, opts: &BuildOptions) -> Result<()> {
 
 fn record(model: &mut ModelProto, ck: &Checkpoint, opts: &BuildOptions, built: &decoder::Built) {
     metadata::set(model, metadata::VERSION, env!("CARGO_PKG_VERSION").into());
-    metadata::set(model, metadata::TARGET, "ort-genai".into());
+    metadata::set(model, metadata::TARGET, TARGET.into());
     metadata::set(model, metadata::FLAGS, format!("build {}", opts.flags()));
     metadata::set(model, metadata::ACTIVATIONS, ACTIVATIONS.into());
     metadata::set(model, metadata::LAYERS, metadata::to_json(&built.layers));

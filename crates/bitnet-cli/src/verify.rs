@@ -265,6 +265,25 @@ pub fn render(r: &VerifyReport) -> String {
 
 /// Runs the verification; returns the process exit code (0 pass, 1 fail, 2 could not run).
 pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
+    // A folder from `build` has no ONNX original, and tract cannot run its attention: say so
+    // instead of failing on the first op tract lacks. (Files that do not load are left to
+    // verify_paths, which reports them.)
+    for path in [&args.original, &args.converted] {
+        let built = bitnet_model::Model::load(path).is_ok_and(|m| {
+            bitnet_model::metadata::get(&m.proto, bitnet_model::metadata::TARGET)
+                == Some(bitnet_build::TARGET)
+        });
+        if built {
+            eprintln!(
+                "error: could not verify: {} was written by `bitnet-onnx build` for onnxruntime-genai. \
+                 verify compares an ONNX original with its conversion in tract, which cannot run \
+                 GroupQueryAttention; a built folder's reference is transformers: generate with \
+                 onnxruntime-genai and compare (tools/generate.py, tests/python/genai_generate.py)",
+                path.display()
+            );
+            return Ok(2);
+        }
+    }
     let report = match verify_paths(&args.original, &args.converted, &args.options()) {
         Ok(r) => r,
         Err(e) => {

@@ -333,6 +333,11 @@ fn inspect_reads_the_built_model() {
             .unwrap();
     assert_eq!(layers.len(), 8);
     assert!(layers[0].weight.contains("q_proj") && layers[0].weight.contains("v_proj"));
+    // verify has no ONNX original to compare with, and says so.
+    let m = out.join("model.onnx");
+    let r = bin().arg("verify").arg(&m).arg(&m).output().unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("written by `bitnet-onnx build`"));
 }
 
 /// The tokenizer files copied into the folder: og.Tokenizer gives transformers' ids for every
