@@ -245,36 +245,9 @@ pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Buil
             2,
             &[("axis", Attr::Int(-1))],
         );
-        let r = g
-            .node(
-                "Relu",
-                "",
-                &format!("{p}/mlp/act_fn/Relu"),
-                &[&parts[0]],
-                1,
-                &[],
-            )
-            .remove(0);
-        let r2 = g
-            .node(
-                "Mul",
-                "",
-                &format!("{p}/mlp/act_fn/Square"),
-                &[&r, &r],
-                1,
-                &[],
-            )
-            .remove(0);
-        let m = g
-            .node(
-                "Mul",
-                "",
-                &format!("{p}/mlp/Mul"),
-                &[&r2, &parts[1]],
-                1,
-                &[],
-            )
-            .remove(0);
+        let r = g.op("Relu", &format!("{p}/mlp/act_fn/Relu"), &[&parts[0]]);
+        let r2 = g.op("Mul", &format!("{p}/mlp/act_fn/Square"), &[&r, &r]);
+        let m = g.op("Mul", &format!("{p}/mlp/Mul"), &[&r2, &parts[1]]);
         let fsub = norm_weight(ck, g, &format!("model.layers.{l}.mlp.ffn_sub_norm.weight"))?;
         let m = rms_norm(
             g,
@@ -333,60 +306,33 @@ pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Buil
 fn attention_lengths(g: &mut Graph) -> (String, String) {
     let p = "/model/attn_mask_reformat";
     let one = g.i64s(&[1]);
-    let sum = g
-        .node(
-            "ReduceSum",
-            "",
-            &format!("{p}/ReduceSum"),
-            &["attention_mask", &one],
-            1,
-            &[("keepdims", Attr::Int(0))],
-        )
-        .remove(0);
-    let sub = g
-        .node("Sub", "", &format!("{p}/Sub"), &[&sum, &one], 1, &[])
-        .remove(0);
-    let seqlens = g
-        .node(
-            "Cast",
-            "",
-            &format!("{p}/Sub/Cast"),
-            &[&sub],
-            1,
-            &[("to", Attr::Int(DataType::Int32 as i64))],
-        )
-        .remove(0);
-    let shape = g
-        .node(
-            "Shape",
-            "",
-            &format!("{p}/Shape"),
-            &["attention_mask"],
-            1,
-            &[],
-        )
-        .remove(0);
+    let sum = g.op_with(
+        "ReduceSum",
+        &format!("{p}/ReduceSum"),
+        &["attention_mask", &one],
+        &[("keepdims", Attr::Int(0))],
+    );
+    let sub = g.op("Sub", &format!("{p}/Sub"), &[&sum, &one]);
+    let seqlens = g.op_with(
+        "Cast",
+        &format!("{p}/Sub/Cast"),
+        &[&sub],
+        &[("to", Attr::Int(DataType::Int32 as i64))],
+    );
+    let shape = g.op("Shape", &format!("{p}/Shape"), &["attention_mask"]);
     let idx = g.i64_scalar(1);
-    let total = g
-        .node(
-            "Gather",
-            "",
-            &format!("{p}/Gather"),
-            &[&shape, &idx],
-            1,
-            &[("axis", Attr::Int(0))],
-        )
-        .remove(0);
-    let total = g
-        .node(
-            "Cast",
-            "",
-            &format!("{p}/Gather/Cast"),
-            &[&total],
-            1,
-            &[("to", Attr::Int(DataType::Int32 as i64))],
-        )
-        .remove(0);
+    let total = g.op_with(
+        "Gather",
+        &format!("{p}/Gather"),
+        &[&shape, &idx],
+        &[("axis", Attr::Int(0))],
+    );
+    let total = g.op_with(
+        "Cast",
+        &format!("{p}/Gather/Cast"),
+        &[&total],
+        &[("to", Attr::Int(DataType::Int32 as i64))],
+    );
     (seqlens, total)
 }
 
@@ -421,19 +367,16 @@ fn norm_weight(ck: &Checkpoint, g: &mut Graph, name: &str) -> Result<String> {
 }
 
 fn rms_norm(g: &mut Graph, name: &str, x: &str, w: &str, eps: f32) -> String {
-    g.node(
+    g.op_with(
         "SimplifiedLayerNormalization",
-        "",
         &format!("{name}/LayerNorm"),
         &[x, w],
-        1,
         &[
             ("axis", Attr::Int(-1)),
             ("epsilon", Attr::Float(eps)),
             ("stash_type", Attr::Int(1)),
         ],
     )
-    .remove(0)
 }
 
 /// `RMSNorm(h + d)` and `h + d`.
@@ -525,69 +468,31 @@ fn bitlinear(
         g.f32_scalar(127.0),
         g.f32_scalar(-128.0),
     );
-    let abs = g
-        .node("Abs", "", &format!("{q}/Abs"), &[x], 1, &[])
-        .remove(0);
-    let max = g
-        .node(
-            "ReduceMax",
-            "",
-            &format!("{q}/ReduceMax"),
-            &[&abs, &axes],
-            1,
-            &[("keepdims", Attr::Int(1))],
-        )
-        .remove(0);
-    let max = g
-        .node("Max", "", &format!("{q}/Clamp"), &[&max, &eps], 1, &[])
-        .remove(0);
-    let s = g
-        .node("Div", "", &format!("{q}/Scale"), &[&q_max, &max], 1, &[])
-        .remove(0);
-    let xs = g
-        .node("Mul", "", &format!("{q}/Mul"), &[x, &s], 1, &[])
-        .remove(0);
-    let r = g
-        .node("Round", "", &format!("{q}/Round"), &[&xs], 1, &[])
-        .remove(0);
-    let codes_in = g
-        .node("Clip", "", &format!("{q}/Clip"), &[&r, &lo, &q_max], 1, &[])
-        .remove(0);
+    let abs = g.op("Abs", &format!("{q}/Abs"), &[x]);
+    let max = g.op_with(
+        "ReduceMax",
+        &format!("{q}/ReduceMax"),
+        &[&abs, &axes],
+        &[("keepdims", Attr::Int(1))],
+    );
+    let max = g.op("Max", &format!("{q}/Clamp"), &[&max, &eps]);
+    let s = g.op("Div", &format!("{q}/Scale"), &[&q_max, &max]);
+    let xs = g.op("Mul", &format!("{q}/Mul"), &[x, &s]);
+    let r = g.op("Round", &format!("{q}/Round"), &[&xs]);
+    let codes_in = g.op("Clip", &format!("{q}/Clip"), &[&r, &lo, &q_max]);
     // The exact-activation layout: `bs - 1` values and 127 per block.
     let per = bs - 1;
     let mut a = codes_in;
     if nb * per > k {
         let pads = g.i64s(&[0, 0, 0, 0, 0, (nb * per - k) as i64]);
-        a = g
-            .node("Pad", "", &format!("{q}/PadK"), &[&a, &pads], 1, &[])
-            .remove(0);
+        a = g.op("Pad", &format!("{q}/PadK"), &[&a, &pads]);
     }
     let blocks = g.i64s(&[0, 0, nb as i64, per as i64]);
-    a = g
-        .node(
-            "Reshape",
-            "",
-            &format!("{q}/Blocks"),
-            &[&a, &blocks],
-            1,
-            &[],
-        )
-        .remove(0);
+    a = g.op("Reshape", &format!("{q}/Blocks"), &[&a, &blocks]);
     let slot = g.i64s(&[0, 0, 0, 0, 0, 0, 0, 1]);
-    a = g
-        .node(
-            "Pad",
-            "",
-            &format!("{q}/Reserved"),
-            &[&a, &slot, &q_max],
-            1,
-            &[],
-        )
-        .remove(0);
+    a = g.op("Pad", &format!("{q}/Reserved"), &[&a, &slot, &q_max]);
     let flat = g.i64s(&[0, 0, (nb * bs) as i64]);
-    a = g
-        .node("Reshape", "", &format!("{q}/Flatten"), &[&a, &flat], 1, &[])
-        .remove(0);
+    a = g.op("Reshape", &format!("{q}/Flatten"), &[&a, &flat]);
     let mm = format!("{name}/MatMulNBits");
     let y = g
         .node(
@@ -605,9 +510,7 @@ fn bitlinear(
             ],
         )
         .remove(0);
-    let out = g
-        .node("Div", "", &format!("{name}/Rescale"), &[&y, &s], 1, &[])
-        .remove(0);
+    let out = g.op("Div", &format!("{name}/Rescale"), &[&y, &s]);
     built.layers.push(LayerSpec {
         node: mm,
         op: "MatMulNBits".into(),
@@ -720,30 +623,17 @@ fn embedding(
             &v,
         ))?;
         built.float_embedding = Some(w.clone());
-        return Ok(g
-            .node(
-                "Gather",
-                "",
-                "/model/embed_tokens/Gather",
-                &[&w, "input_ids"],
-                1,
-                &[("axis", Attr::Int(0))],
-            )
-            .remove(0));
+        return Ok(g.op_with(
+            "Gather",
+            "/model/embed_tokens/Gather",
+            &[&w, "input_ids"],
+            &[("axis", Attr::Int(0))],
+        ));
     };
     let (q, s) = table_tensors(g, wname, t)?;
     let row_bytes = t.row_bytes() as i64;
     let shape = g.i64s(&[c.vocab_size as i64, row_bytes]);
-    let data = g
-        .node(
-            "Reshape",
-            "",
-            "/model/embed_tokens/Reshape",
-            &[&q, &shape],
-            1,
-            &[],
-        )
-        .remove(0);
+    let data = g.op("Reshape", "/model/embed_tokens/Reshape", &[&q, &shape]);
     let out = g
         .node(
             "GatherBlockQuantized",
@@ -795,44 +685,23 @@ fn head(
             }
         };
         let flat = g.i64s(&[-1, c.hidden_size as i64]);
-        let x2 = g
-            .node("Reshape", "", "/lm_head/Flatten", &[x, &flat], 1, &[])
-            .remove(0);
-        let y = g
-            .node(
-                "Gemm",
-                "",
-                "/lm_head/Gemm",
-                &[&x2, &w],
-                1,
-                &[("transB", Attr::Int(1))],
-            )
-            .remove(0);
-        let shape = g
-            .node("Shape", "", "/lm_head/Shape", &[x], 1, &[])
-            .remove(0);
+        let x2 = g.op("Reshape", "/lm_head/Flatten", &[x, &flat]);
+        let y = g.op_with(
+            "Gemm",
+            "/lm_head/Gemm",
+            &[&x2, &w],
+            &[("transB", Attr::Int(1))],
+        );
+        let shape = g.op("Shape", "/lm_head/Shape", &[x]);
         let (zero, two) = (g.i64s(&[0]), g.i64s(&[2]));
-        let bs = g
-            .node(
-                "Slice",
-                "",
-                "/lm_head/BatchSeq",
-                &[&shape, &zero, &two],
-                1,
-                &[],
-            )
-            .remove(0);
+        let bs = g.op("Slice", "/lm_head/BatchSeq", &[&shape, &zero, &two]);
         let v = g.i64s(&[c.vocab_size as i64]);
-        let out_shape = g
-            .node(
-                "Concat",
-                "",
-                "/lm_head/OutShape",
-                &[&bs, &v],
-                1,
-                &[("axis", Attr::Int(0))],
-            )
-            .remove(0);
+        let out_shape = g.op_with(
+            "Concat",
+            "/lm_head/OutShape",
+            &[&bs, &v],
+            &[("axis", Attr::Int(0))],
+        );
         g.node_to(
             "Reshape",
             "",
@@ -880,101 +749,42 @@ fn last_rows(ck: &Checkpoint, g: &mut Graph, x: &str) -> (String, String, String
     let c = &ck.config;
     let p = "/lm_head/last";
     let pad = g.i64_scalar(crate::genai::pad_token_id(c));
-    let eq = g
-        .node(
-            "Equal",
-            "",
-            &format!("{p}/IsPad"),
-            &["input_ids", &pad],
-            1,
-            &[],
-        )
-        .remove(0);
-    let real = g
-        .node("Not", "", &format!("{p}/IsReal"), &[&eq], 1, &[])
-        .remove(0);
-    let shape = g
-        .node(
-            "Shape",
-            "",
-            &format!("{p}/IdsShape"),
-            &["input_ids"],
-            1,
-            &[],
-        )
-        .remove(0);
+    let eq = g.op("Equal", &format!("{p}/IsPad"), &["input_ids", &pad]);
+    let real = g.op("Not", &format!("{p}/IsReal"), &[&eq]);
+    let shape = g.op("Shape", &format!("{p}/IdsShape"), &["input_ids"]);
     let one = g.i64_scalar(1);
     let zero = g.i64_scalar(0);
-    let len = g
-        .node(
-            "Gather",
-            "",
-            &format!("{p}/SeqLen"),
-            &[&shape, &one],
-            1,
-            &[("axis", Attr::Int(0))],
-        )
-        .remove(0);
-    let pos = g
-        .node(
-            "Range",
-            "",
-            &format!("{p}/Positions"),
-            &[&zero, &len, &one],
-            1,
-            &[],
-        )
-        .remove(0);
+    let len = g.op_with(
+        "Gather",
+        &format!("{p}/SeqLen"),
+        &[&shape, &one],
+        &[("axis", Attr::Int(0))],
+    );
+    let pos = g.op("Range", &format!("{p}/Positions"), &[&zero, &len, &one]);
     let none = g.i64_scalar(-1);
-    let cand = g
-        .node(
-            "Where",
-            "",
-            &format!("{p}/RealPositions"),
-            &[&real, &pos, &none],
-            1,
-            &[],
-        )
-        .remove(0);
+    let cand = g.op(
+        "Where",
+        &format!("{p}/RealPositions"),
+        &[&real, &pos, &none],
+    );
     let axes = g.i64s(&[1]);
-    let last = g
-        .node(
-            "ReduceMax",
-            "",
-            &format!("{p}/Last"),
-            &[&cand, &axes],
-            1,
-            &[("keepdims", Attr::Int(1))],
-        )
-        .remove(0);
-    let last = g
-        .node("Max", "", &format!("{p}/AtLeast0"), &[&last, &zero], 1, &[])
-        .remove(0);
+    let last = g.op_with(
+        "ReduceMax",
+        &format!("{p}/Last"),
+        &[&cand, &axes],
+        &[("keepdims", Attr::Int(1))],
+    );
+    let last = g.op("Max", &format!("{p}/AtLeast0"), &[&last, &zero]);
     let two = g.i64s(&[2]);
-    let idx = g
-        .node(
-            "Unsqueeze",
-            "",
-            &format!("{p}/Index"),
-            &[&last, &two],
-            1,
-            &[],
-        )
-        .remove(0);
+    let idx = g.op("Unsqueeze", &format!("{p}/Index"), &[&last, &two]);
     let h = g.i64s(&[1, 1, c.hidden_size as i64]);
-    let idx_h = g
-        .node("Expand", "", &format!("{p}/IndexH"), &[&idx, &h], 1, &[])
-        .remove(0);
-    let rows = g
-        .node(
-            "GatherElements",
-            "",
-            &format!("{p}/Rows"),
-            &[x, &idx_h],
-            1,
-            &[("axis", Attr::Int(1))],
-        )
-        .remove(0);
+    let idx_h = g.op("Expand", &format!("{p}/IndexH"), &[&idx, &h]);
+    let rows = g.op_with(
+        "GatherElements",
+        &format!("{p}/Rows"),
+        &[x, &idx_h],
+        &[("axis", Attr::Int(1))],
+    );
     (rows, idx, pos)
 }
 
@@ -984,19 +794,12 @@ fn last_rows(ck: &Checkpoint, g: &mut Graph, x: &str) -> (String, String, String
 fn scatter_last(g: &mut Graph, rows: &str, idx: &str, positions: &str) {
     let p = "/lm_head/last";
     let shape = g.i64s(&[1, -1, 1]);
-    let pos = g
-        .node(
-            "Reshape",
-            "",
-            &format!("{p}/PositionsColumn"),
-            &[positions, &shape],
-            1,
-            &[],
-        )
-        .remove(0);
-    let at = g
-        .node("Equal", "", &format!("{p}/AtIndex"), &[&pos, idx], 1, &[])
-        .remove(0);
+    let pos = g.op(
+        "Reshape",
+        &format!("{p}/PositionsColumn"),
+        &[positions, &shape],
+    );
+    let at = g.op("Equal", &format!("{p}/AtIndex"), &[&pos, idx]);
     let zero = g.f32_scalar(0.0);
     g.node_to(
         "Where",

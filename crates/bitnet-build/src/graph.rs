@@ -61,6 +61,24 @@ impl<'w> Graph<'w> {
         out
     }
 
+    /// A default-domain node with one output and no attributes; returns the output.
+    pub fn op(&mut self, op: &str, name: &str, inputs: &[&str]) -> String {
+        self.op_with(op, name, inputs, &[])
+    }
+
+    /// A default-domain node with one output; returns the output.
+    pub fn op_with(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        attrs: &[(&str, Attr)],
+    ) -> String {
+        let out = format!("{name}/output_0");
+        self.node_to(op, "", name, inputs, std::slice::from_ref(&out), attrs);
+        out
+    }
+
     /// Appends a node writing the given output names (empty names are unused outputs).
     pub fn node_to(
         &mut self,
