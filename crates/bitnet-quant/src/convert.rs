@@ -16,7 +16,7 @@ use regex::Regex;
 use serde::Serialize;
 
 use crate::analyse::{self, LinearLayer, WeightValue};
-use crate::emit::{EmitContext, Emitter, WeightJob};
+use crate::emit::{patch, EmitContext, Emitter, WeightJob};
 use crate::opsets;
 use crate::quant::{self, QuantConfig};
 
@@ -28,7 +28,7 @@ mod quantize;
 mod record;
 
 pub(crate) use cleanup::remove_dead;
-use plan::{absorb_output_scale, bitnet_plan};
+use plan::{bitnet_plan, output_scale_patch};
 use quantize::{
     job_cost, parallel_inside, quantize_job, JobInput, Quantized, BATCH_BYTES_PER_THREAD,
 };
@@ -44,11 +44,11 @@ pub enum ConvertError {
         source: quant::QuantError,
     },
     #[error("{path}: weight '{weight}': {source}")]
-    Pack {
+    Emit {
         path: String,
         weight: String,
         #[source]
-        source: crate::pack::PackError,
+        source: crate::emit::EmitError,
     },
     #[error("{path}: the converted nodes need default-domain opset {needed} but the model imports opset {have}, and node '{node}' ({op}) does not keep its meaning between them: {op}-{version} {change}; re-export the model at opset {needed} or newer")]
     OpsetUpgrade {
@@ -62,40 +62,6 @@ pub enum ConvertError {
     },
     #[error("{path}: {reason}")]
     Other { path: String, reason: String },
-}
-
-impl ConvertError {
-    /// An emitter's refusal; the driver fills in the model path.
-    pub(crate) fn refused(reason: String) -> Self {
-        ConvertError::Other {
-            path: String::new(),
-            reason,
-        }
-    }
-
-    /// An emitter's packing error for `weight`; the driver fills in the model path.
-    pub(crate) fn pack(weight: &str, source: crate::pack::PackError) -> Self {
-        ConvertError::Pack {
-            path: String::new(),
-            weight: weight.to_string(),
-            source,
-        }
-    }
-
-    /// Fills in the model path for errors raised where it is not known (the emitters).
-    fn in_file(mut self, file: &str) -> Self {
-        match &mut self {
-            ConvertError::Quant { path, .. }
-            | ConvertError::Pack { path, .. }
-            | ConvertError::OpsetUpgrade { path, .. }
-            | ConvertError::Other { path, .. } => {
-                if path.is_empty() {
-                    *path = file.to_string();
-                }
-            }
-        }
-        self
-    }
 }
 
 /// Which linear layers to convert.
@@ -254,12 +220,24 @@ pub fn convert(
     }
     // Weights that If/Loop/Scan bodies capture from an enclosing graph are converted inside
     // the subgraph that reads them: copy them in first, drop what is left over afterwards.
-    let copied = crate::scope::localize(model);
+    let copies = crate::scope::localize(model);
+    let mut graph_number = 0;
     walk::for_each_graph_mut(
         model,
         &mut |g: &mut GraphProto| -> Result<(), ConvertError> {
             let main = std::mem::replace(&mut main_graph, false);
+            let k = graph_number;
+            graph_number += 1;
+            if !copies.present(k, g) {
+                return Err(ConvertError::Other {
+                    path: p.clone(),
+                    reason: format!(
+                        "internal: graph {k} lost the outer-scope weights copied into it before its conversion"
+                    ),
+                });
+            }
             let r = convert_graph(g, path, opts, opset_before.unwrap_or(0), main)?;
+            copies.drop_unconverted(k, g);
             layers_out.extend(r.layers);
             skipped.extend(r.skipped);
             meta_layers.extend(r.meta);
@@ -268,7 +246,7 @@ pub fn convert(
             Ok(())
         },
     )?;
-    crate::scope::release(model, &copied);
+    crate::scope::release(model, &copies);
     let mut tables = Vec::new();
     if opts.vocab.any() {
         if !opts.emitter.onnx_runtime() {
@@ -681,30 +659,35 @@ impl Emission {
                 opset,
                 activations: &plan.activations,
             };
-            let first_new = g.initializer.len();
-            let emitted = opts
-                .emitter
-                .emit(g, &job, &mut self.cx)
-                .map_err(|e| e.in_file(p))?;
+            let emitted =
+                opts.emitter
+                    .emit(g, &job, &mut self.cx)
+                    .map_err(|source| ConvertError::Emit {
+                        path: p.to_string(),
+                        weight: w.clone(),
+                        source,
+                    })?;
             let mut absorbed = emitted.absorbed;
             self.removable.extend(emitted.removable);
+            // New tensors go to the output's data file as soon as they are in the graph.
+            let mut store = |t: &mut bitnet_model::proto::TensorProto| match opts.sink {
+                Some(sink) => sink.store(t).map_err(|e| e.to_string()),
+                None => Ok(()),
+            };
+            let applied = |e: patch::ApplyError| ConvertError::Other {
+                path: p.to_string(),
+                reason: format!("weight '{w}': {e}"),
+            };
+            let bytes_after = patch::apply(g, emitted.patch, &mut store).map_err(applied)?;
             if let Some(scales) = &plan.output_scales {
                 for (l, os) in ls.iter().zip(scales) {
-                    absorb_output_scale(g, w, l, os, &mut self.removable).map_err(|reason| {
-                        ConvertError::Other {
+                    let scale_patch = output_scale_patch(g, w, l, os, &mut self.removable)
+                        .map_err(|reason| ConvertError::Other {
                             path: p.to_string(),
                             reason,
-                        }
-                    })?;
+                        })?;
+                    patch::apply(g, scale_patch, &mut store).map_err(applied)?;
                     absorbed.push(os.how.clone());
-                }
-            }
-            if let Some(sink) = opts.sink {
-                for init in g.initializer.iter_mut().skip(first_new) {
-                    sink.store(init).map_err(|e| ConvertError::Other {
-                        path: p.to_string(),
-                        reason: e.to_string(),
-                    })?;
                 }
             }
             self.min_opset = self.min_opset.max(emitted.min_opset);
@@ -728,7 +711,7 @@ impl Emission {
                 lossless: t.lossless,
                 folded: ls[0].folded,
                 bytes_before,
-                bytes_after: emitted.bytes,
+                bytes_after,
                 absorbed,
                 not_absorbed: plan.not_absorbed,
             });

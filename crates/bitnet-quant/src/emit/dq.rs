@@ -3,10 +3,10 @@
 //! the job. Scales are in the weight's float type; zero points are omitted (symmetric).
 
 use bitnet_model::proto::tensor_proto::DataType;
-use bitnet_model::proto::{GraphProto, NodeProto};
+use bitnet_model::proto::NodeProto;
 use bitnet_model::tensor;
 
-use super::{NameGen, WeightJob};
+use super::{Edit, NameGen, Patch, WeightJob};
 use crate::analyse::Layout;
 use crate::pack;
 
@@ -67,26 +67,24 @@ pub fn blocked_scales(job: &WeightJob, block: usize) -> Result<DqScales, pack::P
 
 pub use bitnet_model::node::int_attr;
 
-/// Adds the codes, scales and DequantizeLinear node and rewires the job's layers to it.
-/// `codes` is already packed for `code_type`. Returns the bytes of codes plus scales.
+/// The codes, scales and DequantizeLinear node, and the job's layers rewired to it. `codes` is
+/// already packed for `code_type`.
 pub fn emit(
-    g: &mut GraphProto,
     job: &WeightJob,
     names: &mut NameGen,
     code_type: DataType,
     codes: Vec<u8>,
     scales: &DqScales,
-) -> u64 {
+) -> Patch {
     let (dims, _) = weight_dims(job);
     let suffix = code_type.as_str_name().to_ascii_lowercase();
     let codes_name = names.fresh(&format!("{}_ternary_{suffix}", job.weight));
     let scale_name = names.fresh(&format!("{}_scale", job.weight));
     let out_name = names.fresh(&format!("{}_dequantized", job.weight));
     let node_name = names.fresh(&format!("{}_DequantizeLinear", job.weight));
-    let code_bytes = codes.len() as u64;
-    g.initializer
-        .push(tensor::from_raw(&codes_name, code_type, &dims, codes));
-    g.initializer.push(tensor::from_f32_as(
+    let mut patch = Patch::default();
+    patch.weight(tensor::from_raw(&codes_name, code_type, &dims, codes));
+    patch.weight(tensor::from_f32_as(
         &scale_name,
         job.dtype,
         &scales.dims,
@@ -99,26 +97,23 @@ pub fn emit(
     if let Some(b) = scales.block_size {
         attribute.push(int_attr("block_size", b));
     }
-    g.node.insert(
-        0,
-        NodeProto {
-            name: Some(node_name),
-            op_type: Some("DequantizeLinear".into()),
-            input: vec![codes_name, scale_name],
-            output: vec![out_name.clone()],
-            attribute,
-            ..Default::default()
-        },
-    );
+    patch.edit(Edit::Front(vec![NodeProto {
+        name: Some(node_name),
+        op_type: Some("DequantizeLinear".into()),
+        input: vec![codes_name, scale_name],
+        output: vec![out_name.clone()],
+        attribute,
+        ..Default::default()
+    }]));
     for layer in job.layers {
-        if let Some(n) = g.node.iter_mut().find(|n| {
-            n.output.first() == Some(&layer.output)
-                && n.input.get(1).map(String::as_str) == Some(job.weight)
-        }) {
-            n.input[1] = out_name.clone();
-        }
+        patch.edit(Edit::Rewire {
+            output: layer.output.clone(),
+            input: 1,
+            from: job.weight.to_string(),
+            to: out_name.clone(),
+        });
     }
-    code_bytes + bitnet_model::dtype::byte_len(job.dtype, scales.values.len() as u64).unwrap_or(0)
+    patch
 }
 
 /// Lowest default-domain opset for a DequantizeLinear with these scales and weight type.
@@ -139,18 +134,16 @@ pub fn min_opset(job: &WeightJob, scales: &DqScales, code_type: DataType) -> i64
 /// The whole rewrite for a target that stores codes of `code_type` (packed by `pack_codes`, in
 /// ONNX order) with the quantizer's own scale layout.
 pub fn emit_natural(
-    g: &mut GraphProto,
     job: &WeightJob,
     names: &mut NameGen,
     code_type: DataType,
     pack_codes: fn(&[i8]) -> Vec<u8>,
 ) -> super::Emitted {
-    emit_with_scales(g, job, names, code_type, pack_codes, natural_scales(job))
+    emit_with_scales(job, names, code_type, pack_codes, natural_scales(job))
 }
 
 /// [`emit_natural`] with the scales laid out by the caller.
 pub fn emit_with_scales(
-    g: &mut GraphProto,
     job: &WeightJob,
     names: &mut NameGen,
     code_type: DataType,
@@ -159,9 +152,8 @@ pub fn emit_with_scales(
 ) -> super::Emitted {
     let (_, transposed) = weight_dims(job);
     let codes = pack_codes(&pack::codes_in_onnx_order(job.ternary, transposed));
-    let bytes = emit(g, job, names, code_type, codes, &scales);
     super::Emitted {
-        bytes,
+        patch: emit(job, names, code_type, codes, &scales),
         min_opset: min_opset(job, &scales, code_type),
         ..Default::default()
     }

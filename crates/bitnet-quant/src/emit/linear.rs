@@ -8,7 +8,7 @@
 use bitnet_model::proto::{AttributeProto, GraphProto, NodeProto};
 use bitnet_model::tensor;
 
-use super::{NameGen, WeightJob};
+use super::{NameGen, Patch, WeightJob};
 use crate::analyse::LinearLayer;
 
 /// What is added to the product.
@@ -22,8 +22,6 @@ pub enum Bias {
 
 /// One linear node taken apart.
 pub struct Linear {
-    /// Position of the node in `graph.node`.
-    pub pos: usize,
     /// The original node (name, output and doc string are kept by the replacement).
     pub node: NodeProto,
     /// The activation, `[.., K]` (transposed when the Gemm had `transA = 1`).
@@ -39,19 +37,17 @@ fn attr<'n>(n: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
     n.attribute.iter().find(|a| a.name.as_deref() == Some(name))
 }
 
-/// Finds the node of `layer` (still reading `job.weight`) and takes it apart. `None` when the
-/// node is no longer in the graph.
+/// Finds the node of `layer` (still reading `job.weight`) and takes it apart; a constant it
+/// needs (`beta`) goes into `patch`. `None` when the node is no longer in the graph.
 pub fn take(
-    g: &mut GraphProto,
+    g: &GraphProto,
     job: &WeightJob,
     layer: &LinearLayer,
     names: &mut NameGen,
+    patch: &mut Patch,
 ) -> Option<Linear> {
     let n = job.ternary.n;
-    let pos = g.node.iter().position(|nd| {
-        nd.output.first() == Some(&layer.output)
-            && nd.input.get(1).map(String::as_str) == Some(job.weight)
-    })?;
+    let pos = super::patch::layer_position(g, &layer.output, job.weight)?;
     let node = g.node[pos].clone();
     let is_gemm = layer.op == "Gemm";
     let f = |name: &str| {
@@ -95,8 +91,7 @@ pub fn take(
             None if beta == 1.0 => Bias::Value(c.clone()),
             None => {
                 let beta_name = names.fresh(&format!("{}_beta", layer.node));
-                g.initializer
-                    .push(tensor::from_f32_as(&beta_name, job.dtype, &[], &[beta]));
+                patch.constant(tensor::from_f32_as(&beta_name, job.dtype, &[], &[beta]));
                 let scaled = names.fresh(&format!("{c}_scaled"));
                 before.push(NodeProto {
                     name: Some(names.fresh(&format!("{}_MulBeta", layer.node))),
@@ -110,7 +105,6 @@ pub fn take(
         };
     }
     Some(Linear {
-        pos,
         node,
         a,
         before,

@@ -1,19 +1,39 @@
-//! One module per output format. An emitter rewrites the linear layers that share one weight,
-//! given that weight's ternary codes and scales, and says how many bytes the new weight takes.
+//! One module per output format. An emitter reads the graph around the linear layers that
+//! share one weight and, given that weight's ternary codes and scales, returns the rewrite as a
+//! [`patch::Patch`]; the driver applies it ([`patch::apply`]), the only place the graph changes.
 
 pub mod dq;
 pub mod linear;
 pub mod onnx_int2;
 pub mod ort;
 pub mod ort_int8;
+pub mod patch;
 pub mod qdq_int8;
 pub mod tensorrt;
 
 use bitnet_model::proto::GraphProto;
 
 use crate::analyse::LinearLayer;
-use crate::convert::ConvertError;
 use crate::quant::Ternary;
+
+pub use patch::{Edit, Patch};
+
+/// Why an emitter cannot write a weight for its target. The driver adds the file and the
+/// weight's name.
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    /// The target has no kernel or form for the weight's element type.
+    #[error("{dtype}: {why}")]
+    ElementType {
+        dtype: &'static str,
+        why: &'static str,
+    },
+    /// The weight's scales, or the target's settings, do not fit the target's layout.
+    #[error("{0}")]
+    Layout(String),
+    #[error(transparent)]
+    Pack(#[from] crate::pack::PackError),
+}
 
 /// What an emitter is given for one weight.
 pub struct WeightJob<'a> {
@@ -35,8 +55,8 @@ pub struct WeightJob<'a> {
 /// Result of emitting one weight.
 #[derive(Debug, Default)]
 pub struct Emitted {
-    /// Bytes of codes plus scales as stored.
-    pub bytes: u64,
+    /// The rewrite; its [`patch::Role::Weight`] tensors are the weight's codes and scales.
+    pub patch: Patch,
     /// Lowest default-domain opset the new nodes need.
     pub min_opset: i64,
     /// What of the graph around the layers the emitter took over, for the report.
@@ -49,14 +69,14 @@ pub struct Emitted {
 pub trait Emitter: Sync {
     /// The `--target` name.
     fn name(&self) -> &'static str;
-    /// Rewrites `graph` for one weight. New nodes go before their consumers; the caller
-    /// removes whatever becomes dead.
+    /// The rewrite of `graph` for one weight. New nodes go before their consumers; the caller
+    /// applies the patch and removes whatever becomes dead.
     fn emit(
         &self,
-        graph: &mut GraphProto,
+        graph: &GraphProto,
         job: &WeightJob,
         cx: &mut EmitContext,
-    ) -> Result<Emitted, ConvertError>;
+    ) -> Result<Emitted, EmitError>;
     /// True when every converted weight reaches its node through a constant DequantizeLinear,
     /// so a verifier can rebuild the dequantized reference from the output alone.
     fn dequantize_linear_weights(&self) -> bool;
@@ -93,7 +113,6 @@ pub trait Emitter: Sync {
     }
 }
 
-/// Generates value/node names that do not clash with any name in the graph.
 /// What emitting one weight leaves for the next ones, kept by the driver for the whole graph
 /// (never in the model): the names in use, and the activation quantizations already built,
 /// which later layers reading the same value share. Derefs to the name generator.
@@ -134,6 +153,7 @@ impl std::ops::DerefMut for EmitContext {
     }
 }
 
+/// Generates value/node names that do not clash with any name in the graph.
 pub struct NameGen {
     used: std::collections::HashSet<String>,
 }

@@ -6,8 +6,7 @@
 use bitnet_model::proto::tensor_proto::DataType;
 use bitnet_model::proto::GraphProto;
 
-use super::{dq, EmitContext, Emitted, Emitter, WeightJob};
-use crate::convert::ConvertError;
+use super::{dq, EmitContext, EmitError, Emitted, Emitter, WeightJob};
 use crate::pack;
 
 pub struct OnnxInt2;
@@ -27,12 +26,11 @@ impl Emitter for OnnxInt2 {
 
     fn emit(
         &self,
-        g: &mut GraphProto,
+        _: &GraphProto,
         job: &WeightJob,
         names: &mut EmitContext,
-    ) -> Result<Emitted, ConvertError> {
+    ) -> Result<Emitted, EmitError> {
         Ok(dq::emit_natural(
-            g,
             job,
             names,
             DataType::Int2,

@@ -12,8 +12,7 @@ use bitnet_model::tensor;
 
 use super::dq::int_attr;
 use super::linear::{self, Bias};
-use super::{EmitContext, Emitted, Emitter, WeightJob};
-use crate::convert::ConvertError;
+use super::{Edit, EmitContext, EmitError, Emitted, Emitter, Patch, WeightJob};
 use crate::pack;
 
 pub struct Ort {
@@ -53,36 +52,32 @@ impl Emitter for Ort {
 
     fn emit(
         &self,
-        g: &mut GraphProto,
+        g: &GraphProto,
         job: &WeightJob,
         names: &mut EmitContext,
-    ) -> Result<Emitted, ConvertError> {
+    ) -> Result<Emitted, EmitError> {
         let t = job.ternary;
-        let other = ConvertError::refused;
         if job.dtype == DataType::Bfloat16 as i32 {
-            return Err(other(format!(
-                "weight '{}' is bfloat16: ONNX Runtime's CPU MatMulNBits has no bfloat16 kernel; use --target qdq-int8",
-                job.weight
-            )));
+            return Err(EmitError::ElementType {
+                dtype: "bfloat16",
+                why: "ONNX Runtime's CPU MatMulNBits has no bfloat16 kernel; use --target qdq-int8",
+            });
         }
-        let pack_err = |source| ConvertError::pack(job.weight, source);
         let block = self.block_size.unwrap_or_else(|| default_block_size(t.k));
-        let b = pack::pack_matmulnbits_2bit(t, block).map_err(pack_err)?;
-        let b_shape = pack::matmulnbits_b_shape(t.n, t.k, block, 2).map_err(pack_err)?;
-        let base_scales = pack::matmulnbits_scales(t, block).map_err(pack_err)?;
-        let s_shape = pack::matmulnbits_scales_shape(t.n, t.k, block).map_err(pack_err)?;
-        let b_name = names.fresh(&format!("{}_MatMulNBits_B", job.weight));
-        let b_bytes = b.len() as u64;
-        g.initializer.push(tensor::from_raw(
-            &b_name,
+        let b = pack::pack_matmulnbits_2bit(t, block)?;
+        let b_shape = pack::matmulnbits_b_shape(t.n, t.k, block, 2)?;
+        let base_scales = pack::matmulnbits_scales(t, block)?;
+        let s_shape = pack::matmulnbits_scales_shape(t.n, t.k, block)?;
+        let mut patch = Patch::default();
+        let b_name = patch.weight(tensor::from_raw(
+            &names.fresh(&format!("{}_MatMulNBits_B", job.weight)),
             DataType::Uint8,
             &b_shape.map(|d| d as i64),
             b,
         ));
         let mut scale_names: Vec<(u32, String)> = Vec::new();
-        let mut scale_bytes = 0u64;
         for layer in job.layers {
-            let Some(lin) = linear::take(g, job, layer, names) else {
+            let Some(lin) = linear::take(g, job, layer, names, &mut patch) else {
                 continue;
             };
             // Scales (alpha folded in), shared by layers with the same alpha.
@@ -92,14 +87,12 @@ impl Emitter for Ort {
                 None => {
                     let n = names.fresh(&format!("{}_MatMulNBits_scales", job.weight));
                     let vals: Vec<f32> = base_scales.iter().map(|s| s * lin.alpha).collect();
-                    g.initializer.push(tensor::from_f32_as(
+                    patch.weight(tensor::from_f32_as(
                         &n,
                         job.dtype,
                         &s_shape.map(|d| d as i64),
                         &vals,
                     ));
-                    scale_bytes +=
-                        bitnet_model::dtype::byte_len(job.dtype, vals.len() as u64).unwrap_or(0);
                     scale_names.push((key, n.clone()));
                     n
                 }
@@ -112,8 +105,7 @@ impl Emitter for Ort {
                 // The bias input (index 5), after the absent zero points and g_idx.
                 Bias::Vector(v) => {
                     let bn = names.fresh(&format!("{}_bias", lin.node.input[2]));
-                    g.initializer
-                        .push(tensor::from_f32_as(&bn, job.dtype, &[t.n as i64], v));
+                    patch.constant(tensor::from_f32_as(&bn, job.dtype, &[t.n as i64], v));
                     inputs.extend([String::new(), String::new(), bn]);
                 }
                 // Matrix or run-time C: Y = MatMulNBits(...) + beta * C.
@@ -151,10 +143,14 @@ impl Emitter for Ort {
             let mut replacement = lin.before;
             replacement.push(nbits);
             replacement.extend(after);
-            g.node.splice(lin.pos..=lin.pos, replacement);
+            patch.edit(Edit::Replace {
+                output: layer.output.clone(),
+                weight: job.weight.to_string(),
+                nodes: replacement,
+            });
         }
         Ok(Emitted {
-            bytes: b_bytes + scale_bytes,
+            patch,
             min_opset: 0,
             ..Default::default()
         })

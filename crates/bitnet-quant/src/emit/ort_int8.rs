@@ -29,9 +29,10 @@ use bitnet_model::tensor;
 
 use super::dq::int_attr;
 use super::linear::{self, Bias};
-use super::{EmitContext, Emitted, Emitter, NameGen, SharedActivation, WeightJob};
+use super::{
+    Edit, EmitContext, EmitError, Emitted, Emitter, NameGen, Patch, SharedActivation, WeightJob,
+};
 use crate::bitnet;
-use crate::convert::ConvertError;
 use crate::pack;
 use crate::quant::Granularity;
 
@@ -224,34 +225,38 @@ impl Emitter for OrtInt8 {
 
     fn emit(
         &self,
-        g: &mut GraphProto,
+        g: &GraphProto,
         job: &WeightJob,
         names: &mut EmitContext,
-    ) -> Result<Emitted, ConvertError> {
+    ) -> Result<Emitted, EmitError> {
         let t = job.ternary;
-        let other = ConvertError::refused;
         if job.dtype == DataType::Bfloat16 as i32 {
-            return Err(other(format!(
-                "weight '{}' is bfloat16: ONNX Runtime's CPU provider has no bfloat16 kernels for the activation quantization; use --target qdq-int8",
-                job.weight
-            )));
+            return Err(EmitError::ElementType {
+                dtype: "bfloat16",
+                why: "ONNX Runtime's CPU provider has no bfloat16 kernels for the activation quantization; use --target qdq-int8",
+            });
         }
         if let Granularity::Group(gs) = t.granularity {
-            return Err(other(format!(
-                "weight '{}': --target ort-int8 applies the weight scale after the integer matmul over all of K, so it needs per-tensor or per-channel scales, not group:{gs}; use --scale channel or another target",
-                job.weight
+            return Err(EmitError::Layout(format!(
+                "--target ort-int8 applies the weight scale after the integer matmul over all of K, so it needs per-tensor or per-channel scales, not group:{gs}; use --scale channel or another target"
             )));
         }
-        pack::check_ternary(t).map_err(|source| ConvertError::pack(job.weight, source))?;
+        pack::check_ternary(t)?;
         let codes = pack::pack_int8(&pack::codes_in_onnx_order(t, false));
-        let code_bytes = codes.len() as u64;
-        let codes_name = names.fresh(&format!("{}_ternary_int8", job.weight));
         let dims = [t.k as i64, t.n as i64];
-        g.initializer
-            .push(tensor::from_raw(&codes_name, DataType::Int8, &dims, codes));
-        let zp = names.fresh(&format!("{}_activation_zero_point", job.weight));
-        g.initializer
-            .push(tensor::from_raw(&zp, DataType::Uint8, &[], vec![128]));
+        let mut patch = Patch::default();
+        let codes_name = patch.weight(tensor::from_raw(
+            &names.fresh(&format!("{}_ternary_int8", job.weight)),
+            DataType::Int8,
+            &dims,
+            codes,
+        ));
+        let zp = patch.constant(tensor::from_raw(
+            &names.fresh(&format!("{}_activation_zero_point", job.weight)),
+            DataType::Uint8,
+            &[],
+            vec![128],
+        ));
         let scale_dims: Vec<i64> = if t.scales.len() == 1 {
             vec![]
         } else {
@@ -260,9 +265,8 @@ impl Emitter for OrtInt8 {
         let mut scale_names: Vec<(u32, String)> = Vec::new();
         let mut absorbed = Vec::new();
         let mut removable = Vec::new();
-        let mut scale_bytes = 0u64;
         for (i, layer) in job.layers.iter().enumerate() {
-            let Some(lin) = linear::take(g, job, layer, names) else {
+            let Some(lin) = linear::take(g, job, layer, names, &mut patch) else {
                 continue;
             };
             let key = lin.alpha.to_bits();
@@ -271,8 +275,7 @@ impl Emitter for OrtInt8 {
                 None => {
                     let n = names.fresh(&format!("{}_scale", job.weight));
                     let vals: Vec<f32> = t.scales.iter().map(|s| s * lin.alpha).collect();
-                    scale_bytes += 4 * vals.len() as u64;
-                    g.initializer.push(tensor::from_f32(&n, &scale_dims, &vals));
+                    patch.weight(tensor::from_f32(&n, &scale_dims, &vals));
                     scale_names.push((key, n.clone()));
                     n
                 }
@@ -299,7 +302,7 @@ impl Emitter for OrtInt8 {
             }
             if let Bias::Vector(v) = &lin.bias {
                 let bn = names.fresh(&format!("{}_bias", lin.node.input[2]));
-                g.initializer.push(tensor::from_f32(&bn, &[t.n as i64], v));
+                patch.constant(tensor::from_f32(&bn, &[t.n as i64], v));
                 steps.push(("Add", Some(bn), vec![]));
             }
             if job.dtype != DataType::Float as i32 {
@@ -329,25 +332,29 @@ impl Emitter for OrtInt8 {
                 replacement.push(node(names, &layer.node, op, input, &out, attrs));
                 y = out;
             }
-            g.node.splice(lin.pos..=lin.pos, replacement);
+            patch.edit(Edit::Replace {
+                output: layer.output.clone(),
+                weight: job.weight.to_string(),
+                nodes: replacement,
+            });
             // A new activation quantization goes right after the producer of its input (the
             // Transpose just added for transA, or any earlier node), so that it precedes every
             // reader; at the start when the input is a graph input or an outer-scope value.
             // One built on the graph's own codes goes after the codes' producer.
             if let Some((nodes, inits)) = act.new {
                 let after = act.taken.as_ref().map_or(&lin.a, |m| &m.codes);
-                let at = g
-                    .node
-                    .iter()
-                    .position(|n| n.output.contains(after))
-                    .map_or(0, |p| p + 1);
-                g.initializer.extend(inits);
-                g.node.splice(at..at, nodes);
+                for t in inits {
+                    patch.constant(t);
+                }
+                patch.edit(Edit::After {
+                    value: after.clone(),
+                    nodes,
+                });
             }
         }
         absorbed.dedup();
         Ok(Emitted {
-            bytes: code_bytes + scale_bytes,
+            patch,
             min_opset: MIN_OPSET,
             absorbed,
             removable,

@@ -12,8 +12,7 @@
 use bitnet_model::proto::tensor_proto::DataType;
 use bitnet_model::proto::GraphProto;
 
-use super::{dq, EmitContext, Emitted, Emitter, WeightJob};
-use crate::convert::ConvertError;
+use super::{dq, EmitContext, EmitError, Emitted, Emitter, WeightJob};
 use crate::pack;
 
 pub struct QdqInt8;
@@ -33,10 +32,10 @@ impl Emitter for QdqInt8 {
 
     fn emit(
         &self,
-        g: &mut GraphProto,
+        _: &GraphProto,
         job: &WeightJob,
         names: &mut EmitContext,
-    ) -> Result<Emitted, ConvertError> {
+    ) -> Result<Emitted, EmitError> {
         let mut scales = dq::natural_scales(job);
         if scales.axis.is_none() && job.opset >= 13 {
             let (_, transposed) = dq::weight_dims(job);
@@ -45,7 +44,6 @@ impl Emitter for QdqInt8 {
             scales.axis = Some(if transposed { 0 } else { 1 });
         }
         Ok(dq::emit_with_scales(
-            g,
             job,
             names,
             DataType::Int8,

@@ -6,8 +6,7 @@
 use bitnet_model::proto::tensor_proto::DataType;
 use bitnet_model::proto::GraphProto;
 
-use super::{dq, EmitContext, Emitted, Emitter, WeightJob};
-use crate::convert::ConvertError;
+use super::{dq, EmitContext, EmitError, Emitted, Emitter, WeightJob};
 use crate::pack;
 use crate::quant::Granularity;
 
@@ -42,27 +41,25 @@ impl Emitter for TensorRt {
 
     fn emit(
         &self,
-        g: &mut GraphProto,
+        _: &GraphProto,
         job: &WeightJob,
         names: &mut EmitContext,
-    ) -> Result<Emitted, ConvertError> {
+    ) -> Result<Emitted, EmitError> {
         if job.dtype == DataType::Bfloat16 as i32 {
             // The scale type is the DequantizeLinear output type, and TensorRT takes float32
             // or float16 scales only (the `check --target tensorrt` rule scale-type).
-            return Err(ConvertError::refused(format!(
-                "weight '{}' is bfloat16: TensorRT DequantizeLinear scales (and so the dequantized weight) must be float32 or float16; cast the model to float16 or use --target qdq-int8 or onnx",
-                job.weight
-            )));
+            return Err(EmitError::ElementType {
+                dtype: "bfloat16",
+                why: "TensorRT DequantizeLinear scales (and so the dequantized weight) must be float32 or float16; cast the model to float16 or use --target qdq-int8 or onnx",
+            });
         }
         let (_, transposed) = dq::weight_dims(job);
         let codes = pack::codes_in_onnx_order(job.ternary, transposed);
-        let pack_err = |source| ConvertError::pack(job.weight, source);
         let (code_type, packed, scales) = if self.int8 {
             if matches!(job.ternary.granularity, Granularity::Group(_)) {
-                return Err(ConvertError::refused(format!(
-                    "weight '{}': TensorRT INT8 weights take per-channel scales only; use --scale channel or tensor, or INT4 blocks",
-                    job.weight
-                )));
+                return Err(EmitError::Layout(
+                    "TensorRT INT8 weights take per-channel scales only; use --scale channel or tensor, or INT4 blocks".to_string(),
+                ));
             }
             let mut s = dq::natural_scales(job);
             if s.axis.is_none() {
@@ -78,17 +75,16 @@ impl Emitter for TensorRt {
             (DataType::Int8, pack::pack_int8(&codes), s)
         } else {
             if !crate::check::tensorrt::INT4_BLOCK_SIZES.contains(&(self.block_size as i64)) {
-                return Err(ConvertError::refused(format!(
+                return Err(EmitError::Layout(format!(
                     "TensorRT INT4 block size must be 64 or 128, not {}",
                     self.block_size
                 )));
             }
-            let s = dq::blocked_scales(job, self.block_size).map_err(pack_err)?;
+            let s = dq::blocked_scales(job, self.block_size)?;
             (DataType::Int4, pack::pack_int4(&codes), s)
         };
-        let bytes = dq::emit(g, job, names, code_type, packed, &scales);
         Ok(Emitted {
-            bytes,
+            patch: dq::emit(job, names, code_type, packed, &scales),
             min_opset: dq::min_opset(job, &scales, code_type),
             ..Default::default()
         })
