@@ -5,9 +5,28 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use bitnet_model::Model;
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CheckTarget {
-    Tensorrt,
+use bitnet_quant::targets::{self, Id};
+
+/// A `check --target` value: a target of the library's table that has a lint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckTarget(pub Id);
+
+static LINTED: std::sync::LazyLock<Vec<CheckTarget>> = std::sync::LazyLock::new(|| {
+    targets::TARGETS
+        .iter()
+        .filter(|t| t.lint)
+        .map(|t| CheckTarget(t.id))
+        .collect()
+});
+
+impl clap::ValueEnum for CheckTarget {
+    fn value_variants<'a>() -> &'a [Self] {
+        &LINTED
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(targets::get(self.0).name))
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -26,8 +45,18 @@ pub struct CheckArgs {
 pub fn run(args: &CheckArgs) -> Result<u8> {
     let model = Model::load(&args.model)
         .with_context(|| format!("cannot check {}", args.model.display()))?;
-    let violations = match args.target {
-        CheckTarget::Tensorrt => bitnet_quant::check::check_tensorrt(&model.proto, &model.path),
+    let violations = match args.target.0 {
+        Id::Tensorrt => bitnet_quant::check::check_tensorrt(&model.proto, &model.path),
+        other => anyhow::bail!(
+            "no lint for --target {} (linted: {})",
+            targets::get(other).name,
+            targets::TARGETS
+                .iter()
+                .filter(|t| t.lint)
+                .map(|t| t.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     if args.json {
         println!(

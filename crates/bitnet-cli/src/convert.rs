@@ -9,27 +9,41 @@ use bitnet_model::{ExternalData, Model, SaveOptions};
 use bitnet_quant::convert::{self, ConvertOptions, Report, Selection};
 use bitnet_quant::emit::Emitter;
 use bitnet_quant::quant::{Granularity, Method, QuantConfig};
+use bitnet_quant::targets::{self, Id};
 use regex::Regex;
 
 use crate::progress::ConvertProgress;
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// ONNX Runtime: com.microsoft::MatMulNBits with 2-bit codes (about 16x smaller weights);
-    /// the fastest per generated token (7.0x float32 at 2B width with its default int4 head
-    /// and embedding).
-    Ort,
-    /// ONNX Runtime, prefill-friendly: INT8 codes, BitNet per-token int8 activations,
-    /// MatMulInteger (fast at every batch size; 4x smaller weights). For prompts, use it with
-    /// --logits last: 5.1x float32 on a 128-token prompt at 2B width (bench/hf_deploy_speed.py).
-    OrtInt8,
-    /// Standard ONNX: INT2 codes + DequantizeLinear (opset 25, IR 13).
-    Onnx,
-    /// TensorRT: INT4 codes blocked along K (or per-channel INT8 with --tensorrt-int8).
-    Tensorrt,
-    /// INT8 ternary codes + DequantizeLinear feeding the original MatMul/Gemm (runs
-    /// everywhere; in ONNX Runtime, ort-int8 is faster and exact).
-    QdqInt8,
+/// A `--target` value: an entry of the library's target table (`bitnet_quant::targets`), which
+/// gives the names, their help and what each target accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target(pub Id);
+
+static TARGET_VALUES: [Target; targets::TARGETS.len()] = {
+    let mut v = [Target(Id::Ort); targets::TARGETS.len()];
+    let mut i = 0;
+    while i < v.len() {
+        v[i] = Target(targets::TARGETS[i].id);
+        i += 1;
+    }
+    v
+};
+
+impl clap::ValueEnum for Target {
+    fn value_variants<'a>() -> &'a [Self] {
+        &TARGET_VALUES
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let t = self.info();
+        Some(clap::builder::PossibleValue::new(t.name).help(t.help))
+    }
+}
+
+impl Target {
+    pub fn info(&self) -> &'static targets::Target {
+        targets::get(self.0)
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,11 +210,8 @@ fn parse_granularity(s: &str) -> Result<Granularity, String> {
 }
 
 fn emitter(args: &ConvertArgs) -> Result<Box<dyn Emitter>> {
-    let dq_target = matches!(
-        args.target,
-        Target::Onnx | Target::Tensorrt | Target::QdqInt8
-    );
-    if args.activations == Activations::Int8 && dq_target {
+    let target = args.target.info();
+    if args.activations == Activations::Int8 && !target.accepts(targets::Activations::Int8) {
         anyhow::bail!(
             "--activations int8 needs a target with integer kernels: ort-int8 (BitNet per-token int8 \
              activations, MatMulInteger) or ort (MatMulNBits accuracy_level 4); the DequantizeLinear \
@@ -208,13 +219,14 @@ fn emitter(args: &ConvertArgs) -> Result<Box<dyn Emitter>> {
              DequantizeLinear -> MatMul into int8-activation kernels)"
         );
     }
-    if args.activations == Activations::Float && args.target == Target::OrtInt8 {
+    if args.activations == Activations::Float && !target.accepts(targets::Activations::Float) {
         anyhow::bail!(
-            "--target ort-int8 quantizes activations to int8 by construction; use --target ort \
-             --activations float or a DequantizeLinear target for float activations"
+            "--target {} quantizes activations to int8 by construction; use --target ort \
+             --activations float or a DequantizeLinear target for float activations",
+            target.name
         );
     }
-    if args.accuracy_level.is_some() && args.target != Target::Ort {
+    if args.accuracy_level.is_some() && args.target.0 != Id::Ort {
         anyhow::bail!("--accuracy-level applies to --target ort only");
     }
     let accuracy_level = match (args.activations, args.accuracy_level) {
@@ -228,15 +240,15 @@ fn emitter(args: &ConvertArgs) -> Result<Box<dyn Emitter>> {
         (Activations::Float, None) => 0,
         (_, None) => 4,
     };
-    Ok(match args.target {
-        Target::Ort => Box::new(bitnet_quant::emit::ort::Ort {
+    Ok(match args.target.0 {
+        Id::Ort => Box::new(bitnet_quant::emit::ort::Ort {
             block_size: args.block_size,
             accuracy_level,
         }),
-        Target::OrtInt8 => Box::new(bitnet_quant::emit::ort_int8::OrtInt8),
-        Target::QdqInt8 => Box::new(bitnet_quant::emit::qdq_int8::QdqInt8),
-        Target::Onnx => Box::new(bitnet_quant::emit::onnx_int2::OnnxInt2),
-        Target::Tensorrt => Box::new(bitnet_quant::emit::tensorrt::TensorRt {
+        Id::OrtInt8 => Box::new(bitnet_quant::emit::ort_int8::OrtInt8),
+        Id::QdqInt8 => Box::new(bitnet_quant::emit::qdq_int8::QdqInt8),
+        Id::Onnx => Box::new(bitnet_quant::emit::onnx_int2::OnnxInt2),
+        Id::Tensorrt => Box::new(bitnet_quant::emit::tensorrt::TensorRt {
             block_size: args.tensorrt_block_size,
             int8: args.tensorrt_int8,
         }),
@@ -245,7 +257,7 @@ fn emitter(args: &ConvertArgs) -> Result<Box<dyn Emitter>> {
 
 /// The head and embedding settings: the flags, or each target's defaults.
 fn tables(args: &ConvertArgs) -> Result<(HeadArg, EmbeddingsArg)> {
-    let ort = matches!(args.target, Target::Ort | Target::OrtInt8);
+    let ort = args.target.info().onnx_runtime;
     let head = match (args.head, args.quantize_head) {
         (Some(h), _) => h,
         (None, true) => HeadArg::Ternary,
@@ -263,9 +275,7 @@ fn tables(args: &ConvertArgs) -> Result<(HeadArg, EmbeddingsArg)> {
             "--head int4/int8 and --embeddings int4/int8 use ONNX Runtime's MatMulNBits and \
              GatherBlockQuantized: targets ort and ort-int8 only (for --target {}, use --head \
              ternary or float and --embeddings float)",
-            clap::ValueEnum::to_possible_value(&args.target)
-                .map(|p| p.get_name().to_string())
-                .unwrap_or_default()
+            args.target.info().name
         );
     }
     Ok((head, embeddings))
@@ -292,9 +302,9 @@ fn vocab_options(args: &ConvertArgs) -> Result<bitnet_quant::vocab::VocabOptions
         block_size: bs,
         // The head's input is float: int8 activations per block (accuracy_level 4) unless
         // the ort target was asked for float activations.
-        accuracy_level: match (args.target, args.activations, args.accuracy_level) {
-            (Target::Ort, _, Some(l)) => l,
-            (Target::Ort, Activations::Float, None) => 0,
+        accuracy_level: match (args.target.0, args.activations, args.accuracy_level) {
+            (Id::Ort, _, Some(l)) => l,
+            (Id::Ort, Activations::Float, None) => 0,
             _ => 4,
         },
     })
@@ -333,7 +343,7 @@ fn recorded_flags(args: &ConvertArgs) -> String {
             f.push(format!("--threshold {}", args.threshold));
         }
     }
-    if args.target == Target::Tensorrt {
+    if args.target.0 == Id::Tensorrt {
         f.push(format!(
             "--tensorrt-block-size {}",
             args.tensorrt_block_size

@@ -13,14 +13,7 @@ use bitnet_model::proto::{ModelProto, NodeProto};
 use bitnet_model::{tensor, walk};
 use serde::Serialize;
 
-/// What TensorRT 10.x's ONNX parser accepts for explicit quantization (docs/formats.md 2.3),
-/// read by this lint and by the `tensorrt` emitter.
-pub mod tensorrt {
-    /// Default-domain opsets the parser reads for Q/DQ models.
-    pub const OPSETS: std::ops::RangeInclusive<i64> = 13..=24;
-    /// Block sizes along K of blocked (INT4) weight quantization.
-    pub const INT4_BLOCK_SIZES: [i64; 2] = [64, 128];
-}
+use crate::targets::tensorrt;
 
 /// One broken rule.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

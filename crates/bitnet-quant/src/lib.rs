@@ -10,6 +10,7 @@ pub mod emit;
 pub mod fold;
 pub mod opsets;
 pub mod scope;
+pub mod targets;
 pub mod vocab;
 
 /// The math (no ONNX types) lives in `bitnet-math`; re-exported under its old paths.

@@ -67,8 +67,12 @@ pub struct Emitted {
 
 /// A deployment format.
 pub trait Emitter: Sync {
+    /// Its entry in the target table (name, runtime, limits).
+    fn target(&self) -> &'static crate::targets::Target;
     /// The `--target` name.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &'static str {
+        self.target().name
+    }
     /// The rewrite of `graph` for one weight. New nodes go before their consumers; the caller
     /// applies the patch and removes whatever becomes dead.
     fn emit(
@@ -105,11 +109,11 @@ pub trait Emitter: Sync {
     /// True when the target runtime is ONNX Runtime, whose `com.microsoft` ops
     /// (`MatMulNBits`, `GatherBlockQuantized`) the embedding and head tables use.
     fn onnx_runtime(&self) -> bool {
-        false
+        self.target().onnx_runtime
     }
     /// Highest default-domain opset the target runtime parses, if it has a limit.
     fn max_opset(&self) -> Option<i64> {
-        None
+        self.target().max_opset
     }
 }
 

@@ -12,8 +12,8 @@ use crate::pack;
 pub struct OnnxInt2;
 
 impl Emitter for OnnxInt2 {
-    fn name(&self) -> &'static str {
-        "onnx"
+    fn target(&self) -> &'static crate::targets::Target {
+        crate::targets::get(crate::targets::Id::Onnx)
     }
 
     fn dequantize_linear_weights(&self) -> bool {

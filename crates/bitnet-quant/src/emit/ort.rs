@@ -30,16 +30,12 @@ pub fn default_block_size(k: usize) -> usize {
 }
 
 impl Emitter for Ort {
-    fn name(&self) -> &'static str {
-        "ort"
+    fn target(&self) -> &'static crate::targets::Target {
+        crate::targets::get(crate::targets::Id::Ort)
     }
 
     fn dequantize_linear_weights(&self) -> bool {
         false
-    }
-
-    fn onnx_runtime(&self) -> bool {
-        true
     }
 
     fn activations(&self) -> String {

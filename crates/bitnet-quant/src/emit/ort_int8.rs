@@ -205,16 +205,12 @@ fn taken_activation(m: bitnet::ActQuant, names: &mut NameGen) -> Activation {
 }
 
 impl Emitter for OrtInt8 {
-    fn name(&self) -> &'static str {
-        "ort-int8"
+    fn target(&self) -> &'static crate::targets::Target {
+        crate::targets::get(crate::targets::Id::OrtInt8)
     }
 
     fn dequantize_linear_weights(&self) -> bool {
         false
-    }
-
-    fn onnx_runtime(&self) -> bool {
-        true
     }
 
     fn activations(&self) -> String {

@@ -18,8 +18,8 @@ use crate::pack;
 pub struct QdqInt8;
 
 impl Emitter for QdqInt8 {
-    fn name(&self) -> &'static str {
-        "qdq-int8"
+    fn target(&self) -> &'static crate::targets::Target {
+        crate::targets::get(crate::targets::Id::QdqInt8)
     }
 
     fn dequantize_linear_weights(&self) -> bool {

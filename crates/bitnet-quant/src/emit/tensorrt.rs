@@ -18,16 +18,12 @@ pub struct TensorRt {
 }
 
 impl Emitter for TensorRt {
-    fn name(&self) -> &'static str {
-        "tensorrt"
+    fn target(&self) -> &'static crate::targets::Target {
+        crate::targets::get(crate::targets::Id::Tensorrt)
     }
 
     fn dequantize_linear_weights(&self) -> bool {
         true
-    }
-
-    fn max_opset(&self) -> Option<i64> {
-        Some(*crate::check::tensorrt::OPSETS.end())
     }
 
     /// INT4 tensors exist from IR version 10 on.
@@ -74,7 +70,7 @@ impl Emitter for TensorRt {
             }
             (DataType::Int8, pack::pack_int8(&codes), s)
         } else {
-            if !crate::check::tensorrt::INT4_BLOCK_SIZES.contains(&(self.block_size as i64)) {
+            if !crate::targets::tensorrt::INT4_BLOCK_SIZES.contains(&(self.block_size as i64)) {
                 return Err(EmitError::Layout(format!(
                     "TensorRT INT4 block size must be 64 or 128, not {}",
                     self.block_size
