@@ -13,7 +13,6 @@ use bitnet_model::save::Writer;
 use bitnet_model::walk;
 use rayon::prelude::*;
 use regex::Regex;
-use serde::Serialize;
 
 use crate::analyse::{self, LinearLayer, WeightValue};
 use crate::emit::{patch, EmitContext, Emitter, WeightJob};
@@ -22,47 +21,17 @@ use crate::quant::{self, QuantConfig};
 
 pub use bitnet_model::metadata::PREFIX as METADATA_PREFIX;
 
-mod cleanup;
 mod plan;
 mod quantize;
 mod record;
 
-pub(crate) use cleanup::remove_dead;
+use crate::cleanup::remove_dead;
+pub use crate::error::ConvertError;
+pub use crate::report::{Codes, LayerReport, Report, Skipped, Totals};
 use plan::{bitnet_plan, output_scale_patch};
 use quantize::{
     job_cost, parallel_inside, quantize_job, JobInput, Quantized, BATCH_BYTES_PER_THREAD,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConvertError {
-    #[error("{path}: weight '{weight}' of node '{node}': {source}")]
-    Quant {
-        path: String,
-        weight: String,
-        node: String,
-        #[source]
-        source: quant::QuantError,
-    },
-    #[error("{path}: weight '{weight}': {source}")]
-    Emit {
-        path: String,
-        weight: String,
-        #[source]
-        source: crate::emit::EmitError,
-    },
-    #[error("{path}: the converted nodes need default-domain opset {needed} but the model imports opset {have}, and node '{node}' ({op}) does not keep its meaning between them: {op}-{version} {change}; re-export the model at opset {needed} or newer")]
-    OpsetUpgrade {
-        path: String,
-        needed: i64,
-        have: i64,
-        node: String,
-        op: String,
-        version: i64,
-        change: String,
-    },
-    #[error("{path}: {reason}")]
-    Other { path: String, reason: String },
-}
 
 /// Which linear layers to convert.
 #[derive(Debug, Clone, Default)]
@@ -108,81 +77,6 @@ pub trait Progress: Sync {
     fn queued(&self, weights: usize, bytes: u64);
     /// `weight` (`bytes` bytes before conversion) was converted.
     fn converted(&self, weight: &str, bytes: u64);
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Codes {
-    #[serde(rename = "-1")]
-    pub neg: u64,
-    #[serde(rename = "0")]
-    pub zero: u64,
-    #[serde(rename = "1")]
-    pub pos: u64,
-}
-
-/// One converted weight (and the layers reading it).
-#[derive(Debug, Clone, Serialize)]
-pub struct LayerReport {
-    pub node: String,
-    /// Other nodes sharing this weight.
-    pub shared_with: Vec<String>,
-    pub op: String,
-    pub weight: String,
-    pub shape: Vec<i64>,
-    pub dtype: String,
-    pub granularity: String,
-    pub codes: Codes,
-    pub sparsity: f64,
-    pub scale_min: f32,
-    pub scale_max: f32,
-    pub rel_error: f64,
-    pub lossless: bool,
-    pub folded: bool,
-    pub bytes_before: u64,
-    pub bytes_after: u64,
-    /// What of BitNet's layer around the node was taken into the converted layer: the
-    /// activation quantization (integer targets), a constant output scale (every target).
-    pub absorbed: Vec<String>,
-    /// Why a chain that looks like BitNet's activation quantization was left as it is.
-    pub not_absorbed: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Skipped {
-    pub node: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct Totals {
-    pub converted: usize,
-    pub skipped: Vec<Skipped>,
-    pub weight_bytes_before: u64,
-    pub weight_bytes_after: u64,
-    pub weight_compression: f64,
-    /// Bits per converted weight in the output: codes, padding and scales.
-    pub bits_per_weight: f64,
-    pub file_bytes_before: u64,
-    pub file_bytes_after: u64,
-    pub file_compression: f64,
-    pub removed_nodes: usize,
-    pub opset_before: Option<i64>,
-    pub opset_after: Option<i64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub tool: String,
-    pub target: String,
-    /// What the output does with activations.
-    pub activations: String,
-    pub already_converted: bool,
-    pub layers: Vec<LayerReport>,
-    /// The embedding and LM head tables quantized to 4 or 8 bits.
-    pub tables: Vec<crate::vocab::TableReport>,
-    /// The heads that compute the last position only (`--logits last`).
-    pub last_position_heads: Vec<String>,
-    pub totals: Totals,
 }
 
 fn bytes_of(dtype: i32, count: u64) -> u64 {

@@ -5,10 +5,13 @@
 pub mod analyse;
 pub mod bitnet;
 pub mod check;
+pub mod cleanup;
 pub mod convert;
 pub mod emit;
+pub mod error;
 pub mod fold;
 pub mod opsets;
+pub mod report;
 pub mod scope;
 pub mod targets;
 pub mod vocab;

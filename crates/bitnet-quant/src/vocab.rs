@@ -31,9 +31,10 @@ use serde::Serialize;
 
 use crate::analyse::{feeds_graph_output, node_label};
 use crate::blockq::{self, BlockTable, TableBits};
-use crate::convert::{ConvertError, Skipped};
 use crate::emit::dq::int_attr;
 use crate::emit::NameGen;
+use crate::error::ConvertError;
+use crate::report::Skipped;
 
 /// What to do with the vocabulary tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,7 +363,7 @@ pub fn quantize_tables(
         })
         .filter_map(|n| n.output.first().cloned())
         .collect();
-    crate::convert::remove_dead(g, &transposes, &tables);
+    crate::cleanup::remove_dead(g, &transposes, &tables);
     Ok((reports, skipped))
 }
 

@@ -8,7 +8,7 @@ use bitnet_model::proto::GraphProto;
 /// Removes the folded constant nodes that no longer feed anything, and the initializers that
 /// only they or the converted layers read. Dead code the model already had is left alone.
 /// Returns the number of nodes removed.
-pub(crate) fn remove_dead(
+pub fn remove_dead(
     g: &mut GraphProto,
     folded: &HashSet<String>,
     read_before: &HashSet<String>,

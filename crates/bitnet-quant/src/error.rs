@@ -1,0 +1,35 @@
+//! The library's conversion error: each variant names the file, and the weight or node it is
+//! about.
+
+use crate::quant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{path}: weight '{weight}' of node '{node}': {source}")]
+    Quant {
+        path: String,
+        weight: String,
+        node: String,
+        #[source]
+        source: quant::QuantError,
+    },
+    #[error("{path}: weight '{weight}': {source}")]
+    Emit {
+        path: String,
+        weight: String,
+        #[source]
+        source: crate::emit::EmitError,
+    },
+    #[error("{path}: the converted nodes need default-domain opset {needed} but the model imports opset {have}, and node '{node}' ({op}) does not keep its meaning between them: {op}-{version} {change}; re-export the model at opset {needed} or newer")]
+    OpsetUpgrade {
+        path: String,
+        needed: i64,
+        have: i64,
+        node: String,
+        op: String,
+        version: i64,
+        change: String,
+    },
+    #[error("{path}: {reason}")]
+    Other { path: String, reason: String },
+}
