@@ -112,3 +112,117 @@ pub fn take(
         bias,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyse::Layout;
+    use crate::emit::testing::{float_attr, gemm, layer, matmul, ternary, Gemm, Job, C};
+    use crate::emit::EmitContext;
+    use crate::quant::Granularity;
+
+    /// `take` on the only layer of `g` (weight W, N = 3): the parts and the patch.
+    fn take_one(g: &GraphProto, name: &str) -> (Option<Linear>, Patch) {
+        let job = Job::new(g, "W", ternary(3, 8, Granularity::Tensor));
+        let l = layer(g, name);
+        let layers = [&l];
+        let wj = WeightJob {
+            weight: "W",
+            dtype: job.dtype,
+            layers: &layers,
+            ternary: &job.ternary,
+            opset: 13,
+            activations: &[None],
+        };
+        let mut patch = Patch::default();
+        let lin = take(g, &wj, &l, &mut EmitContext::new(g), &mut patch);
+        (lin, patch)
+    }
+
+    fn bias_of(spec: &Gemm) -> Bias {
+        let (lin, _) = take_one(&gemm(8, 3, spec), "gemm");
+        lin.unwrap().bias
+    }
+
+    #[test]
+    fn the_layer_helper_describes_the_gemm() {
+        let g = gemm(8, 3, &Gemm::default());
+        let l = layer(&g, "gemm");
+        assert_eq!(
+            (l.op.as_str(), l.weight.as_str(), l.output.as_str()),
+            ("Gemm", "W", "y")
+        );
+        assert_eq!(l.layout, Layout::NK);
+        assert_eq!(l.shape, [3, 8]);
+        assert!(l.candidate);
+    }
+
+    #[test]
+    fn matmul_has_no_alpha_transpose_or_bias() {
+        let mut g = matmul(8, 3);
+        // Gemm's attributes on a MatMul mean nothing.
+        g.node[0].attribute.push(float_attr("alpha", 3.0));
+        let (lin, patch) = take_one(&g, "mm");
+        let lin = lin.unwrap();
+        assert_eq!((lin.a.as_str(), lin.alpha), ("x", 1.0));
+        assert!(lin.before.is_empty());
+        assert!(matches!(lin.bias, Bias::None));
+        assert!(patch.tensors.is_empty());
+    }
+
+    #[test]
+    fn a_layer_no_longer_in_the_graph_is_none() {
+        let g = matmul(8, 3);
+        let job = Job::new(&g, "W", ternary(3, 8, Granularity::Tensor));
+        let l = layer(&g, "mm");
+        let mut gone = g.clone();
+        gone.node[0].input[1] = "W_dequantized".into();
+        let layers = [&l];
+        let wj = WeightJob {
+            weight: "W",
+            dtype: job.dtype,
+            layers: &layers,
+            ternary: &job.ternary,
+            opset: 13,
+            activations: &[None],
+        };
+        let mut patch = Patch::default();
+        assert!(take(&gone, &wj, &l, &mut EmitContext::new(&gone), &mut patch).is_none());
+    }
+
+    #[test]
+    fn c_is_a_vector_only_when_every_dim_but_the_last_is_1() {
+        let c = |dims: Vec<i64>, values: Vec<f32>| Gemm {
+            c: C::Const(dims, values),
+            beta: Some(2.0),
+            ..Gemm::default()
+        };
+        assert!(matches!(
+            bias_of(&c(vec![1, 3], vec![1.0, 2.0, 3.0])),
+            Bias::Vector(v) if v == [2.0, 4.0, 6.0]
+        ));
+        assert!(matches!(bias_of(&c(vec![1], vec![1.5])), Bias::Vector(v) if v == [3.0; 3]));
+        // [3, 1] broadcasts along the rows, not along N: added after, scaled by beta first.
+        let (lin, patch) = take_one(&gemm(8, 3, &c(vec![3, 1], vec![1.0; 3])), "gemm");
+        let lin = lin.unwrap();
+        assert!(matches!(&lin.bias, Bias::Value(v) if v == "C_scaled"));
+        assert_eq!(lin.before.len(), 1);
+        assert_eq!(lin.before[0].input, ["C", "gemm_beta"]);
+        assert!(patch.tensor("gemm_beta").is_some());
+        // A vector of another length than N is not a bias vector either.
+        assert!(matches!(bias_of(&c(vec![2], vec![1.0; 2])), Bias::Value(_)));
+    }
+
+    #[test]
+    fn beta_0_drops_c() {
+        let spec = Gemm {
+            c: C::Input,
+            beta: Some(0.0),
+            ..Gemm::default()
+        };
+        let (lin, patch) = take_one(&gemm(8, 3, &spec), "gemm");
+        let lin = lin.unwrap();
+        assert!(matches!(lin.bias, Bias::None));
+        assert!(lin.before.is_empty() && patch.tensors.is_empty());
+    }
+}

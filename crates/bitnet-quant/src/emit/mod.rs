@@ -10,6 +10,8 @@ pub mod ort_int8;
 pub mod patch;
 pub mod qdq_int8;
 pub mod tensorrt;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use bitnet_model::proto::GraphProto;
 

@@ -156,3 +156,356 @@ impl Emitter for Ort {
         &[("com.microsoft", 1)]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emit::patch::Role;
+    use crate::emit::testing::{
+        emit_err, f16s, f32s, float_attr, gemm, init, inputs, int_attrs, matmul,
+        matmulnbits_2bit_ref, node, ops, raw, run, shared, ternary, Gemm, Job, C,
+    };
+    use crate::quant::Granularity;
+
+    const ORT: Ort = Ort {
+        block_size: None,
+        accuracy_level: 0,
+    };
+
+    fn nbits_attrs(k: i64, n: i64, block: i64) -> Vec<(&'static str, Option<i64>)> {
+        vec![
+            ("K", Some(k)),
+            ("N", Some(n)),
+            ("bits", Some(2)),
+            ("block_size", Some(block)),
+        ]
+    }
+
+    #[test]
+    fn default_block_size_is_k_rounded_up_within_16_and_128() {
+        assert_eq!(default_block_size(1), 16);
+        assert_eq!(default_block_size(8), 16);
+        assert_eq!(default_block_size(40), 64);
+        assert_eq!(default_block_size(64), 64);
+        assert_eq!(default_block_size(2560), 128);
+    }
+
+    #[test]
+    fn matmul_is_replaced_by_matmulnbits_with_its_name_and_output() {
+        let g = matmul(8, 3);
+        let t = ternary(3, 8, Granularity::Channel);
+        let (out, bytes, em) = run(&ORT, &g, &Job::new(&g, "W", t.clone())).unwrap();
+        // B: uint8 [N, ceil(K / 16), 16 / 4] = [3, 1, 4]; scales [N, blocks] = [3, 1].
+        let roles: Vec<_> = em
+            .patch
+            .tensors
+            .iter()
+            .map(|t| {
+                (
+                    t.tensor.name.as_deref().unwrap(),
+                    t.role,
+                    t.tensor.dims.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                ("W_MatMulNBits_B", Role::Weight, vec![3, 1, 4]),
+                ("W_MatMulNBits_scales", Role::Weight, vec![3, 1]),
+            ]
+        );
+        assert_eq!(bytes, 12 + 12);
+        let b = init(&out, "W_MatMulNBits_B");
+        assert_eq!(b.data_type, Some(DataType::Uint8 as i32));
+        // Row 0 holds codes -1 0 1 -1 0 1 -1 0, stored t + 2 low bits first, padded with 2.
+        assert_eq!(raw(b)[..4], [0x79, 0x9E, 0xAA, 0xAA]);
+        assert_eq!(raw(b), matmulnbits_2bit_ref(&t, 16));
+        assert_eq!(f32s(init(&out, "W_MatMulNBits_scales")), [1.0, 2.0, 3.0]);
+        assert_eq!(em.patch.edits.len(), 1);
+        assert!(matches!(
+            &em.patch.edits[0],
+            Edit::Replace { output, weight, nodes } if output == "y" && weight == "W" && nodes.len() == 1
+        ));
+        assert_eq!(out.node.len(), 1);
+        let n = &out.node[0];
+        assert_eq!(n.name.as_deref(), Some("mm"));
+        assert_eq!(n.op_type.as_deref(), Some("MatMulNBits"));
+        assert_eq!(n.domain.as_deref(), Some("com.microsoft"));
+        assert_eq!(inputs(n), ["x", "W_MatMulNBits_B", "W_MatMulNBits_scales"]);
+        assert_eq!(n.output, ["y"]);
+        assert_eq!(int_attrs(n), nbits_attrs(8, 3, 16));
+        assert_eq!(em.min_opset, 0);
+        assert!(em.absorbed.is_empty() && em.removable.is_empty());
+    }
+
+    #[test]
+    fn block_size_and_accuracy_level_are_written() {
+        let g = matmul(40, 3);
+        let t = ternary(3, 40, Granularity::Tensor);
+        let ort = Ort {
+            block_size: Some(32),
+            accuracy_level: 4,
+        };
+        let (out, bytes, _) = run(&ort, &g, &Job::new(&g, "W", t.clone())).unwrap();
+        // K = 40 in two blocks of 32: B [3, 2, 8] (48 bytes), scales [3, 2] (24 bytes).
+        assert_eq!(bytes, 48 + 24);
+        let b = init(&out, "W_MatMulNBits_B");
+        assert_eq!(b.dims, [3, 2, 8]);
+        assert_eq!(raw(b), matmulnbits_2bit_ref(&t, 32));
+        // Bytes 10..16 of each row are padding only (K positions 40..64).
+        assert!(raw(b)[10..16].iter().all(|&x| x == 0xAA));
+        let s = init(&out, "W_MatMulNBits_scales");
+        assert_eq!(s.dims, [3, 2]);
+        assert_eq!(f32s(s), [0.5; 6]);
+        let mut want = nbits_attrs(40, 3, 32);
+        want.push(("accuracy_level", Some(4)));
+        assert_eq!(int_attrs(&out.node[0]), want);
+    }
+
+    #[test]
+    fn a_block_size_matmulnbits_cannot_take_is_refused() {
+        let g = matmul(8, 3);
+        let ort = Ort {
+            block_size: Some(24),
+            accuracy_level: 0,
+        };
+        let e = emit_err(
+            &ort,
+            &g,
+            &Job::new(&g, "W", ternary(3, 8, Granularity::Channel)),
+        );
+        assert!(
+            matches!(e, EmitError::Pack(pack::PackError::InvalidBlockSize(24))),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn gemm_alpha_is_folded_into_the_scales() {
+        let spec = Gemm {
+            alpha: Some(2.0),
+            ..Gemm::default()
+        };
+        let g = gemm(8, 3, &spec);
+        let t = ternary(3, 8, Granularity::Channel);
+        let (out, bytes, _) = run(&ORT, &g, &Job::new(&g, "W", t.clone())).unwrap();
+        assert_eq!(bytes, 24);
+        assert_eq!(f32s(init(&out, "W_MatMulNBits_scales")), [2.0, 4.0, 6.0]);
+        // transB = 1 stores the codes [N, K] as they are: B is the same as for MatMul.
+        assert_eq!(
+            raw(init(&out, "W_MatMulNBits_B")),
+            matmulnbits_2bit_ref(&t, 16)
+        );
+        assert_eq!(ops(&out), ["MatMulNBits"]);
+        let n = &out.node[0];
+        assert_eq!(n.name.as_deref(), Some("gemm"));
+        assert_eq!(inputs(n), ["x", "W_MatMulNBits_B", "W_MatMulNBits_scales"]);
+        assert_eq!(int_attrs(n), nbits_attrs(8, 3, 16));
+    }
+
+    #[test]
+    fn layers_sharing_a_weight_share_b_and_scales_per_alpha() {
+        let g = shared(8, 3);
+        let (out, bytes, em) = run(
+            &ORT,
+            &g,
+            &Job::new(&g, "W", ternary(3, 8, Granularity::Channel)),
+        )
+        .unwrap();
+        assert_eq!(em.patch.tensors.len(), 2);
+        assert_eq!(em.patch.edits.len(), 2);
+        assert_eq!(bytes, 24);
+        for (n, y) in out.node.iter().zip(["y0", "y1"]) {
+            assert_eq!(n.op_type.as_deref(), Some("MatMulNBits"));
+            assert_eq!(inputs(n), ["x", "W_MatMulNBits_B", "W_MatMulNBits_scales"]);
+            assert_eq!(n.output, [y]);
+        }
+        // A second Gemm on the same weight with another alpha gets its own scales.
+        let mut g = gemm(8, 3, &Gemm::default());
+        let mut g2 = node("gemm2", "Gemm", &["x", "W"], &["y2"]);
+        g2.attribute = vec![int_attr("transB", 1), float_attr("alpha", 3.0)];
+        g.node.push(g2);
+        let (out, bytes, _) = run(
+            &ORT,
+            &g,
+            &Job::new(&g, "W", ternary(3, 8, Granularity::Channel)),
+        )
+        .unwrap();
+        assert_eq!(bytes, 12 + 12 + 12);
+        assert_eq!(f32s(init(&out, "W_MatMulNBits_scales")), [1.0, 2.0, 3.0]);
+        assert_eq!(f32s(init(&out, "W_MatMulNBits_scales_2")), [3.0, 6.0, 9.0]);
+        assert_eq!(inputs(&out.node[1])[2], "W_MatMulNBits_scales_2");
+    }
+
+    #[test]
+    fn a_bias_vector_goes_to_input_5() {
+        let spec = Gemm {
+            beta: Some(0.5),
+            c: C::Const(vec![3], vec![1.0, 2.0, 3.0]),
+            ..Gemm::default()
+        };
+        let g = gemm(8, 3, &spec);
+        let (out, bytes, em) = run(
+            &ORT,
+            &g,
+            &Job::new(&g, "W", ternary(3, 8, Granularity::Tensor)),
+        )
+        .unwrap();
+        // The bias is not the weight's.
+        assert_eq!(bytes, 12 + 12);
+        assert_eq!(
+            em.patch.tensor("C_bias").map(|t| t.role),
+            Some(Role::Constant)
+        );
+        assert_eq!(f32s(init(&out, "C_bias")), [0.5, 1.0, 1.5]);
+        assert_eq!(init(&out, "C_bias").dims, [3]);
+        assert_eq!(ops(&out), ["MatMulNBits"]);
+        assert_eq!(
+            inputs(&out.node[0]),
+            [
+                "x",
+                "W_MatMulNBits_B",
+                "W_MatMulNBits_scales",
+                "",
+                "",
+                "C_bias"
+            ]
+        );
+        assert_eq!(out.node[0].output, ["y"]);
+    }
+
+    #[test]
+    fn a_scalar_or_row_c_is_broadcast_to_a_bias_vector() {
+        for (dims, values, want) in [
+            (vec![], vec![4.0], [4.0, 4.0, 4.0]),
+            (vec![1, 3], vec![1.0, -1.0, 2.0], [1.0, -1.0, 2.0]),
+        ] {
+            let spec = Gemm {
+                c: C::Const(dims.clone(), values),
+                ..Gemm::default()
+            };
+            let g = gemm(8, 3, &spec);
+            let (out, _, _) = run(
+                &ORT,
+                &g,
+                &Job::new(&g, "W", ternary(3, 8, Granularity::Tensor)),
+            )
+            .unwrap();
+            assert_eq!(f32s(init(&out, "C_bias")), want, "C {dims:?}");
+            assert_eq!(inputs(&out.node[0])[5], "C_bias");
+        }
+    }
+
+    #[test]
+    fn a_matrix_c_becomes_an_add_after() {
+        let spec = Gemm {
+            c: C::Const(vec![2, 3], vec![1.0; 6]),
+            ..Gemm::default()
+        };
+        let g = gemm(8, 3, &spec);
+        let (out, bytes, em) = run(
+            &ORT,
+            &g,
+            &Job::new(&g, "W", ternary(3, 8, Granularity::Tensor)),
+        )
+        .unwrap();
+        assert_eq!(bytes, 24);
+        assert_eq!(em.patch.tensors.len(), 2);
+        assert_eq!(ops(&out), ["MatMulNBits", "Add"]);
+        assert_eq!(out.node[0].name.as_deref(), Some("gemm"));
+        assert_eq!(inputs(&out.node[0]).len(), 3);
+        assert_eq!(out.node[0].output, ["y_matmul"]);
+        assert_eq!(out.node[1].name.as_deref(), Some("gemm_AddC"));
+        assert_eq!(inputs(&out.node[1]), ["y_matmul", "C"]);
+        assert_eq!(out.node[1].output, ["y"]);
+    }
+
+    #[test]
+    fn a_run_time_c_with_beta_is_scaled_before_and_added_after() {
+        let spec = Gemm {
+            beta: Some(2.0),
+            c: C::Input,
+            ..Gemm::default()
+        };
+        let g = gemm(8, 3, &spec);
+        let (out, bytes, em) = run(
+            &ORT,
+            &g,
+            &Job::new(&g, "W", ternary(3, 8, Granularity::Tensor)),
+        )
+        .unwrap();
+        assert_eq!(bytes, 24);
+        assert_eq!(
+            em.patch.tensor("gemm_beta").map(|t| t.role),
+            Some(Role::Constant)
+        );
+        assert_eq!(f32s(init(&out, "gemm_beta")), [2.0]);
+        assert_eq!(ops(&out), ["Mul", "MatMulNBits", "Add"]);
+        assert_eq!(out.node[0].name.as_deref(), Some("gemm_MulBeta"));
+        assert_eq!(inputs(&out.node[0]), ["C", "gemm_beta"]);
+        assert_eq!(out.node[0].output, ["C_scaled"]);
+        assert_eq!(out.node[1].output, ["y_matmul"]);
+        assert_eq!(inputs(&out.node[2]), ["y_matmul", "C_scaled"]);
+        assert_eq!(out.node[2].output, ["y"]);
+    }
+
+    #[test]
+    fn trans_a_becomes_a_transpose_before() {
+        let spec = Gemm {
+            trans_a: true,
+            ..Gemm::default()
+        };
+        let g = gemm(8, 3, &spec);
+        let (out, _, _) = run(
+            &ORT,
+            &g,
+            &Job::new(&g, "W", ternary(3, 8, Granularity::Tensor)),
+        )
+        .unwrap();
+        assert_eq!(ops(&out), ["Transpose", "MatMulNBits"]);
+        let tr = &out.node[0];
+        assert_eq!(tr.name.as_deref(), Some("gemm_TransposeA"));
+        assert_eq!(
+            (inputs(tr), tr.output.clone()),
+            (vec!["x"], vec!["x_transposed".to_string()])
+        );
+        assert!(tr.attribute.is_empty(), "default perm reverses the 2-D A");
+        assert_eq!(inputs(&out.node[1])[0], "x_transposed");
+        assert_eq!(out.node[1].output, ["y"]);
+    }
+
+    #[test]
+    fn float16_scales_and_bias_are_float16() {
+        let spec = Gemm {
+            c: C::Const(vec![3], vec![1.0, 2.0, 3.0]),
+            ..Gemm::default()
+        };
+        let g = gemm(8, 3, &spec);
+        let mut job = Job::new(&g, "W", ternary(3, 8, Granularity::Channel));
+        job.dtype = DataType::Float16 as i32;
+        let (out, bytes, _) = run(&ORT, &g, &job).unwrap();
+        // B 12 bytes, scales [3, 1] float16 6 bytes.
+        assert_eq!(bytes, 12 + 6);
+        assert_eq!(f16s(init(&out, "W_MatMulNBits_scales")), [1.0, 2.0, 3.0]);
+        assert_eq!(f16s(init(&out, "C_bias")), [1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn bfloat16_is_refused() {
+        let g = matmul(8, 3);
+        let mut job = Job::new(&g, "W", ternary(3, 8, Granularity::Channel));
+        job.dtype = DataType::Bfloat16 as i32;
+        let e = emit_err(&ORT, &g, &job);
+        assert!(
+            matches!(
+                e,
+                EmitError::ElementType {
+                    dtype: "bfloat16",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+}

@@ -357,3 +357,401 @@ impl Emitter for OrtInt8 {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emit::patch::Role;
+    use crate::emit::testing::{
+        emit_err, f32s, gemm, init, inputs, int_attrs, matmul, node, onnx_codes, ops, position,
+        raw, run, run_in, shared, ternary, two_weights, value, writer, Gemm, Job, C,
+    };
+    use crate::quant::Granularity;
+
+    /// The ops of BitNet's per-token quantization built for a float32 input below opset 18.
+    const CHAIN: [&str; 9] = [
+        "Abs",
+        "ReduceMax",
+        "Max",
+        "Div",
+        "Mul",
+        "Round",
+        "Add",
+        "Clip",
+        "Cast",
+    ];
+
+    fn names(g: &GraphProto) -> Vec<&str> {
+        g.node
+            .iter()
+            .map(|n| n.name.as_deref().unwrap_or(""))
+            .collect()
+    }
+
+    #[test]
+    fn matmul_becomes_matmulinteger_then_cast_mul_div() {
+        let g = matmul(8, 3);
+        let t = ternary(3, 8, Granularity::Channel);
+        let (out, bytes, em) = run(&OrtInt8, &g, &Job::new(&g, "W", t.clone())).unwrap();
+        // Codes int8 [K, N] (24 bytes) and scales float32 [N] (12 bytes); the zero point and the
+        // activation chain's constants are not the weight's.
+        assert_eq!(bytes, 24 + 12);
+        let codes = init(&out, "W_ternary_int8");
+        assert_eq!(
+            (codes.data_type, codes.dims.clone()),
+            (Some(DataType::Int8 as i32), vec![8, 3])
+        );
+        let want: Vec<u8> = onnx_codes(&t, false).iter().map(|&c| c as u8).collect();
+        assert_eq!(raw(codes), want);
+        let scale = init(&out, "W_scale");
+        assert_eq!(scale.dims, [3]);
+        assert_eq!(f32s(scale), [1.0, 2.0, 3.0]);
+        let zp = init(&out, "W_activation_zero_point");
+        assert_eq!(
+            (zp.data_type, zp.dims.len(), raw(zp)),
+            (Some(DataType::Uint8 as i32), 0, &[128u8][..])
+        );
+        let weights: Vec<_> = em
+            .patch
+            .tensors
+            .iter()
+            .filter(|t| t.role == Role::Weight)
+            .map(|t| t.tensor.name.as_deref().unwrap())
+            .collect();
+        assert_eq!(weights, ["W_ternary_int8", "W_scale"]);
+        // The chain goes first (x is a graph input), the layer where the MatMul stood.
+        let mut want_ops = CHAIN.to_vec();
+        want_ops.extend(["MatMulInteger", "Cast", "Mul", "Div"]);
+        assert_eq!(ops(&out), want_ops);
+        let mm = &out.node[9];
+        assert_eq!(mm.name.as_deref(), Some("mm"));
+        assert_eq!(
+            inputs(mm),
+            ["x_int8_u8", "W_ternary_int8", "W_activation_zero_point"]
+        );
+        assert_eq!(mm.output, ["y_int32"]);
+        let cast = &out.node[10];
+        assert_eq!(inputs(cast), ["y_int32"]);
+        assert_eq!(int_attrs(cast), [("to", Some(DataType::Float as i64))]);
+        assert_eq!(inputs(&out.node[11]), ["y_cast", "W_scale"]);
+        assert_eq!(inputs(&out.node[12]), ["y_mul", "x_int8_scale"]);
+        assert_eq!(out.node[12].output, ["y"]);
+        assert_eq!(em.min_opset, 11);
+        assert!(em.absorbed.is_empty() && em.removable.is_empty());
+    }
+
+    #[test]
+    fn the_activation_chain_is_bitnets_absmax_quantization() {
+        let g = matmul(8, 3);
+        let (out, _, _) = run(
+            &OrtInt8,
+            &g,
+            &Job::new(&g, "W", ternary(3, 8, Granularity::Tensor)),
+        )
+        .unwrap();
+        let scalar = |name: &str| {
+            let t = init(&out, name);
+            assert!(t.dims.is_empty(), "{name} is a scalar");
+            f32s(t)[0]
+        };
+        let reduce = writer(&out, "x_int8_absmax");
+        assert_eq!(inputs(reduce), ["x_int8_abs"]);
+        assert_eq!(reduce.attribute[0].ints, [-1]);
+        assert_eq!(int_attrs(reduce)[1], ("keepdims", Some(1)));
+        let max = writer(&out, "x_int8_absmax_clamped");
+        assert_eq!(inputs(max), ["x_int8_absmax", "x_int8_eps"]);
+        assert_eq!(scalar("x_int8_eps"), 1e-5);
+        let s = writer(&out, "x_int8_scale");
+        assert_eq!(s.op_type.as_deref(), Some("Div"));
+        assert_eq!(inputs(s), ["x_int8_127", "x_int8_absmax_clamped"]);
+        assert_eq!(scalar("x_int8_127"), 127.0);
+        assert_eq!(inputs(writer(&out, "x_int8_scaled")), ["x", "x_int8_scale"]);
+        let shifted = writer(&out, "x_int8_shifted");
+        assert_eq!(inputs(shifted), ["x_int8_rounded", "x_int8_128"]);
+        assert_eq!(scalar("x_int8_128"), 128.0);
+        let clip = writer(&out, "x_int8_clipped");
+        assert_eq!(inputs(clip), ["x_int8_shifted", "x_int8_0", "x_int8_255"]);
+        assert_eq!((scalar("x_int8_0"), scalar("x_int8_255")), (0.0, 255.0));
+        let cast = writer(&out, "x_int8_u8");
+        assert_eq!(int_attrs(cast), [("to", Some(DataType::Uint8 as i64))]);
+        // Per-tensor weight scale: a scalar.
+        assert!(init(&out, "W_scale").dims.is_empty());
+        assert_eq!(f32s(init(&out, "W_scale")), [0.5]);
+    }
+
+    #[test]
+    fn from_opset_18_reducemax_takes_its_axes_as_an_input() {
+        let g = matmul(8, 3);
+        let mut job = Job::new(&g, "W", ternary(3, 8, Granularity::Tensor));
+        job.opset = 18;
+        let (out, _, _) = run(&OrtInt8, &g, &job).unwrap();
+        let reduce = writer(&out, "x_int8_absmax");
+        assert_eq!(inputs(reduce), ["x_int8_abs", "x_int8_axes"]);
+        assert_eq!(int_attrs(reduce), [("keepdims", Some(1))]);
+        let axes = init(&out, "x_int8_axes");
+        assert_eq!(
+            (axes.data_type, axes.dims.clone()),
+            (Some(DataType::Int64 as i32), vec![1])
+        );
+        assert_eq!(raw(axes), (-1i64).to_le_bytes());
+    }
+
+    #[test]
+    fn the_chain_goes_right_after_the_producer_of_the_input() {
+        let g = two_weights(8, 3);
+        let (out, _, _) = run(
+            &OrtInt8,
+            &g,
+            &Job::new(&g, "Wq", ternary(3, 8, Granularity::Channel)),
+        )
+        .unwrap();
+        let mut want = vec!["Relu"];
+        want.extend(CHAIN);
+        want.extend(["MatMulInteger", "Cast", "Mul", "Div", "MatMul"]);
+        assert_eq!(ops(&out), want);
+        assert_eq!(inputs(&out.node[1]), ["x"]);
+        assert_eq!(position(&out, "mm_q"), 10);
+    }
+
+    #[test]
+    fn layers_reading_one_value_share_one_activation_quantization() {
+        let g = two_weights(8, 3);
+        let mut cx = EmitContext::new(&g);
+        let t = ternary(3, 8, Granularity::Channel);
+        let (g1, bytes1, _) =
+            run_in(&OrtInt8, &g, &Job::new(&g, "Wq", t.clone()), &mut cx).unwrap();
+        assert_eq!(bytes1, 36);
+        let shared = &cx.activations["x"];
+        assert_eq!(
+            (shared.q.as_str(), shared.s.as_deref()),
+            ("x_int8_u8", Some("x_int8_scale"))
+        );
+        let (g2, bytes2, em2) = run_in(&OrtInt8, &g1, &Job::new(&g1, "Wk", t), &mut cx).unwrap();
+        assert_eq!(bytes2, 36);
+        // The second weight adds its codes, zero point and scale, no chain.
+        let added: Vec<_> = em2
+            .patch
+            .tensors
+            .iter()
+            .map(|t| t.tensor.name.as_deref().unwrap())
+            .collect();
+        assert_eq!(
+            added,
+            ["Wk_ternary_int8", "Wk_activation_zero_point", "Wk_scale"]
+        );
+        assert!(!em2
+            .patch
+            .edits
+            .iter()
+            .any(|e| matches!(e, Edit::After { .. })));
+        assert_eq!(ops(&g2).iter().filter(|&&o| o == "Abs").count(), 1);
+        let mm_k = &g2.node[position(&g2, "mm_k")];
+        assert_eq!(
+            inputs(mm_k),
+            ["x_int8_u8", "Wk_ternary_int8", "Wk_activation_zero_point"]
+        );
+        assert_eq!(inputs(writer(&g2, "k")), ["k_mul", "x_int8_scale"]);
+        assert_eq!(g2.node.len(), 1 + 9 + 4 + 4);
+    }
+
+    #[test]
+    fn layers_sharing_a_weight_share_codes_scale_and_chain() {
+        let g = shared(8, 3);
+        let (out, bytes, em) = run(
+            &OrtInt8,
+            &g,
+            &Job::new(&g, "W", ternary(3, 8, Granularity::Channel)),
+        )
+        .unwrap();
+        assert_eq!(bytes, 36);
+        // codes, zero point, scale and the five constants of one chain.
+        assert_eq!(em.patch.tensors.len(), 8);
+        assert_eq!(ops(&out).iter().filter(|&&o| o == "Abs").count(), 1);
+        for name in ["mm0", "mm1"] {
+            let n = &out.node[position(&out, name)];
+            assert_eq!(
+                inputs(n),
+                ["x_int8_u8", "W_ternary_int8", "W_activation_zero_point"]
+            );
+        }
+        assert_eq!(inputs(writer(&out, "y1_mul")), ["y1_cast", "W_scale"]);
+    }
+
+    #[test]
+    fn gemm_alpha_goes_into_the_scale_and_a_bias_vector_is_added() {
+        let spec = Gemm {
+            alpha: Some(2.0),
+            beta: Some(0.5),
+            c: C::Const(vec![3], vec![2.0, 4.0, 6.0]),
+            ..Gemm::default()
+        };
+        let g = gemm(8, 3, &spec);
+        let t = ternary(3, 8, Granularity::Channel);
+        let (out, bytes, em) = run(&OrtInt8, &g, &Job::new(&g, "W", t.clone())).unwrap();
+        assert_eq!(bytes, 36);
+        assert_eq!(f32s(init(&out, "W_scale")), [2.0, 4.0, 6.0]);
+        // Codes are [K, N] whatever the Gemm's transB (MatMulInteger has none).
+        let want: Vec<u8> = onnx_codes(&t, false).iter().map(|&c| c as u8).collect();
+        assert_eq!(raw(init(&out, "W_ternary_int8")), want);
+        assert_eq!(init(&out, "W_ternary_int8").dims, [8, 3]);
+        assert_eq!(
+            em.patch.tensor("C_bias").map(|t| t.role),
+            Some(Role::Constant)
+        );
+        assert_eq!(f32s(init(&out, "C_bias")), [1.0, 2.0, 3.0]);
+        let tail: Vec<_> = ops(&out)[9..].to_vec();
+        assert_eq!(tail, ["MatMulInteger", "Cast", "Mul", "Div", "Add"]);
+        let add = writer(&out, "y");
+        assert_eq!(inputs(add), ["y_div", "C_bias"]);
+        assert_eq!(add.name.as_deref(), Some("gemm_Add"));
+    }
+
+    #[test]
+    fn trans_a_quantizes_the_transposed_activation_after_its_transpose() {
+        let spec = Gemm {
+            trans_a: true,
+            ..Gemm::default()
+        };
+        let g = gemm(8, 3, &spec);
+        let (out, _, _) = run(
+            &OrtInt8,
+            &g,
+            &Job::new(&g, "W", ternary(3, 8, Granularity::Channel)),
+        )
+        .unwrap();
+        assert_eq!(ops(&out)[..2], ["Transpose", "Abs"]);
+        assert_eq!(out.node[0].output, ["x_transposed"]);
+        assert_eq!(inputs(&out.node[1]), ["x_transposed"]);
+        assert_eq!(position(&out, "gemm"), 10);
+    }
+
+    #[test]
+    fn float16_is_quantized_in_float32_and_cast_back() {
+        let spec = Gemm {
+            c: C::Input,
+            ..Gemm::default()
+        };
+        let g = gemm(8, 3, &spec);
+        let mut job = Job::new(&g, "W", ternary(3, 8, Granularity::Channel));
+        job.dtype = DataType::Float16 as i32;
+        let (out, bytes, _) = run(&OrtInt8, &g, &job).unwrap();
+        // Weight scales stay float32: the product is rescaled in float32.
+        assert_eq!(bytes, 24 + 12);
+        assert_eq!(
+            init(&out, "W_scale").data_type,
+            Some(DataType::Float as i32)
+        );
+        let first = &out.node[0];
+        assert_eq!(first.op_type.as_deref(), Some("Cast"));
+        assert_eq!(inputs(first), ["x"]);
+        assert_eq!(int_attrs(first), [("to", Some(DataType::Float as i64))]);
+        assert_eq!(inputs(writer(&out, "x_int8_abs")), ["x_int8_f32"]);
+        let tail: Vec<_> = ops(&out)[10..].to_vec();
+        assert_eq!(tail, ["MatMulInteger", "Cast", "Mul", "Div", "Cast", "Add"]);
+        let back = writer(&out, "y_cast_2");
+        assert_eq!(int_attrs(back), [("to", Some(DataType::Float16 as i64))]);
+        assert_eq!(inputs(writer(&out, "y")), ["y_cast_2", "C"]);
+    }
+
+    /// transformers' AutoBitLinear around `mm`: `a = q / s` with `q` written by `round`.
+    fn autobitlinear() -> (GraphProto, bitnet::ActQuant) {
+        let mut g = matmul(8, 3);
+        g.node.splice(
+            0..0,
+            [
+                node("round", "Round", &["xs"], &["q"]),
+                node("div", "Div", &["q", "s"], &["a"]),
+            ],
+        );
+        g.node[2].input[0] = "a".into();
+        g.input = vec![value("xs"), value("s")];
+        let m = bitnet::ActQuant {
+            x: "x".into(),
+            scale: "s".into(),
+            codes: "q".into(),
+            form: bitnet::Form::Dequantized,
+            between: vec!["a".into()],
+        };
+        (g, m)
+    }
+
+    #[test]
+    fn bitnets_own_quantization_is_taken_as_it_is() {
+        let (g, m) = autobitlinear();
+        let mut job = Job::new(&g, "W", ternary(3, 8, Granularity::Channel));
+        job.activations = vec![Some(m)];
+        let (out, bytes, em) = run(&OrtInt8, &g, &job).unwrap();
+        assert_eq!(bytes, 36);
+        // codes + 128 cast to uint8, right after the codes' producer; the Div stays for the
+        // caller to remove once dead.
+        assert_eq!(
+            names(&out),
+            [
+                "round",
+                "q_int8_Add",
+                "q_int8_Cast",
+                "div",
+                "mm",
+                "mm_Cast",
+                "mm_Mul",
+                "mm_Div"
+            ]
+        );
+        assert_eq!(inputs(&out.node[1]), ["q", "q_int8_128"]);
+        assert_eq!(f32s(init(&out, "q_int8_128")), [128.0]);
+        assert_eq!(
+            int_attrs(&out.node[2]),
+            [("to", Some(DataType::Uint8 as i64))]
+        );
+        assert_eq!(inputs(&out.node[4])[0], "q_int8_u8");
+        assert_eq!(inputs(writer(&out, "y")), ["y_mul", "s"]);
+        assert_eq!(em.removable, ["a"]);
+        assert_eq!(em.absorbed.len(), 1);
+        assert!(em.absorbed[0].contains("q / s"), "{:?}", em.absorbed);
+    }
+
+    #[test]
+    fn bitlinears_integer_codes_need_no_division() {
+        let (g, mut m) = autobitlinear();
+        m.form = bitnet::Form::Integer;
+        let mut job = Job::new(&g, "W", ternary(3, 8, Granularity::Channel));
+        job.activations = vec![Some(m)];
+        let (out, _, em) = run(&OrtInt8, &g, &job).unwrap();
+        let tail: Vec<_> = ops(&out)[4..].to_vec();
+        assert_eq!(tail, ["MatMulInteger", "Cast", "Mul"]);
+        assert_eq!(inputs(writer(&out, "y")), ["y_cast", "W_scale"]);
+        assert!(em.absorbed[0].contains("int8 q"), "{:?}", em.absorbed);
+    }
+
+    #[test]
+    fn group_scales_are_refused() {
+        let g = matmul(8, 3);
+        let e = emit_err(
+            &OrtInt8,
+            &g,
+            &Job::new(&g, "W", ternary(3, 8, Granularity::Group(4))),
+        );
+        assert!(
+            matches!(&e, EmitError::Layout(m) if m.contains("group:4")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn bfloat16_is_refused() {
+        let g = matmul(8, 3);
+        let mut job = Job::new(&g, "W", ternary(3, 8, Granularity::Channel));
+        job.dtype = DataType::Bfloat16 as i32;
+        let e = emit_err(&OrtInt8, &g, &job);
+        assert!(
+            matches!(
+                e,
+                EmitError::ElementType {
+                    dtype: "bfloat16",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+}

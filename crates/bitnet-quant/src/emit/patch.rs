@@ -216,3 +216,382 @@ fn edit(g: &mut GraphProto, e: Edit) -> Result<(), ApplyError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emit::testing::{matmul, node, ops, two_weights, value};
+    use bitnet_model::proto::tensor_proto::DataType;
+
+    fn names(g: &GraphProto) -> Vec<&str> {
+        g.node
+            .iter()
+            .map(|n| n.name.as_deref().unwrap_or(""))
+            .collect()
+    }
+
+    fn init_names(g: &GraphProto) -> Vec<&str> {
+        g.initializer
+            .iter()
+            .map(|t| t.name.as_deref().unwrap_or(""))
+            .collect()
+    }
+
+    fn no_store(_: &mut TensorProto) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn apply_ok(g: &mut GraphProto, patch: Patch) -> u64 {
+        apply(g, patch, &mut no_store).unwrap()
+    }
+
+    fn apply_err(g: &mut GraphProto, e: Edit) -> ApplyError {
+        let mut patch = Patch::default();
+        patch.edit(e);
+        apply(g, patch, &mut no_store).unwrap_err()
+    }
+
+    /// Four new tensors: weights `a` (float32 [2, 3]: 24 bytes), `c` (INT2 [5]: 10 bits, 2
+    /// bytes) and `d` (uint8 [3, 1, 4]: 12 bytes), and the constant `b` (float32 [4]: 16 bytes).
+    fn four_tensors() -> Patch {
+        let mut p = Patch::default();
+        assert_eq!(p.weight(tensor::from_f32("a", &[2, 3], &[1.0; 6])), "a");
+        assert_eq!(p.constant(tensor::from_f32("b", &[4], &[2.0; 4])), "b");
+        assert_eq!(
+            p.weight(tensor::from_raw("c", DataType::Int2, &[5], vec![0u8; 2])),
+            "c"
+        );
+        p.weight(tensor::from_raw(
+            "d",
+            DataType::Uint8,
+            &[3, 1, 4],
+            vec![0u8; 12],
+        ));
+        p
+    }
+
+    #[test]
+    fn patch_records_roles_and_extends_in_order() {
+        let mut p = four_tensors();
+        let roles: Vec<Role> = p.tensors.iter().map(|t| t.role).collect();
+        assert_eq!(
+            roles,
+            [Role::Weight, Role::Constant, Role::Weight, Role::Weight]
+        );
+        assert_eq!(p.tensor("b").map(|t| t.role), Some(Role::Constant));
+        assert!(p.tensor("z").is_none());
+        p.edit(Edit::Front(vec![]));
+        let mut q = Patch::default();
+        q.constant(tensor::from_f32("e", &[], &[0.0]));
+        q.edit(Edit::Bypass {
+            node_output: "o".into(),
+            value: "v".into(),
+        });
+        p.extend(q);
+        let names: Vec<_> = p
+            .tensors
+            .iter()
+            .map(|t| t.tensor.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["a", "b", "c", "d", "e"]);
+        assert_eq!(p.edits.len(), 2);
+        assert!(matches!(p.edits[1], Edit::Bypass { .. }));
+    }
+
+    #[test]
+    fn apply_adds_tensors_in_order_and_counts_weight_payloads_only() {
+        let mut g = matmul(8, 3);
+        let before = g.node.clone();
+        let bytes = apply_ok(&mut g, four_tensors());
+        // 24 + 2 + 12: the 16 bytes of the constant are not the weight's.
+        assert_eq!(bytes, 38);
+        assert_eq!(init_names(&g), ["W", "a", "b", "c", "d"]);
+        assert_eq!(g.node, before);
+    }
+
+    #[test]
+    fn an_empty_patch_changes_nothing() {
+        let mut g = two_weights(4, 2);
+        let before = g.clone();
+        assert_eq!(apply_ok(&mut g, Patch::default()), 0);
+        assert_eq!(g, before);
+    }
+
+    #[test]
+    fn front_inserts_at_the_start_in_order() {
+        let mut g = two_weights(4, 2);
+        let mut p = Patch::default();
+        p.edit(Edit::Front(vec![
+            node("f1", "DequantizeLinear", &["c1", "s1"], &["d1"]),
+            node("f2", "DequantizeLinear", &["c2", "s2"], &["d2"]),
+        ]));
+        apply_ok(&mut g, p);
+        assert_eq!(names(&g), ["f1", "f2", "relu", "mm_q", "mm_k"]);
+    }
+
+    #[test]
+    fn replace_swaps_the_layer_where_it_stands() {
+        let mut g = two_weights(4, 2);
+        let mut p = Patch::default();
+        p.edit(Edit::Replace {
+            output: "q".into(),
+            weight: "Wq".into(),
+            nodes: vec![
+                node("pre", "Transpose", &["x"], &["xt"]),
+                node("new", "MatMulNBits", &["xt", "B", "S"], &["q"]),
+            ],
+        });
+        apply_ok(&mut g, p);
+        assert_eq!(names(&g), ["relu", "pre", "new", "mm_k"]);
+        assert_eq!(ops(&g), ["Relu", "Transpose", "MatMulNBits", "MatMul"]);
+    }
+
+    #[test]
+    fn replace_needs_both_the_output_and_the_weight_at_input_1() {
+        let mut g = two_weights(4, 2);
+        let before = g.clone();
+        let replace = |output: &str, weight: &str| Edit::Replace {
+            output: output.into(),
+            weight: weight.into(),
+            nodes: vec![node("new", "Identity", &["x"], &[output])],
+        };
+        // The node writing q reads Wq, not Wk.
+        assert_eq!(
+            apply_err(&mut g, replace("q", "Wk")),
+            ApplyError::NoLayer {
+                output: "q".into(),
+                weight: "Wk".into()
+            }
+        );
+        // relu writes x from x0, but at input 0: not a layer reading x0.
+        assert_eq!(
+            apply_err(&mut g, replace("x", "x0")),
+            ApplyError::NoLayer {
+                output: "x".into(),
+                weight: "x0".into()
+            }
+        );
+        assert_eq!(
+            apply_err(&mut g, replace("gone", "Wq")),
+            ApplyError::NoLayer {
+                output: "gone".into(),
+                weight: "Wq".into()
+            }
+        );
+        assert_eq!(g, before);
+    }
+
+    #[test]
+    fn after_goes_right_after_the_writer_of_the_value() {
+        let mut g = two_weights(4, 2);
+        let mut p = Patch::default();
+        p.edit(Edit::After {
+            value: "x".into(),
+            nodes: vec![
+                node("a1", "Abs", &["x"], &["ax"]),
+                node("a2", "Neg", &["ax"], &["nx"]),
+            ],
+        });
+        apply_ok(&mut g, p);
+        assert_eq!(names(&g), ["relu", "a1", "a2", "mm_q", "mm_k"]);
+    }
+
+    #[test]
+    fn after_a_second_output_goes_after_its_writer() {
+        let mut g = two_weights(4, 2);
+        g.node
+            .insert(1, node("split", "Split", &["x"], &["h0", "h1"]));
+        let mut p = Patch::default();
+        p.edit(Edit::After {
+            value: "h1".into(),
+            nodes: vec![node("a", "Abs", &["h1"], &["ah"])],
+        });
+        apply_ok(&mut g, p);
+        assert_eq!(names(&g), ["relu", "split", "a", "mm_q", "mm_k"]);
+    }
+
+    #[test]
+    fn after_a_graph_input_or_an_initializer_goes_first() {
+        for v in ["x0", "Wq", "outer_scope_value"] {
+            let mut g = two_weights(4, 2);
+            let mut p = Patch::default();
+            p.edit(Edit::After {
+                value: v.into(),
+                nodes: vec![node("a", "Abs", &[v], &["av"])],
+            });
+            apply_ok(&mut g, p);
+            assert_eq!(names(&g), ["a", "relu", "mm_q", "mm_k"], "after {v}");
+        }
+    }
+
+    #[test]
+    fn rewire_changes_one_input_of_one_node() {
+        let mut g = two_weights(4, 2);
+        let mut p = Patch::default();
+        p.edit(Edit::Rewire {
+            output: "q".into(),
+            input: 1,
+            from: "Wq".into(),
+            to: "Wq_dequantized".into(),
+        });
+        apply_ok(&mut g, p);
+        assert_eq!(g.node[1].input, ["x", "Wq_dequantized"]);
+        assert_eq!(g.node[2].input, ["x", "Wk"]);
+        assert_eq!(g.node[0].input, ["x0"]);
+    }
+
+    #[test]
+    fn rewire_of_an_input_not_read_is_an_error() {
+        let mut g = two_weights(4, 2);
+        let before = g.clone();
+        let rewire = |output: &str, input: usize, from: &str| Edit::Rewire {
+            output: output.into(),
+            input,
+            from: from.into(),
+            to: "new".into(),
+        };
+        for (output, input, from) in [
+            ("q", 1, "Wk"),
+            ("q", 0, "Wq"),
+            ("q", 5, "Wq"),
+            ("z", 1, "Wq"),
+        ] {
+            assert_eq!(
+                apply_err(&mut g, rewire(output, input, from)),
+                ApplyError::NotRead {
+                    output: output.into(),
+                    input,
+                    from: from.into()
+                }
+            );
+        }
+        assert_eq!(g, before);
+    }
+
+    /// `mm: y = MatMul(x, W)`, `scale: out = Mul(y, s)`, `relu: z = Relu(out)`, with declared
+    /// types for y and out.
+    fn scaled() -> GraphProto {
+        let mut g = matmul(4, 2);
+        g.node.push(node("scale", "Mul", &["y", "s"], &["out"]));
+        g.node.push(node("relu", "Relu", &["out"], &["z"]));
+        g.initializer.push(tensor::from_f32("s", &[], &[0.5]));
+        g.value_info = vec![value("y"), value("out")];
+        g.output = vec![value("z")];
+        g
+    }
+
+    #[test]
+    fn bypass_drops_the_scale_node_and_renames_the_producer_output() {
+        let mut g = scaled();
+        let mut p = Patch::default();
+        p.edit(Edit::Bypass {
+            node_output: "out".into(),
+            value: "y".into(),
+        });
+        apply_ok(&mut g, p);
+        assert_eq!(names(&g), ["mm", "relu"]);
+        assert_eq!(g.node[0].output, ["out"]);
+        assert_eq!(g.node[0].input, ["x", "W"]);
+        assert_eq!(g.node[1].input, ["out"]);
+        let declared: Vec<_> = g.value_info.iter().map(|v| v.name.as_deref()).collect();
+        assert_eq!(declared, [Some("out")]);
+    }
+
+    #[test]
+    fn bypass_of_a_missing_node_is_an_error() {
+        let mut g = scaled();
+        let e = Edit::Bypass {
+            node_output: "nope".into(),
+            value: "y".into(),
+        };
+        assert_eq!(apply_err(&mut g, e), ApplyError::NoNode("nope".into()));
+        assert_eq!(g, scaled());
+    }
+
+    #[test]
+    fn store_takes_each_new_tensor_once_in_order_after_the_edits() {
+        let mut g = two_weights(4, 2);
+        let mut p = four_tensors();
+        p.edit(Edit::Rewire {
+            output: "q".into(),
+            input: 1,
+            from: "Wq".into(),
+            to: "a".into(),
+        });
+        let mut seen = Vec::new();
+        let mut store = |t: &mut TensorProto| {
+            seen.push(t.name.clone().unwrap());
+            // What a sink does: the payload leaves the graph.
+            t.raw_data = None;
+            t.doc_string = Some("stored".into());
+            Ok(())
+        };
+        let bytes = apply(&mut g, p, &mut store).unwrap();
+        assert_eq!(seen, ["a", "b", "c", "d"]);
+        // Counted before the sink took the payloads.
+        assert_eq!(bytes, 38);
+        // The sink works on the graph's own tensors; the old ones are not given to it.
+        let stored: Vec<_> = g
+            .initializer
+            .iter()
+            .map(|t| t.doc_string.as_deref())
+            .collect();
+        assert_eq!(
+            stored,
+            [
+                None,
+                None,
+                Some("stored"),
+                Some("stored"),
+                Some("stored"),
+                Some("stored")
+            ]
+        );
+        assert_eq!(g.node[1].input, ["x", "a"]);
+    }
+
+    #[test]
+    fn store_is_not_called_when_an_edit_fails() {
+        let mut g = two_weights(4, 2);
+        let mut p = four_tensors();
+        p.edit(Edit::Front(vec![node("f", "Identity", &["a"], &["fa"])]));
+        p.edit(Edit::Replace {
+            output: "q".into(),
+            weight: "Wk".into(),
+            nodes: vec![],
+        });
+        let mut calls = 0;
+        let mut store = |_: &mut TensorProto| {
+            calls += 1;
+            Ok(())
+        };
+        let e = apply(&mut g, p, &mut store).unwrap_err();
+        assert!(matches!(e, ApplyError::NoLayer { .. }), "{e:?}");
+        assert_eq!(calls, 0);
+    }
+
+    #[test]
+    fn a_store_error_names_the_tensor() {
+        let mut g = matmul(4, 2);
+        let mut calls = Vec::new();
+        let mut store = |t: &mut TensorProto| {
+            let name = t.name.clone().unwrap();
+            calls.push(name.clone());
+            if name == "c" {
+                Err("disk full".to_string())
+            } else {
+                Ok(())
+            }
+        };
+        let e = apply(&mut g, four_tensors(), &mut store).unwrap_err();
+        assert_eq!(
+            e,
+            ApplyError::Store {
+                name: "c".into(),
+                reason: "disk full".into()
+            }
+        );
+        assert_eq!(e.to_string(), "storing 'c': disk full");
+        assert_eq!(calls, ["a", "b", "c"]);
+    }
+}
