@@ -35,6 +35,10 @@ pub enum EmitError {
     Layout(String),
     #[error(transparent)]
     Pack(#[from] crate::pack::PackError),
+    /// A layer of the job is not in the graph any more (a bug: the driver hands each layer
+    /// to one emission only).
+    #[error("node '{node}' no longer reads it")]
+    Missing { node: String },
 }
 
 /// What an emitter is given for one weight.

@@ -6,7 +6,8 @@
 //! Nodes are found by their first output (and, for a linear layer, the weight they read at
 //! input 1), never by position: positions shift as earlier edits insert nodes. An edit whose
 //! node is not in the graph is an error, not a silent no-op: the emitter built it from the
-//! same graph, so a miss is a bug worth hearing about.
+//! same graph, so a miss is a bug worth hearing about. A failed edit leaves the graph partly
+//! changed: the driver then abandons the whole conversion, and nothing is written.
 
 use bitnet_model::proto::{GraphProto, NodeProto, TensorProto};
 use bitnet_model::tensor;
@@ -114,6 +115,8 @@ pub enum ApplyError {
         input: usize,
         from: String,
     },
+    #[error("node writing '{node_output}' does not read '{value}'")]
+    DoesNotRead { node_output: String, value: String },
     #[error("storing '{name}': {reason}")]
     Store { name: String, reason: String },
 }
@@ -203,6 +206,12 @@ fn edit(g: &mut GraphProto, e: Edit) -> Result<(), ApplyError> {
         }
         Edit::Bypass { node_output, value } => {
             let pos = writer(g, &node_output).ok_or(ApplyError::NoNode(node_output.clone()))?;
+            if !g.node[pos].input.contains(&value) {
+                return Err(ApplyError::DoesNotRead { node_output, value });
+            }
+            if !g.node.iter().any(|n| n.output.contains(&value)) {
+                return Err(ApplyError::NoNode(value));
+            }
             g.node.remove(pos);
             for n in &mut g.node {
                 for o in &mut n.output {
@@ -495,6 +504,34 @@ mod tests {
         assert_eq!(g.node[1].input, ["out"]);
         let declared: Vec<_> = g.value_info.iter().map(|v| v.name.as_deref()).collect();
         assert_eq!(declared, [Some("out")]);
+    }
+
+    #[test]
+    fn bypass_of_a_node_not_reading_the_value_is_an_error() {
+        let mut g = scaled();
+        let e = Edit::Bypass {
+            node_output: "z".into(),
+            value: "y".into(),
+        };
+        let want = ApplyError::DoesNotRead {
+            node_output: "z".into(),
+            value: "y".into(),
+        };
+        assert_eq!(apply_err(&mut g, e), want);
+        assert_eq!(g, scaled());
+    }
+
+    #[test]
+    fn bypass_with_no_writer_of_the_value_is_an_error() {
+        let mut g = scaled();
+        g.node.remove(0);
+        let before = g.clone();
+        let e = Edit::Bypass {
+            node_output: "out".into(),
+            value: "y".into(),
+        };
+        assert_eq!(apply_err(&mut g, e), ApplyError::NoNode("y".into()));
+        assert_eq!(g, before);
     }
 
     #[test]
