@@ -32,6 +32,7 @@ use serde::Serialize;
 use crate::analyse::{feeds_graph_output, node_label};
 use crate::blockq::{self, BlockTable, TableBits};
 use crate::emit::dq::int_attr;
+use crate::emit::patch::{self, Edit, Patch};
 use crate::emit::NameGen;
 use crate::error::ConvertError;
 use crate::report::Skipped;
@@ -141,9 +142,8 @@ pub fn quantize_tables(
     }
     let mut names = NameGen::new(g);
     let mut reports = Vec::new();
-    // Replacement nodes by position; applied at the end so positions stay valid.
-    let mut replace: Vec<(usize, Vec<NodeProto>)> = Vec::new();
-    let mut new_inits: Vec<TensorProto> = Vec::new();
+    // The rewrite, applied once every table is made.
+    let mut patch = Patch::default();
     // Codes already made for a head reading a table's rows, which a tied embedding shares.
     let mut made: Vec<Made> = Vec::new();
     for h in &heads {
@@ -165,13 +165,13 @@ pub fn quantize_tables(
         let b_name = names.fresh(&format!("{}_MatMulNBits_B", h.table));
         let s_name = names.fresh(&format!("{}_MatMulNBits_scales", h.table));
         let blob = blockq::blob_bytes(opts.block_size, bits);
-        new_inits.push(tensor::from_raw(
+        patch.weight(tensor::from_raw(
             &b_name,
             DataType::Uint8,
             &[n as i64, nb as i64, blob as i64],
             q.packed,
         ));
-        new_inits.push(tensor::from_f32_as(
+        patch.weight(tensor::from_f32_as(
             &s_name,
             dtype,
             &[n as i64, nb as i64],
@@ -187,9 +187,9 @@ pub fn quantize_tables(
             attribute.push(int_attr("accuracy_level", opts.accuracy_level));
         }
         let a = node.input.first().cloned().unwrap_or_default();
-        replace.push((
-            h.node,
-            vec![NodeProto {
+        patch.edit(Edit::ReplaceNode {
+            output: node.output.first().cloned().unwrap_or_default(),
+            nodes: vec![NodeProto {
                 name: node.name.clone(),
                 op_type: Some("MatMulNBits".into()),
                 domain: Some("com.microsoft".into()),
@@ -199,7 +199,7 @@ pub fn quantize_tables(
                 doc_string: node.doc_string.clone(),
                 ..Default::default()
             }],
-        ));
+        });
         reports.push(TableReport {
             role: "head".into(),
             node: label,
@@ -256,7 +256,7 @@ pub fn quantize_tables(
             Some(q) => {
                 let (b_name, nb) = (&q.b_name, q.blocks);
                 let s_name = names.fresh(&format!("{}_GatherBlockQuantized_scales", e.table));
-                new_inits.push(tensor::from_f32_as(
+                patch.weight(tensor::from_f32_as(
                     &s_name,
                     dtype,
                     &[q.rows as i64, nb as i64, 1],
@@ -273,7 +273,7 @@ pub fn quantize_tables(
                     2,
                 )];
                 let (shape_nodes, shape) =
-                    target_shape(g, &indices, hidden, &mut names, &mut new_inits);
+                    target_shape(g, &indices, hidden, &mut names, &mut patch);
                 nodes.extend(shape_nodes);
                 nodes.push(NodeProto {
                     name: node.name.clone(),
@@ -298,13 +298,13 @@ pub fn quantize_tables(
                 let bytes = (q.packed.len() + bytes_len(dtype, q.scales.len())) as u64;
                 let d_name = names.fresh(&format!("{}_GatherBlockQuantized_data", e.table));
                 let s_name = names.fresh(&format!("{}_GatherBlockQuantized_scales", e.table));
-                new_inits.push(tensor::from_raw(
+                patch.weight(tensor::from_raw(
                     &d_name,
                     DataType::Uint8,
                     &[q.rows as i64, q.row_bytes() as i64],
                     q.packed,
                 ));
-                new_inits.push(tensor::from_f32_as(
+                patch.weight(tensor::from_f32_as(
                     &s_name,
                     dtype,
                     &[q.rows as i64, nb as i64],
@@ -322,7 +322,10 @@ pub fn quantize_tables(
                 (nodes, q.rel_error, q.rows, None, bytes)
             }
         };
-        replace.push((e.node, nodes));
+        patch.edit(Edit::ReplaceNode {
+            output: output.clone(),
+            nodes,
+        });
         reports.push(TableReport {
             role: "embedding".into(),
             node: label,
@@ -341,17 +344,11 @@ pub fn quantize_tables(
     if reports.is_empty() {
         return Ok((reports, skipped));
     }
-    // Apply: replacements from the last position back, so earlier positions stay valid.
-    replace.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
-    for (at, nodes) in replace {
-        g.node.splice(at..=at, nodes);
-    }
-    for mut init in new_inits {
-        if let Some(sink) = sink {
-            sink.store(&mut init).map_err(|e| err(e.to_string()))?;
-        }
-        g.initializer.push(init);
-    }
+    let mut store = |t: &mut TensorProto| match sink {
+        Some(sink) => sink.store(t).map_err(|e| e.to_string()),
+        None => Ok(()),
+    };
+    patch::apply(g, patch, &mut store).map_err(|e| err(e.to_string()))?;
     // The Transposes that fed a quantized head, then the float tables nothing reads any more.
     let tables: HashSet<String> = reports.iter().map(|r| r.weight.clone()).collect();
     let transposes: HashSet<String> = g
@@ -727,7 +724,7 @@ fn target_shape(
     indices: &str,
     hidden: usize,
     names: &mut NameGen,
-    inits: &mut Vec<TensorProto>,
+    patch: &mut Patch,
 ) -> (Vec<NodeProto>, String) {
     let rank = GraphIndex::new(g).shape(indices).map(|s: Vec<Dim>| s.len());
     match rank {
@@ -735,14 +732,14 @@ fn target_shape(
             let name = names.fresh(&format!("{indices}_embedding_shape"));
             let mut v = vec![0i64; r];
             v.push(hidden as i64);
-            inits.push(tensor::from_i64(&name, &[v.len() as i64], &v));
+            patch.constant(tensor::from_i64(&name, &[v.len() as i64], &v));
             (Vec::new(), name)
         }
         None => {
             let shape = names.fresh(&format!("{indices}_shape"));
             let h = names.fresh(&format!("{indices}_hidden"));
             let out = names.fresh(&format!("{indices}_embedding_shape"));
-            inits.push(tensor::from_i64(&h, &[1], &[hidden as i64]));
+            patch.constant(tensor::from_i64(&h, &[1], &[hidden as i64]));
             let nodes = vec![
                 NodeProto {
                     name: Some(names.fresh(&format!("{indices}_Shape"))),
@@ -818,28 +815,34 @@ pub fn last_position_logits(g: &mut GraphProto, opset: i64) -> Result<Vec<String
     let starts = names.fresh("last_position_starts");
     let ends = names.fresh("last_position_ends");
     let axes = names.fresh("last_position_axes");
-    g.initializer.push(tensor::from_i64(&starts, &[1], &[-1]));
-    g.initializer
-        .push(tensor::from_i64(&ends, &[1], &[i64::MAX]));
-    g.initializer.push(tensor::from_i64(&axes, &[1], &[-2]));
-    // Back to front, so the positions of the heads still to do stay valid.
-    for (at, a, _) in heads.iter().rev() {
+    let mut patch = Patch::default();
+    patch.constant(tensor::from_i64(&starts, &[1], &[-1]));
+    patch.constant(tensor::from_i64(&ends, &[1], &[i64::MAX]));
+    patch.constant(tensor::from_i64(&axes, &[1], &[-2]));
+    // Names are given back to front (the order the outputs have always been named in).
+    for (at, a, out) in heads.iter().rev() {
         let label = node_label(&g.node[*at], *at);
         let sliced = names.fresh(&format!("{a}_last_position"));
-        g.node[*at].input[0] = sliced.clone();
-        g.node.insert(
-            *at,
-            NodeProto {
+        patch.edit(Edit::Rewire {
+            output: out.clone(),
+            input: 0,
+            from: a.clone(),
+            to: sliced.clone(),
+        });
+        patch.edit(Edit::Before {
+            output: out.clone(),
+            nodes: vec![NodeProto {
                 name: Some(names.fresh(&format!("{label}_last_position"))),
                 op_type: Some("Slice".into()),
                 input: vec![a.clone(), starts.clone(), ends.clone(), axes.clone()],
                 output: vec![sliced],
                 ..Default::default()
-            },
-        );
+            }],
+        });
         labels.push(label);
     }
     labels.reverse();
+    patch::apply(g, patch, &mut |_| Ok(())).map_err(|e| format!("--logits last: {e}"))?;
     // Values downstream of the heads changed shape: drop their value infos, and give the graph
     // outputs 1 at the position axis.
     let mut downstream: HashSet<String> = HashSet::new();

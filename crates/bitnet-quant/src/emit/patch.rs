@@ -40,6 +40,16 @@ pub enum Edit {
         weight: String,
         nodes: Vec<NodeProto>,
     },
+    /// The node whose first output is `output` is replaced, where it stands, by `nodes`.
+    ReplaceNode {
+        output: String,
+        nodes: Vec<NodeProto>,
+    },
+    /// `nodes` go right before the node whose first output is `output`.
+    Before {
+        output: String,
+        nodes: Vec<NodeProto>,
+    },
     /// `nodes` go right after the node that writes `value`, or at the start when no node of
     /// this graph writes it (a graph input, an initializer, an outer-scope value).
     After {
@@ -176,6 +186,14 @@ fn edit(g: &mut GraphProto, e: Edit) -> Result<(), ApplyError> {
             let pos = layer_position(g, &output, &weight)
                 .ok_or(ApplyError::NoLayer { output, weight })?;
             g.node.splice(pos..=pos, nodes);
+        }
+        Edit::ReplaceNode { output, nodes } => {
+            let pos = writer(g, &output).ok_or(ApplyError::NoNode(output))?;
+            g.node.splice(pos..=pos, nodes);
+        }
+        Edit::Before { output, nodes } => {
+            let pos = writer(g, &output).ok_or(ApplyError::NoNode(output))?;
+            g.node.splice(pos..pos, nodes);
         }
         Edit::After { value, nodes } => {
             let at = g
@@ -353,6 +371,41 @@ mod tests {
         apply_ok(&mut g, p);
         assert_eq!(names(&g), ["relu", "pre", "new", "mm_k"]);
         assert_eq!(ops(&g), ["Relu", "Transpose", "MatMulNBits", "MatMul"]);
+    }
+
+    #[test]
+    fn replace_node_and_before_find_the_node_by_its_first_output() {
+        let mut g = two_weights(4, 2);
+        let mut p = Patch::default();
+        p.edit(Edit::ReplaceNode {
+            output: "k".into(),
+            nodes: vec![node(
+                "gbq",
+                "GatherBlockQuantized",
+                &["d", "i", "s"],
+                &["k"],
+            )],
+        });
+        p.edit(Edit::Before {
+            output: "q".into(),
+            nodes: vec![node("slice", "Slice", &["x"], &["xs"])],
+        });
+        apply_ok(&mut g, p);
+        assert_eq!(names(&g), ["relu", "slice", "mm_q", "gbq"]);
+        for e in [
+            Edit::ReplaceNode {
+                output: "nope".into(),
+                nodes: vec![],
+            },
+            Edit::Before {
+                output: "nope".into(),
+                nodes: vec![],
+            },
+        ] {
+            let mut g = two_weights(4, 2);
+            assert_eq!(apply_err(&mut g, e), ApplyError::NoNode("nope".into()));
+            assert_eq!(g, two_weights(4, 2));
+        }
     }
 
     #[test]
