@@ -3,7 +3,7 @@
 //! target's emitter rewrite the graph, remove what became dead, raise the opset when the new
 //! nodes need it and it is safe, and record what was done in `metadata_props` and a report.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
 use bitnet_model::graph::GraphIndex;
@@ -14,7 +14,7 @@ use bitnet_model::walk;
 use rayon::prelude::*;
 use regex::Regex;
 
-use crate::analyse::{self, LinearLayer, WeightValue};
+use crate::analyse::{self, LinearLayer};
 use crate::emit::{patch, EmitContext, Emitter, WeightJob};
 use crate::opsets;
 use crate::quant::{self, QuantConfig};
@@ -24,14 +24,16 @@ pub use bitnet_model::metadata::PREFIX as METADATA_PREFIX;
 mod plan;
 mod quantize;
 mod record;
+mod schedule;
+mod select;
+mod source;
 
 use crate::cleanup::remove_dead;
 pub use crate::error::ConvertError;
 pub use crate::report::{Codes, LayerReport, Report, Skipped, Totals};
 use plan::{bitnet_plan, output_scale_patch};
-use quantize::{
-    job_cost, parallel_inside, quantize_job, JobInput, Quantized, BATCH_BYTES_PER_THREAD,
-};
+use quantize::{job_cost, parallel_inside, quantize_job, Quantized};
+use select::select;
 
 /// Which linear layers to convert.
 #[derive(Debug, Clone, Default)]
@@ -291,65 +293,11 @@ fn convert_graph(
         .iter()
         .filter_map(|&i| g.node[i].output.first().cloned())
         .collect();
-    let index = GraphIndex::new(g);
-    let sel = &opts.selection;
-    let mut chosen: BTreeMap<String, Vec<LinearLayer>> = BTreeMap::new();
-    let mut skipped = Vec::new();
-    for l in layers {
-        let params: i64 = l.shape.iter().product();
-        if main && opts.vocab.head.is_some() && analyse::feeds_graph_output(&index, &l.output) {
-            // The LM head: quantized as a table after the ternary layers (`vocab`, which
-            // reports it when it cannot).
-            continue;
-        }
-        let reason = if let Some(r) = &l.reason {
-            Some(r.clone())
-        } else if sel.include.as_ref().is_some_and(|re| !re.is_match(&l.node)) {
-            Some("not matched by --include".to_string())
-        } else if sel.exclude.as_ref().is_some_and(|re| re.is_match(&l.node)) {
-            Some("matched by --exclude".to_string())
-        } else if (params as u64) < sel.min_params {
-            Some(format!(
-                "{params} weights, below --min-params {}",
-                sel.min_params
-            ))
-        } else if !sel.quantize_head && analyse::feeds_graph_output(&index, &l.output) {
-            Some(if main {
-                "output projection feeding a graph output stays float (use --head int4, int8 or ternary)"
-                    .to_string()
-            } else {
-                "output projection feeding a subgraph output stays float (--head int4/int8 \
-                 quantize the main graph's head only; --head ternary converts it)"
-                    .to_string()
-            })
-        } else {
-            None
-        };
-        match reason {
-            Some(reason) => skipped.push(Skipped {
-                node: l.node,
-                reason,
-            }),
-            None => chosen.entry(l.weight.clone()).or_default().push(l),
-        }
-    }
-    // A weight shared with a skipped layer of another layout cannot be rewritten for one only:
-    // keep the float copy for those consumers (the rewrite only rewires chosen layers).
-    // Mixed layouts among chosen layers of one weight: keep the first layout's group only.
-    let mut jobs = Vec::new();
-    for (w, ls) in &chosen {
-        let layout = ls[0].layout;
-        let (same, other): (Vec<&LinearLayer>, Vec<&LinearLayer>) =
-            ls.iter().partition(|l| l.layout == layout);
-        for l in other {
-            skipped.push(Skipped {
-                node: l.node.clone(),
-                reason: format!("weight '{w}' is shared with a layer that reads it transposed"),
-            });
-        }
-        jobs.push((w.clone(), same));
-    }
-    drop(index);
+    let (chosen, skipped) = select(g, layers, opts, main);
+    let jobs: Vec<(String, Vec<&LinearLayer>)> = chosen
+        .iter()
+        .map(|(w, ls)| (w.clone(), ls.iter().collect()))
+        .collect();
     // Initializers read before the rewrite: those nobody reads afterwards became dead through it.
     let read_before: HashSet<String> = {
         let index = GraphIndex::new(g);
@@ -378,10 +326,7 @@ fn convert_graph(
         .iter()
         .map(|(w, ls)| parallel_inside(weights[w].len(), ls[0].layout, &opts.quant))
         .collect();
-    let largest = costs.iter().copied().max().unwrap_or(0);
-    let budget = opts.batch_bytes.unwrap_or_else(|| {
-        largest.max(rayon::current_num_threads() as u64 * BATCH_BYTES_PER_THREAD)
-    });
+    let budget = schedule::budget(&costs, rayon::current_num_threads(), opts.batch_bytes);
     let mut em = Emission {
         cx: EmitContext::new(g),
         reports: Vec::new(),
@@ -396,71 +341,12 @@ fn convert_graph(
     // 14.4-15.1 MiB peak RSS, the budget (2 MiB) 0.117 s and 13.3-13.5 MiB, none kept 0.150 s
     // and 12.0-12.3 MiB (`perf stat -r 10`, `/usr/bin/time`).
     let spare = quant::Spare::new(usize::try_from(budget).unwrap_or(usize::MAX));
-    let mut start = 0;
-    while start < jobs.len() {
-        let mut end = start;
-        let mut used = 0;
-        while end < jobs.len() && (end == start || used + costs[end] <= budget) {
-            used += costs[end];
-            end += 1;
-        }
-        let batch = &jobs[start..end];
-        let by_name: std::collections::HashMap<&str, &bitnet_model::proto::TensorProto> = g
-            .initializer
-            .iter()
-            .filter_map(|t| Some((t.name.as_deref()?, t)))
-            .collect();
-        // Each job owns its input (a folded value, or a cheap clone of the initializer whose
-        // payload stays in the memory-mapped file), so the graph is free for the emitter.
-        // Folded weights are folded again here, one batch at a time (analysis kept only their
-        // shapes); the folder keeps small values (shapes, scales) for the whole batch.
-        let index = GraphIndex::new(g);
-        let mut folder = crate::fold::Folder::new(&index, path);
-        let inputs = batch
-            .iter()
-            .map(|(w, ls)| {
-                let input = match weights.remove(w) {
-                    Some(WeightValue::Folded { .. }) => {
-                        let c = folder.eval(w).map_err(|e| ConvertError::Other {
-                            path: p.clone(),
-                            reason: format!("weight '{w}' of node '{}': {e}", ls[0].node),
-                        })?;
-                        folder.evict_large();
-                        analyse::release_decoded(&index, &mut folder, opts.source);
-                        JobInput::Folded(c)
-                    }
-                    _ => match by_name.get(w.as_str()) {
-                        Some(t) => JobInput::Tensor(Box::new((*t).clone())),
-                        None => {
-                            return Err(ConvertError::Other {
-                                path: p.clone(),
-                                reason: format!(
-                                    "weight '{w}' of node '{}' is not an initializer of its graph",
-                                    ls[0].node
-                                ),
-                            })
-                        }
-                    },
-                };
-                Ok((input, ls.as_slice()))
-            })
-            .collect::<Result<Vec<(JobInput, &[&LinearLayer])>, ConvertError>>()?;
+    for range in schedule::batches(&costs, budget) {
+        let (start, end) = (range.start, range.end);
+        let batch = &jobs[range];
         // Start reading the next batch from disk while this one is quantized.
-        if let Some(src) = opts.source {
-            let mut ahead = 0;
-            for ((w, _), &c) in jobs[end..].iter().zip(&costs[end..]) {
-                if ahead > 0 && ahead + c > budget {
-                    break;
-                }
-                ahead += c;
-                if let Some(raw) = by_name.get(w.as_str()).and_then(|t| t.raw_data.as_ref()) {
-                    src.prefetch(raw);
-                }
-            }
-        }
-        drop(by_name);
-        drop(folder);
-        drop(index);
+        let ahead = &jobs[end..end + schedule::read_ahead(&costs[end..], budget)];
+        let inputs = source::read_batch(g, batch, ahead, &mut weights, path, opts.source)?;
         // Quantize this batch while the previous one is emitted (in order, on the graph). Its
         // weights are taken one after another when each is quantized in parallel inside.
         let one_by_one = inside[start..end].iter().all(|&p| p);
@@ -480,7 +366,6 @@ fn convert_graph(
         );
         emitted?;
         pending = Some((batch, quantized));
-        start = end;
     }
     if let Some((b, q)) = pending.take() {
         em.emit_batch(g, b, q, opts, &p, opset, &spare)?;

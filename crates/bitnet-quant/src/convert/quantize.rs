@@ -16,15 +16,6 @@ use crate::quant::{self, QuantConfig, Ternary};
 /// Bytes of a `[K, N]` source transposed at a time (its pages are released after each part).
 pub(super) const TRANSPOSE_BAND_BYTES: usize = 8 << 20;
 
-/// Memory a batch may hold per thread; a batch always takes at least its largest weight.
-/// Small batches lose nothing (each weight is quantized in parallel inside). With `quant::kn`
-/// reading a band at a time, a batch is mostly codes: 512 KiB per thread keeps two batches of
-/// codes, the one quantized and the one emitted, near the size of the largest weight's codes
-/// (the budget also bounds what `quant::Spare` keeps). On the bench transformer (external
-/// data) 1 MiB per thread gave a heap peak of 5.8-7.3 MiB and peak RSS 14.5-15.4 MiB, 512 KiB
-/// 5.4 MiB and 13.9-14.5 MiB, in the same time within noise.
-pub(super) const BATCH_BYTES_PER_THREAD: u64 = 512 << 10;
-
 /// Peak bytes quantizing one weight of `elems` elements holds: one byte of code per weight, plus
 /// its source in memory unless `quant::kn` reads it where it lies a band at a time (a `[K, N]`
 /// weight quantized with absmean): the `f32` channel-major copy of any other weight.
