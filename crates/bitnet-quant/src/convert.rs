@@ -15,12 +15,13 @@ use rayon::prelude::*;
 use regex::Regex;
 
 use crate::analyse::{self, LinearLayer};
-use crate::emit::{patch, EmitContext, Emitter, WeightJob};
-use crate::opsets;
+use crate::emit::{EmitContext, Emitter};
 use crate::quant::{self, QuantConfig};
 
 pub use bitnet_model::metadata::PREFIX as METADATA_PREFIX;
 
+mod emission;
+mod imports;
 mod plan;
 mod quantize;
 mod record;
@@ -31,7 +32,7 @@ mod source;
 use crate::cleanup::remove_dead;
 pub use crate::error::ConvertError;
 pub use crate::report::{Codes, LayerReport, Report, Skipped, Totals};
-use plan::{bitnet_plan, output_scale_patch};
+use emission::Emission;
 use quantize::{job_cost, parallel_inside, quantize_job, Quantized};
 use select::select;
 
@@ -66,7 +67,7 @@ pub struct ConvertOptions<'a> {
     /// payload to the output's external data file at once.
     pub sink: Option<&'a Writer>,
     /// Bytes of float copies and codes one batch of weights may hold; a batch always takes at
-    /// least one weight. `None`: 4 MiB per thread, or the largest weight's need if more.
+    /// least one weight. `None`: 512 KiB per thread, or the largest weight's need if more.
     /// Batching never changes the output.
     pub batch_bytes: Option<u64>,
 }
@@ -162,66 +163,20 @@ pub fn convert(
             skipped.extend(s);
         }
     }
-    let mut opset_after = opset_before;
-    if !layers_out.is_empty() {
-        if let Some(max) = opts.emitter.max_opset() {
-            let have = opset_before.unwrap_or(0);
-            if have.max(min_opset) > max {
-                return Err(ConvertError::Other {
-                    path: p.clone(),
-                    reason: format!(
-                        "target {} parses default-domain opsets up to {max}, but the output needs opset {}",
-                        opts.emitter.name(),
-                        have.max(min_opset)
-                    ),
-                });
-            }
-        }
-        let ir = opts.emitter.min_ir_version();
-        if model.ir_version.unwrap_or(0) < ir {
-            model.ir_version = Some(ir);
-        }
-        if let Some(have) = opset_before {
-            if have < min_opset {
-                if let Some(b) = opsets::upgrade_blocker(model, have, min_opset) {
-                    return Err(ConvertError::OpsetUpgrade {
-                        path: p,
-                        needed: min_opset,
-                        have,
-                        node: b.node,
-                        op: b.op,
-                        version: b.version,
-                        change: b.change,
-                    });
-                }
-                opsets::rewrite_for_upgrade(model, have, min_opset);
-                for o in &mut model.opset_import {
-                    let d = o.domain.as_deref().unwrap_or("");
-                    if bitnet_model::node::is_default_domain(Some(d)) {
-                        o.version = Some(min_opset);
-                    }
-                }
-                opset_after = Some(min_opset);
-            }
-        }
-    }
-    if !layers_out.is_empty() || !tables.is_empty() {
-        let tables_domain: &[(&str, i64)] = if tables.is_empty() {
-            &[]
-        } else {
-            &[("com.microsoft", 1)]
-        };
-        for &(domain, version) in opts.emitter.domains().iter().chain(tables_domain) {
-            if bitnet_model::load::opset_version(model, domain).is_none() {
-                model
-                    .opset_import
-                    .push(bitnet_model::proto::OperatorSetIdProto {
-                        domain: Some(domain.to_string()),
-                        version: Some(version),
-                    });
-            }
-        }
-    }
+    let opset_after = imports::raise(
+        model,
+        opts.emitter,
+        &p,
+        opset_before,
+        min_opset,
+        &layers_out,
+    )?;
+    imports::add_domains(
+        model,
+        opts.emitter,
+        !layers_out.is_empty(),
+        !tables.is_empty(),
+    );
     let weight_bytes_before: u64 = layers_out.iter().map(|l| l.bytes_before).sum();
     let weight_bytes_after: u64 = layers_out.iter().map(|l| l.bytes_after).sum();
     let totals = Totals {
@@ -391,126 +346,4 @@ fn convert_graph(
         min_opset,
         removed,
     })
-}
-
-/// The emitting side of the driver: names, and what the report and metadata collect.
-struct Emission {
-    /// The names in use and what earlier weights' emission left for later ones.
-    cx: EmitContext,
-    reports: Vec<LayerReport>,
-    meta: Vec<bitnet_model::metadata::LayerSpec>,
-    min_opset: i64,
-    /// Outputs of nodes the converted layers took over, removed at the end if dead.
-    removable: Vec<String>,
-}
-
-impl Emission {
-    /// Rewrites the graph for one batch of quantized weights, in order; new initializers go
-    /// to the sink as they are made. The codes go back to `spare` once emitted.
-    #[allow(clippy::too_many_arguments)]
-    fn emit_batch(
-        &mut self,
-        g: &mut GraphProto,
-        batch: &[(String, Vec<&LinearLayer>)],
-        quantized: Vec<Result<Quantized, ConvertError>>,
-        opts: &ConvertOptions,
-        p: &str,
-        opset: i64,
-        spare: &quant::Spare,
-    ) -> Result<(), ConvertError> {
-        for ((w, ls), q) in batch.iter().zip(quantized) {
-            let mut q = q?;
-            // BitNet's layer around the node: a constant scale on the output is folded into
-            // the weight scales (the scale node goes after emission).
-            let keep = opts.emitter.keep_scale_before_clip();
-            let plan = bitnet_plan(g, w, ls, Path::new(p), keep);
-            if let Some(scales) = &plan.output_scales {
-                let f = scales[0].factor;
-                q.ternary.scales.iter_mut().for_each(|s| *s *= f);
-            }
-            let t = &q.ternary;
-            let dtype = q.dtype;
-            let job = WeightJob {
-                weight: w,
-                dtype,
-                layers: ls,
-                ternary: t,
-                opset,
-                activations: &plan.activations,
-            };
-            let emitted =
-                opts.emitter
-                    .emit(g, &job, &mut self.cx)
-                    .map_err(|source| ConvertError::Emit {
-                        path: p.to_string(),
-                        weight: w.clone(),
-                        source,
-                    })?;
-            let mut absorbed = emitted.absorbed;
-            self.removable.extend(emitted.removable);
-            // New tensors go to the output's data file as soon as they are in the graph.
-            let mut store = |t: &mut bitnet_model::proto::TensorProto| match opts.sink {
-                Some(sink) => sink.store(t).map_err(|e| e.to_string()),
-                None => Ok(()),
-            };
-            let applied = |e: patch::ApplyError| ConvertError::Other {
-                path: p.to_string(),
-                reason: format!("weight '{w}': {e}"),
-            };
-            let bytes_after = patch::apply(g, emitted.patch, &mut store).map_err(applied)?;
-            if let Some(scales) = &plan.output_scales {
-                for (l, os) in ls.iter().zip(scales) {
-                    let scale_patch = output_scale_patch(g, w, l, os, &mut self.removable)
-                        .map_err(|reason| ConvertError::Other {
-                            path: p.to_string(),
-                            reason,
-                        })?;
-                    patch::apply(g, scale_patch, &mut store).map_err(applied)?;
-                    absorbed.push(os.how.clone());
-                }
-            }
-            self.min_opset = self.min_opset.max(emitted.min_opset);
-            let [neg, zero, pos] = q.counts;
-            let (smin, smax) = t.scale_range();
-            let total = (t.n * t.k) as u64;
-            let bytes_before = bytes_of(dtype, total);
-            self.reports.push(LayerReport {
-                node: ls[0].node.clone(),
-                shared_with: ls[1..].iter().map(|l| l.node.clone()).collect(),
-                op: ls[0].op.clone(),
-                weight: w.clone(),
-                shape: q.dims.iter().map(|&d| d as i64).collect(),
-                dtype: bitnet_model::dtype::short_name(dtype),
-                granularity: t.granularity.to_string(),
-                codes: Codes { neg, zero, pos },
-                sparsity: zero as f64 / total.max(1) as f64,
-                scale_min: smin,
-                scale_max: smax,
-                rel_error: q.rel_error,
-                lossless: t.lossless,
-                folded: ls[0].folded,
-                bytes_before,
-                bytes_after,
-                absorbed,
-                not_absorbed: plan.not_absorbed,
-            });
-            for (i, l) in ls.iter().enumerate() {
-                let os = plan.output_scales.as_ref().and_then(|s| s.get(i));
-                self.meta.push(bitnet_model::metadata::LayerSpec {
-                    node: l.node.clone(),
-                    op: l.op.clone(),
-                    output: l.output.clone(),
-                    output_scale: os.map(|os| os.factor as f64),
-                    scaled_output: os.map(|os| os.node_output.clone()),
-                    weight: l.weight.clone(),
-                });
-            }
-            if let Some(pr) = opts.progress {
-                pr.converted(w, bytes_before);
-            }
-            // For a later weight's codes.
-            spare.give(q.ternary.codes);
-        }
-        Ok(())
-    }
 }
