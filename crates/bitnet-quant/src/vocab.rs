@@ -23,6 +23,7 @@ use std::path::Path;
 
 use bitnet_model::graph::{Dim, GraphIndex};
 use bitnet_model::load::Mappings;
+use bitnet_model::node::int_attr;
 use bitnet_model::proto::tensor_proto::DataType;
 use bitnet_model::proto::{GraphProto, NodeProto, TensorProto};
 use bitnet_model::save::Writer;
@@ -31,7 +32,6 @@ use serde::Serialize;
 
 use crate::analyse::{feeds_graph_output, node_label};
 use crate::blockq::{self, BlockTable, TableBits};
-use crate::emit::dq::int_attr;
 use crate::emit::patch::{self, Edit, Patch};
 use crate::emit::NameGen;
 use crate::error::ConvertError;

@@ -6,11 +6,12 @@ use std::path::Path;
 
 use bitnet_model::proto::GraphProto;
 
-use super::plan::{bitnet_plan, output_scale_patch};
+use super::plan::bitnet_plan;
 use super::quantize::Quantized;
 use super::{bytes_of, Codes, ConvertError, ConvertOptions, LayerReport};
 use crate::analyse::LinearLayer;
-use crate::emit::{patch, EmitContext, WeightJob};
+use crate::bitnet;
+use crate::emit::{patch, Edit, EmitContext, Patch, WeightJob};
 use crate::quant;
 
 /// The emitting side of the driver: names, and what the report and metadata collect.
@@ -133,4 +134,52 @@ impl Emission {
         }
         Ok(())
     }
+}
+
+/// After `l` was emitted with its scales multiplied by `os.factor` (and that patch applied):
+/// the patch by which the node that applied the factor goes (the layer's new last node writes
+/// its output instead), or, for `y / (s * c)`, divides by `s` alone.
+fn output_scale_patch(
+    g: &GraphProto,
+    w: &str,
+    l: &LinearLayer,
+    os: &bitnet::OutputScale,
+    removable: &mut Vec<String>,
+) -> Result<Patch, String> {
+    if crate::emit::patch::layer_position(g, &l.output, w).is_some() {
+        return Err(format!(
+            "node '{}' was not rewritten, but its output scale was folded into its weight scales",
+            l.node
+        ));
+    }
+    let Some(node) = g
+        .node
+        .iter()
+        .find(|n| n.output.first() == Some(&os.node_output))
+    else {
+        return Err(format!("the output scale node of '{}' is gone", l.node));
+    };
+    let mut patch = Patch::default();
+    match &os.keep_divisor {
+        Some((s, product)) => {
+            let Some(from) = node.input.get(1) else {
+                return Err(format!(
+                    "the output scale node of '{}' has one input",
+                    l.node
+                ));
+            };
+            patch.edit(Edit::Rewire {
+                output: os.node_output.clone(),
+                input: 1,
+                from: from.clone(),
+                to: s.clone(),
+            });
+            removable.push(product.clone());
+        }
+        None => patch.edit(Edit::Bypass {
+            node_output: os.node_output.clone(),
+            value: l.output.clone(),
+        }),
+    }
+    Ok(patch)
 }

@@ -1,5 +1,5 @@
-//! Plan: what of BitNet's layer surrounds the layers of one weight (read-only), and, after
-//! emission, the patch that takes the constant output scale out of the graph.
+//! Plan: what of BitNet's layer surrounds the layers of one weight (read-only): the
+//! activation quantization feeding each layer and a constant scale on its output.
 
 use std::path::Path;
 
@@ -8,7 +8,6 @@ use bitnet_model::proto::GraphProto;
 
 use crate::analyse::LinearLayer;
 use crate::bitnet;
-use crate::emit::{Edit, Patch};
 
 /// What is BitNet's around the layers of one weight.
 pub(super) struct BitnetPlan {
@@ -89,52 +88,4 @@ pub(super) fn bitnet_plan(
         output_scales: (all && same && !scales.is_empty()).then_some(scales),
         not_absorbed,
     }
-}
-
-/// After `l` was emitted with its scales multiplied by `os.factor` (and that patch applied):
-/// the patch by which the node that applied the factor goes (the layer's new last node writes
-/// its output instead), or, for `y / (s * c)`, divides by `s` alone.
-pub(super) fn output_scale_patch(
-    g: &GraphProto,
-    w: &str,
-    l: &LinearLayer,
-    os: &bitnet::OutputScale,
-    removable: &mut Vec<String>,
-) -> Result<Patch, String> {
-    if crate::emit::patch::layer_position(g, &l.output, w).is_some() {
-        return Err(format!(
-            "node '{}' was not rewritten, but its output scale was folded into its weight scales",
-            l.node
-        ));
-    }
-    let Some(node) = g
-        .node
-        .iter()
-        .find(|n| n.output.first() == Some(&os.node_output))
-    else {
-        return Err(format!("the output scale node of '{}' is gone", l.node));
-    };
-    let mut patch = Patch::default();
-    match &os.keep_divisor {
-        Some((s, product)) => {
-            let Some(from) = node.input.get(1) else {
-                return Err(format!(
-                    "the output scale node of '{}' has one input",
-                    l.node
-                ));
-            };
-            patch.edit(Edit::Rewire {
-                output: os.node_output.clone(),
-                input: 1,
-                from: from.clone(),
-                to: s.clone(),
-            });
-            removable.push(product.clone());
-        }
-        None => patch.edit(Edit::Bypass {
-            node_output: os.node_output.clone(),
-            value: l.output.clone(),
-        }),
-    }
-    Ok(patch)
 }
