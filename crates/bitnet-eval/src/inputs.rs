@@ -75,12 +75,7 @@ fn inferred_range(proto: &ModelProto, input: &str) -> ((i64, i64), String) {
             if n.op_type.as_deref() == Some("Gather")
                 && n.input.get(1).map(String::as_str) == Some(input)
             {
-                let axis = n
-                    .attribute
-                    .iter()
-                    .find(|a| a.name.as_deref() == Some("axis"))
-                    .and_then(|a| a.i)
-                    .unwrap_or(0);
+                let axis = bitnet_model::node::attr_i(n, "axis").unwrap_or(0);
                 let data = n.input.first().map(String::as_str).unwrap_or("");
                 if let Some(t) = g
                     .initializer

@@ -315,10 +315,7 @@ fn produced(p: &ModelProto) -> HashSet<String> {
 }
 
 fn trans_b(n: &NodeProto) -> bool {
-    n.op_type.as_deref() == Some("Gemm")
-        && n.attribute
-            .iter()
-            .any(|a| a.name.as_deref() == Some("transB") && a.i == Some(1))
+    n.op_type.as_deref() == Some("Gemm") && bitnet_model::node::attr_i(n, "transB") == Some(1)
 }
 
 fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {

@@ -279,11 +279,7 @@ fn transposed_initializer(index: &GraphIndex, value: &str) -> Option<(usize, Vec
     let t = index.initializer(node.input.first()?)?;
     let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
     let rank = dims.len();
-    let perm: Vec<usize> = match node
-        .attribute
-        .iter()
-        .find(|a| a.name.as_deref() == Some("perm"))
-    {
+    let perm: Vec<usize> = match bitnet_model::node::attr(node, "perm") {
         Some(a) if !a.ints.is_empty() => a
             .ints
             .iter()

@@ -112,12 +112,7 @@ pub fn act_quant(index: &GraphIndex, path: &Path, a: &str) -> Result<Option<ActQ
     };
     let bound = |f: &mut Folder, i: usize, attr: &str| match input(clip, i) {
         Some(v) => scalar(f, v),
-        None => clip
-            .attribute
-            .iter()
-            .find(|a| a.name.as_deref() == Some(attr))
-            .and_then(|a| a.f)
-            .map(f64::from),
+        None => bitnet_model::node::attr_f(clip, attr).map(f64::from),
     };
     let (lo, hi) = (bound(&mut folder, 1, "min"), bound(&mut folder, 2, "max"));
     if lo != Some(-128.0) || hi != Some(127.0) {

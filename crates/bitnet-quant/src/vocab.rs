@@ -509,10 +509,8 @@ fn find_head(index: &GraphIndex, n: &NodeProto, i: usize) -> Result<Found, Strin
         let t = index.node(at);
         let plain = t.op_type.as_deref() == Some("Transpose")
             && bitnet_model::node::in_default_domain(t)
-            && t.attribute
-                .iter()
-                .filter(|a| a.name.as_deref() == Some("perm"))
-                .all(|a| a.ints.is_empty() || a.ints == [1, 0]);
+            && bitnet_model::node::attr(t, "perm")
+                .is_none_or(|a| a.ints.is_empty() || a.ints == [1, 0]);
         let table = t.input.first()?;
         let init = index.initializer(table)?;
         (plain && float2d(init) && !index.is_overridable_initializer(table)).then(|| table.clone())

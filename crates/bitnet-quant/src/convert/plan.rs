@@ -41,11 +41,7 @@ pub(super) fn bitnet_plan(
         let node = g.node.iter().find(|n| {
             n.output.first() == Some(&l.output) && n.input.get(1).map(String::as_str) == Some(w)
         });
-        let trans_a = node.is_some_and(|n| {
-            n.attribute
-                .iter()
-                .any(|a| a.name.as_deref() == Some("transA") && a.i == Some(1))
-        });
+        let trans_a = node.is_some_and(|n| bitnet_model::node::attr_i(n, "transA") == Some(1));
         let act = match node.and_then(|n| n.input.first()).filter(|_| !trans_a) {
             Some(a) => bitnet::act_quant(&index, path, a).unwrap_or_else(|reason| {
                 not_absorbed.get_or_insert(reason);

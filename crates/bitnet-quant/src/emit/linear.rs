@@ -5,7 +5,8 @@
 //! scalar, `[N]` or `[1, N]`) or a value to add after the node (a matrix or run-time C,
 //! multiplied by `beta` first when `beta != 1`).
 
-use bitnet_model::proto::{AttributeProto, GraphProto, NodeProto};
+use bitnet_model::node::{attr_f, attr_i};
+use bitnet_model::proto::{GraphProto, NodeProto};
 use bitnet_model::tensor;
 
 use super::{NameGen, Patch, WeightJob};
@@ -33,10 +34,6 @@ pub struct Linear {
     pub bias: Bias,
 }
 
-fn attr<'n>(n: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
-    n.attribute.iter().find(|a| a.name.as_deref() == Some(name))
-}
-
 /// Finds the node of `layer` (still reading `job.weight`) and takes it apart; a constant it
 /// needs (`beta`) goes into `patch`. `None` when the node is no longer in the graph.
 pub fn take(
@@ -52,13 +49,13 @@ pub fn take(
     let is_gemm = layer.op == "Gemm";
     let f = |name: &str| {
         if is_gemm {
-            attr(&node, name).and_then(|a| a.f).unwrap_or(1.0)
+            attr_f(&node, name).unwrap_or(1.0)
         } else {
             1.0
         }
     };
     let (alpha, beta) = (f("alpha"), f("beta"));
-    let trans_a = is_gemm && attr(&node, "transA").and_then(|a| a.i).unwrap_or(0) == 1;
+    let trans_a = is_gemm && attr_i(&node, "transA").unwrap_or(0) == 1;
     let mut before = Vec::new();
     let mut a = node.input[0].clone();
     if trans_a {
