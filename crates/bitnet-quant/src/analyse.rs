@@ -307,3 +307,463 @@ fn fold_reason(folder: &mut Folder, a: &str, e: crate::fold::FoldError) -> Strin
         e => format!("weight cannot be folded: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bitnet_model::node::int_attr;
+    use bitnet_model::proto::AttributeProto;
+    use bitnet_model::{tensor, Dim};
+
+    use super::*;
+    use crate::emit::testing::{
+        constant, gemm, graph, layer, layers, matmul, node, shared, typed, value, weight, Gemm,
+    };
+
+    const FLOAT: i32 = DataType::Float as i32;
+
+    fn find(g: &GraphProto) -> (Vec<LinearLayer>, Vec<(String, WeightValue)>, Vec<usize>) {
+        let (layers, weights, folded) = find_linear_layers(g, Path::new("test.onnx"), None);
+        (layers, weights.into_iter().collect(), folded)
+    }
+
+    /// `mm: y = MatMul(x, W)` with `W` computed by `producers` from these initializers.
+    fn computed(
+        producers: Vec<NodeProto>,
+        inits: Vec<bitnet_model::proto::TensorProto>,
+    ) -> GraphProto {
+        let mut nodes = producers;
+        nodes.push(node("mm", "MatMul", &["x", "W"], &["y"]));
+        graph(nodes, inits, &["x"], &["y"])
+    }
+
+    fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            ints: v.to_vec(),
+            r#type: Some(bitnet_model::proto::attribute_proto::AttributeType::Ints as i32),
+            ..Default::default()
+        }
+    }
+
+    fn reason(l: &LinearLayer) -> &str {
+        assert!(!l.candidate, "{} is a candidate", l.node);
+        l.reason
+            .as_deref()
+            .expect("a layer that is no candidate says why")
+    }
+
+    #[test]
+    fn matmul_on_an_initializer_is_a_kn_candidate() {
+        let (ls, weights, folded) = find(&matmul(4, 8));
+        assert_eq!(ls.len(), 1);
+        let l = &ls[0];
+        assert_eq!(
+            (l.node_index, l.node.as_str(), l.op.as_str()),
+            (0, "mm", "MatMul")
+        );
+        assert_eq!((l.weight.as_str(), l.output.as_str()), ("W", "y"));
+        assert_eq!(l.shape, [4, 8]);
+        assert_eq!(l.dtype, FLOAT);
+        assert_eq!(l.layout, Layout::KN);
+        assert!(l.candidate);
+        assert_eq!(l.reason, None);
+        assert!(!l.folded);
+        assert_eq!(weights.len(), 1);
+        assert_eq!(weights[0].0, "W");
+        assert!(matches!(
+            &weights[0].1,
+            WeightValue::Initializer { dims, dtype } if dims == &[4, 8] && *dtype == FLOAT
+        ));
+        assert_eq!(weights[0].1.len(), 32);
+        assert!(folded.is_empty());
+    }
+
+    #[test]
+    fn gemm_layout_follows_trans_b() {
+        let nk = layer(&gemm(4, 8, &Gemm::default()), "gemm");
+        assert_eq!((nk.layout, nk.shape.clone()), (Layout::NK, vec![8, 4]));
+        assert!(nk.candidate);
+        let kn = layer(
+            &gemm(
+                4,
+                8,
+                &Gemm {
+                    trans_b: false,
+                    ..Gemm::default()
+                },
+            ),
+            "gemm",
+        );
+        assert_eq!((kn.layout, kn.shape.clone()), (Layout::KN, vec![4, 8]));
+        assert!(kn.candidate);
+        // An explicit transB = 0 is KN too.
+        let mut g = gemm(
+            4,
+            8,
+            &Gemm {
+                trans_b: false,
+                ..Gemm::default()
+            },
+        );
+        g.node[0].attribute.push(int_attr("transB", 0));
+        assert_eq!(layer(&g, "gemm").layout, Layout::KN);
+        // Only Gemm has transB: a MatMul carrying one is still KN.
+        let mut g = matmul(4, 8);
+        g.node[0].attribute.push(int_attr("transB", 1));
+        assert_eq!(layer(&g, "mm").layout, Layout::KN);
+    }
+
+    #[test]
+    fn half_precision_weights_are_candidates() {
+        for (t, dt) in [
+            (
+                tensor::from_f32_as_f16("W", &[4, 8], &[0.5; 32]),
+                DataType::Float16,
+            ),
+            (
+                tensor::from_f32_as_bf16("W", &[4, 8], &[0.5; 32]),
+                DataType::Bfloat16,
+            ),
+        ] {
+            let mut g = matmul(4, 8);
+            g.initializer = vec![t];
+            let l = layer(&g, "mm");
+            assert!(l.candidate, "{dt:?}: {:?}", l.reason);
+            assert_eq!(l.dtype, dt as i32);
+        }
+    }
+
+    #[test]
+    fn shared_weight_is_one_entry_for_two_layers() {
+        let (ls, weights, _) = find(&shared(4, 8));
+        let names: Vec<_> = ls.iter().map(|l| (l.node.as_str(), l.candidate)).collect();
+        assert_eq!(names, [("mm0", true), ("mm1", true)]);
+        assert_eq!(weights.len(), 1);
+        assert_eq!(weights[0].0, "W");
+    }
+
+    #[test]
+    fn weight_from_a_graph_input_is_not_a_candidate() {
+        // Both operands are graph inputs; W's declared shape is what the layer reports.
+        let mut g = graph(
+            vec![node("mm", "MatMul", &["x", "W"], &["y"])],
+            vec![],
+            &["x"],
+            &["y"],
+        );
+        g.input.push(typed(
+            "W",
+            DataType::Float,
+            &[Dim::Symbol("K".into()), Dim::Fixed(8)],
+        ));
+        let (ls, weights, folded) = find(&g);
+        assert_eq!(reason(&ls[0]), "both operands computed at run time");
+        assert_eq!(ls[0].shape, [-1, 8]);
+        assert_eq!(ls[0].dtype, FLOAT);
+        assert!(!ls[0].folded);
+        assert!(weights.is_empty());
+        assert!(folded.is_empty());
+
+        // The first operand constant, the weight a graph input.
+        let mut g = graph(
+            vec![node("mm", "MatMul", &["A", "W"], &["y"])],
+            vec![weight("A", &[2, 4])],
+            &["W"],
+            &["y"],
+        );
+        g.input[0] = value("W");
+        let l = layer(&g, "mm");
+        assert!(
+            reason(&l).contains("computed at run time")
+                && reason(&l).contains("only the first operand is constant"),
+            "{:?}",
+            l.reason
+        );
+        assert_eq!((l.shape.clone(), l.dtype), (vec![], 0));
+    }
+
+    #[test]
+    fn weight_computed_from_a_graph_input_is_not_a_candidate() {
+        // W = Add(W0, x): folding stops at x.
+        let g = computed(
+            vec![node("add", "Add", &["W0", "x"], &["W"])],
+            vec![weight("W0", &[4, 8])],
+        );
+        let (ls, weights, _) = find(&g);
+        assert_eq!(reason(&ls[0]), "both operands computed at run time");
+        assert!(weights.is_empty());
+    }
+
+    #[test]
+    fn overridable_initializer_is_not_a_candidate() {
+        let mut g = matmul(4, 8);
+        g.input.push(value("W"));
+        let l = layer(&g, "mm");
+        assert!(
+            reason(&l).contains("graph input with a default initializer"),
+            "{:?}",
+            l.reason
+        );
+        assert!(reason(&l).contains("overridden at run time"));
+    }
+
+    #[test]
+    fn weight_from_dequantize_linear_is_already_quantized() {
+        let g = computed(
+            vec![node("dq", "DequantizeLinear", &["Wq", "s"], &["W"])],
+            vec![
+                tensor::from_i8("Wq", &[4, 8], &[1; 32]),
+                tensor::from_f32("s", &[], &[0.5]),
+            ],
+        );
+        let (ls, weights, folded) = find(&g);
+        assert_eq!(ls.len(), 1);
+        assert!(
+            reason(&ls[0]).contains("already quantized"),
+            "{:?}",
+            ls[0].reason
+        );
+        assert!(reason(&ls[0]).contains("DequantizeLinear"));
+        assert!(weights.is_empty());
+        assert!(folded.is_empty());
+    }
+
+    #[test]
+    fn transpose_of_an_initializer_is_folded() {
+        // Without perm (reversed dims) and with an explicit one.
+        for perm in [None, Some([1, 0])] {
+            let mut t = node("t", "Transpose", &["E"], &["W"]);
+            if let Some(p) = perm {
+                t.attribute.push(ints_attr("perm", &p));
+            }
+            let g = computed(vec![t], vec![weight("E", &[8, 4])]);
+            let (ls, weights, folded) = find(&g);
+            let l = &ls[0];
+            assert!(l.candidate, "{perm:?}: {:?}", l.reason);
+            assert!(l.folded);
+            assert_eq!((l.node_index, l.shape.clone()), (1, vec![4, 8]));
+            assert_eq!(l.dtype, FLOAT);
+            assert_eq!(weights.len(), 1);
+            assert!(matches!(
+                &weights[0].1,
+                WeightValue::Folded { dims, dtype } if dims == &[4, 8] && *dtype == FLOAT
+            ));
+            assert_eq!(folded, [0], "the Transpose is reported folded");
+        }
+    }
+
+    #[test]
+    fn transpose_to_three_dims_is_folded_but_not_2d() {
+        let mut t = node("t", "Transpose", &["E"], &["W"]);
+        t.attribute.push(ints_attr("perm", &[0, 2, 1]));
+        let g = computed(vec![t], vec![weight("E", &[2, 3, 4])]);
+        let (ls, weights, _) = find(&g);
+        assert_eq!(reason(&ls[0]), "weight is not 2-D (shape [2, 4, 3])");
+        assert_eq!(ls[0].shape, [2, 4, 3]);
+        assert!(ls[0].folded);
+        assert!(weights.is_empty());
+    }
+
+    #[test]
+    fn mul_by_a_constant_is_folded() {
+        let g = computed(
+            vec![
+                constant("c", "half", tensor::from_f32("h", &[], &[0.5])),
+                node("mul", "Mul", &["W0", "half"], &["W"]),
+            ],
+            vec![weight("W0", &[4, 8])],
+        );
+        let (ls, weights, mut folded) = find(&g);
+        let l = &ls[0];
+        assert!(l.candidate, "{:?}", l.reason);
+        assert!(l.folded);
+        assert_eq!(
+            (l.node_index, l.shape.clone(), l.dtype),
+            (2, vec![4, 8], FLOAT)
+        );
+        assert_eq!(weights.len(), 1);
+        assert_eq!(weights[0].0, "W");
+        assert!(matches!(
+            &weights[0].1,
+            WeightValue::Folded { dims, dtype } if dims == &[4, 8] && *dtype == FLOAT
+        ));
+        folded.sort();
+        assert_eq!(
+            folded,
+            [0, 1],
+            "the Constant and the Mul are reported folded"
+        );
+    }
+
+    #[test]
+    fn unfoldable_producer_gives_a_reason() {
+        // An op the folder does not evaluate.
+        let g = computed(
+            vec![node("relu", "Relu", &["W0"], &["W"])],
+            vec![weight("W0", &[4, 8])],
+        );
+        let l = layer(&g, "mm");
+        assert!(
+            reason(&l).starts_with("weight cannot be folded"),
+            "{:?}",
+            l.reason
+        );
+        assert!(reason(&l).contains("Relu"));
+        // A Transpose outside the default domain is not the transposed-initializer shortcut.
+        let mut t = node("t", "Transpose", &["E"], &["W"]);
+        t.domain = Some("com.example".into());
+        let g = computed(vec![t], vec![weight("E", &[8, 4])]);
+        let (ls, weights, folded) = find(&g);
+        assert!(
+            reason(&ls[0]).starts_with("weight cannot be folded"),
+            "{:?}",
+            ls[0].reason
+        );
+        assert!(weights.is_empty());
+        assert!(folded.is_empty());
+    }
+
+    #[test]
+    fn non_2d_weights_give_a_reason() {
+        for dims in [vec![2, 4, 8], vec![8]] {
+            let mut g = matmul(4, 8);
+            g.initializer = vec![weight("W", &dims)];
+            let (ls, weights, _) = find(&g);
+            let want: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+            assert_eq!(
+                reason(&ls[0]),
+                format!("weight is not 2-D (shape {want:?})")
+            );
+            assert_eq!(ls[0].shape, dims);
+            assert!(!ls[0].folded);
+            assert!(weights.is_empty());
+        }
+    }
+
+    #[test]
+    fn non_float_weights_give_a_reason() {
+        let mut g = matmul(4, 8);
+        g.initializer = vec![tensor::from_i64("W", &[4, 8], &[1; 32])];
+        let (ls, weights, _) = find(&g);
+        let r = reason(&ls[0]);
+        assert!(r.contains("INT64"), "{r}");
+        assert!(r.contains("not float32/float16/bfloat16"), "{r}");
+        assert_eq!(ls[0].dtype, DataType::Int64 as i32);
+        assert_eq!(ls[0].shape, [4, 8]);
+        assert!(weights.is_empty());
+    }
+
+    #[test]
+    fn empty_weight_gives_a_reason() {
+        let mut g = matmul(4, 8);
+        g.initializer = vec![weight("W", &[0, 8])];
+        let (ls, weights, _) = find(&g);
+        assert_eq!(reason(&ls[0]), "weight is empty");
+        assert!(weights.is_empty());
+    }
+
+    #[test]
+    fn other_domains_and_ops_are_ignored() {
+        let mut ms = node("ms", "MatMul", &["x", "W"], &["y0"]);
+        ms.domain = Some("com.microsoft".into());
+        let mut onnx = node("", "Gemm", &["x", "W"], &["y2"]);
+        onnx.domain = Some("ai.onnx".into());
+        let g = graph(
+            vec![
+                ms,
+                node("relu", "Relu", &["x"], &["y1"]),
+                onnx,
+                node("mm", "MatMul", &["x", "W"], &["y3"]),
+            ],
+            vec![weight("W", &[4, 8])],
+            &["x"],
+            &["y0", "y1", "y2", "y3"],
+        );
+        let found: Vec<_> = layers(&g)
+            .into_iter()
+            .map(|l| (l.node_index, l.node, l.op))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (2, "Gemm#2".to_string(), "Gemm".to_string()),
+                (3, "mm".to_string(), "MatMul".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn node_label_is_the_name_or_op_and_index() {
+        let named = node("proj", "MatMul", &[], &[]);
+        assert_eq!(node_label(&named, 3), "proj");
+        let empty = node("", "MatMul", &[], &[]);
+        assert_eq!(node_label(&empty, 3), "MatMul#3");
+        assert_eq!(node_label(&NodeProto::default(), 5), "?#5");
+    }
+
+    /// `head: y = MatMul(x, W)`, then `op: out = op(y)`, `out` the graph output.
+    fn after_head(op: &str) -> GraphProto {
+        graph(
+            vec![
+                node("head", "MatMul", &["x", "W"], &["y"]),
+                node("next", op, &["y"], &["out"]),
+            ],
+            vec![weight("W", &[4, 8])],
+            &["x"],
+            &["out"],
+        )
+    }
+
+    #[test]
+    fn feeds_graph_output_through_pass_through_ops_only() {
+        for op in HEAD_PASS_THROUGH {
+            let g = after_head(op);
+            assert!(feeds_graph_output(&GraphIndex::new(&g), "y"), "{op}");
+        }
+        for op in ["Relu", "MatMul", "Mul", "Concat", "Gelu"] {
+            let g = after_head(op);
+            assert!(!feeds_graph_output(&GraphIndex::new(&g), "y"), "{op}");
+        }
+        // The graph output itself; a value read by nothing and not an output.
+        let g = matmul(4, 8);
+        let index = GraphIndex::new(&g);
+        assert!(feeds_graph_output(&index, "y"));
+        assert!(!feeds_graph_output(&index, "nowhere"));
+    }
+
+    #[test]
+    fn feeds_graph_output_follows_chains_and_branches() {
+        // y -> Add -> Reshape -> Softmax -> out, and y -> Relu -> r (not an output).
+        let g = graph(
+            vec![
+                node("head", "MatMul", &["x", "W"], &["y"]),
+                node("relu", "Relu", &["y"], &["r"]),
+                node("add", "Add", &["y", "b"], &["y1"]),
+                node("reshape", "Reshape", &["y1", "s"], &["y2"]),
+                node("softmax", "Softmax", &["y2"], &["out"]),
+            ],
+            vec![weight("W", &[4, 8])],
+            &["x", "b", "s"],
+            &["out"],
+        );
+        let index = GraphIndex::new(&g);
+        assert!(feeds_graph_output(&index, "y"));
+        assert!(feeds_graph_output(&index, "y1"));
+        assert!(!feeds_graph_output(&index, "r"));
+        // The same chain broken by one op that is not pass-through.
+        let mut g = g.clone();
+        g.node[3].op_type = Some("Mul".into());
+        assert!(!feeds_graph_output(&GraphIndex::new(&g), "y"));
+        // A cycle of pass-through ops that never reaches an output ends.
+        let g = graph(
+            vec![
+                node("a", "Identity", &["p"], &["q"]),
+                node("b", "Identity", &["q"], &["p"]),
+            ],
+            vec![],
+            &[],
+            &["z"],
+        );
+        assert!(!feeds_graph_output(&GraphIndex::new(&g), "p"));
+    }
+}

@@ -7,8 +7,11 @@ use std::path::Path;
 use bitnet_model::node::int_attr;
 use bitnet_model::proto::attribute_proto::AttributeType;
 use bitnet_model::proto::tensor_proto::DataType;
-use bitnet_model::proto::{AttributeProto, GraphProto, NodeProto, TensorProto, ValueInfoProto};
-use bitnet_model::tensor;
+use bitnet_model::proto::{
+    type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, TensorShapeProto,
+    TypeProto, ValueInfoProto,
+};
+use bitnet_model::{tensor, Dim};
 
 use super::patch::{self, Patch};
 use super::{EmitContext, EmitError, Emitted, Emitter, WeightJob};
@@ -20,6 +23,33 @@ use crate::quant::{Granularity, Ternary};
 pub(crate) fn value(name: &str) -> ValueInfoProto {
     ValueInfoProto {
         name: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+/// A tensor value of element type `elem` and shape `dims`.
+pub(crate) fn typed(name: &str, elem: DataType, dims: &[Dim]) -> ValueInfoProto {
+    use bitnet_model::proto::tensor_shape_proto::{dimension::Value, Dimension};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: match d {
+                Dim::Fixed(n) => Some(Value::DimValue(*n)),
+                Dim::Symbol(s) => Some(Value::DimParam(s.clone())),
+                Dim::Unknown => None,
+            },
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(elem as i32),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -45,6 +75,36 @@ pub(crate) fn float_attr(name: &str, v: f32) -> AttributeProto {
     }
 }
 
+/// A `Constant` node writing `output` with `t` as its value.
+pub(crate) fn constant(name: &str, output: &str, t: TensorProto) -> NodeProto {
+    let mut n = node(name, "Constant", &[], &[output]);
+    n.attribute.push(AttributeProto {
+        name: Some("value".into()),
+        t: Some(t),
+        r#type: Some(AttributeType::Tensor as i32),
+        ..Default::default()
+    });
+    n
+}
+
+/// A GRAPH attribute (an If branch, a Loop or Scan body).
+pub(crate) fn graph_attr(name: &str, g: GraphProto) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        g: Some(g),
+        r#type: Some(AttributeType::Graph as i32),
+        ..Default::default()
+    }
+}
+
+/// A model whose main graph is `g`.
+pub(crate) fn model(g: GraphProto) -> ModelProto {
+    ModelProto {
+        graph: Some(g),
+        ..Default::default()
+    }
+}
+
 /// A float32 weight initializer of `dims` (values do not matter to the emitters).
 pub(crate) fn weight(name: &str, dims: &[i64]) -> TensorProto {
     let count: i64 = dims.iter().product();
@@ -52,7 +112,8 @@ pub(crate) fn weight(name: &str, dims: &[i64]) -> TensorProto {
     tensor::from_f32(name, dims, &values)
 }
 
-fn graph(
+/// A graph named `g` of these nodes and initializers, its inputs and outputs untyped.
+pub(crate) fn graph(
     nodes: Vec<NodeProto>,
     inits: Vec<TensorProto>,
     inputs: &[&str],
