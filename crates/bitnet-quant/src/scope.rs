@@ -23,14 +23,14 @@ use bitnet_model::proto::{GraphProto, ModelProto, TensorProto};
 pub struct Copies {
     /// For each graph of the main graph's tree, in visiting order, the names copied into it.
     by_graph: Vec<Vec<String>>,
-    /// Every name copied anywhere.
-    names: HashSet<String>,
+    /// The initializers copies were made of: (number of the graph holding it, name).
+    sources: HashSet<(usize, String)>,
 }
 
 impl Copies {
     /// True when nothing was copied.
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.sources.is_empty()
     }
 
     /// After graph number `k` was converted: its copies that are still there (their layers
@@ -82,7 +82,11 @@ fn is_weight_candidate(t: &TensorProto) -> bool {
         )
 }
 
-fn localize_graph(g: &mut GraphProto, outer: &HashMap<String, TensorProto>, copies: &mut Copies) {
+/// What an enclosing graph offers a subgraph: each weight, with the number of the graph that
+/// holds it.
+type Scope = HashMap<String, (TensorProto, usize)>;
+
+fn localize_graph(g: &mut GraphProto, outer: &Scope, copies: &mut Copies) {
     let local = defined(g);
     let mut here = Vec::new();
     if !outer.is_empty() {
@@ -102,15 +106,17 @@ fn localize_graph(g: &mut GraphProto, outer: &HashMap<String, TensorProto>, copi
             }
         }
         for w in wanted {
-            g.initializer.push(outer[&w].clone());
-            copies.names.insert(w.clone());
+            let (t, owner) = &outer[&w];
+            g.initializer.push(t.clone());
+            copies.sources.insert((*owner, w.clone()));
             here.push(w);
         }
     }
     // The scope subgraphs of `g` see: the outer one, less what `g` redefines, plus `g`'s
     // initializers (unless a graph input of the same name can override them at run time).
     let inputs: HashSet<&str> = g.input.iter().filter_map(|v| v.name.as_deref()).collect();
-    let mut scope: HashMap<String, TensorProto> = outer
+    let number = copies.by_graph.len();
+    let mut scope: Scope = outer
         .iter()
         .filter(|(k, _)| !local.contains(*k))
         .map(|(k, v)| (k.clone(), v.clone()))
@@ -118,7 +124,7 @@ fn localize_graph(g: &mut GraphProto, outer: &HashMap<String, TensorProto>, copi
     for t in &g.initializer {
         if let Some(name) = t.name.as_deref() {
             if !inputs.contains(name) && !here.iter().any(|h| h == name) && is_weight_candidate(t) {
-                scope.insert(name.to_string(), t.clone());
+                scope.insert(name.to_string(), (t.clone(), number));
             }
         }
     }
@@ -137,25 +143,29 @@ fn localize_graph(g: &mut GraphProto, outer: &HashMap<String, TensorProto>, copi
 }
 
 /// After every graph was converted (and each dropped its unconverted copies): the outer
-/// initializers that were copied and that no node, subgraph or graph output reads any more
-/// are removed.
+/// initializers that copies were made of and that no node, subgraph or graph output reads
+/// any more are removed. Another graph's initializer of the same name is left alone.
 pub fn release(model: &mut ModelProto, copies: &Copies) {
     if copies.is_empty() {
         return;
     }
     if let Some(g) = model.graph.as_mut() {
-        drop_unread(g, &copies.names);
+        drop_unread(g, copies, &mut 0);
     }
 }
 
-fn drop_unread(g: &mut GraphProto, copied: &HashSet<String>) {
+/// `number` counts the graphs in [`localize`]'s order.
+fn drop_unread(g: &mut GraphProto, copies: &Copies, number: &mut usize) {
+    let me = *number;
+    *number += 1;
+    let copied = |n: &String| copies.sources.contains(&(me, n.clone()));
     let unread: HashSet<String> = {
         let index = GraphIndex::new(g);
         g.initializer
             .iter()
             .filter_map(|t| t.name.clone())
             .filter(|n| {
-                copied.contains(n)
+                copied(n)
                     && index.consumers(n).is_empty()
                     && !index.is_captured(n)
                     && !index.is_graph_output(n)
@@ -168,7 +178,7 @@ fn drop_unread(g: &mut GraphProto, copied: &HashSet<String>) {
     for n in &mut g.node {
         for a in &mut n.attribute {
             for sub in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-                drop_unread(sub, copied);
+                drop_unread(sub, copies, number);
             }
         }
     }
@@ -629,6 +639,21 @@ mod tests {
         release(&mut m, &copies);
         assert_eq!(inits(main(&m)), ["U"]);
         assert_eq!(inits(sub(main(&m), "if", "then_branch")), ["W_q"]);
+    }
+
+    /// Another graph's unread initializer that shares the copied weight's name is not
+    /// release's to remove: only the graph the copy was made from is looked at.
+    #[test]
+    fn release_leaves_a_same_named_initializer_of_another_graph() {
+        let mut m = branch_model();
+        sub_mut(main_mut(&mut m), "if", "else_branch")
+            .initializer
+            .push(tensor::from_f32("W", &[2], &[1.0, 2.0]));
+        let copies = localize(&mut m);
+        convert_then(&mut m, &copies);
+        release(&mut m, &copies);
+        assert!(inits(main(&m)).is_empty(), "the copied outer W goes");
+        assert_eq!(inits(sub(main(&m), "if", "else_branch")), ["W"]);
     }
 
     #[test]
