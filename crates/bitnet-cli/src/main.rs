@@ -42,9 +42,8 @@ enum Command {
 /// (up to 32 MiB). After the first weight's codes are freed, the next weights' codes, stripes
 /// and packed tensors come from the threads' heap arenas, and memory freed there stays
 /// resident. A fixed 256 KiB threshold maps every larger buffer on its own and unmaps it when
-/// it is freed. On the bench's 92 MB external-data transformer this took convert's peak RSS
-/// from 22-25 MiB to 20 MiB at the same speed (`bench/convert_speed.py`). Only `convert` sets
-/// it: `verify` runs tract, which allocates and frees large tensors on every run, and was not
+/// it is freed, which lowered convert's peak memory at the same speed (docs/benchmarks.md,
+/// "Tuning constants"). Only `convert` sets it: `verify` runs tract, which allocates and frees large tensors on every run, and was not
 /// measured with it.
 fn return_freed_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

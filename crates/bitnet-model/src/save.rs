@@ -89,8 +89,8 @@ pub fn save(
 const DIRECT_WRITE: usize = 64 << 10;
 
 /// The buffer of every file written. Payloads at least this long bypass it (`BufWriter`
-/// writes them through), so a larger buffer only holds more small tensors in memory: 1 MiB
-/// buffers cost 0.75 MiB more peak RSS, with no speed difference measurable on the bench models.
+/// writes them through), so a larger buffer only holds more small tensors in memory, at no
+/// measurable gain in speed (docs/benchmarks.md, "Tuning constants").
 const WRITE_BUFFER: usize = 256 << 10;
 
 /// Large payloads are written (and, when they come from a memory-mapped input, released) this

@@ -292,9 +292,9 @@ fn convert_graph(
     type Batch<'j, 'l> = &'j [(String, Vec<&'l LinearLayer>)];
     let mut pending: Option<(Batch, Vec<Result<Quantized, ConvertError>>)> = None;
     // Buffers kept from one weight to the next (codes, band buffers, transposes), up to the
-    // batch budget: on the bench transformer (external data), no limit gave 0.101 s and
-    // 14.4-15.1 MiB peak RSS, the budget (2 MiB) 0.117 s and 13.3-13.5 MiB, none kept 0.150 s
-    // and 12.0-12.3 MiB (`perf stat -r 10`, `/usr/bin/time`).
+    // batch budget: keeping none costs a page fault and a zeroed page per 4 KiB of every new
+    // buffer, keeping all costs memory; the budget is between (docs/benchmarks.md, "Tuning
+    // constants").
     let spare = quant::Spare::new(usize::try_from(budget).unwrap_or(usize::MAX));
     for range in schedule::batches(&costs, budget) {
         let (start, end) = (range.start, range.end);

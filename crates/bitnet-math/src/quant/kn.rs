@@ -42,10 +42,9 @@ use super::{
 };
 
 /// Bytes of `f32` a band holds (rounded to whole rows, at least `MIN_BAND_ROWS` of them). With
-/// bands read from the file (and placed as [`Rows::Read`] says), 512 KiB with 64 rows at least
-/// converted a 1 GiB stack of 8192x8192 layers in 1.08-1.12 s, against 1.24-1.33 s for 128 KiB
-/// with 16 rows (fewer, longer bands: fewer waits between them), and the 92 MB bench
-/// transformer in the same time within noise (`/usr/bin/time`, `perf stat -r 10`).
+/// bands read from the file (and placed as [`Rows::Read`] says), fewer, longer bands mean
+/// fewer waits between them: 512 KiB with 64 rows at least beat 128 KiB with 16 rows on large
+/// layers and tied on small ones (docs/benchmarks.md, "Tuning constants").
 const BAND_BYTES: usize = 512 << 10;
 /// Rows a band holds at least, so each channel's part is long enough for the kernels.
 const MIN_BAND_ROWS: usize = 64;

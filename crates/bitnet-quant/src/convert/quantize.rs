@@ -29,9 +29,7 @@ pub(super) fn job_cost(elems: usize, layout: Layout, cfg: &QuantConfig) -> u64 {
 /// Whether quantizing a weight of `elems` elements keeps every thread busy by itself: a
 /// `quant::kn` job (tiles of each band run in parallel) of at least `PARALLEL_INSIDE_ELEMS`.
 /// A batch of only such weights takes them one after another, so fewer bands and codes are
-/// in memory at once: on the bench transformer (external data) median peak RSS 13.2-13.3 ->
-/// 12.7-12.9 MiB (runs of 11-15, the binary's pages evicted first), time the same within noise
-/// (best 0.077-0.089 s against 0.076-0.084 s).
+/// in memory at once, at the same speed (docs/benchmarks.md, "Tuning constants").
 pub(super) fn parallel_inside(elems: usize, layout: Layout, cfg: &QuantConfig) -> bool {
     matches!((layout, cfg.method), (Layout::KN, quant::Method::AbsMean))
         && elems >= PARALLEL_INSIDE_ELEMS

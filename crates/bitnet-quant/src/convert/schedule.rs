@@ -7,9 +7,8 @@ use std::ops::Range;
 /// Small batches lose nothing (each weight is quantized in parallel inside). With `quant::kn`
 /// reading a band at a time, a batch is mostly codes: 512 KiB per thread keeps two batches of
 /// codes, the one quantized and the one emitted, near the size of the largest weight's codes
-/// (the budget also bounds what `quant::Spare` keeps). On the bench transformer (external
-/// data) 1 MiB per thread gave a heap peak of 5.8-7.3 MiB and peak RSS 14.5-15.4 MiB, 512 KiB
-/// 5.4 MiB and 13.9-14.5 MiB, in the same time within noise.
+/// (the budget also bounds what `quant::Spare` keeps). Halving it from 1 MiB lowered peak
+/// memory at the same speed (docs/benchmarks.md, "Tuning constants").
 pub(super) const BATCH_BYTES_PER_THREAD: u64 = 512 << 10;
 
 /// The byte budget of a batch: `fixed` when given, else [`BATCH_BYTES_PER_THREAD`] per thread,
