@@ -233,8 +233,8 @@ pub fn op_histogram(model: &crate::proto::ModelProto) -> BTreeMap<String, usize>
 pub fn op_key(n: &NodeProto) -> String {
     let op = n.op_type.as_deref().unwrap_or("");
     match n.domain.as_deref() {
-        None | Some("") | Some("ai.onnx") => op.to_string(),
-        Some(d) => format!("{d}::{op}"),
+        Some(d) if !crate::node::is_default_domain(Some(d)) => format!("{d}::{op}"),
+        _ => op.to_string(),
     }
 }
 

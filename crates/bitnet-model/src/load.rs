@@ -272,7 +272,7 @@ impl Model {
 /// Opset version imported for `domain` ("" and "ai.onnx" both mean the default domain).
 pub fn opset_version(model: &ModelProto, domain: &str) -> Option<i64> {
     let norm = |d: &str| {
-        if d == "ai.onnx" {
+        if crate::node::is_default_domain(Some(d)) {
             String::new()
         } else {
             d.to_string()

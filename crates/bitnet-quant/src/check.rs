@@ -64,7 +64,7 @@ pub fn check_tensorrt(model: &ModelProto, path: &Path) -> Vec<Violation> {
         for (i, n) in g.node.iter().enumerate() {
             let at = label(n, i);
             let d = n.domain.as_deref().unwrap_or("");
-            if !(d.is_empty() || d == "ai.onnx" || d == "ai.onnx.ml") {
+            if !(bitnet_model::node::is_default_domain(Some(d)) || d == "ai.onnx.ml") {
                 push(
                     "domain",
                     at.clone(),
