@@ -177,38 +177,7 @@ pub fn convert(
         !layers_out.is_empty(),
         !tables.is_empty(),
     );
-    let weight_bytes_before: u64 = layers_out.iter().map(|l| l.bytes_before).sum();
-    let weight_bytes_after: u64 = layers_out.iter().map(|l| l.bytes_after).sum();
-    let totals = Totals {
-        converted: layers_out.len()
-            + layers_out
-                .iter()
-                .map(|l| l.shared_with.len())
-                .sum::<usize>(),
-        skipped,
-        weight_bytes_before,
-        weight_bytes_after,
-        bits_per_weight: {
-            let params: u64 = layers_out
-                .iter()
-                .map(|l| l.shape.iter().product::<i64>().max(0) as u64)
-                .sum();
-            if params > 0 {
-                8.0 * weight_bytes_after as f64 / params as f64
-            } else {
-                0.0
-            }
-        },
-        weight_compression: if weight_bytes_after > 0 {
-            weight_bytes_before as f64 / weight_bytes_after as f64
-        } else {
-            1.0
-        },
-        removed_nodes: removed,
-        opset_before,
-        opset_after,
-        ..Default::default()
-    };
+    let totals = Totals::of(&layers_out, skipped, removed, opset_before, opset_after);
     let report = Report {
         tool: format!("bitnet-onnx {}", env!("CARGO_PKG_VERSION")),
         target: opts.emitter.name().to_string(),

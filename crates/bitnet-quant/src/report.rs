@@ -77,3 +77,42 @@ pub struct Report {
     pub last_position_heads: Vec<String>,
     pub totals: Totals,
 }
+
+impl Totals {
+    /// The totals of the converted `layers`: weights converted (shared layers counted), bytes
+    /// before and after, bits per weight, compression; the file sizes are the caller's.
+    pub fn of(
+        layers: &[LayerReport],
+        skipped: Vec<Skipped>,
+        removed_nodes: usize,
+        opset_before: Option<i64>,
+        opset_after: Option<i64>,
+    ) -> Totals {
+        let weight_bytes_before: u64 = layers.iter().map(|l| l.bytes_before).sum();
+        let weight_bytes_after: u64 = layers.iter().map(|l| l.bytes_after).sum();
+        let params: u64 = layers
+            .iter()
+            .map(|l| l.shape.iter().product::<i64>().max(0) as u64)
+            .sum();
+        Totals {
+            converted: layers.len() + layers.iter().map(|l| l.shared_with.len()).sum::<usize>(),
+            skipped,
+            weight_bytes_before,
+            weight_bytes_after,
+            bits_per_weight: if params > 0 {
+                8.0 * weight_bytes_after as f64 / params as f64
+            } else {
+                0.0
+            },
+            weight_compression: if weight_bytes_after > 0 {
+                weight_bytes_before as f64 / weight_bytes_after as f64
+            } else {
+                1.0
+            },
+            removed_nodes,
+            opset_before,
+            opset_after,
+            ..Default::default()
+        }
+    }
+}
