@@ -7,21 +7,19 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use bitnet_model::graph::GraphIndex;
-use bitnet_model::load::Mappings;
 use bitnet_model::proto::{GraphProto, ModelProto};
-use bitnet_model::save::Writer;
 use bitnet_model::walk;
 use rayon::prelude::*;
-use regex::Regex;
 
 use crate::analyse::{self, LinearLayer};
-use crate::emit::{EmitContext, Emitter};
-use crate::quant::{self, QuantConfig};
+use crate::emit::EmitContext;
+use crate::quant;
 
 pub use bitnet_model::metadata::PREFIX as METADATA_PREFIX;
 
 mod emission;
 mod imports;
+mod options;
 mod plan;
 mod quantize;
 mod record;
@@ -36,55 +34,7 @@ use emission::Emission;
 use quantize::{job_cost, parallel_inside, quantize_job, Quantized};
 use select::select;
 
-/// Which linear layers to convert.
-#[derive(Debug, Clone, Default)]
-pub struct Selection {
-    pub include: Option<Regex>,
-    pub exclude: Option<Regex>,
-    pub min_params: u64,
-    /// Convert the output projection feeding a graph output to ternary like the other layers.
-    pub quantize_head: bool,
-}
-
-pub struct ConvertOptions<'a> {
-    pub quant: QuantConfig,
-    pub selection: Selection,
-    pub emitter: &'a dyn Emitter,
-    /// The embedding and LM head as 4- or 8-bit tables (ONNX Runtime targets); a head taken
-    /// here is left out of the ternary layers.
-    pub vocab: crate::vocab::VocabOptions,
-    /// `--logits last`: the LM heads compute the last position only
-    /// ([`crate::vocab::last_position_logits`]).
-    pub last_logits: bool,
-    /// The command line flags, recorded in the output's metadata.
-    pub flags: String,
-    /// Told what is queued and what is done (the library never prints).
-    pub progress: Option<&'a dyn Progress>,
-    /// The memory maps the model's payloads point into: each weight's pages are released once
-    /// it is quantized, and the next batch's are read ahead.
-    pub source: Option<&'a Mappings>,
-    /// Takes every initializer an emitter adds, once final: `save::Writer::store` moves its
-    /// payload to the output's external data file at once.
-    pub sink: Option<&'a Writer>,
-    /// Bytes of float copies and codes one batch of weights may hold; a batch always takes at
-    /// least one weight. `None`: 512 KiB per thread, or the largest weight's need if more.
-    /// Batching never changes the output.
-    pub batch_bytes: Option<u64>,
-}
-
-/// Progress of a conversion, as it happens. Calls come one at a time, in weight order (not
-/// necessarily from the calling thread).
-pub trait Progress: Sync {
-    /// `weights` more distinct weights holding `bytes` bytes will be converted (called once
-    /// per graph that has any).
-    fn queued(&self, weights: usize, bytes: u64);
-    /// `weight` (`bytes` bytes before conversion) was converted.
-    fn converted(&self, weight: &str, bytes: u64);
-}
-
-fn bytes_of(dtype: i32, count: u64) -> u64 {
-    bitnet_model::dtype::byte_len(dtype, count).unwrap_or(0)
-}
+pub use options::{ConvertOptions, Progress, Selection};
 
 /// Converts `model` in place. `path` names the input in errors.
 pub fn convert(
@@ -234,7 +184,7 @@ fn convert_graph(
     if let Some(pr) = opts.progress {
         let bytes = jobs
             .iter()
-            .map(|(w, _)| bytes_of(weights[w].dtype(), weights[w].len() as u64))
+            .map(|(w, _)| crate::report::bytes_of(weights[w].dtype(), weights[w].len() as u64))
             .sum();
         pr.queued(jobs.len(), bytes);
     }

@@ -3,6 +3,11 @@
 
 use serde::Serialize;
 
+/// Bytes of `count` values of ONNX element type `dtype` (0 for a type without a fixed size).
+pub(crate) fn bytes_of(dtype: i32, count: u64) -> u64 {
+    bitnet_model::dtype::byte_len(dtype, count).unwrap_or(0)
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Codes {
     #[serde(rename = "-1")]

@@ -6,13 +6,16 @@ use std::path::Path;
 
 use bitnet_model::proto::GraphProto;
 
+use super::options::ConvertOptions;
 use super::plan::bitnet_plan;
 use super::quantize::Quantized;
-use super::{bytes_of, Codes, ConvertError, ConvertOptions, LayerReport};
 use crate::analyse::LinearLayer;
 use crate::bitnet;
 use crate::emit::{patch, Edit, EmitContext, Patch, WeightJob};
+use crate::error::ConvertError;
 use crate::quant;
+use crate::report::bytes_of;
+use crate::report::{Codes, LayerReport};
 
 /// The emitting side of the driver: names, and what the report and metadata collect.
 pub(super) struct Emission {

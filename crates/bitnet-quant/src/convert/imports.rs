@@ -4,9 +4,10 @@
 
 use bitnet_model::proto::ModelProto;
 
-use super::{ConvertError, LayerReport};
 use crate::emit::Emitter;
+use crate::error::ConvertError;
 use crate::opsets;
+use crate::report::LayerReport;
 
 /// Raises the IR version and the default-domain opset for the converted layers (`layers`;
 /// nothing when there are none) to `min_opset`, within the target's limit. Returns the opset

@@ -8,8 +8,10 @@ use std::path::Path;
 use bitnet_model::load::Mappings;
 use rayon::prelude::*;
 
-use super::{ConvertError, ConvertOptions};
+use super::options::ConvertOptions;
+use super::source::JobInput;
 use crate::analyse::{Layout, LinearLayer};
+use crate::error::ConvertError;
 use crate::quant::kn::Rows;
 use crate::quant::{self, QuantConfig, Ternary};
 
@@ -37,13 +39,6 @@ pub(super) fn parallel_inside(elems: usize, layout: Layout, cfg: &QuantConfig) -
 
 /// See [`parallel_inside`]: 512x512 and larger.
 pub(super) const PARALLEL_INSIDE_ELEMS: usize = 1 << 18;
-
-/// A weight to quantize, owned by its job.
-pub(super) enum JobInput {
-    Folded(crate::fold::Const),
-    /// The initializer (its payload shared with the loaded file, not copied).
-    Tensor(Box<bitnet_model::proto::TensorProto>),
-}
 
 /// One quantized weight with the statistics the report needs (computed in the parallel step,
 /// so no float copy outlives it).

@@ -4,7 +4,8 @@
 use bitnet_model::metadata::{self as md, LayerSpec, TableSpec, TotalsSpec};
 use bitnet_model::proto::ModelProto;
 
-use super::{ConvertOptions, Report};
+use super::options::ConvertOptions;
+use crate::report::Report;
 
 /// Writes the metadata of a conversion that changed anything; a model nothing was done to
 /// keeps its metadata as it was.

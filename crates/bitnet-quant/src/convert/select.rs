@@ -7,8 +7,9 @@ use std::fmt;
 use bitnet_model::graph::GraphIndex;
 use bitnet_model::proto::GraphProto;
 
-use super::{ConvertOptions, Skipped};
+use super::options::ConvertOptions;
 use crate::analyse::{self, LinearLayer};
+use crate::report::Skipped;
 
 /// Why a linear layer is left as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,9 +8,15 @@ use bitnet_model::graph::GraphIndex;
 use bitnet_model::load::Mappings;
 use bitnet_model::proto::{GraphProto, TensorProto};
 
-use super::quantize::JobInput;
-use super::ConvertError;
 use crate::analyse::{self, LinearLayer, WeightValue};
+use crate::error::ConvertError;
+
+/// A weight to quantize, owned by its job.
+pub(super) enum JobInput {
+    Folded(crate::fold::Const),
+    /// The initializer (its payload shared with the loaded file, not copied).
+    Tensor(Box<bitnet_model::proto::TensorProto>),
+}
 
 /// Each job's input: a folded weight is folded again here, one batch at a time (analysis kept
 /// only its shape; the folder keeps small values such as shapes and scales for the whole
