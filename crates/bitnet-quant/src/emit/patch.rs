@@ -3,8 +3,8 @@
 //! [`apply`] is the only code that changes the graph for it: it places the nodes, hands every
 //! new tensor to the output's sink, and counts the bytes of the converted weight.
 //!
-//! Nodes are found by their first output (and, for a linear layer, the weight they read at
-//! input 1), never by position: positions shift as earlier edits insert nodes. An edit whose
+//! Nodes are found by what they write (their first output; for a linear layer also the weight
+//! it reads at input 1; for `After`, any output), never by position: positions shift as earlier edits insert nodes. An edit whose
 //! node is not in the graph is an error, not a silent no-op: the emitter built it from the
 //! same graph, so a miss is a bug worth hearing about. A failed edit leaves the graph partly
 //! changed: the driver then abandons the whole conversion, and nothing is written.
