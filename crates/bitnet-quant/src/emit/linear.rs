@@ -9,7 +9,7 @@ use bitnet_model::node::{attr_f, attr_i};
 use bitnet_model::proto::{GraphProto, NodeProto};
 use bitnet_model::tensor;
 
-use super::{NameGen, Patch, WeightJob};
+use super::{EmitError, NameGen, Patch, WeightJob};
 use crate::analyse::LinearLayer;
 
 /// What is added to the product.
@@ -35,16 +35,21 @@ pub struct Linear {
 }
 
 /// Finds the node of `layer` (still reading `job.weight`) and takes it apart; a constant it
-/// needs (`beta`) goes into `patch`. `None` when the node is no longer in the graph.
+/// needs (`beta`) goes into `patch`. [`EmitError::Missing`] when the node is no longer in the
+/// graph (a bug: the driver hands each layer to one emission only).
 pub fn take(
     g: &GraphProto,
     job: &WeightJob,
     layer: &LinearLayer,
     names: &mut NameGen,
     patch: &mut Patch,
-) -> Option<Linear> {
+) -> Result<Linear, EmitError> {
     let n = job.ternary.n;
-    let pos = super::patch::layer_position(g, &layer.output, job.weight)?;
+    let pos = super::patch::layer_position(g, &layer.output, job.weight).ok_or_else(|| {
+        EmitError::Missing {
+            node: layer.node.clone(),
+        }
+    })?;
     let node = g.node[pos].clone();
     let is_gemm = layer.op == "Gemm";
     let f = |name: &str| {
@@ -101,7 +106,7 @@ pub fn take(
             }
         };
     }
-    Some(Linear {
+    Ok(Linear {
         node,
         a,
         before,
@@ -119,7 +124,16 @@ mod tests {
     use crate::quant::Granularity;
 
     /// `take` on the only layer of `g` (weight W, N = 3): the parts and the patch.
-    fn take_one(g: &GraphProto, name: &str) -> (Option<Linear>, Patch) {
+    fn take_one(g: &GraphProto, name: &str) -> (Result<Linear, EmitError>, Patch) {
+        take_in(g, g, name)
+    }
+
+    /// `take` of the layer `name` of `g` in the graph `view`.
+    fn take_in(
+        g: &GraphProto,
+        view: &GraphProto,
+        name: &str,
+    ) -> (Result<Linear, EmitError>, Patch) {
         let job = Job::new(g, "W", ternary(3, 8, Granularity::Tensor));
         let l = layer(g, name);
         let layers = [&l];
@@ -132,7 +146,7 @@ mod tests {
             activations: &[None],
         };
         let mut patch = Patch::default();
-        let lin = take(g, &wj, &l, &mut EmitContext::new(g), &mut patch);
+        let lin = take(view, &wj, &l, &mut EmitContext::new(view), &mut patch);
         (lin, patch)
     }
 
@@ -168,23 +182,35 @@ mod tests {
     }
 
     #[test]
-    fn a_layer_no_longer_in_the_graph_is_none() {
+    fn a_layer_no_longer_in_the_graph_is_missing() {
         let g = matmul(8, 3);
-        let job = Job::new(&g, "W", ternary(3, 8, Granularity::Tensor));
-        let l = layer(&g, "mm");
         let mut gone = g.clone();
         gone.node[0].input[1] = "W_dequantized".into();
-        let layers = [&l];
-        let wj = WeightJob {
-            weight: "W",
-            dtype: job.dtype,
-            layers: &layers,
-            ternary: &job.ternary,
-            opset: 13,
-            activations: &[None],
+        match take_in(&g, &gone, "mm").0 {
+            Err(EmitError::Missing { node }) => assert_eq!(node, "mm"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("took a layer that is gone"),
+        }
+    }
+
+    /// Both emitters that take layers apart say so too, rather than leave a weight float.
+    #[test]
+    fn the_ort_emitters_report_a_missing_layer() {
+        let g = matmul(8, 3);
+        let job = Job::new(&g, "W", ternary(3, 8, Granularity::Channel));
+        let mut gone = g.clone();
+        gone.node[0].input[1] = "elsewhere".into();
+        let ort = crate::emit::ort::Ort {
+            block_size: None,
+            accuracy_level: 0,
         };
-        let mut patch = Patch::default();
-        assert!(take(&gone, &wj, &l, &mut EmitContext::new(&gone), &mut patch).is_none());
+        let emitters: [&dyn crate::emit::Emitter; 2] = [&ort, &crate::emit::ort_int8::OrtInt8];
+        for e in emitters {
+            match crate::emit::testing::emit_err(e, &gone, &job) {
+                EmitError::Missing { node } => assert_eq!(node, job.layers[0].node),
+                other => panic!("{}: {other}", e.name()),
+            }
+        }
     }
 
     #[test]
