@@ -218,6 +218,24 @@ fn min_rows(k: usize) -> usize {
     (MIN_TASK_ELEMS / k.max(1)).max(1)
 }
 
+/// `mean |w|` of the whole `[n][k]` weight in `f64`: row sums in parallel, added in row order
+/// (the same for any thread count). The first row holding a non-finite weight is an error.
+fn tensor_mean_abs(w: &[f32], n: usize, k: usize) -> Result<f64, QuantError> {
+    let sums: Vec<f64> = w
+        .par_chunks(k)
+        .with_min_len(min_rows(k))
+        .map(sum_abs)
+        .collect();
+    let mut total = 0f64;
+    for (row, &s) in sums.iter().enumerate() {
+        if !s.is_finite() {
+            return Err(non_finite(w, k, row));
+        }
+        total += s;
+    }
+    Ok(total / (n as f64 * k as f64))
+}
+
 /// Elements per group along K (`k` for Tensor and Channel).
 fn group_len(gran: Granularity, k: usize) -> usize {
     match gran {

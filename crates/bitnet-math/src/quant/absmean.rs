@@ -3,8 +3,8 @@
 use rayon::prelude::*;
 
 use super::{
-    clamp_scale, code_err, finish_rel_error, group_len, min_rows, non_finite, sum_abs, CodeRule,
-    Granularity, QuantError, Ternary,
+    clamp_scale, code_err, finish_rel_error, group_len, min_rows, non_finite, sum_abs,
+    tensor_mean_abs, CodeRule, Granularity, QuantError, Ternary,
 };
 
 pub(super) fn absmean(
@@ -19,19 +19,7 @@ pub(super) fn absmean(
     let mut parts = vec![(0f64, 0f64); n];
     let scales = match gran {
         Granularity::Tensor => {
-            let sums: Vec<f64> = w
-                .par_chunks(k)
-                .with_min_len(min_rows(k))
-                .map(sum_abs)
-                .collect();
-            let mut total = 0f64;
-            for (row, &s) in sums.iter().enumerate() {
-                if !s.is_finite() {
-                    return Err(non_finite(w, k, row));
-                }
-                total += s;
-            }
-            let a = clamp_scale(total / (n as f64 * k as f64));
+            let a = clamp_scale(tensor_mean_abs(w, n, k)?);
             let inv = 1.0 / a;
             codes
                 .par_chunks_mut(k)

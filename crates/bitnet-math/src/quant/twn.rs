@@ -4,7 +4,8 @@
 use rayon::prelude::*;
 
 use super::{
-    group_len, min_rows, non_finite, sum_abs, Granularity, QuantError, Ternary, SCALE_EPS,
+    group_len, min_rows, non_finite, sum_abs, tensor_mean_abs, Granularity, QuantError, Ternary,
+    SCALE_EPS,
 };
 
 /// TWN threshold factor: weights below `0.7 * mean|W|` become zero.
@@ -57,19 +58,7 @@ pub(super) fn twn(w: &[f32], n: usize, k: usize, gran: Granularity) -> Result<Te
     let mut codes = vec![0i8; n * k];
     let scales = match gran {
         Granularity::Tensor => {
-            let sums: Vec<f64> = w
-                .par_chunks(k)
-                .with_min_len(min_rows(k))
-                .map(sum_abs)
-                .collect();
-            let mut total = 0f64;
-            for (row, &s) in sums.iter().enumerate() {
-                if !s.is_finite() {
-                    return Err(non_finite(w, k, row));
-                }
-                total += s;
-            }
-            let delta = TWN_DELTA_FACTOR * (total / (n as f64 * k as f64));
+            let delta = TWN_DELTA_FACTOR * tensor_mean_abs(w, n, k)?;
             let kept: Vec<(f64, u64)> = codes
                 .par_chunks_mut(k)
                 .zip(w.par_chunks(k))
