@@ -14,8 +14,7 @@ use crate::bitnet;
 use crate::emit::{patch, Edit, EmitContext, Patch, WeightJob};
 use crate::error::ConvertError;
 use crate::quant;
-use crate::report::bytes_of;
-use crate::report::{Codes, LayerReport};
+use crate::report::{bytes_of, Codes, LayerReport};
 
 /// The emitting side of the driver: names, and what the report and metadata collect.
 pub(super) struct Emission {
