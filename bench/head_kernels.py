@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """The LM head alone at BitNet-b1.58-2B-4T width (128256 x 2560) in ONNX Runtime (not a test;
-nothing it writes is kept): float32 MatMul against MatMulNBits with 4- and 8-bit codes in blocks
-of 32 and 128 (accuracy_level 4, as `--head int4|int8` writes it), at 1 and 128 positions,
-2 intra-op threads, minimum of --reps runs after a warm-up. Seeded random weights.
+nothing it writes is kept): float32 MatMul against MatMulNBits with 4- and 8-bit codes in each
+block size of --blocks (accuracy_level 4, as `--head int4|int8` writes it), at 1 and 128
+positions, 2 intra-op threads, minimum of --reps runs after a warm-up, the float32 run repeated
+last so a machine whose load changed shows it. Seeded random weights. Prints each layout's
+bits per weight in the file (codes + one float32 scale per block) and its speed as a ratio of
+float32's in the same run.
 
-    .venv/bin/python bench/head_kernels.py [--reps 10]
+    .venv/bin/python bench/head_kernels.py [--reps 10] [--blocks 32,64,128,256]
 """
 import argparse
 import os
@@ -67,24 +70,34 @@ def time_ms(m, x, reps):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--blocks", default="32,64,128,256")
     a = ap.parse_args()
+    blocks = [int(b) for b in a.blocks.split(",")]
     rng = np.random.default_rng(0)
     w = rng.standard_normal((V, H), dtype=np.float32) * 0.02
     xs = {p: rng.standard_normal((1, p, H), dtype=np.float32) for p in (1, 128)}
     print(f"CPU: {cpu()}; ONNX Runtime {ort.__version__}; 2 threads; min of {a.reps}")
     print()
-    print("| head | 1 position ms | 128 positions ms |")
-    print("|---|---|---|")
+    print("| head | bits/weight in file | 1 position ms | x float32 | 128 positions ms | x float32 |")
+    print("|---|---|---|---|---|---|")
     f32 = model([h.make_node("MatMul", ["x", "W"], ["y"])], [nh.from_array(np.ascontiguousarray(w.T), "W")])
-    print(f"| float32 MatMul | {time_ms(f32, xs[1], a.reps):.1f} | {time_ms(f32, xs[128], max(2, a.reps // 3)):.1f} |", flush=True)
+    reps128 = max(2, a.reps // 3)
+    base = (time_ms(f32, xs[1], a.reps), time_ms(f32, xs[128], reps128))
+    print(f"| float32 MatMul | 32 | {base[0]:.1f} | 1.00 | {base[1]:.1f} | 1.00 |", flush=True)
     for bits in (4, 8):
-        for bs in (32, 128):
+        for bs in blocks:
             b, d = blocked(w, bits, bs)
             node = h.make_node("MatMulNBits", ["x", "B", "S"], ["y"], domain="com.microsoft",
                                K=H, N=V, bits=bits, block_size=bs, accuracy_level=4)
             m = model([node], [nh.from_array(b, "B"), nh.from_array(d.reshape(-1), "S")])
-            print(f"| MatMulNBits {bits}-bit, blocks of {bs} | {time_ms(m, xs[1], a.reps):.1f} | "
-                  f"{time_ms(m, xs[128], max(2, a.reps // 3)):.1f} |", flush=True)
+            t1, t128 = time_ms(m, xs[1], a.reps), time_ms(m, xs[128], reps128)
+            bpw = bits + 32 / bs
+            print(f"| MatMulNBits {bits}-bit, blocks of {bs} | {bpw:.2f} | {t1:.1f} | "
+                  f"{base[0] / t1:.2f} | {t128:.1f} | {base[1] / t128:.2f} |", flush=True)
+            del m, b, d
+    again = time_ms(f32, xs[1], a.reps)
+    print(f"\nfloat32 at 1 position again, after the others: {again:.1f} ms "
+          f"(first: {base[0]:.1f} ms)")
     return 0
 
 

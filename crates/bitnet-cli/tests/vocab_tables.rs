@@ -278,10 +278,19 @@ fn verify_judges_the_tables_conversion_and_reports_their_cost() {
     let dir = tempfile::tempdir().unwrap();
     let s = HF_SAMPLES[0];
     let original = sample(&format!("hf/{s}/model.onnx"));
-    for target in ["ort", "ort-int8"] {
-        let out = dir.path().join(format!("{target}.onnx"));
-        // Default flags: int4 tables on both ONNX Runtime targets.
-        let r = build_model::convert(&original, &out, &["--target", target]);
+    // Default flags (int8 tables on both ONNX Runtime targets), then int4.
+    for (target, tables, range) in [
+        ("ort", None, (0.001, 0.02)),
+        ("ort-int8", None, (0.001, 0.02)),
+        ("ort", Some("int4"), (0.01, 0.12)),
+        ("ort-int8", Some("int4"), (0.01, 0.12)),
+    ] {
+        let out = dir.path().join(format!("{target}-{tables:?}.onnx"));
+        let mut flags = vec!["--target", target];
+        if let Some(bits) = tables {
+            flags.extend(["--head", bits, "--embeddings", bits]);
+        }
+        let r = build_model::convert(&original, &out, &flags);
         assert_eq!(r["tables"].as_array().unwrap().len(), 2, "{r}");
         let j = verify_json(&original, &out);
         assert_eq!(j["pass"], true, "{target}: {j}");
@@ -289,7 +298,7 @@ fn verify_judges_the_tables_conversion_and_reports_their_cost() {
         assert_eq!(tables.len(), 2, "{j}");
         for t in tables {
             let e = t["rel_error"].as_f64().unwrap();
-            assert!(e > 0.01 && e < 0.12, "{target}: {t}");
+            assert!(e > range.0 && e < range.1, "{target}: {t}");
         }
         // The cost against the float original is reported (these random tables cost
         // several percent of the logits) and not judged.
@@ -400,11 +409,13 @@ fn logits_last_keeps_the_last_position_exactly() {
     assert!(!mlp_out.exists());
 }
 
-/// What the default tables cost a trained model (`samples/hf/trained_lm`, validation loss
-/// 3.0035 nats on its held-out ids in ONNX Runtime): measured with `bench/table_fidelity.py`
-/// (ort-int8, ORT_ENABLE_ALL) at +0.0018 nats and 90.8% top-1 agreement for int4 head and
-/// embedding in blocks of 32, +0.0009 and 99.0% for int8. The limits (+0.01 nats, 85%; 97%
-/// for int8) catch a quantizer or layout that got worse, with room for rounding flips.
+/// What the tables cost a trained model (`samples/hf/trained_lm`, validation loss 3.0035
+/// nats on its held-out ids in ONNX Runtime): measured with `bench/table_fidelity.py`
+/// (ort-int8, ORT_ENABLE_ALL) at +0.0009 nats (0.03%) and 99.0% top-1 agreement for the
+/// default int8 head and embedding in blocks of 32, +0.0018 (0.06%) and 90.8% for int4. The
+/// default must stay near-lossless: within 0.1% of the validation loss and 97% of the choices;
+/// int4 within 0.01 nats and 85% (it catches a quantizer or layout that got worse, with room
+/// for rounding flips).
 #[test]
 fn default_tables_cost_a_trained_model_little() {
     let dir = tempfile::tempdir().unwrap();
@@ -441,26 +452,22 @@ fn default_tables_cost_a_trained_model_little() {
         let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         j["val_loss"].as_f64().unwrap()
     };
-    for (flags, min_top1) in [
-        (&["--target", "ort-int8"][..], 0.85),
-        (&["--target", "ort"][..], 0.85),
+    let int4 = ["--head", "int4", "--embeddings", "int4"];
+    for (flags, max_delta, min_top1) in [
+        (&["--target", "ort-int8"][..], 1e-3 * base, 0.97),
+        (&["--target", "ort"][..], 1e-3 * base, 0.97),
         (
-            &[
-                "--target",
-                "ort-int8",
-                "--head",
-                "int8",
-                "--embeddings",
-                "int8",
-            ][..],
-            0.97,
+            &[&["--target", "ort-int8"][..], &int4].concat()[..],
+            0.01,
+            0.85,
         ),
+        (&[&["--target", "ort"][..], &int4].concat()[..], 0.01, 0.85),
     ] {
         let out = dir.path().join(format!("{}.onnx", flags.join("_")));
         build_model::convert(&original, &out, flags);
         let j = loss(&out, Some(&reference));
         let delta = j["val_loss"].as_f64().unwrap() - base;
-        assert!(delta.abs() < 0.01, "{flags:?}: {j}");
+        assert!(delta.abs() < max_delta, "{flags:?}: {j}");
         assert!(j["top1"].as_f64().unwrap() >= min_top1, "{flags:?}: {j}");
     }
 }
