@@ -466,9 +466,36 @@ mod tests {
                 "num_key_value_heads",
             ),
             (serde_json::json!({"eos_token_id": 100}), "eos_token_id"),
+            // 8 heads of 8: GroupQueryAttention needs multiples of 16.
+            (serde_json::json!({"num_attention_heads": 8}), "head_dim"),
+            (
+                serde_json::json!({"max_position_embeddings": MAX_CONTEXT + 1}),
+                "max_position_embeddings",
+            ),
+            (
+                serde_json::json!({"max_position_embeddings": u64::MAX}),
+                "max_position_embeddings",
+            ),
+            (serde_json::json!({"rms_norm_eps": 1e-300}), "rms_norm_eps"),
+            (serde_json::json!({"head_dim": u64::MAX}), "head_dim"),
         ] {
             let e = cfg(extra.clone()).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains("config.json"), "{extra}: {e}");
         }
+        let c = cfg(serde_json::json!({"max_position_embeddings": MAX_CONTEXT})).unwrap();
+        assert_eq!(c.max_position_embeddings, MAX_CONTEXT);
+    }
+
+    #[test]
+    fn quotes_a_short_prefix_of_a_long_value() {
+        let e = cfg(serde_json::json!({"hidden_act": "z".repeat(100_000)}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hidden_act") && e.contains("zzz..."), "{e}");
+        assert!(e.len() < 300, "{} bytes: {e}", e.len());
+        let e = cfg(serde_json::json!({"vocab_size": "v".repeat(100_000)}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 300, "{} bytes", e.len());
     }
 }

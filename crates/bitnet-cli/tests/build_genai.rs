@@ -142,6 +142,37 @@ fn quantized_tables_generate_the_same_tokens() {
     check(&["--embeddings", "int8", "--head", "int8"], Some(32), 0.03);
 }
 
+/// The ends of the accepted `--block-size` range run in onnxruntime-genai (16 and 256 on
+/// ONNX Runtime's dequantizing 2-bit path, not its int8 kernels) and generate transformers'
+/// tokens: what `build` accepts, the runtime runs.
+#[test]
+fn edge_block_sizes_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    for bs in ["16", "256"] {
+        let out = dir.path().join(bs);
+        let flags = [
+            "--block-size",
+            bs,
+            "--embeddings",
+            "float",
+            "--head",
+            "float",
+        ];
+        let r = build(&checkpoint("packed"), &out, &flags);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        for p in generate(&out, "packed") {
+            assert!(
+                p["first_step_top1_same"].as_bool().unwrap(),
+                "--block-size {bs}: {p}"
+            );
+            assert!(
+                p["same_prefix"].as_u64().unwrap() >= 32,
+                "--block-size {bs}: {p}"
+            );
+        }
+    }
+}
+
 /// Two builds of one checkpoint are byte-identical, wherever they are written.
 #[test]
 fn output_is_deterministic() {
