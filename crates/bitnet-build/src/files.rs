@@ -162,6 +162,14 @@ fn check_protobuf(b: &[u8]) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The first key (in sorted order) that `keys` holds twice. Sorts references, so it costs a
+/// pointer per key, not a copy.
+pub fn first_duplicate<'a>(keys: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut v: Vec<&str> = keys.collect();
+    v.sort_unstable();
+    v.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+}
+
 /// A JSON object's entries in file order, each key once: a key that appears twice is an
 /// error (serde's maps keep the last silently). Each value's error names its key.
 pub struct Unique<V>(pub Vec<(String, V)>);
@@ -178,19 +186,20 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Unique<V> {
                 self,
                 mut map: A,
             ) -> std::result::Result<Unique<V>, A::Error> {
-                let mut seen = std::collections::HashSet::new();
                 let mut out = Vec::new();
                 while let Some(k) = map.next_key::<String>()? {
-                    let key = crate::error::short(&k);
-                    if !seen.insert(k.clone()) {
-                        return Err(de::Error::custom(format!("key `{key}` appears twice")));
-                    }
-                    let v = map
-                        .next_value::<V>()
-                        .map_err(|e| de::Error::custom(format!("`{key}`: {e}")))?;
+                    let v = map.next_value::<V>().map_err(|e| {
+                        de::Error::custom(format!("`{}`: {e}", crate::error::short(&k)))
+                    })?;
                     out.push((k, v));
                 }
-                Ok(Unique(out))
+                match first_duplicate(out.iter().map(|(k, _)| k.as_str())) {
+                    Some(k) => Err(de::Error::custom(format!(
+                        "key `{}` appears twice",
+                        crate::error::short(k)
+                    ))),
+                    None => Ok(Unique(out)),
+                }
             }
         }
         d.deserialize_map(Vis(std::marker::PhantomData))

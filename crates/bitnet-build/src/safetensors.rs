@@ -9,7 +9,7 @@
 //! Payloads are read with positioned reads (never mapped), so a tensor's pages are not kept
 //! resident once it is used.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -248,7 +248,7 @@ fn shard_files(index: &Path, dir: &Path) -> Result<(Vec<PathBuf>, Placement)> {
     let parsed: Index = serde_json::from_slice(&bytes)
         .map_err(|e| BuildError::config(index, format!("not a valid index: {}", json_error(&e))))?;
     drop(bytes);
-    let mut files: Vec<&str> = Vec::new();
+    let mut files: Vec<String> = Vec::new();
     for (tensor, f) in &parsed.weight_map.0 {
         let plain = Path::new(f)
             .components()
@@ -263,7 +263,9 @@ fn shard_files(index: &Path, dir: &Path) -> Result<(Vec<PathBuf>, Placement)> {
                 ),
             ));
         }
-        files.push(f);
+        if files.last() != Some(f) {
+            files.push(f.clone());
+        }
     }
     files.sort_unstable();
     files.dedup();
@@ -277,11 +279,19 @@ fn shard_files(index: &Path, dir: &Path) -> Result<(Vec<PathBuf>, Placement)> {
             ),
         ));
     }
+    let number: HashMap<&str, usize> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.as_str(), i))
+        .collect();
     let placed = parsed
         .weight_map
         .0
-        .iter()
-        .map(|(t, f)| (t.clone(), files.binary_search(&f.as_str()).unwrap_or(0)))
+        .into_iter()
+        .map(|(t, f)| {
+            let n = number[f.as_str()];
+            (t, n)
+        })
         .collect();
     Ok((paths, placed))
 }
@@ -307,17 +317,18 @@ impl<'de> serde::Deserialize<'de> for Header {
                 mut map: A,
             ) -> std::result::Result<Header, A::Error> {
                 use serde::de::Error;
-                let mut seen = HashSet::new();
                 let mut h = Header {
                     tensors: Vec::new(),
                     metadata: None,
                 };
+                let mut metadata_seen = false;
                 while let Some(k) = map.next_key::<String>()? {
                     let key = short(&k);
-                    if !seen.insert(k.clone()) {
-                        return Err(A::Error::custom(format!("key `{key}` appears twice")));
-                    }
                     if k == "__metadata__" {
+                        if metadata_seen {
+                            return Err(A::Error::custom("key `__metadata__` appears twice"));
+                        }
+                        metadata_seen = true;
                         h.metadata = map.next_value().map_err(|e| {
                             A::Error::custom(format!(
                                 "`__metadata__` must map strings to strings: {e}"
@@ -330,7 +341,13 @@ impl<'de> serde::Deserialize<'de> for Header {
                         h.tensors.push((k, info));
                     }
                 }
-                Ok(h)
+                match files::first_duplicate(h.tensors.iter().map(|(k, _)| k.as_str())) {
+                    Some(k) => Err(A::Error::custom(format!(
+                        "key `{}` appears twice",
+                        short(k)
+                    ))),
+                    None => Ok(h),
+                }
             }
         }
         d.deserialize_map(V)
