@@ -459,8 +459,12 @@ fn read_header(path: &Path, file: &File, idx: usize) -> Result<Vec<(String, Tens
     let metadata = parsed
         .metadata
         .map(|m| m.0.into_iter().collect::<HashMap<_, _>>());
-    let checked = st::tensor::Metadata::new(metadata, tensors)
-        .map_err(|e| bad(format!("refused by the safetensors crate: {e}")))?;
+    let checked = st::tensor::Metadata::new(metadata, tensors).map_err(|e| {
+        bad(format!(
+            "refused by the safetensors crate: {}",
+            short(&e.to_string())
+        ))
+    })?;
     if checked.data_len() as u64 + data_start != file_len {
         return Err(bad("file not fully covered".into()));
     }

@@ -5,8 +5,9 @@
 //! - exit 0 with a correct model: where the mutation keeps the checkpoint's meaning (keys
 //!   reordered, tensors laid out in another order, padding, metadata strings, a `weight_map`
 //!   entry dropped, ...) the folder is byte-identical to the unmutated build; where it changes
-//!   the data, it equals the build of the same data laid out in reverse order; what the folder
-//!   claims (context length, head size, block sizes) is what the runtime can run;
+//!   the data, it equals the build of the same data laid out in reverse order; where it
+//!   changes a config value, the folder follows it; and every accepted folder runs in
+//!   onnxruntime-genai (`tests/python/genai_smoke.py`: a few tokens);
 //! - exit 2 with an error naming the file (and the key, tensor or flag) in a few lines, nothing
 //!   written and no staging folder left.
 //!
@@ -312,8 +313,14 @@ fn runnable(out: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one case in a fresh directory: its exit code, or what went wrong.
-fn run_case(case: &Case, bases: &Path, refs: &BTreeMap<&str, PathBuf>) -> Result<i32, String> {
+/// Runs one case in a fresh directory: its exit code, or what went wrong. An accepted folder
+/// is moved to `keep`, for onnxruntime-genai to run.
+fn run_case(
+    case: &Case,
+    bases: &Path,
+    refs: &BTreeMap<&str, PathBuf>,
+    keep: &Path,
+) -> Result<i32, String> {
     let dir = tempfile::tempdir().unwrap();
     let copy = |name: &str| -> PathBuf {
         let ck = dir.path().join(name);
@@ -429,7 +436,11 @@ fn run_case(case: &Case, bases: &Path, refs: &BTreeMap<&str, PathBuf>) -> Result
             }
         }
     };
-    verdict.map(|()| code.unwrap_or(-1))
+    verdict?;
+    if code == Some(0) {
+        std::fs::rename(&out, keep).unwrap();
+    }
+    Ok(code.unwrap_or(-1))
 }
 
 fn shorten(s: &str) -> String {
@@ -1201,15 +1212,46 @@ fn mutated_checkpoints_build_correctly_or_are_refused_by_name() {
     let mut rng = Rng(seed);
     let mut all = cases(&mut rng, n, &bases);
     all.extend(flag_cases(&mut rng, n / 20));
+    let accepted_dir = work.path().join("accepted");
+    std::fs::create_dir(&accepted_dir).unwrap();
     let mut failures = Vec::new();
     let mut codes = BTreeMap::new();
-    for c in &all {
-        match run_case(c, &bases, &refs) {
-            Ok(code) => *codes.entry(code).or_insert(0) += 1,
+    let mut accepted = BTreeMap::new();
+    for (i, c) in all.iter().enumerate() {
+        let keep = accepted_dir.join(i.to_string());
+        match run_case(c, &bases, &refs, &keep) {
+            Ok(code) => {
+                *codes.entry(code).or_insert(0) += 1;
+                if code == 0 {
+                    accepted.insert(keep.to_string_lossy().into_owned(), &c.what);
+                }
+            }
             Err(e) => failures.push(format!("{}: {e}", c.what)),
         }
     }
     eprintln!("seed {seed:#x}: {} cases, exit codes {codes:?}", all.len());
+    // Every accepted folder runs: onnxruntime-genai loads it and generates a few tokens
+    // (GroupQueryAttention and MatMulNBits check their shapes only when they run).
+    let smoke = std::process::Command::new(python())
+        .arg(workspace().join("tests/python/genai_smoke.py"))
+        .args(accepted.keys())
+        .output()
+        .expect("run python");
+    assert!(
+        smoke.status.success(),
+        "{}",
+        String::from_utf8_lossy(&smoke.stderr)
+    );
+    let ran: BTreeMap<String, String> = serde_json::from_slice(&smoke.stdout).unwrap();
+    assert_eq!(ran.len(), accepted.len());
+    for (folder, verdict) in ran {
+        if verdict != "ok" {
+            failures.push(format!(
+                "{}: accepted, but onnxruntime-genai cannot run it: {verdict}",
+                accepted[&folder]
+            ));
+        }
+    }
     assert!(
         failures.is_empty(),
         "seed {seed:#x}: {} of {} cases failed:\n{}",
