@@ -106,12 +106,43 @@ pub fn check_tokenizer_file(path: &Path) -> Result<()> {
                     json_error(&e),
                 )
             }),
-        "tokenizer.model" => check_protobuf(&bytes)
-            .map_err(|e| bad("a SentencePiece model (a protobuf with pieces)", e)),
+        "tokenizer.model" => check_protobuf(&bytes).or_else(|e| {
+            if is_tiktoken(&bytes) {
+                Ok(())
+            } else {
+                Err(bad(
+                    "a SentencePiece model (a protobuf with pieces) or a tiktoken BPE file",
+                    e,
+                ))
+            }
+        }),
         _ => serde_json::from_slice::<AnyObject>(&bytes)
             .map(drop)
             .map_err(|e| bad("a JSON object", json_error(&e))),
     }
+}
+
+/// A tiktoken BPE file (what some repositories name `tokenizer.model`): lines of a base64
+/// token and its integer rank.
+fn is_tiktoken(b: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(b) else {
+        return false;
+    };
+    let mut lines = 0usize;
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let mut parts = line.split(' ');
+        let (Some(token), Some(rank), None) = (parts.next(), parts.next(), parts.next()) else {
+            return false;
+        };
+        let base64 = token
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='));
+        if token.is_empty() || !base64 || rank.parse::<u64>().is_err() {
+            return false;
+        }
+        lines += 1;
+    }
+    lines > 0
 }
 
 /// A SentencePiece `ModelProto`: well-formed protobuf wire format (every field's tag, varint
@@ -240,6 +271,8 @@ mod tests {
         assert!(check("tokenizer.model", &[0x0a, 0x09, 0x0a]).is_err());
         assert!(check("tokenizer.model", b"{\"model\": {}}").is_err());
         assert!(check("tokenizer.model", &[0x10, 0x01]).is_err());
+        assert!(check("tokenizer.model", b"IQ== 0\nIg== 1\n").is_ok());
+        assert!(check("tokenizer.model", b"IQ== zero\n").is_err());
     }
 
     #[test]
