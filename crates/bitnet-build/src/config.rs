@@ -6,7 +6,16 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use crate::error::{BuildError, Result};
+use crate::error::{json_error, quote, BuildError, Result};
+use crate::files;
+
+/// The longest context `build` writes. The model holds two rotary tables (cos and sin) of
+/// `max_position_embeddings x head_dim / 2` float32 values, since ONNX Runtime's
+/// GroupQueryAttention needs a row for every position up to the total sequence length, and
+/// onnxruntime-genai allocates the KV cache for the whole context of each sequence. 131072
+/// positions (Llama 3.1's context, 32 times microsoft/bitnet-b1.58-2B-4T's 4096) cost 64 MiB of
+/// tables at head_dim 128; an unchecked value could ask for terabytes or overflow.
+pub const MAX_CONTEXT: usize = 1 << 17;
 
 /// Which transformers class computes the checkpoint's linear layers (docs/formats.md
 /// section 3), which decides how its weights and `weight_scale` are read.
@@ -52,9 +61,9 @@ pub struct Config {
 
 impl Config {
     pub fn read(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| BuildError::io(path, e))?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| BuildError::config(path, format!("not valid JSON: {e}")))?;
+        let text = files::read_capped(path, files::MAX_CONFIG_BYTES)?;
+        let v: Value = serde_json::from_slice(&text)
+            .map_err(|e| BuildError::config(path, format!("not valid JSON: {}", json_error(&e))))?;
         let obj = v
             .as_object()
             .ok_or_else(|| BuildError::config(path, "not a JSON object"))?;
@@ -71,12 +80,7 @@ impl Config {
 }
 
 fn unsupported(path: &Path, key: &str, value: &Value, why: &str) -> BuildError {
-    BuildError::Unsupported {
-        path: path.to_path_buf(),
-        key: key.to_string(),
-        value: value.to_string(),
-        why: why.to_string(),
-    }
+    BuildError::unsupported(path, key, value, why)
 }
 
 fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
@@ -98,7 +102,10 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
                 .and_then(|n| usize::try_from(n).ok())
                 .filter(|&n| n > 0)
                 .ok_or_else(|| {
-                    BuildError::config(path, format!("`{k}` = {v} is not a positive integer"))
+                    BuildError::config(
+                        path,
+                        format!("`{k}` = {} is not a positive integer", quote(v)),
+                    )
                 }),
         }
     };
@@ -109,7 +116,10 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
                 .as_f64()
                 .filter(|x| x.is_finite() && *x > 0.0)
                 .ok_or_else(|| {
-                    BuildError::config(path, format!("`{k}` = {v} is not a positive number"))
+                    BuildError::config(
+                        path,
+                        format!("`{k}` = {} is not a positive number", quote(v)),
+                    )
                 }),
         }
     };
@@ -117,7 +127,7 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
         match get(k) {
             None => Ok(default),
             Some(v) => v.as_bool().ok_or_else(|| {
-                BuildError::config(path, format!("`{k}` = {v} is not true or false"))
+                BuildError::config(path, format!("`{k}` = {} is not true or false", quote(v)))
             }),
         }
     };
@@ -129,7 +139,27 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
     let num_heads = uint("num_attention_heads", Some(20))?;
     let num_kv_heads = uint("num_key_value_heads", Some(num_heads))?;
     let max_position_embeddings = uint("max_position_embeddings", Some(2048))?;
+    if max_position_embeddings > MAX_CONTEXT {
+        return Err(unsupported(
+            path,
+            "max_position_embeddings",
+            &Value::from(max_position_embeddings),
+            &format!(
+                "build writes contexts of at most {MAX_CONTEXT} positions: the model holds \
+                 rotary tables with a row per position, and onnxruntime-genai allocates the KV \
+                 cache for the whole context"
+            ),
+        ));
+    }
     let rms_norm_eps = float("rms_norm_eps", 1e-5)? as f32;
+    if !rms_norm_eps.is_normal() {
+        return Err(unsupported(
+            path,
+            "rms_norm_eps",
+            &get("rms_norm_eps").cloned().unwrap_or(Value::Null),
+            "not a normal float32 (the graph computes in float32)",
+        ));
+    }
     let tie_word_embeddings = boolean("tie_word_embeddings", false)?;
     if hidden_size % num_heads != 0 && get("head_dim").is_none() {
         return Err(BuildError::config(
@@ -146,7 +176,7 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
             format!("num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}"),
         ));
     }
-    if num_heads * head_dim != hidden_size {
+    if num_heads.checked_mul(head_dim) != Some(hidden_size) {
         // attn_sub_norm normalises hidden_size values of the attention output.
         return Err(unsupported(
             path,
@@ -157,12 +187,14 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
             ),
         ));
     }
-    if head_dim % 2 != 0 {
+    if !head_dim.is_multiple_of(16) {
+        // ONNX Runtime's GroupQueryAttention (CPU) checks this when it is given rotary caches,
+        // at the first generation step; microsoft/bitnet-b1.58-2B-4T's head_dim is 128.
         return Err(unsupported(
             path,
             "head_dim",
             &Value::from(head_dim),
-            "rotary embeddings need an even head_dim",
+            "ONNX Runtime's GroupQueryAttention with rotary embeddings needs a multiple of 16",
         ));
     }
     if let Some(v) = get("hidden_act") {
@@ -194,10 +226,9 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
                 .map(|x| x.as_i64())
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| BuildError::config(path, format!("`{k}` must be token ids"))),
-            Some(v) => v
-                .as_i64()
-                .map(|x| vec![x])
-                .ok_or_else(|| BuildError::config(path, format!("`{k}` = {v} is not a token id"))),
+            Some(v) => v.as_i64().map(|x| vec![x]).ok_or_else(|| {
+                BuildError::config(path, format!("`{k}` = {} is not a token id", quote(v)))
+            }),
         }
     };
     let bos_token_id = ids("bos_token_id")?.first().copied();
@@ -261,7 +292,10 @@ fn rope(path: &Path, o: &Map<String, Value>) -> Result<f64> {
             .as_f64()
             .filter(|x| x.is_finite() && *x > 0.0)
             .ok_or_else(|| {
-                BuildError::config(path, format!("`rope_theta` = {v} is not a positive number"))
+                BuildError::config(
+                    path,
+                    format!("`rope_theta` = {} is not a positive number", quote(v)),
+                )
             })?;
     }
     for key in ["rope_parameters", "rope_scaling"] {
@@ -276,7 +310,10 @@ fn rope(path: &Path, o: &Map<String, Value>) -> Result<f64> {
                         .ok_or_else(|| {
                             BuildError::config(
                                 path,
-                                format!("`{key}.rope_theta` = {v} is not a positive number"),
+                                format!(
+                                    "`{key}.rope_theta` = {} is not a positive number",
+                                    quote(v)
+                                ),
                             )
                         })?;
                 }
@@ -429,9 +466,36 @@ mod tests {
                 "num_key_value_heads",
             ),
             (serde_json::json!({"eos_token_id": 100}), "eos_token_id"),
+            // 8 heads of 8: GroupQueryAttention needs multiples of 16.
+            (serde_json::json!({"num_attention_heads": 8}), "head_dim"),
+            (
+                serde_json::json!({"max_position_embeddings": MAX_CONTEXT + 1}),
+                "max_position_embeddings",
+            ),
+            (
+                serde_json::json!({"max_position_embeddings": u64::MAX}),
+                "max_position_embeddings",
+            ),
+            (serde_json::json!({"rms_norm_eps": 1e-300}), "rms_norm_eps"),
+            (serde_json::json!({"head_dim": u64::MAX}), "head_dim"),
         ] {
             let e = cfg(extra.clone()).unwrap_err().to_string();
             assert!(e.contains(key) && e.contains("config.json"), "{extra}: {e}");
         }
+        let c = cfg(serde_json::json!({"max_position_embeddings": MAX_CONTEXT})).unwrap();
+        assert_eq!(c.max_position_embeddings, MAX_CONTEXT);
+    }
+
+    #[test]
+    fn quotes_a_short_prefix_of_a_long_value() {
+        let e = cfg(serde_json::json!({"hidden_act": "z".repeat(100_000)}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hidden_act") && e.contains("zzz..."), "{e}");
+        assert!(e.len() < 300, "{} bytes: {e}", e.len());
+        let e = cfg(serde_json::json!({"vocab_size": "v".repeat(100_000)}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 300, "{} bytes", e.len());
     }
 }

@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod decoder;
 pub mod error;
+pub mod files;
 pub mod genai;
 pub mod graph;
 pub mod safetensors;
@@ -113,6 +114,10 @@ pub struct BuildReport {
     pub layers: usize,
     pub hidden_size: usize,
     pub vocab_size: usize,
+    /// The context the folder runs (`max_position_embeddings`, at most
+    /// [`config::MAX_CONTEXT`]): the rotary tables have a row per position and
+    /// onnxruntime-genai's `max_length` is this.
+    pub context_length: usize,
     pub tied_embeddings: bool,
     /// Linear weights whose codes were read as stored (packed or float codes: lossless).
     pub linear_weights_stored_as_codes: usize,
@@ -148,8 +153,17 @@ const TOKENIZER_FILES: [&str; 5] = [
 
 /// Builds the model folder `out_dir` from the checkpoint in `checkpoint_dir`.
 pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Result<BuildReport> {
+    check_flags(opts)?;
     let ck = Checkpoint::open(checkpoint_dir)?;
     check_options(&ck, opts)?;
+    // The tokenizer files are copied as they are: each must parse as what it claims to be.
+    let tokenizer: Vec<&str> = TOKENIZER_FILES
+        .into_iter()
+        .filter(|f| checkpoint_dir.join(f).is_file())
+        .collect();
+    for f in &tokenizer {
+        files::check_tokenizer_file(&checkpoint_dir.join(f))?;
+    }
     let staging = Staging::new(checkpoint_dir, out_dir)?;
     let model_path = staging.dir.join("model.onnx");
     let protect: Vec<PathBuf> = ck.tensors.files.iter().map(|(p, _)| p.clone()).collect();
@@ -196,12 +210,10 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
         "genai_config.json".to_string(),
     ];
     let mut warnings = Vec::new();
-    for f in TOKENIZER_FILES {
+    for f in tokenizer {
         let src = checkpoint_dir.join(f);
-        if src.is_file() {
-            std::fs::copy(&src, staging.dir.join(f)).map_err(|e| BuildError::io(&src, e))?;
-            files.push(f.to_string());
-        }
+        std::fs::copy(&src, staging.dir.join(f)).map_err(|e| BuildError::io(&src, e))?;
+        files.push(f.to_string());
     }
     if !checkpoint_dir.join("tokenizer.json").is_file() {
         warnings.push(format!(
@@ -218,6 +230,7 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
         layers: c.num_layers,
         hidden_size: c.hidden_size,
         vocab_size: c.vocab_size,
+        context_length: c.max_position_embeddings,
         tied_embeddings: c.tie_word_embeddings,
         linear_weights_stored_as_codes: built.stored_as_codes,
         linear_weights_ternarised: built.ternarised,
@@ -233,25 +246,49 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
     })
 }
 
-fn check_options(ck: &Checkpoint, opts: &BuildOptions) -> Result<()> {
-    let bad = |flag: &str, v: usize, why: String| BuildError::Unsupported {
-        path: ck.config_path.clone(),
-        key: flag.into(),
+/// The ternary layers' block sizes ONNX Runtime 1.32 runs with 2-bit `MatMulNBits`: powers of
+/// two from 16 (the operator's least) to 256 (it refuses larger 2-bit blocks when the session
+/// loads). 32, 64 and 128 run its int8 kernels; 16 and 256 dequantize to float32 (slower).
+/// The reserved activation slot needs nothing more: a block holds `block_size - 1` weights.
+pub const BLOCK_SIZES: std::ops::RangeInclusive<usize> = 16..=256;
+
+fn flag_error(flag: &str, v: usize, why: String) -> BuildError {
+    BuildError::Flag {
+        flag: flag.into(),
         value: v.to_string(),
         why,
-    };
-    for (flag, v) in [
-        ("--block-size", opts.block_size),
-        ("--table-block-size", opts.table_block_size),
-    ] {
-        if v < 16 || !v.is_power_of_two() {
-            return Err(bad(
-                flag,
-                v,
-                "MatMulNBits block sizes are powers of two >= 16".into(),
-            ));
-        }
     }
+}
+
+/// The flags alone, checked before anything is read.
+fn check_flags(opts: &BuildOptions) -> Result<()> {
+    let v = opts.block_size;
+    if !BLOCK_SIZES.contains(&v) || !v.is_power_of_two() {
+        return Err(flag_error(
+            "--block-size",
+            v,
+            format!(
+                "ONNX Runtime runs 2-bit MatMulNBits with block sizes that are powers of two \
+                 from {} to {} (32, 64 and 128 on its int8 kernels)",
+                BLOCK_SIZES.start(),
+                BLOCK_SIZES.end()
+            ),
+        ));
+    }
+    let v = opts.table_block_size;
+    if v < 16 || !v.is_power_of_two() {
+        return Err(flag_error(
+            "--table-block-size",
+            v,
+            "MatMulNBits and GatherBlockQuantized block sizes are powers of two >= 16".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The flags against the checkpoint.
+fn check_options(ck: &Checkpoint, opts: &BuildOptions) -> Result<()> {
+    let bad = |flag: &str, v: usize, why: String| flag_error(flag, v, why);
     let h = ck.config.hidden_size;
     let quantized = opts.embeddings != TableMode::Float || opts.head != TableMode::Float;
     if quantized && !h.is_multiple_of(opts.table_block_size) {
@@ -322,11 +359,18 @@ impl Staging {
                 parent.display()
             )));
         }
-        let name = o
+        // A short hidden name, whatever the length of OUT_DIR's (up to the file-name limit
+        // itself): its first characters, the process and a counter for builds in one process.
+        static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name: String = o
             .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
+            .map(|n| n.to_string_lossy().chars().take(16).collect())
             .unwrap_or_default();
-        let dir = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        let dir = parent.join(format!(
+            ".{name}.partial-{}-{}",
+            std::process::id(),
+            BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| BuildError::io(&dir, e))?;
         }

@@ -186,6 +186,37 @@ fn validation_loss_matches_transformers() {
     }
 }
 
+/// The ends of the accepted `--block-size` range run in onnxruntime-genai (16 and 256 on
+/// ONNX Runtime's dequantizing 2-bit path, not its int8 kernels) and generate transformers'
+/// tokens: what `build` accepts, the runtime runs.
+#[test]
+fn edge_block_sizes_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    for bs in ["16", "256"] {
+        let out = dir.path().join(bs);
+        let flags = [
+            "--block-size",
+            bs,
+            "--embeddings",
+            "float",
+            "--head",
+            "float",
+        ];
+        let r = build(&checkpoint("packed"), &out, &flags);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        for p in generate(&out, "packed") {
+            assert!(
+                p["first_step_top1_same"].as_bool().unwrap(),
+                "--block-size {bs}: {p}"
+            );
+            assert!(
+                p["same_prefix"].as_u64().unwrap() >= 32,
+                "--block-size {bs}: {p}"
+            );
+        }
+    }
+}
+
 /// Two builds of one checkpoint are byte-identical, wherever they are written.
 #[test]
 fn output_is_deterministic() {
@@ -240,6 +271,39 @@ fn edit_header(ck: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_j
     std::fs::write(&p, out).unwrap();
 }
 
+/// Rewrites `model.safetensors` without tensor `name` (its entry and its bytes: the file stays
+/// valid safetensors).
+fn remove_tensor(ck: &Path, name: &str) {
+    let p = ck.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut entries: Vec<(&String, &serde_json::Value)> = header
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__" && *k != name)
+        .collect();
+    entries.sort_by_key(|(_, e)| e["data_offsets"][0].as_u64().unwrap());
+    let (mut h, mut payload) = (serde_json::Map::new(), Vec::new());
+    for (k, e) in entries {
+        let (b, end) = (
+            e["data_offsets"][0].as_u64().unwrap() as usize,
+            e["data_offsets"][1].as_u64().unwrap() as usize,
+        );
+        let begin = payload.len();
+        payload.extend_from_slice(&data[b..end]);
+        let mut e = e.clone();
+        e["data_offsets"] = serde_json::json!([begin, payload.len()]);
+        h.insert(k.clone(), e);
+    }
+    let hb = serde_json::to_vec(&h).unwrap();
+    let mut out = (hb.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&hb);
+    out.extend_from_slice(&payload);
+    std::fs::write(&p, out).unwrap();
+}
+
 fn edit_config(ck: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let p = ck.join("config.json");
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
@@ -256,7 +320,7 @@ fn bad_checkpoints_exit_2_and_write_nothing() {
     let cases: Vec<(&str, Damage, Vec<&str>)> = vec![
         (
             "missing tensor",
-            Box::new(move |ck| edit_header(ck, |h| drop(h.remove(q)))),
+            Box::new(move |ck| remove_tensor(ck, q)),
             vec!["model.safetensors", q, "missing"],
         ),
         (
@@ -299,7 +363,7 @@ fn bad_checkpoints_exit_2_and_write_nothing() {
                 let b = std::fs::read(&p).unwrap();
                 std::fs::write(&p, &b[..b.len() - 100]).unwrap();
             }),
-            vec!["model.safetensors", "outside"],
+            vec!["model.safetensors", "not fully covered"],
         ),
         (
             "not json",
@@ -326,6 +390,81 @@ fn bad_checkpoints_exit_2_and_write_nothing() {
             .collect();
         assert!(left.is_empty(), "{what}: left behind {left:?}");
     }
+}
+
+/// Values the runtime cannot run are refused by name before anything is written: a head_dim
+/// GroupQueryAttention refuses, a context beyond the bound, block sizes ONNX Runtime refuses or
+/// that do not fit in a u64; a megabyte value is quoted by a short prefix; an I/O error shows
+/// its OS error once; an output name of 255 bytes (the file-name limit) builds.
+#[test]
+fn refuses_what_the_runtime_cannot_run_and_says_so_briefly() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = copy_checkpoint(dir.path());
+    let out = dir.path().join("out");
+    let refused = |ck: &Path, flags: &[&str], needles: &[&str]| {
+        let r = build(ck, &out, flags);
+        let err = String::from_utf8_lossy(&r.stderr).into_owned();
+        assert_eq!(r.status.code(), Some(2), "{flags:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{flags:?}: {n:?} not in {err}");
+        }
+        assert!(err.len() < 1000, "{} bytes of error", err.len());
+        assert!(!out.exists());
+        err
+    };
+    for bs in ["8", "24", "512", "65536", "9223372036854775808"] {
+        refused(&ck, &["--block-size", bs], &["--block-size", bs]);
+    }
+    refused(
+        &ck,
+        &["--block-size", "18446744073709551616"],
+        &["--block-size"],
+    );
+    refused(&ck, &["--table-block-size", "12"], &["--table-block-size"]);
+    // 16 heads of 8 (hidden 128) would build, and fail at the first generation step.
+    edit_config(&ck, |c| c["num_attention_heads"] = 16.into());
+    refused(&ck, &[], &["config.json", "head_dim", "16"]);
+    edit_config(&ck, |c| {
+        c["num_attention_heads"] = 4.into();
+        c["max_position_embeddings"] = (1u64 << 63).into();
+    });
+    refused(
+        &ck,
+        &[],
+        &["config.json", "max_position_embeddings", "131072"],
+    );
+    edit_config(&ck, |c| {
+        c["max_position_embeddings"] = 512.into();
+        c["hidden_act"] = "x".repeat(1 << 19).into();
+    });
+    let err = refused(&ck, &[], &["config.json", "hidden_act", "xxx..."]);
+    assert!(err.len() < 500, "{err}");
+    // A legal 255-byte output name (the file-name limit): the staging name stays short.
+    let long = dir.path().join("m".repeat(255));
+    let r = build(&checkpoint("packed"), &long, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(long.join("model.onnx").is_file());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "ck" && *n != *long.file_name().unwrap())
+        .collect();
+    assert!(left.is_empty(), "left behind {left:?}");
+}
+
+/// An I/O error names the file and prints its OS error once (not again as the error's source).
+#[test]
+fn io_errors_print_the_os_error_once() {
+    // /proc takes no new directories, root or not: creating the staging folder fails.
+    let r = build(
+        &checkpoint("packed"),
+        Path::new("/proc/bitnet-onnx-test-out"),
+        &[],
+    );
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("/proc/.bitnet-onnx-test"), "{err}");
+    assert_eq!(err.matches("(os error").count(), 1, "{err}");
 }
 
 /// A non-empty output folder is refused and left as it was; so is writing into the checkpoint.

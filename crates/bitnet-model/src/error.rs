@@ -5,17 +5,17 @@ use std::path::PathBuf;
 /// Everything that can go wrong while reading, decoding or writing a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{path}: {source}")]
+    // The underlying error is part of the message, not `source()`: a caller that prints the
+    // whole chain (anyhow's `{:#}`) then shows it once, not twice.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{path}: not a valid ONNX protobuf file: {source}")]
+    #[error("{path}: not a valid ONNX protobuf file: {error}")]
     Decode {
         path: PathBuf,
-        #[source]
-        source: prost::DecodeError,
+        error: prost::DecodeError,
     },
     #[error("{path}: the file is empty")]
     Empty { path: PathBuf },
@@ -44,10 +44,10 @@ pub enum ModelError {
 }
 
 impl ModelError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         ModelError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 }

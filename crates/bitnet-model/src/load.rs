@@ -203,9 +203,9 @@ impl Model {
         }
         let file_len = bytes.len() as u64;
         let whole = bytes.clone();
-        let proto = ModelProto::decode(bytes).map_err(|source| ModelError::Decode {
+        let proto = ModelProto::decode(bytes).map_err(|error| ModelError::Decode {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let mut model = Model::from_proto(proto, path, file_len)?;
         if let Some(map) = map {

@@ -39,8 +39,13 @@ pub fn sample(rel: &str) -> PathBuf {
     workspace().join("samples").join(rel)
 }
 
+/// The binary under test: cargo's, or `BITNET_ONNX_BIN` (a copy that a concurrent build in a
+/// shared target directory cannot replace mid-run).
 pub fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_bitnet-onnx"))
+    match std::env::var_os("BITNET_ONNX_BIN") {
+        Some(p) => Command::new(p),
+        None => Command::new(env!("CARGO_BIN_EXE_bitnet-onnx")),
+    }
 }
 
 pub fn run_ok(cmd: &mut Command) -> Output {
