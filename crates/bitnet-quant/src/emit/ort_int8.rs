@@ -219,6 +219,17 @@ impl Emitter for OrtInt8 {
             .to_string()
     }
 
+    /// Its own chain, unless the graph already quantizes the layer's input as BitNet does
+    /// (float32 only; see `quantize_activation`).
+    fn quantizes_activations(&self, job: &WeightJob, layer: usize) -> bool {
+        job.dtype != DataType::Float as i32
+            || job
+                .activations
+                .get(layer)
+                .and_then(Option::as_ref)
+                .is_none()
+    }
+
     fn emit(
         &self,
         g: &GraphProto,
