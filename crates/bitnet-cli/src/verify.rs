@@ -34,10 +34,13 @@ pub struct VerifyArgs {
     /// Seed of the first random input set.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Largest relative L2 error allowed on every output.
+    /// Largest relative L2 error allowed on a converted layer that is not lossless (on the
+    /// original's input to it), and on every output when the outputs are judged (some layer
+    /// is not lossless or could not be checked alone). Lossless layers are held to float
+    /// rounding (1e-5).
     #[arg(long, default_value_t = 0.05)]
     pub max_rel_error: f64,
-    /// Smallest cosine similarity allowed on every output.
+    /// Smallest cosine similarity allowed where --max-rel-error applies.
     #[arg(long, default_value_t = 0.99)]
     pub min_cosine: f64,
     /// Write the JSON report to FILE, or to standard output with `-` (the table then goes to

@@ -271,17 +271,23 @@ fn save(m: &bitnet_model::proto::ModelProto, path: &std::path::Path) {
     bitnet_model::save(m, path, &Default::default(), &[]).unwrap();
 }
 
-/// Planted defects in a `qdq-int8` conversion of the packed transformers export, each of which
-/// `verify` must fail (exit 1) naming the layer, while the untouched conversion passes: one
-/// INT8 weight code negated in a layer the conversion reports lossless (the defect that used
-/// to pass), one layer's scale off by 1%, two layers' weights swapped, a wrong activation
-/// scale in front of one layer.
+/// Planted defects in a `qdq-int8` conversion of each transformers export, each of which
+/// `verify` must fail (exit 1) in the layer it is in, while the untouched conversion passes:
+/// one INT8 weight code negated in a layer the conversion reports lossless (the defect that
+/// used to pass: the layer was judged with the 5% tolerance and the dequantized reference was
+/// built from the defective weights), one layer's scale off by 1%, two layers' weights
+/// swapped, a wrong activation scale in front of one layer.
 #[test]
 fn planted_defects_in_a_qdq_int8_conversion_fail() {
+    for form in HF_SAMPLES {
+        planted_defects_fail(form);
+    }
+}
+
+fn planted_defects_fail(form: &str) {
     use bitnet_model::metadata::{self, LayerSpec};
     use bitnet_model::proto::ModelProto;
     let dir = tempfile::tempdir().unwrap();
-    let form = "bitlinear";
     let good = convert_hf(form, "qdq-int8", dir.path());
     let (code, r, text) = verify_hf(form, &good, &["--samples", "2"]);
     assert_eq!(code, Some(0), "{text}");
@@ -298,10 +304,14 @@ fn planted_defects_in_a_qdq_int8_conversion_fail() {
         let path = dir.path().join(format!("{name}.onnx"));
         save(m, &path);
         let (code, r, text) = verify_hf(form, &path, &["--samples", "2"]);
-        assert_eq!(code, Some(1), "{name}: verify passed a defect:\n{text}");
-        assert_eq!(r["pass"], false, "{name}");
-        assert_eq!(r["layers"][layer]["pass"], false, "{name}:\n{text}");
-        assert!(text.contains("FAIL"), "{name}:\n{text}");
+        assert_eq!(
+            code,
+            Some(1),
+            "{form} {name}: verify passed a defect:\n{text}"
+        );
+        assert_eq!(r["pass"], false, "{form} {name}");
+        assert_eq!(r["layers"][layer]["pass"], false, "{form} {name}:\n{text}");
+        assert!(text.contains("FAIL"), "{form} {name}:\n{text}");
     };
 
     // One nonzero ternary code negated.
