@@ -216,9 +216,18 @@ pub fn render(r: &VerifyReport) -> String {
             },
             match &r.activation_codes {
                 Some(c) if c.flipped > 0 && rest.agrees => format!(
-                    ": the {} end to end is what the {} flipped codes set off",
+                    ": the {} end to end is what the {} flipped codes set off{}",
                     fmt_f(max_e2e),
-                    c.flipped
+                    c.flipped,
+                    if r.runtime_int8_activations {
+                        ", with MatMulNBits' int8 activations (accuracy_level 4)"
+                    } else {
+                        ""
+                    }
+                ),
+                None | Some(_) if r.runtime_int8_activations && rest.agrees => format!(
+                    ": the {} end to end is MatMulNBits' int8 activations (accuracy_level 4)",
+                    fmt_f(max_e2e)
                 ),
                 _ => String::new(),
             }

@@ -197,6 +197,9 @@ pub struct VerifyReport {
     pub outputs_rule: String,
     /// The activation codes end to end, when both models round the same values.
     pub activation_codes: Option<ActivationCodes>,
+    /// Whether the converted model has a `MatMulNBits` with `accuracy_level` 4, whose int8
+    /// activations (ONNX Runtime's, and tract's kernel's) show end to end only.
+    pub runtime_int8_activations: bool,
     pub layers: Vec<LayerReport>,
     /// Why `layers` is empty or incomplete, if it is.
     pub layers_note: Option<String>,
@@ -957,21 +960,32 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
         .filter(|l| !l.lossless)
         .map(|l| l.node.as_str())
         .collect();
-    let outputs_rule = if layers.is_empty() {
-        "judged: no converted layer could be checked on its own".to_string()
+    let (outputs_judged, outputs_rule) = if layers.is_empty() {
+        (
+            true,
+            "judged: no converted layer could be checked on its own".to_string(),
+        )
     } else if skipped {
-        "judged: some converted layers could not be checked on their own".to_string()
+        (
+            true,
+            "judged: some converted layers could not be checked on their own".to_string(),
+        )
     } else if !lossy.is_empty() {
-        format!(
-            "judged: {} of {} converted layers are not lossless (first: {}), so the outputs carry their quantization error",
-            lossy.len(),
-            layer_reports.len(),
-            lossy[0]
+        (
+            true,
+            format!(
+                "judged: {} of {} converted layers are not lossless (first: {}), so the outputs carry their quantization error",
+                lossy.len(),
+                layer_reports.len(),
+                lossy[0]
+            ),
         )
     } else {
-        "reported, not judged: every converted layer is lossless and was checked on the original's input to it, and the rest of the graph on the original's layer outputs; what differs end to end is rounding and the activation codes it flips at ties".to_string()
+        (
+            false,
+            "reported, not judged: every converted layer is lossless and was checked on the original's input to it, and the rest of the graph on the original's layer outputs; what differs end to end is rounding and the activation codes it flips at ties".to_string(),
+        )
     };
-    let outputs_judged = outputs_rule.starts_with("judged");
     let pass = layer_reports.iter().all(|l| l.pass)
         && dequantized_reference.as_ref().is_none_or(|d| d.agrees)
         && rest.as_ref().is_none_or(|r| !r.judged || r.agrees)
@@ -985,6 +999,10 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
         outputs_judged,
         outputs_rule,
         activation_codes: (!rounds.is_empty()).then(|| ties.finish(rounds.len())),
+        runtime_int8_activations: converted.graph().node.iter().any(|n| {
+            n.op_type.as_deref() == Some("MatMulNBits")
+                && bitnet_model::node::attr_i(n, "accuracy_level") == Some(4)
+        }),
         layers: layer_reports,
         layers_note,
         first_failing_layer,

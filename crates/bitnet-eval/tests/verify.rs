@@ -279,3 +279,59 @@ fn inputs_replay_through_npz() {
     assert!(r.default_dims.is_empty());
     assert_eq!(r.worst_inputs, inputs);
 }
+
+/// A layer the conversion records lossless is held to float rounding on the original's own
+/// input to it; the same layer not recorded lossless to the tolerances. The layers after it
+/// run on the original's values, so they show none of its error (layer-local).
+#[test]
+fn a_lossless_layer_is_held_to_float_rounding_on_its_own_input() {
+    let orig = Model::load(sample("mlp.onnx")).unwrap();
+    let opts = VerifyOptions {
+        dims: dims(&[("batch", 4)]),
+        ..Default::default()
+    };
+    // fc2's weight off by 1e-4 relative: quantization-sized for a lossy layer.
+    let path = scaled_mlp(1.0001, "mlp_scaled_1e-4.onnx");
+    let lossy = verify(&orig, &Model::load(&path).unwrap(), &opts).unwrap();
+    assert!(lossy.pass, "{:?}", lossy.layers);
+    assert!(!lossy.layers[1].lossless);
+    assert!(lossy.layers[1].rel_l2 > 1e-5 && lossy.layers[1].rel_l2 < 1e-4);
+    assert_eq!(
+        lossy.layers[2].rel_l2, 0.0,
+        "fc3 runs on the original's fc2 output"
+    );
+    assert!(lossy.outputs_judged, "{}", lossy.outputs_rule);
+    let rest = lossy.rest.as_ref().unwrap();
+    assert!(rest.judged && rest.agrees && rest.max_rel_l2 == 0.0);
+
+    // The same model, its layers recorded lossless.
+    let mut m = Model::load(&path).unwrap();
+    let e = m
+        .proto
+        .metadata_props
+        .iter_mut()
+        .find(|e| e.key.as_deref() == Some("bitnet_onnx.layers"))
+        .unwrap();
+    e.value = Some(MLP_LAYERS.replace("{\"node\"", "{\"lossless\": true, \"node\""));
+    let lossless = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mlp_lossless_1e-4.onnx");
+    std::fs::write(&lossless, m.proto.encode_to_vec()).unwrap();
+    let r = verify(&orig, &Model::load(&lossless).unwrap(), &opts).unwrap();
+    assert!(!r.pass);
+    assert!(r.layers.iter().all(|l| l.lossless));
+    assert_eq!(r.first_failing_layer.as_deref(), Some("/fc2/Gemm"));
+    assert!(r.layers[0].pass && r.layers[2].pass && !r.layers[1].pass);
+    assert!(!r.outputs_judged, "{}", r.outputs_rule);
+    assert_eq!(r.tolerances.lossless_max_rel_l2, 1e-5);
+
+    // Unchanged and recorded lossless: passes, every layer exactly.
+    let mut m = Model::load(sample("mlp.onnx")).unwrap();
+    m.proto.metadata_props.push(meta(
+        "bitnet_onnx.layers",
+        &MLP_LAYERS.replace("{\"node\"", "{\"lossless\": true, \"node\""),
+    ));
+    let same = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mlp_lossless_same.onnx");
+    std::fs::write(&same, m.proto.encode_to_vec()).unwrap();
+    let r = verify(&orig, &Model::load(&same).unwrap(), &opts).unwrap();
+    assert!(r.pass, "{:?}", r.layers);
+    assert!(r.layers.iter().all(|l| l.rel_l2 == 0.0));
+}
