@@ -732,6 +732,22 @@ mod tests {
         assert!(em.absorbed[0].contains("int8 q"), "{:?}", em.absorbed);
     }
 
+    /// What convert records as the layer's `lossless` (with an exact weight): only the graph's
+    /// own float32 codes keep the layer exact; its own chain quantizes the activations.
+    #[test]
+    fn only_the_graphs_own_codes_leave_activations_unquantized() {
+        let g = matmul(8, 3);
+        let plain = Job::new(&g, "W", ternary(3, 8, Granularity::Tensor));
+        assert!(plain.with(|j| OrtInt8.quantizes_activations(j, 0)));
+        assert!(!plain.with(|j| super::super::qdq_int8::QdqInt8.quantizes_activations(j, 0)));
+        let (g, m) = autobitlinear();
+        let mut taken = Job::new(&g, "W", ternary(3, 8, Granularity::Channel));
+        taken.activations = vec![Some(m)];
+        assert!(!taken.with(|j| OrtInt8.quantizes_activations(j, 0)));
+        taken.dtype = DataType::Float16 as i32;
+        assert!(taken.with(|j| OrtInt8.quantizes_activations(j, 0)));
+    }
+
     #[test]
     fn group_scales_are_refused() {
         let g = matmul(8, 3);
