@@ -215,6 +215,7 @@ pub fn render(r: &VerifyReport) -> String {
                 (false, false) => "differs; not judged, some layers could not be checked alone",
             },
             match &r.activation_codes {
+                _ if r.outputs_judged => String::new(),
                 Some(c) if c.flipped > 0 && rest.agrees => format!(
                     ": the {} end to end is what the {} flipped codes set off{}",
                     fmt_f(max_e2e),

@@ -391,3 +391,48 @@ fn planted_defects_fail(form: &str) {
     g.node[s].input[k] = "planted_126".into();
     fails("activation_scale", &m, l);
 }
+
+/// The float transformers made ternary (lossy) are judged, not refused: every converted layer
+/// runs alone (its cut computes the shapes and constant inputs, such as an `Unsqueeze`'s
+/// `axes` from a `Constant`, itself, as tract needs them constant), the rest of the graph
+/// agrees with the original's to float rounding, and the quantization error fails (exit 1).
+#[test]
+fn lossy_conversions_of_the_float_transformers_are_judged_layer_by_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    for s in ["transformer.onnx", "transformer_ext/model.onnx"] {
+        for target in ALL_TARGETS {
+            let out = dir
+                .path()
+                .join(format!("{}.{target}.onnx", s.replace('/', "_")));
+            run_ok(
+                bin()
+                    .arg("convert")
+                    .arg(sample(s))
+                    .arg("-o")
+                    .arg(&out)
+                    .args(["--target", target, "-q"]),
+            );
+            let json = dir.path().join("r.json");
+            let o = bin()
+                .arg("verify")
+                .arg(sample(s))
+                .arg(&out)
+                .args(["--dim", "batch=2", "--json"])
+                .arg(&json)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{s} {target}: {text}");
+            let r: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+            assert_eq!(r["outputs_judged"], true, "{s} {target}");
+            assert_eq!(r["rest"]["agrees"], true, "{s} {target}: {r}");
+            let layers = r["layers"].as_array().unwrap();
+            assert!(!layers.is_empty());
+            assert!(
+                layers.iter().all(|l| l["lossless"] == false),
+                "{s} {target}"
+            );
+        }
+    }
+}

@@ -171,7 +171,7 @@ pub(crate) struct Cut {
 
 impl Cut {
     /// Adds the nodes computing `start` in `g`, walking back until a value in `same` (other
-    /// than `start`), an initializer or nothing more. `Err(reason)` when a value on the way
+    /// than `start`) that is not `derivable`, an initializer or nothing more. `Err(reason)` when a value on the way
     /// is neither computed nor given, or a node carries a subgraph (which may read values of
     /// the enclosing graph that this walk does not see).
     pub fn add(
@@ -180,6 +180,7 @@ impl Cut {
         producers: &HashMap<&str, usize>,
         start: &str,
         same: &HashSet<String>,
+        derivable: &HashSet<String>,
     ) -> std::result::Result<(), String> {
         let inits: HashSet<&str> = g
             .initializer
@@ -208,7 +209,7 @@ impl Cut {
             for v in n.input.iter().filter(|v| !v.is_empty()) {
                 if inits.contains(v.as_str()) {
                     self.initializers.insert(v.clone());
-                } else if same.contains(v) {
+                } else if same.contains(v) && !derivable.contains(v) {
                     self.boundary.insert(v.clone());
                 } else if let Some(&p) = producers.get(v.as_str()) {
                     stack.push(p);
@@ -221,6 +222,36 @@ impl Cut {
         }
         Ok(())
     }
+}
+
+/// The values of `g` that the cut can compute itself instead of being given: those computed
+/// from initializers and constants only, and shapes (`Shape`, `Size`: the boundary values have
+/// fixed shapes). tract needs some of them as constants (an `axes` or `shape` input), which a
+/// graph input is not.
+pub(crate) fn derivable(g: &GraphProto) -> HashSet<String> {
+    let inits: HashSet<&str> = g
+        .initializer
+        .iter()
+        .filter_map(|t| t.name.as_deref())
+        .collect();
+    let mut d: HashSet<String> = HashSet::new();
+    for n in &g.node {
+        let op = n.op_type.as_deref().unwrap_or("");
+        let shape_of = node::in_default_domain(n) && matches!(op, "Shape" | "Size");
+        let constant = n
+            .input
+            .iter()
+            .filter(|i| !i.is_empty())
+            .all(|i| inits.contains(i.as_str()) || d.contains(i));
+        let subgraph = n
+            .attribute
+            .iter()
+            .any(|a| a.g.is_some() || !a.graphs.is_empty());
+        if (shape_of || constant) && !subgraph {
+            d.extend(n.output.iter().filter(|o| !o.is_empty()).cloned());
+        }
+    }
+    d
 }
 
 /// Producer of each value of `g`'s nodes.

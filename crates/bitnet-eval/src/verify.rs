@@ -654,9 +654,10 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
     )?;
     let cg = converted.graph();
     let cprod = local::producers(cg);
+    let cderivable = local::derivable(cg);
     let mut ccut = local::Cut::default();
     for l in &layers {
-        ccut.add(cg, &cprod, l.compared(), &same)
+        ccut.add(cg, &cprod, l.compared(), &same, &cderivable)
             .map_err(|r| local::cut_error(&clabel, format!("layer '{}': {r}", l.node)))?;
     }
     let mut deq_note = None;
@@ -666,14 +667,16 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
                 Ok(p) => {
                     let g = p.graph.as_ref().expect("loaded models have a graph");
                     let prod = local::producers(g);
+                    let derivable = local::derivable(g);
                     let mut cut = local::Cut::default();
                     for l in &layers {
-                        cut.add(g, &prod, l.compared(), &same).map_err(|r| {
-                            local::cut_error(
-                                &format!("{olabel} (dequantized reference)"),
-                                format!("layer '{}': {r}", l.node),
-                            )
-                        })?;
+                        cut.add(g, &prod, l.compared(), &same, &derivable)
+                            .map_err(|r| {
+                                local::cut_error(
+                                    &format!("{olabel} (dequantized reference)"),
+                                    format!("layer '{}': {r}", l.node),
+                                )
+                            })?;
                     }
                     Some((p, cut))
                 }
