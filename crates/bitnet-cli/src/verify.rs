@@ -289,7 +289,11 @@ pub fn render(r: &VerifyReport) -> String {
             "  {:<40} {:<12} {:>9} {:>10} {:>10} {:>10}  {}",
             l.node,
             l.op,
-            if l.lossless { "yes" } else { "no" },
+            match (l.lossless, l.exact) {
+                (true, true) => "yes",
+                (true, false) => "yes (half)",
+                _ => "no",
+            },
             fmt_f(l.rel_l2),
             format!("{:.6}", l.cosine),
             l.dequantized_rel_l2.map_or("-".to_string(), fmt_f),

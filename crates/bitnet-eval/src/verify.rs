@@ -120,9 +120,11 @@ pub struct LayerReport {
     pub node: String,
     pub op: String,
     pub output: String,
-    /// Whether the conversion reports the layer lossless (`bitnet_onnx.layers`): then it is
-    /// held to float rounding (`LOSSLESS_MAX_REL_L2`), else to the tolerances.
+    /// Whether the conversion reports the layer lossless (`bitnet_onnx.layers`).
     pub lossless: bool,
+    /// Whether it is held to float rounding (`LOSSLESS_MAX_REL_L2`): lossless and computing
+    /// in float32 or float64. Other layers are held to the tolerances.
+    pub exact: bool,
     /// The rel_l2 limit the layer was held to.
     pub max_rel_l2: f64,
     pub rel_l2: f64,
@@ -462,6 +464,9 @@ fn dequantized_reference(
             )));
         };
         let d = dequantize(&clabel, dq, x, s, z)?;
+        // DequantizeLinear's output has its scale's type: the weight is written in it, so a
+        // float16 layer keeps float16 inputs.
+        let dtype = s.data_type.unwrap_or(1);
         // Bring the weight to [K, N] (MatMul orientation), then to the original's. A scale the
         // converted weight took over is divided out: the original still applies it.
         let (mut kn, mut dims) = (d.values, d.dims);
@@ -496,7 +501,8 @@ fn dequantized_reference(
             )));
         }
         onode.input[1] = name.clone();
-        rg.initializer.push(tensor::from_f32(&name, &dims, &kn));
+        rg.initializer
+            .push(tensor::from_f32_as(&name, dtype, &dims, &kn));
     }
     Ok(Ok(reference))
 }
@@ -765,6 +771,8 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
     };
     // Built on the first sample, once the shapes of the values they read are known.
     let mut local_runs: Option<LocalRuns> = None;
+    // Each layer's output element type (float32 until the first sample says otherwise).
+    let mut layer_types = vec![1i32; layers.len()];
     for (si, inputs) in sets.iter().enumerate() {
         let c = crun.run(inputs)?;
         let typed = orun.run_typed(inputs)?;
@@ -826,6 +834,9 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
             continue;
         }
         if local_runs.is_none() {
+            for (t, l) in layer_types.iter_mut().zip(&layers) {
+                *t = values[l.compared()].1;
+            }
             let types: HashMap<String, (i32, Vec<usize>)> = values
                 .iter()
                 .map(|(n, (t, e))| (n.clone(), (*e, t.shape.clone())))
@@ -898,12 +909,21 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
     let have_deq = deq.is_some();
     let layer_reports: Vec<LayerReport> = layers
         .iter()
-        .zip(layer_acc.iter().zip(&deq_acc))
-        .map(|(l, (acc, dacc))| {
+        .zip(layer_acc.iter().zip(&deq_acc).zip(&layer_types))
+        .map(|(l, ((acc, dacc), &elem))| {
             let m = acc.finish();
             let lossless = l.lossless == Some(true);
+            // Float rounding is the limit in float32 (and float64) only: a float16 or
+            // bfloat16 layer rounds every value to 2^-11 or 2^-8 and its sums more, as much as
+            // a quantization error, so it is held to the tolerances.
+            let exact = lossless && matches!(elem, 1 | 11);
             let dequantized_rel_l2 = have_deq.then(|| dacc.finish().rel_l2);
-            let against_original = if lossless {
+            let dequantized_limit = if matches!(elem, 1 | 11) {
+                DEQUANTIZED_MAX_REL_L2
+            } else {
+                opts.max_rel_error
+            };
+            let against_original = if exact {
                 m.rel_l2 <= LOSSLESS_MAX_REL_L2
             } else {
                 within(&m)
@@ -913,7 +933,8 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
                 op: l.op.clone(),
                 output: l.compared().to_string(),
                 lossless,
-                max_rel_l2: if lossless {
+                exact,
+                max_rel_l2: if exact {
                     LOSSLESS_MAX_REL_L2
                 } else {
                     opts.max_rel_error
@@ -922,8 +943,7 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
                 cosine: m.cosine,
                 max_abs_error: m.max_abs_error,
                 dequantized_rel_l2,
-                pass: against_original
-                    && dequantized_rel_l2.is_none_or(|d| d <= DEQUANTIZED_MAX_REL_L2),
+                pass: against_original && dequantized_rel_l2.is_none_or(|d| d <= dequantized_limit),
             }
         })
         .collect();
@@ -941,7 +961,14 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
             .fold(0.0, f64::max);
         DequantizedReport {
             max_rel_l2,
-            agrees: max_rel_l2 <= DEQUANTIZED_MAX_REL_L2,
+            agrees: layer_reports.iter().zip(&layer_types).all(|(l, &elem)| {
+                let limit = if matches!(elem, 1 | 11) {
+                    DEQUANTIZED_MAX_REL_L2
+                } else {
+                    opts.max_rel_error
+                };
+                l.dequantized_rel_l2.is_none_or(|d| d <= limit)
+            }),
         }
     });
     let rest = (!layers.is_empty()).then(|| {
@@ -960,7 +987,7 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
     // rounding and the cascades of codes it flips at ties, which are reported.
     let lossy: Vec<&str> = layer_reports
         .iter()
-        .filter(|l| !l.lossless)
+        .filter(|l| !l.exact)
         .map(|l| l.node.as_str())
         .collect();
     let (outputs_judged, outputs_rule) = if layers.is_empty() {
@@ -977,7 +1004,7 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
         (
             true,
             format!(
-                "judged: {} of {} converted layers are not lossless (first: {}), so the outputs carry their quantization error",
+                "judged: {} of {} converted layers are not lossless in float32 (first: {}), so the outputs carry their quantization or half-precision error",
                 lossy.len(),
                 layer_reports.len(),
                 lossy[0]
