@@ -512,6 +512,7 @@ fn bitlinear(
         .remove(0);
     let out = g.op("Div", &format!("{name}/Rescale"), &[&y, &s]);
     built.layers.push(LayerSpec {
+        lossless: None,
         node: mm,
         op: "MatMulNBits".into(),
         output: out.clone(),

@@ -34,10 +34,13 @@ pub struct VerifyArgs {
     /// Seed of the first random input set.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Largest relative L2 error allowed on every output.
+    /// Largest relative L2 error allowed on a converted layer that is not lossless (on the
+    /// original's input to it), and on every output when the outputs are judged (some layer
+    /// is not lossless or could not be checked alone). Lossless layers are held to float
+    /// rounding (1e-5).
     #[arg(long, default_value_t = 0.05)]
     pub max_rel_error: f64,
-    /// Smallest cosine similarity allowed on every output.
+    /// Smallest cosine similarity allowed where --max-rel-error applies.
     #[arg(long, default_value_t = 0.99)]
     pub min_cosine: f64,
     /// Write the JSON report to FILE, or to standard output with `-` (the table then goes to
@@ -154,8 +157,8 @@ pub fn render(r: &VerifyReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\noutputs (pass: rel_l2 <= {}, cosine >= {}):",
-        r.tolerances.max_rel_error, r.tolerances.min_cosine
+        "\noutputs end to end ({}; tolerances: rel_l2 <= {}, cosine >= {}):",
+        r.outputs_rule, r.tolerances.max_rel_error, r.tolerances.min_cosine
     );
     let _ = writeln!(
         s,
@@ -164,9 +167,15 @@ pub fn render(r: &VerifyReport) -> String {
     );
     for o in &r.outputs {
         let m = &o.metrics;
+        let result = match (o.pass, r.outputs_judged) {
+            (true, true) => "ok",
+            (false, true) => "FAIL",
+            (true, false) => "within",
+            (false, false) => "outside (not judged)",
+        };
         let _ = writeln!(
             s,
-            "  {:<28} {:>10} {:>10} {:>10} {:>10} {:>9} {:>6}  {}",
+            "  {:<28} {:>10} {:>10} {:>10} {:>10} {:>9} {:>6}  {result}",
             o.name,
             fmt_f(m.max_abs_error),
             fmt_f(m.mean_abs_error),
@@ -174,7 +183,55 @@ pub fn render(r: &VerifyReport) -> String {
             format!("{:.6}", m.cosine),
             format!("{:.1}", m.snr_db),
             format!("{:.3}", m.top1_agreement),
-            if o.pass { "ok" } else { "FAIL" }
+        );
+    }
+    if let Some(c) = &r.activation_codes {
+        let _ = writeln!(
+            s,
+            "  activation codes: {} of {} flipped ({} at a tie, |x*s - (k + 0.5)| <= {}; the rest after them){}",
+            c.flipped,
+            c.codes,
+            c.flipped_at_ties,
+            r.tolerances.tie_distance,
+            match &c.first_flip {
+                Some(f) => format!(", first at {f}"),
+                None => String::new(),
+            }
+        );
+    }
+    if let Some(rest) = &r.rest {
+        let max_e2e = r
+            .outputs
+            .iter()
+            .map(|o| o.metrics.rel_l2)
+            .fold(0.0, f64::max);
+        let _ = writeln!(
+            s,
+            "  with the original's layer outputs, the rest of the converted graph gives max rel_l2 {} ({}){}",
+            fmt_f(rest.max_rel_l2),
+            match (rest.agrees, rest.judged) {
+                (true, _) => "agrees to float rounding",
+                (false, true) => "DISAGREES: the graph outside the converted layers differs",
+                (false, false) => "differs; not judged, some layers could not be checked alone",
+            },
+            match &r.activation_codes {
+                _ if r.outputs_judged => String::new(),
+                Some(c) if c.flipped > 0 && rest.agrees => format!(
+                    ": the {} end to end is what the {} flipped codes set off{}",
+                    fmt_f(max_e2e),
+                    c.flipped,
+                    if r.runtime_int8_activations {
+                        ", with MatMulNBits' int8 activations (accuracy_level 4)"
+                    } else {
+                        ""
+                    }
+                ),
+                None | Some(_) if r.runtime_int8_activations && rest.agrees => format!(
+                    ": the {} end to end is MatMulNBits' int8 activations (accuracy_level 4)",
+                    fmt_f(max_e2e)
+                ),
+                _ => String::new(),
+            }
         );
     }
     if !r.tables.is_empty() {
@@ -211,36 +268,46 @@ pub fn render(r: &VerifyReport) -> String {
             );
         }
     }
-    let _ = writeln!(s, "\nlayers:");
+    let _ = writeln!(
+        s,
+        "\nlayers, each alone on the original's input to it (lossless: rel_l2 <= {}; others: the tolerances):",
+        fmt_f(r.tolerances.lossless_max_rel_l2)
+    );
     if let Some(note) = &r.layers_note {
         let _ = writeln!(s, "  note: {note}");
     }
     if !r.layers.is_empty() {
         let _ = writeln!(
             s,
-            "  {:<40} {:<6} {:>10} {:>10}  result",
-            "node", "op", "rel_l2", "cosine"
+            "  {:<40} {:<12} {:>9} {:>10} {:>10} {:>10}  result",
+            "node", "op", "lossless", "rel_l2", "cosine", "deq_rel_l2"
         );
     }
     for l in &r.layers {
         let _ = writeln!(
             s,
-            "  {:<40} {:<6} {:>10} {:>10}  {}",
+            "  {:<40} {:<12} {:>9} {:>10} {:>10} {:>10}  {}",
             l.node,
             l.op,
+            match (l.lossless, l.exact) {
+                (true, true) => "yes",
+                (true, false) => "yes (half)",
+                _ => "no",
+            },
             fmt_f(l.rel_l2),
             format!("{:.6}", l.cosine),
+            l.dequantized_rel_l2.map_or("-".to_string(), fmt_f),
             if l.pass { "ok" } else { "FAIL" }
         );
     }
     if let Some(f) = &r.first_failing_layer {
-        let _ = writeln!(s, "  first layer outside the tolerances: {f}");
+        let _ = writeln!(s, "  first layer outside its limit: {f}");
     }
     match (&r.dequantized_reference, &r.dequantized_reference_note) {
         (Some(d), _) => {
             let _ = writeln!(
                 s,
-                "\ndequantized reference: max rel_l2 {} ({})",
+                "\ndequantized reference, layer by layer: max rel_l2 {} ({})",
                 fmt_f(d.max_rel_l2),
                 if d.agrees {
                     "agrees to float rounding"

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod inputs;
+mod local;
 pub mod lower;
 pub mod metrics;
 pub mod runner;

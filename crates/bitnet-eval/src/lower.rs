@@ -500,6 +500,18 @@ pub fn matmulnbits_weight(
 /// the float product; ONNX Runtime's `accuracy_level` 4 quantizes A, which verify's
 /// tolerance covers as it does for tract's own kernel. Returns the number of nodes rewritten.
 pub(crate) fn lower_unaligned_matmulnbits(graph: &mut GraphProto, label: &str) -> Result<usize> {
+    lower_matmulnbits(graph, label, false)
+}
+
+/// Every `MatMulNBits` with constant codes and scales computed as the exact float product
+/// (see [`lower_unaligned_matmulnbits`]), whatever its K, bits and `accuracy_level`: what
+/// its weights compute, without the int8 activations tract's kernel and ONNX Runtime's
+/// `accuracy_level` 4 use. verify judges converted layers this way.
+pub(crate) fn lower_every_matmulnbits(graph: &mut GraphProto, label: &str) -> Result<usize> {
+    lower_matmulnbits(graph, label, true)
+}
+
+fn lower_matmulnbits(graph: &mut GraphProto, label: &str, all: bool) -> Result<usize> {
     let mut count = 0;
     let mut i = 0;
     while i < graph.node.len() {
@@ -511,7 +523,7 @@ pub(crate) fn lower_unaligned_matmulnbits(graph: &mut GraphProto, label: &str) -
             continue;
         };
         let bits = attr_i(n, "bits").unwrap_or(4);
-        let tract_runs = bs > 0 && k % bs == 0 && bits != 8;
+        let tract_runs = !all && bs > 0 && k % bs == 0 && bits != 8;
         let weight = if is_nbits && !tract_runs {
             matmulnbits_weight(label, graph, n)?
         } else {

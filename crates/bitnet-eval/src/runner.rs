@@ -31,6 +31,19 @@ pub struct HostTensor {
 }
 
 impl HostTensor {
+    /// The values as `f32` (booleans as 0 and 1).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.data {
+            TensorData::F32(v) => v.clone(),
+            TensorData::F64(v) => v.iter().map(|&x| x as f32).collect(),
+            TensorData::I64(v) => v.iter().map(|&x| x as f32).collect(),
+            TensorData::I32(v) => v.iter().map(|&x| x as f32).collect(),
+            TensorData::I8(v) => v.iter().map(|&x| x as f32).collect(),
+            TensorData::U8(v) => v.iter().map(|&x| x as f32).collect(),
+            TensorData::Bool(v) => v.iter().map(|&x| f32::from(u8::from(x))).collect(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match &self.data {
             TensorData::F32(v) => v.len(),
@@ -167,6 +180,29 @@ pub fn datum_type(elem_type: i32) -> Option<DatumType> {
 
 /// One output of a run: name, values as `f32`, shape.
 pub type Output = (String, Vec<f32>, Vec<usize>);
+
+/// One output of a run in its own type: name, values, ONNX element type (see
+/// [`Runner::run_typed`]).
+pub type TypedOutput = (String, HostTensor, i32);
+
+/// ONNX element type of a tract datum type (the inverse of [`datum_type`]).
+pub fn elem_type(dt: DatumType) -> Option<i32> {
+    Some(match dt {
+        DatumType::F32 => 1,
+        DatumType::U8 => 2,
+        DatumType::I8 => 3,
+        DatumType::U16 => 4,
+        DatumType::I16 => 5,
+        DatumType::I32 => 6,
+        DatumType::I64 => 7,
+        DatumType::Bool => 9,
+        DatumType::F16 => 10,
+        DatumType::F64 => 11,
+        DatumType::U32 => 12,
+        DatumType::U64 => 13,
+        _ => return None,
+    })
+}
 
 /// A model prepared for tract with concrete input shapes.
 pub struct Runner {
@@ -312,6 +348,71 @@ impl Runner {
     /// values are cast to the declared type when they differ (e.g. int64 data for an int32
     /// input).
     pub fn run(&self, inputs: &[(String, HostTensor)]) -> Result<Vec<Output>> {
+        let out = self.run_tract(inputs)?;
+        out.into_iter()
+            .zip(&self.outputs)
+            .map(|(v, name)| {
+                let t = v.into_tensor();
+                let shape = t.shape().to_vec();
+                let f = t
+                    .cast_to::<f32>()
+                    .map_err(|e| EvalError::tract(&self.label, format!("reading '{name}'"), e))?;
+                let values = f
+                    .to_plain_array_view::<f32>()
+                    .map(|v| v.iter().copied().collect::<Vec<f32>>())
+                    .map_err(|e| EvalError::tract(&self.label, format!("reading '{name}'"), e))?;
+                Ok((name.clone(), values, shape))
+            })
+            .collect()
+    }
+
+    /// Runs the model (as [`Runner::run`]) and returns every output in its own element type,
+    /// so that it can be fed to another graph as it is: float32, float64, int64, int32, int8,
+    /// uint8 and bool values as they are; any other type (float16, uint16, ...) as float32
+    /// values, exact for those types, beside its ONNX element type (a graph input declared
+    /// with that type casts them back, exactly).
+    pub fn run_typed(&self, inputs: &[(String, HostTensor)]) -> Result<Vec<TypedOutput>> {
+        let out = self.run_tract(inputs)?;
+        out.into_iter()
+            .zip(&self.outputs)
+            .map(|(v, name)| {
+                let t = v.into_tensor();
+                let shape = t.shape().to_vec();
+                let fail =
+                    |e: TractError| EvalError::tract(&self.label, format!("reading '{name}'"), e);
+                fn plain<T: Datum + Copy>(t: &Tensor) -> TractResult<Vec<T>> {
+                    Ok(t.to_plain_array_view::<T>()?.iter().copied().collect())
+                }
+                let dt = t.datum_type();
+                let (data, elem_type) = match dt {
+                    DatumType::F32 => (TensorData::F32(plain(&t).map_err(fail)?), 1),
+                    DatumType::F64 => (TensorData::F64(plain(&t).map_err(fail)?), 11),
+                    DatumType::I64 => (TensorData::I64(plain(&t).map_err(fail)?), 7),
+                    DatumType::I32 => (TensorData::I32(plain(&t).map_err(fail)?), 6),
+                    DatumType::I8 => (TensorData::I8(plain(&t).map_err(fail)?), 3),
+                    DatumType::U8 => (TensorData::U8(plain(&t).map_err(fail)?), 2),
+                    DatumType::Bool => (TensorData::Bool(plain(&t).map_err(fail)?), 9),
+                    DatumType::TDim => {
+                        let c = t.cast_to::<i64>().map_err(fail)?;
+                        (TensorData::I64(plain(&c).map_err(fail)?), 7)
+                    }
+                    other => {
+                        let c = t.cast_to::<f32>().map_err(fail)?;
+                        let elem = elem_type(other).ok_or_else(|| EvalError::Mismatch {
+                            model: self.label.clone(),
+                            reason: format!(
+                                "value '{name}' has type {other:?}, which verify cannot pass on"
+                            ),
+                        })?;
+                        (TensorData::F32(plain(&c).map_err(fail)?), elem)
+                    }
+                };
+                Ok((name.clone(), HostTensor { shape, data }, elem_type))
+            })
+            .collect()
+    }
+
+    fn run_tract(&self, inputs: &[(String, HostTensor)]) -> Result<TVec<TValue>> {
         let mut values: TVec<TValue> = tvec!();
         for (name, dt, shape) in &self.inputs {
             let fail = |reason: String| EvalError::Input {
@@ -334,25 +435,9 @@ impl Runner {
                 .map_err(|e| fail(format!("{e:?}")))?;
             values.push(tensor.into_tvalue());
         }
-        let out = self
-            .plan
+        self.plan
             .run(values)
-            .map_err(|e| EvalError::tract(&self.label, "running", e))?;
-        out.into_iter()
-            .zip(&self.outputs)
-            .map(|(v, name)| {
-                let t = v.into_tensor();
-                let shape = t.shape().to_vec();
-                let f = t
-                    .cast_to::<f32>()
-                    .map_err(|e| EvalError::tract(&self.label, format!("reading '{name}'"), e))?;
-                let values = f
-                    .to_plain_array_view::<f32>()
-                    .map(|v| v.iter().copied().collect::<Vec<f32>>())
-                    .map_err(|e| EvalError::tract(&self.label, format!("reading '{name}'"), e))?;
-                Ok((name.clone(), values, shape))
-            })
-            .collect()
+            .map_err(|e| EvalError::tract(&self.label, "running", e))
     }
 }
 

@@ -279,3 +279,192 @@ fn inputs_replay_through_npz() {
     assert!(r.default_dims.is_empty());
     assert_eq!(r.worst_inputs, inputs);
 }
+
+/// A layer the conversion records lossless is held to float rounding on the original's own
+/// input to it; the same layer not recorded lossless to the tolerances. The layers after it
+/// run on the original's values, so they show none of its error (layer-local).
+#[test]
+fn a_lossless_layer_is_held_to_float_rounding_on_its_own_input() {
+    let orig = Model::load(sample("mlp.onnx")).unwrap();
+    let opts = VerifyOptions {
+        dims: dims(&[("batch", 4)]),
+        ..Default::default()
+    };
+    // fc2's weight off by 1e-4 relative: quantization-sized for a lossy layer.
+    let path = scaled_mlp(1.0001, "mlp_scaled_1e-4.onnx");
+    let lossy = verify(&orig, &Model::load(&path).unwrap(), &opts).unwrap();
+    assert!(lossy.pass, "{:?}", lossy.layers);
+    assert!(!lossy.layers[1].lossless);
+    assert!(lossy.layers[1].rel_l2 > 1e-5 && lossy.layers[1].rel_l2 < 1e-4);
+    assert_eq!(
+        lossy.layers[2].rel_l2, 0.0,
+        "fc3 runs on the original's fc2 output"
+    );
+    assert!(lossy.outputs_judged, "{}", lossy.outputs_rule);
+    let rest = lossy.rest.as_ref().unwrap();
+    assert!(rest.judged && rest.agrees && rest.max_rel_l2 == 0.0);
+
+    // The same model, its layers recorded lossless.
+    let mut m = Model::load(&path).unwrap();
+    let e = m
+        .proto
+        .metadata_props
+        .iter_mut()
+        .find(|e| e.key.as_deref() == Some("bitnet_onnx.layers"))
+        .unwrap();
+    e.value = Some(MLP_LAYERS.replace("{\"node\"", "{\"lossless\": true, \"node\""));
+    let lossless = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mlp_lossless_1e-4.onnx");
+    std::fs::write(&lossless, m.proto.encode_to_vec()).unwrap();
+    let r = verify(&orig, &Model::load(&lossless).unwrap(), &opts).unwrap();
+    assert!(!r.pass);
+    assert!(r.layers.iter().all(|l| l.lossless));
+    assert_eq!(r.first_failing_layer.as_deref(), Some("/fc2/Gemm"));
+    assert!(r.layers[0].pass && r.layers[2].pass && !r.layers[1].pass);
+    assert!(!r.outputs_judged, "{}", r.outputs_rule);
+    assert_eq!(r.tolerances.lossless_max_rel_l2, 1e-5);
+
+    // Unchanged and recorded lossless: passes, every layer exactly.
+    let mut m = Model::load(sample("mlp.onnx")).unwrap();
+    m.proto.metadata_props.push(meta(
+        "bitnet_onnx.layers",
+        &MLP_LAYERS.replace("{\"node\"", "{\"lossless\": true, \"node\""),
+    ));
+    let same = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mlp_lossless_same.onnx");
+    std::fs::write(&same, m.proto.encode_to_vec()).unwrap();
+    let r = verify(&orig, &Model::load(&same).unwrap(), &opts).unwrap();
+    assert!(r.pass, "{:?}", r.layers);
+    assert!(r.layers.iter().all(|l| l.rel_l2 == 0.0));
+}
+
+/// A float16 layer whose weight became INT8 codes and a float16 DequantizeLinear: the
+/// dequantized reference keeps the weight float16 (tract refuses a float32 weight beside
+/// float16 activations), and the lossless layer is held to the tolerances, not to float32
+/// rounding.
+#[test]
+fn a_float16_layer_through_dequantize_linear_verifies() {
+    use bitnet_model::proto::{
+        tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
+        OperatorSetIdProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    };
+    const F16: i32 = 10;
+    let value = |name: &str, dims: &[tensor_shape_proto::dimension::Value]| ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(F16),
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| tensor_shape_proto::Dimension {
+                            value: Some(d.clone()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    use tensor_shape_proto::dimension::Value as D;
+    let (k, n) = (16usize, 8usize);
+    let codes: Vec<i8> = (0..k * n)
+        .map(|i| [1i8, 0, -1][(i * 7 + i / 5) % 3])
+        .collect();
+    let model = |graph: GraphProto, meta_props: Vec<StringStringEntryProto>| ModelProto {
+        ir_version: Some(9),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(19),
+        }],
+        graph: Some(graph),
+        metadata_props: meta_props,
+        ..Default::default()
+    };
+    let io = (
+        vec![value(
+            "x",
+            &[D::DimParam("batch".into()), D::DimValue(k as i64)],
+        )],
+        vec![value(
+            "y",
+            &[D::DimParam("batch".into()), D::DimValue(n as i64)],
+        )],
+    );
+    let matmul = |w: &str| NodeProto {
+        name: Some("mm".into()),
+        op_type: Some("MatMul".into()),
+        input: vec!["x".into(), w.into()],
+        output: vec!["y".into()],
+        ..Default::default()
+    };
+    let weights: Vec<f32> = codes.iter().map(|&c| c as f32 * 0.25).collect();
+    let original = model(
+        GraphProto {
+            name: Some("g".into()),
+            node: vec![matmul("W")],
+            initializer: vec![tensor::from_f32_as(
+                "W",
+                F16,
+                &[k as i64, n as i64],
+                &weights,
+            )],
+            input: io.0.clone(),
+            output: io.1.clone(),
+            ..Default::default()
+        },
+        vec![],
+    );
+    let converted = model(
+        GraphProto {
+            name: Some("g".into()),
+            node: vec![
+                NodeProto {
+                    name: Some("dq".into()),
+                    op_type: Some("DequantizeLinear".into()),
+                    input: vec!["W_q".into(), "W_s".into()],
+                    output: vec!["W_dq".into()],
+                    attribute: vec![AttributeProto {
+                        name: Some("axis".into()),
+                        r#type: Some(2),
+                        i: Some(1),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                matmul("W_dq"),
+            ],
+            initializer: vec![
+                tensor::from_i8("W_q", &[k as i64, n as i64], &codes),
+                tensor::from_f32_as("W_s", F16, &[n as i64], &vec![0.25; n]),
+            ],
+            input: io.0,
+            output: io.1,
+            ..Default::default()
+        },
+        vec![
+            meta(
+                "bitnet_onnx.layers",
+                r#"[{"lossless": true, "node": "mm", "op": "MatMul", "output": "y", "weight": "W"}]"#,
+            ),
+            meta("bitnet_onnx.dequantized_reference", "available"),
+        ],
+    );
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let (op, cp) = (dir.join("f16_orig.onnx"), dir.join("f16_dq.onnx"));
+    std::fs::write(&op, original.encode_to_vec()).unwrap();
+    std::fs::write(&cp, converted.encode_to_vec()).unwrap();
+    let r = verify(
+        &Model::load(&op).unwrap(),
+        &Model::load(&cp).unwrap(),
+        &VerifyOptions {
+            dims: dims(&[("batch", 3)]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(r.pass, "{:?}", r.layers);
+    assert!(r.layers[0].lossless && !r.layers[0].exact);
+    assert!(r.dequantized_reference.as_ref().unwrap().agrees);
+    assert!(r.outputs_judged, "{}", r.outputs_rule);
+}

@@ -35,6 +35,12 @@ pub const DEQUANTIZED_REFERENCE: &str = "bitnet_onnx.dequantized_reference";
 /// One converted layer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LayerSpec {
+    /// Whether the converted layer computes the original layer exactly, up to float rounding:
+    /// its weight is represented exactly (already ternary) and the conversion adds no
+    /// activation quantization of its own. `None` when not recorded (older conversions,
+    /// `build`); `verify` then holds the layer to its quantization tolerance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lossless: Option<bool>,
     pub node: String,
     pub op: String,
     pub output: String,

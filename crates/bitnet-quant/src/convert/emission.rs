@@ -120,6 +120,7 @@ impl Emission {
             for (i, l) in ls.iter().enumerate() {
                 let os = plan.output_scales.as_ref().and_then(|s| s.get(i));
                 self.meta.push(bitnet_model::metadata::LayerSpec {
+                    lossless: Some(t.lossless && !opts.emitter.quantizes_activations(&job, i)),
                     node: l.node.clone(),
                     op: l.op.clone(),
                     output: l.output.clone(),

@@ -112,6 +112,13 @@ pub trait Emitter: Sync {
     fn keep_scale_before_clip(&self) -> bool {
         false
     }
+    /// True when the rewrite of `job`'s layer `layer` quantizes that layer's activations in the
+    /// graph itself (so it does not compute the original exactly even from exact weights).
+    /// Recorded per layer in the metadata (`lossless`), which `verify` reads to choose its
+    /// tolerance. A runtime's own choice (MatMulNBits `accuracy_level`) is not counted here.
+    fn quantizes_activations(&self, _job: &WeightJob, _layer: usize) -> bool {
+        false
+    }
     /// True when the target runtime is ONNX Runtime, whose `com.microsoft` ops
     /// (`MatMulNBits`, `GatherBlockQuantized`) the embedding and head tables use.
     fn onnx_runtime(&self) -> bool {

@@ -219,6 +219,17 @@ impl Emitter for OrtInt8 {
             .to_string()
     }
 
+    /// Its own chain, unless the graph already quantizes the layer's input as BitNet does
+    /// (float32 only; see `quantize_activation`).
+    fn quantizes_activations(&self, job: &WeightJob, layer: usize) -> bool {
+        job.dtype != DataType::Float as i32
+            || job
+                .activations
+                .get(layer)
+                .and_then(Option::as_ref)
+                .is_none()
+    }
+
     fn emit(
         &self,
         g: &GraphProto,
@@ -719,6 +730,22 @@ mod tests {
         assert_eq!(tail, ["MatMulInteger", "Cast", "Mul"]);
         assert_eq!(inputs(writer(&out, "y")), ["y_cast", "W_scale"]);
         assert!(em.absorbed[0].contains("int8 q"), "{:?}", em.absorbed);
+    }
+
+    /// What convert records as the layer's `lossless` (with an exact weight): only the graph's
+    /// own float32 codes keep the layer exact; its own chain quantizes the activations.
+    #[test]
+    fn only_the_graphs_own_codes_leave_activations_unquantized() {
+        let g = matmul(8, 3);
+        let plain = Job::new(&g, "W", ternary(3, 8, Granularity::Tensor));
+        assert!(plain.with(|j| OrtInt8.quantizes_activations(j, 0)));
+        assert!(!plain.with(|j| super::super::qdq_int8::QdqInt8.quantizes_activations(j, 0)));
+        let (g, m) = autobitlinear();
+        let mut taken = Job::new(&g, "W", ternary(3, 8, Granularity::Channel));
+        taken.activations = vec![Some(m)];
+        assert!(!taken.with(|j| OrtInt8.quantizes_activations(j, 0)));
+        taken.dtype = DataType::Float16 as i32;
+        assert!(taken.with(|j| OrtInt8.quantizes_activations(j, 0)));
     }
 
     #[test]

@@ -302,6 +302,11 @@ impl Job {
         g: &GraphProto,
         cx: &mut EmitContext,
     ) -> Result<Emitted, EmitError> {
+        self.with(|job| e.emit(g, job, cx))
+    }
+
+    /// `f` of the borrowed [`WeightJob`].
+    pub fn with<R>(&self, f: impl FnOnce(&WeightJob) -> R) -> R {
         let layers: Vec<&LinearLayer> = self.layers.iter().collect();
         let job = WeightJob {
             weight: &self.weight,
@@ -311,7 +316,7 @@ impl Job {
             opset: self.opset,
             activations: &self.activations,
         };
-        e.emit(g, &job, cx)
+        f(&job)
     }
 }
 
