@@ -9,7 +9,9 @@ Builds two one-node models on random ternary weights and BitNet-quantized activa
 in [-127, 127], 4 tokens): the plain layout (K in blocks of block_size) and the reserved-slot
 layout (block_size - 1 weights and a zero weight per block, 127 in that slot of the input, put
 there by Pad/Reshape as `build` does). Prints JSON: each layout's largest error against the
-exact integer product, relative to the product's largest magnitude.
+exact integer product, relative to the product's largest magnitude; and the reserved-slot layout
+with unit block scales (what `build` writes, applying the layer's scale after the node): its
+largest absolute difference from the integer product, 0 when the kernel computes it exactly.
 """
 from __future__ import annotations
 
@@ -93,6 +95,11 @@ def main() -> None:
     ]
     sess = session(nodes, inits, k, n)
     out["reserved_slot"] = float(np.abs(sess.run(None, {"x": xq})[0] - exact).max() / np.abs(exact).max())
+    # Unit scales: the integer dot product itself (exact in float32 below 2^24).
+    inits[1] = numpy_helper.from_array(np.ones((n, nb), np.float32), "S")
+    sess = session(nodes, inits, k, n)
+    integer = xq.astype(np.float64) @ t.T.astype(np.float64)
+    out["reserved_slot_unit_scale_max_abs"] = float(np.abs(sess.run(None, {"x": xq})[0] - integer).max())
     out.update(k=k, n=n, block_size=bs, onnxruntime=ort.__version__)
     print(json.dumps(out))
 

@@ -21,12 +21,12 @@ pub struct Checkpoint {
     pub tensors: Tensors,
 }
 
-/// A linear layer's ternary codes `[out][in]` and the factor that dequantizes them.
+/// A linear layer's ternary codes `[out][in]` and how its class scales their integer product.
 pub struct Linear {
     pub codes: Vec<i8>,
     pub out: usize,
     pub k: usize,
-    pub scale: f32,
+    pub scale: Rescale,
     /// The weight was stored as codes (packed or float codes): nothing was rounded.
     pub stored_as_codes: bool,
 }
@@ -233,13 +233,15 @@ impl Checkpoint {
         let (codes, scale, stored) = if info.dtype == Dtype::U8 {
             let raw = self.tensors.read(&wname, info)?;
             let codes = hf::unpack_packed(&raw, out, k).map_err(terr)?;
-            (codes, factor(form, weight_scale()?), true)
+            (codes, rescale(form, weight_scale()?), true)
         } else {
             let w = self.tensors.read_f32(&wname, info)?;
             match form {
                 LinearForm::AutoOnline => {
+                    // WeightQuant's `codes / s`: every weight is `code * (1 / s)`, the
+                    // quotient rounded once in float32, which `weight_quant` returns.
                     let (codes, scale) = hf::weight_quant(&w);
-                    (codes, scale, false)
+                    (codes, Rescale::Multiply(scale), false)
                 }
                 _ => {
                     let codes = hf::float_codes(&w).map_err(|e| {
@@ -251,7 +253,7 @@ impl Checkpoint {
                             ),
                         )
                     })?;
-                    (codes, factor(form, weight_scale()?), true)
+                    (codes, rescale(form, weight_scale()?), true)
                 }
             }
         };
@@ -265,11 +267,44 @@ impl Checkpoint {
     }
 }
 
-/// The factor a code is multiplied by: `BitLinear` divides by `weight_scale`,
-/// `AutoBitLinear` offline multiplies.
-fn factor(form: LinearForm, weight_scale: f32) -> f32 {
+/// How a layer's class turns the integer product `y = q . codes` (int8 activation codes `q`,
+/// per-token scale `s = 127 / max|x|`) into its output, in the class's own order of float
+/// operations (transformers 5.23.0, `integrations/bitnet.py`), so that a graph computing `y`
+/// exactly and then these steps rounds where transformers rounds:
+///
+/// * `BitLinear` (packed, offline): `y / (s * weight_scale)`, the product first
+///   (`post_quant_process`).
+/// * `AutoBitLinear` offline: `ActQuant` hands the matmul `q / s`, and the output is multiplied
+///   by `weight_scale`: `(y / s) * weight_scale`.
+/// * `AutoBitLinear` online: `WeightQuant` hands it `code * m` with `m = 1 / s_w` (rounded in
+///   float32) and `ActQuant` `q / s`: `(y / s) * m`.
+///
+/// transformers' own float32 matmul rounds `q / s` and each partial sum of the last two; the
+/// exact `y` divided once is the value those roundings approximate. `weight_scale` is read from
+/// the checkpoint's float16/bfloat16/float32 value widened to float32 (exact): transformers'
+/// buffer is float32 in a float32 model, and a bfloat16 buffer times a float32 tensor is
+/// computed in float32 too.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rescale {
+    /// `y / (s * c)`.
+    Divide(f32),
+    /// `(y / s) * c`.
+    Multiply(f32),
+}
+
+impl Rescale {
+    /// The constant `c`.
+    pub fn value(self) -> f32 {
+        match self {
+            Rescale::Divide(c) | Rescale::Multiply(c) => c,
+        }
+    }
+}
+
+/// `BitLinear` divides by `weight_scale`, `AutoBitLinear` offline multiplies.
+fn rescale(form: LinearForm, weight_scale: f32) -> Rescale {
     match form {
-        LinearForm::BitLinear => 1.0 / weight_scale,
-        _ => weight_scale,
+        LinearForm::BitLinear => Rescale::Divide(weight_scale),
+        _ => Rescale::Multiply(weight_scale),
     }
 }

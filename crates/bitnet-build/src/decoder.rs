@@ -15,8 +15,24 @@
 //! (`s = 127 / max(max|x|, 1e-5)`, `q = clamp(round(x * s), -128, 127)`), then a 2-bit
 //! `MatMulNBits` (`accuracy_level` 4) on the exact-activation layout of `bitnet_math::hf`
 //! (127 in each block's reserved slot, so ONNX Runtime's int8 kernels compute BitNet's integer
-//! dot products exactly), then the product divided by `s`. The projections that read one input
-//! share one quantization and one `MatMulNBits` (q, k and v; gate and up).
+//! dot products exactly) whose block scales are all 1: its output is the integer product of the
+//! codes itself, exact in float32 while below 2^24 (127 x 6912 is). The layer's scale comes
+//! after it, in its transformers class's own order of float operations
+//! ([`crate::checkpoint::Rescale`]): `y / (s * weight_scale)` for `BitLinear`, `(y / s) * c` for
+//! `AutoBitLinear`, so the output rounds where transformers' rounds (a scale inside the block
+//! scales landed 2-4 ulp from the exact product, and every such ulp is a chance for a later
+//! activation code to round the other way). The projections that read one input share one
+//! quantization and one `MatMulNBits` (q, k and v; gate and up), each output column scaled by
+//! its own part's constant.
+//!
+//! Everything else rounds as transformers' float32 does where ONNX Runtime lets it: the
+//! activation quantization is the same expression (`127 / max(|x|).clamp(1e-5)`, `round(x * s)`,
+//! half to even), relu2 is `relu(g) * relu(g)` then `* u`, the residual adds are single
+//! additions, the attention scale is `head_dim**-0.5` rounded once. What cannot be matched bit
+//! for bit: RMSNorm (ONNX Runtime's fused norm sums the squares in its own order and divides by
+//! the root where torch multiplies by `rsqrt`), attention inside GroupQueryAttention (its own
+//! summation and softmax), the rotary tables (torch's vectorized `pow`, `cos` and `sin` are not
+//! the C library's) and the float head's Gemm.
 
 use bitnet_math::blockq::{self, BlockTable, TableBits};
 use bitnet_math::hf;
@@ -24,7 +40,7 @@ use bitnet_model::metadata::{LayerSpec, TableSpec};
 use bitnet_model::proto::tensor_proto::DataType;
 use bitnet_model::tensor;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, Rescale};
 use crate::error::{BuildError, Result};
 use crate::graph::{Attr, DimSpec, Graph, MS};
 use crate::{BuildOptions, TableMode};
@@ -182,7 +198,9 @@ pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Buil
             &[
                 ("num_heads", Attr::Int(c.num_heads as i64)),
                 ("kv_num_heads", Attr::Int(c.num_kv_heads as i64)),
-                ("scale", Attr::Float((c.head_dim as f32).powf(-0.5))),
+                // transformers' `head_dim**-0.5`, a Python float (double) that the attention
+                // kernel rounds to float32 once.
+                ("scale", Attr::Float((c.head_dim as f64).powf(-0.5) as f32)),
                 ("do_rotary", Attr::Int(1)),
                 ("rotary_interleaved", Attr::Int(0)),
                 ("local_window_size", Attr::Int(-1)),
@@ -421,7 +439,9 @@ fn bitlinear(
 ) -> Result<String> {
     let bs = opts.block_size;
     let mut codes: Vec<i8> = Vec::new();
-    let mut row_scales: Vec<f32> = Vec::new();
+    // Each output column's constant and how its class applies it (one kind per config).
+    let mut col_scales: Vec<f32> = Vec::new();
+    let mut kind: Option<Rescale> = None;
     let mut k = 0;
     let mut weights = Vec::new();
     for short in parts {
@@ -434,31 +454,55 @@ fn bitlinear(
             built.ternarised += 1;
         }
         built.linear_params += (lin.out * lin.k) as u64;
-        row_scales.extend(std::iter::repeat_n(lin.scale, lin.out));
+        let same_kind = match (kind, lin.scale) {
+            (None, _) => true,
+            (Some(a), b) => std::mem::discriminant(&a) == std::mem::discriminant(&b),
+        };
+        if !same_kind {
+            return Err(BuildError::tensor(
+                &ck.dir,
+                &format!("{lname}.weight"),
+                "the fused projections' layers are of different linear classes",
+            ));
+        }
+        kind = Some(lin.scale);
+        col_scales.extend(std::iter::repeat_n(lin.scale.value(), lin.out));
         codes.extend_from_slice(&lin.codes);
         weights.push(format!("{lname}.weight"));
     }
-    let n = row_scales.len();
+    let n = col_scales.len();
     let nb = hf::reserved_blocks(k, bs);
     let packed = hf::pack_2bit_reserved(&codes, n, k, bs)
         .map_err(|e| BuildError::tensor(&ck.dir, &weights.join(", "), e.to_string()))?;
     drop(codes);
     let wname = format!("{}.qweight", weights.join("+").replace(".weight", ""));
+    let prefix = wname.trim_end_matches(".qweight").to_string();
     let b = g.initializer(tensor::from_raw(
         &wname,
         DataType::Uint8,
         &[n as i64, nb as i64, (bs / 4) as i64],
         packed,
     ))?;
-    let scales: Vec<f32> = row_scales
-        .iter()
-        .flat_map(|&s| std::iter::repeat_n(s, nb))
-        .collect();
+    // Unit block scales: the product is the exact integer dot product of the codes (see the
+    // module docs); the layer's scale comes after it.
     let s_name = g.initializer(tensor::from_f32(
-        &format!("{}.scales", wname.trim_end_matches(".qweight")),
+        &format!("{prefix}.scales"),
         &[n as i64, nb as i64],
-        &scales,
+        &vec![1.0f32; n * nb],
     ))?;
+    // The layer's constant: a scalar when every part has the same, else one per column.
+    let c_name = if col_scales
+        .iter()
+        .all(|c| c.to_bits() == col_scales[0].to_bits())
+    {
+        g.f32_scalar(col_scales[0])
+    } else {
+        g.initializer(tensor::from_f32(
+            &format!("{prefix}.weight_scale"),
+            &[n as i64],
+            &col_scales,
+        ))?
+    };
 
     // BitNet's per-token activation quantization.
     let q = format!("{name}/act_quant");
@@ -510,7 +554,17 @@ fn bitlinear(
             ],
         )
         .remove(0);
-    let out = g.op("Div", &format!("{name}/Rescale"), &[&y, &s]);
+    // The layer's scale, in its class's order (checkpoint::Rescale).
+    let out = match kind {
+        Some(Rescale::Divide(_)) => {
+            let d = g.op("Mul", &format!("{name}/ScaleProduct"), &[&s, &c_name]);
+            g.op("Div", &format!("{name}/Rescale"), &[&y, &d])
+        }
+        _ => {
+            let a = g.op("Div", &format!("{name}/Rescale"), &[&y, &s]);
+            g.op("Mul", &format!("{name}/WeightScale"), &[&a, &c_name])
+        }
+    };
     built.layers.push(LayerSpec {
         lossless: None,
         node: mm,

@@ -46,7 +46,12 @@ impl Emission {
             // BitNet's layer around the node: a constant scale on the output is folded into
             // the weight scales (the scale node goes after emission).
             let keep = opts.emitter.keep_scale_before_clip();
-            let plan = bitnet_plan(g, w, ls, Path::new(p), keep);
+            let mut plan = bitnet_plan(g, w, ls, Path::new(p), keep);
+            // An emitter taking BitNet's layer as a unit keeps the scale node: the scales are
+            // then applied after the integer product, in the original's order.
+            if opts.emitter.keeps_output_scale(q.dtype, &plan.activations) {
+                plan.output_scales = None;
+            }
             if let Some(scales) = &plan.output_scales {
                 let f = scales[0].factor;
                 q.ternary.scales.iter_mut().for_each(|s| *s *= f);

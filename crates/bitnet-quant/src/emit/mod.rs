@@ -119,6 +119,21 @@ pub trait Emitter: Sync {
     fn quantizes_activations(&self, _job: &WeightJob, _layer: usize) -> bool {
         false
     }
+    /// True when the emitter takes BitNet's layer as a unit for this weight (the graph's own
+    /// int8 activation codes reach an integer product, `crate::bitnet`), so the graph's
+    /// constant output scale must stay where it is rather than be folded into the weight
+    /// scales: the product of codes is then exact (or as exact as the kernel makes it) and the
+    /// scales are applied afterwards in the original graph's own order of float operations
+    /// (`y / (s * weight_scale)`, `(y / s) * weight_scale`), so the result rounds where the
+    /// original rounds. `dtype` is the weight's element type, `activations` the plan's match
+    /// per layer.
+    fn keeps_output_scale(
+        &self,
+        _dtype: i32,
+        _activations: &[Option<crate::bitnet::ActQuant>],
+    ) -> bool {
+        false
+    }
     /// True when the target runtime is ONNX Runtime, whose `com.microsoft` ops
     /// (`MatMulNBits`, `GatherBlockQuantized`) the embedding and head tables use.
     fn onnx_runtime(&self) -> bool {

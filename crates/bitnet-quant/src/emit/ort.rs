@@ -13,6 +13,7 @@ use bitnet_model::tensor;
 use super::dq::int_attr;
 use super::linear::{self, Bias};
 use super::{Edit, EmitContext, EmitError, Emitted, Emitter, Patch, WeightJob};
+use crate::bitnet;
 use crate::pack;
 
 pub struct Ort {
@@ -150,6 +151,19 @@ impl Emitter for Ort {
         })
     }
 
+    /// transformers' `BitLinear` hands the matmul the int8 codes as floats and divides the
+    /// product by `s * weight_scale` after it: with that graph's weight (unit ternary codes)
+    /// the MatMulNBits product is the codes' integer product (exact in float32 at
+    /// accuracy_level 0; re-quantized per block at 4), and the graph's own division stays, so
+    /// the scale is applied in the original's order instead of rounding inside the kernel.
+    fn keeps_output_scale(&self, dtype: i32, activations: &[Option<bitnet::ActQuant>]) -> bool {
+        dtype == DataType::Float as i32
+            && !activations.is_empty()
+            && activations
+                .iter()
+                .all(|a| a.as_ref().is_some_and(|a| a.form == bitnet::Form::Integer))
+    }
+
     fn domains(&self) -> &'static [(&'static str, i64)] {
         &[("com.microsoft", 1)]
     }
@@ -177,6 +191,28 @@ mod tests {
             ("bits", Some(2)),
             ("block_size", Some(block)),
         ]
+    }
+
+    #[test]
+    fn bitlinears_output_scale_stays_and_autobitlinears_is_folded() {
+        let act = |form| {
+            Some(bitnet::ActQuant {
+                x: "x".into(),
+                scale: "s".into(),
+                codes: "q".into(),
+                form,
+                between: vec![],
+            })
+        };
+        let f32 = DataType::Float as i32;
+        // BitLinear: the integer codes reach MatMulNBits, the graph's `/ (s * c)` stays.
+        assert!(ORT.keeps_output_scale(f32, &[act(bitnet::Form::Integer)]));
+        // AutoBitLinear (`q / s` is what MatMulNBits reads), a layer without BitNet's
+        // quantization, float16: folded as before.
+        assert!(!ORT.keeps_output_scale(f32, &[act(bitnet::Form::Dequantized)]));
+        assert!(!ORT.keeps_output_scale(f32, &[act(bitnet::Form::Integer), None]));
+        assert!(!ORT.keeps_output_scale(DataType::Float16 as i32, &[act(bitnet::Form::Integer)]));
+        assert!(!ORT.keeps_output_scale(f32, &[]));
     }
 
     #[test]

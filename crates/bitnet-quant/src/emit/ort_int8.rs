@@ -18,9 +18,13 @@
 //! the int32 sum runs over all of K, so a per-group scale cannot be applied after it.
 //! A model that already quantizes the layer's input as BitNet does (transformers'
 //! `AutoBitLinear`: `a = q / s`; `BitLinear`: `a = float(int8(q))`, see `crate::bitnet`) is not
-//! quantized a second time: its codes `q` are shifted into uint8 as they are, and the product
-//! is divided by the graph's `s` (AutoBitLinear) or left as the integer product that the graph
-//! divides by `s` after (BitLinear). Float32 activations only; other types get the own chain.
+//! quantized a second time: its codes `q` are shifted into uint8 as they are, and the exact
+//! int32 product is divided by the graph's `s` then multiplied by the weight scale
+//! (AutoBitLinear's `linear(q / s, W)`, in that order), or left as the integer product that the
+//! graph divides by `s * weight_scale` after (BitLinear; a unit weight scale is not multiplied).
+//! The graph's constant output scale then stays where it is ([`Emitter::keeps_output_scale`]),
+//! applied in the original's order rather than folded into the weight scale. Float32
+//! activations only; other types get the own chain.
 
 use bitnet_model::proto::attribute_proto::AttributeType;
 use bitnet_model::proto::tensor_proto::DataType;
@@ -230,6 +234,15 @@ impl Emitter for OrtInt8 {
                 .is_none()
     }
 
+    /// The graph's own codes reach MatMulInteger (float32 activations, see
+    /// [`quantize_activation`]): the int32 product is exact, and the graph's output scale
+    /// stays to be applied after it in the original's order.
+    fn keeps_output_scale(&self, dtype: i32, activations: &[Option<bitnet::ActQuant>]) -> bool {
+        dtype == DataType::Float as i32
+            && !activations.is_empty()
+            && activations.iter().all(Option::is_some)
+    }
+
     fn emit(
         &self,
         g: &GraphProto,
@@ -274,19 +287,22 @@ impl Emitter for OrtInt8 {
         let mut removable = Vec::new();
         for (i, layer) in job.layers.iter().enumerate() {
             let lin = linear::take(g, job, layer, names, &mut patch)?;
+            let matched = job.activations.get(i).and_then(Option::as_ref);
+            let act = quantize_activation(job, &lin.a, matched, names);
+            // On the graph's own codes a unit scale (BitLinear's codes) is not multiplied.
+            let unit = act.taken.is_some() && t.scales.iter().all(|s| s * lin.alpha == 1.0);
             let key = lin.alpha.to_bits();
             let scale = match scale_names.iter().find(|(k, _)| *k == key) {
-                Some((_, n)) => n.clone(),
+                _ if unit => None,
+                Some((_, n)) => Some(n.clone()),
                 None => {
                     let n = names.fresh(&format!("{}_scale", job.weight));
                     let vals: Vec<f32> = t.scales.iter().map(|s| s * lin.alpha).collect();
                     patch.weight(tensor::from_f32(&n, &scale_dims, &vals));
                     scale_names.push((key, n.clone()));
-                    n
+                    Some(n)
                 }
             };
-            let matched = job.activations.get(i).and_then(Option::as_ref);
-            let act = quantize_activation(job, &lin.a, matched, names);
             if let Some(m) = &act.taken {
                 absorbed.push(format!(
                     "activation quantization ({}): the graph's int8 codes and per-token scale",
@@ -298,12 +314,23 @@ impl Emitter for OrtInt8 {
                 removable.extend(m.between.iter().cloned());
             }
             // y = Cast<float>(MatMulInteger(q, codes, 128)) * scale [/ s] [+ bias] [Cast] [+ C]
-            let mut steps: Vec<(&str, Option<String>, Vec<AttributeProto>)> = vec![
-                ("Cast", None, vec![int_attr("to", DataType::Float as i64)]),
-                ("Mul", Some(scale), vec![]),
-            ];
-            if let Some(s) = &act.s {
-                steps.push(("Div", Some(s.clone()), vec![]));
+            let mut steps: Vec<(&str, Option<String>, Vec<AttributeProto>)> =
+                vec![("Cast", None, vec![int_attr("to", DataType::Float as i64)])];
+            if act.taken.is_some() {
+                // The graph's own codes: its order, `(y / s) * w` for AutoBitLinear's
+                // `linear(q / s, w)`, and the exact integer product alone for BitLinear (its
+                // graph divides by `s * weight_scale` after).
+                if let Some(s) = &act.s {
+                    steps.push(("Div", Some(s.clone()), vec![]));
+                }
+                if let Some(scale) = scale {
+                    steps.push(("Mul", Some(scale), vec![]));
+                }
+            } else {
+                steps.push(("Mul", scale, vec![]));
+                if let Some(s) = &act.s {
+                    steps.push(("Div", Some(s.clone()), vec![]));
+                }
             }
             if let Bias::Vector(v) = &lin.bias {
                 let bn = names.fresh(&format!("{}_bias", lin.node.input[2]));
@@ -702,8 +729,8 @@ mod tests {
                 "div",
                 "mm",
                 "mm_Cast",
-                "mm_Mul",
-                "mm_Div"
+                "mm_Div",
+                "mm_Mul"
             ]
         );
         assert_eq!(inputs(&out.node[1]), ["q", "q_int8_128"]);
@@ -713,7 +740,9 @@ mod tests {
             [("to", Some(DataType::Uint8 as i64))]
         );
         assert_eq!(inputs(&out.node[4])[0], "q_int8_u8");
-        assert_eq!(inputs(writer(&out, "y")), ["y_mul", "s"]);
+        // AutoBitLinear's order: the exact product divided by `s`, then the weight scale.
+        assert_eq!(inputs(writer(&out, "y_div")), ["y_cast", "s"]);
+        assert_eq!(inputs(writer(&out, "y")), ["y_div", "W_scale"]);
         assert_eq!(em.removable, ["a"]);
         assert_eq!(em.absorbed.len(), 1);
         assert!(em.absorbed[0].contains("q / s"), "{:?}", em.absorbed);
@@ -730,6 +759,25 @@ mod tests {
         assert_eq!(tail, ["MatMulInteger", "Cast", "Mul"]);
         assert_eq!(inputs(writer(&out, "y")), ["y_cast", "W_scale"]);
         assert!(em.absorbed[0].contains("int8 q"), "{:?}", em.absorbed);
+        // BitLinear's unit codes: the exact integer product alone, no scale tensor (the
+        // graph's own `/ (s * weight_scale)` follows).
+        let mut t = ternary(3, 8, Granularity::Channel);
+        t.scales = vec![1.0; 3];
+        job.ternary = t;
+        let (out, bytes, _) = run(&OrtInt8, &g, &job).unwrap();
+        assert_eq!(ops(&out)[4..], ["MatMulInteger", "Cast"]);
+        assert_eq!(inputs(writer(&out, "y")), ["y_int32"]);
+        assert_eq!(bytes, 24);
+    }
+
+    #[test]
+    fn the_graphs_output_scale_stays_when_its_codes_are_taken() {
+        let (_, m) = autobitlinear();
+        let f32 = DataType::Float as i32;
+        assert!(OrtInt8.keeps_output_scale(f32, &[Some(m.clone())]));
+        assert!(!OrtInt8.keeps_output_scale(f32, &[Some(m.clone()), None]));
+        assert!(!OrtInt8.keeps_output_scale(DataType::Float16 as i32, &[Some(m)]));
+        assert!(!OrtInt8.keeps_output_scale(f32, &[]));
     }
 
     /// What convert records as the layer's `lossless` (with an exact weight): only the graph's
