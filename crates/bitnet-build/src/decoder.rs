@@ -484,12 +484,8 @@ fn bitlinear(
         packed,
     ))?;
     // Unit block scales: the product is the exact integer dot product of the codes (see the
-    // module docs); the layer's scale comes after it.
-    let s_name = g.initializer(tensor::from_f32(
-        &format!("{prefix}.scales"),
-        &[n as i64, nb as i64],
-        &vec![1.0f32; n * nb],
-    ))?;
+    // module docs); the layer's scale comes after it. Layers of one shape share one tensor.
+    let s_name = g.ones(&[n as i64, nb as i64])?;
     // The layer's constant: a scalar when every part has the same, else one per column.
     let c_name = if col_scales
         .iter()

@@ -144,6 +144,23 @@ impl<'w> Graph<'w> {
         name
     }
 
+    /// A float32 tensor of ones of shape `dims`, stored once per shape however many nodes
+    /// read it (the unit block scales of the ternary `MatMulNBits`: at 2B-4T's shape one copy
+    /// per layer would be 68 MB of ones).
+    pub fn ones(&mut self, dims: &[i64]) -> Result<String> {
+        let key = format!("ones{dims:?}");
+        if let Some(n) = self.constants.get(&key) {
+            return Ok(n.clone());
+        }
+        let shape: Vec<String> = dims.iter().map(i64::to_string).collect();
+        let name = format!("/constants/ones_{}", shape.join("x"));
+        let count: i64 = dims.iter().product();
+        let t = tensor::from_f32(&name, dims, &vec![1.0f32; count.max(0) as usize]);
+        self.initializer(t)?;
+        self.constants.insert(key, name.clone());
+        Ok(name)
+    }
+
     pub fn i64s(&mut self, v: &[i64]) -> String {
         let v = v.to_vec();
         self.constant(format!("i64{v:?}"), |n| {
