@@ -5,20 +5,20 @@ use crate::quant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
-    #[error("{path}: weight '{weight}' of node '{node}': {source}")]
+    // The inner error is part of the message and deliberately not a `#[source]`: anyhow's
+    // `{:#}` prints every source after the message, which would say it twice.
+    #[error("{path}: weight '{weight}' of node '{node}': {error}")]
     Quant {
         path: String,
         weight: String,
         node: String,
-        #[source]
-        source: quant::QuantError,
+        error: quant::QuantError,
     },
-    #[error("{path}: weight '{weight}': {source}")]
+    #[error("{path}: weight '{weight}': {error}")]
     Emit {
         path: String,
         weight: String,
-        #[source]
-        source: crate::emit::EmitError,
+        error: crate::emit::EmitError,
     },
     #[error("{path}: the converted nodes need default-domain opset {needed} but the model imports opset {have}, and node '{node}' ({op}) does not keep its meaning between them: {op}-{version} {change}; re-export the model at opset {needed} or newer")]
     OpsetUpgrade {

@@ -69,10 +69,10 @@ impl Emission {
             let emitted =
                 opts.emitter
                     .emit(g, &job, &mut self.cx)
-                    .map_err(|source| ConvertError::Emit {
+                    .map_err(|error| ConvertError::Emit {
                         path: p.to_string(),
                         weight: w.clone(),
-                        source,
+                        error,
                     })?;
             let mut absorbed = emitted.absorbed;
             self.removable.extend(emitted.removable);

@@ -88,11 +88,11 @@ pub(super) fn quantize_job(
             src.release(part);
         }
     };
-    let quant_err = |source| ConvertError::Quant {
+    let quant_err = |error| ConvertError::Quant {
         path: path.display().to_string(),
         weight: weight.to_string(),
         node: ls[0].node.clone(),
-        source,
+        error,
     };
     let release = || {
         if let (Some(src), JobInput::Tensor(t)) = (opts.source, &input) {
