@@ -3,7 +3,7 @@
 `bitnet-onnx build` + onnxruntime-genai, on one random checkpoint, in one run on one machine
 (not a test; nothing it writes is committed).
 
-    nice -n 10 /work/svenv/bin/python bench/genai_speed.py --workdir DIR \
+    nice -n 10 .venv-genai/bin/python bench/genai_speed.py --workdir DIR \
         [--binary target/release/bitnet-onnx] [--layers 4] [--threads 2] [--seed 0] \
         [--prompt-tokens 128] [--new-tokens 128] [--hf-new-tokens N] [--hf-dtype auto] \
         [--reps 3] [--llama-build DIR/llama.cpp-build] [--llama-sdist FILE] \

@@ -2,7 +2,7 @@
 """Convert a transformers BitNet export at BitNet-b1.58-2B-4T width and measure time and peak
 memory (not a test; nothing it writes is committed).
 
-    /work/svenv/bin/python bench/hf_convert_memory.py target/release/bitnet-onnx \
+    .venv-samples/bin/python bench/hf_convert_memory.py target/release/bitnet-onnx \
         [--layers 4] [--form bitlinear] [--workdir DIR] [--targets ort,ort-int8]
 
 Builds, from the same seeded code as samples/generate_hf.py, a `BitNetForCausalLM` with

@@ -2,7 +2,7 @@
 """Deployed inference speed of a transformers BitNet export at BitNet-b1.58-2B-4T width, before
 and after conversion (not a test; nothing it writes is committed).
 
-    /work/svenv/bin/python bench/hf_deploy_speed.py target/release/bitnet-onnx \
+    .venv-samples/bin/python bench/hf_deploy_speed.py target/release/bitnet-onnx \
         [--layers 4] [--form autobitlinear_offline] [--workdir DIR] [--threads 2] \
         [--seqs 1,128] [--reps 10,5] [--skip-torch] \
         [--variants 'ort=--target ort;ort-int8=--target ort-int8;qdq-int8=--target qdq-int8']
