@@ -17,4 +17,4 @@ pub mod targets;
 pub mod vocab;
 
 /// The math (no ONNX types) lives in `bitnet-math`; re-exported under its old paths.
-pub use bitnet_math::{blockq, pack, quant};
+pub use bitnet_math::{blockq, hf, pack, quant};

@@ -152,6 +152,10 @@ pub struct EmitContext {
     pub names: NameGen,
     /// Per-token int8 activations built so far, by the value they quantize.
     pub activations: std::collections::HashMap<String, SharedActivation>,
+    /// Inputs already laid out for `ort`'s exact-activation MatMulNBits (each block of the
+    /// block size holding `block size - 1` codes and 127), by the value and the block size:
+    /// the padded value.
+    pub reserved_inputs: std::collections::HashMap<(String, usize), String>,
 }
 
 /// An activation quantization one layer built and later layers reuse.
@@ -168,6 +172,7 @@ impl EmitContext {
         EmitContext {
             names: NameGen::new(graph),
             activations: std::collections::HashMap::new(),
+            reserved_inputs: std::collections::HashMap::new(),
         }
     }
 }

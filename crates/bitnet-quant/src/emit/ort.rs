@@ -5,15 +5,31 @@
 //! MatMulNBits node keeping its name and output. Gemm is converted whatever its attributes:
 //! `transA` becomes a Transpose, `alpha` is folded into the scales, `beta * C` becomes the bias
 //! input when C is a constant vector or scalar, else an Add after the node.
+//!
+//! The exact-activation layout (`crate::hf::pack_2bit_reserved`, the layout `build` writes):
+//! at `accuracy_level` 4 MatMulNBits quantizes its input to int8 again, per block of
+//! `block_size` values, with scale `max|a| / 127`. When the input is already BitNet's integer
+//! codes (transformers' `BitLinear`: `bitnet::Form::Integer`, the graph divides by
+//! `s * weight_scale` after the product) and every block also holds a 127, each block's scale
+//! is exactly 1 and that re-quantization is the identity, so the int8 kernel computes the exact
+//! integer dot product. For such a weight (unit ternary scales, every layer a plain product:
+//! no alpha, bias or transA) each block holds `block_size - 1` codes and a reserved slot of
+//! weight 0, the scales are 1, K is `blocks * block_size`, and the input is laid out in the
+//! graph to match, `[.., blocks * block_size]` with a 127 per block (from opset 18 a Pad and a
+//! Gather, before it Reshapes around two Pads; one laid-out input per value, shared by the
+//! layers reading it). Otherwise the plain layout.
 
 use bitnet_model::proto::tensor_proto::DataType;
 use bitnet_model::proto::{GraphProto, NodeProto};
 use bitnet_model::tensor;
 
+use bitnet_model::node::{attr_f, attr_i};
+
 use super::dq::int_attr;
 use super::linear::{self, Bias};
-use super::{Edit, EmitContext, EmitError, Emitted, Emitter, Patch, WeightJob};
+use super::{Edit, EmitContext, EmitError, Emitted, Emitter, NameGen, Patch, WeightJob};
 use crate::bitnet;
+use crate::hf;
 use crate::pack;
 
 pub struct Ort {
@@ -28,6 +44,234 @@ pub struct Ort {
 /// padded to twice their size.
 pub fn default_block_size(k: usize) -> usize {
     k.next_power_of_two().clamp(16, 128)
+}
+
+impl Ort {
+    /// Whether `job`'s weight takes the exact-activation layout (module docs): accuracy_level
+    /// 4, float32, an opset with Pad's and Slice's input forms (11), unit ternary scales, and
+    /// every layer a plain product of BitNet's integer codes.
+    fn exact_activations(&self, g: &GraphProto, job: &WeightJob) -> bool {
+        self.accuracy_level == 4
+            && job.dtype == DataType::Float as i32
+            && job.opset >= 11
+            && job.ternary.scales.iter().all(|&s| s == 1.0)
+            && !job.layers.is_empty()
+            && job.layers.iter().enumerate().all(|(i, layer)| {
+                let integer = job
+                    .activations
+                    .get(i)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|a| a.form == bitnet::Form::Integer);
+                integer && plain_product(g, job, layer)
+            })
+    }
+}
+
+/// True when the layer's node is a MatMul, or a Gemm with alpha 1, no transA and no C.
+fn plain_product(g: &GraphProto, job: &WeightJob, layer: &crate::analyse::LinearLayer) -> bool {
+    let Some(pos) = super::patch::layer_position(g, &layer.output, job.weight) else {
+        return false;
+    };
+    let node = &g.node[pos];
+    if layer.op != "Gemm" {
+        return true;
+    }
+    let no_c = node.input.get(2).is_none_or(String::is_empty)
+        || attr_f(node, "beta").unwrap_or(1.0) == 0.0;
+    attr_f(node, "alpha").unwrap_or(1.0) == 1.0 && attr_i(node, "transA").unwrap_or(0) == 0 && no_c
+}
+
+/// The exact-activation rewrite of `job`'s weight (module docs), block size `block`.
+fn exact_layout(
+    g: &GraphProto,
+    job: &WeightJob,
+    block: usize,
+    names: &mut EmitContext,
+) -> Result<Emitted, EmitError> {
+    let t = job.ternary;
+    // The block sizes MatMulNBits takes (the same rule and error as the plain layout).
+    pack::matmulnbits_b_shape(t.n, t.k, block, 2)?;
+    let nb = hf::reserved_blocks(t.k, block);
+    let b = hf::pack_2bit_reserved(&t.codes, t.n, t.k, block)
+        .map_err(|e| EmitError::Layout(e.to_string()))?;
+    let mut patch = Patch::default();
+    let b_name = patch.weight(tensor::from_raw(
+        &names.fresh(&format!("{}_MatMulNBits_B", job.weight)),
+        DataType::Uint8,
+        &[t.n as i64, nb as i64, (block / 4) as i64],
+        b,
+    ));
+    let scales_name = names.fresh(&format!("{}_MatMulNBits_scales", job.weight));
+    patch.weight(tensor::from_f32(
+        &scales_name,
+        &[t.n as i64, nb as i64],
+        &vec![1.0; t.n * nb],
+    ));
+    for layer in job.layers {
+        let lin = linear::take(g, job, layer, names, &mut patch)?;
+        let key = (lin.a.clone(), block);
+        let a = match names.reserved_inputs.get(&key) {
+            Some(a) => a.clone(),
+            None => {
+                let (a, nodes) = if job.opset >= 18 {
+                    gathered_input(&lin.a, t.k, block, &mut names.names, &mut patch)
+                } else {
+                    reserved_input(&lin.a, t.k, block, &mut names.names, &mut patch)
+                };
+                // Right after the input's producer, so it precedes every reader (at the
+                // start for a graph input).
+                patch.edit(Edit::After {
+                    value: lin.a.clone(),
+                    nodes,
+                });
+                names.reserved_inputs.insert(key, a.clone());
+                a
+            }
+        };
+        let nbits = NodeProto {
+            name: lin.node.name.clone(),
+            op_type: Some("MatMulNBits".into()),
+            domain: Some("com.microsoft".into()),
+            input: vec![a, b_name.clone(), scales_name.clone()],
+            output: vec![layer.output.clone()],
+            attribute: vec![
+                int_attr("K", (nb * block) as i64),
+                int_attr("N", t.n as i64),
+                int_attr("bits", 2),
+                int_attr("block_size", block as i64),
+                int_attr("accuracy_level", 4),
+            ],
+            doc_string: lin.node.doc_string.clone(),
+            ..Default::default()
+        };
+        patch.edit(Edit::Replace {
+            output: layer.output.clone(),
+            weight: job.weight.to_string(),
+            nodes: vec![nbits],
+        });
+    }
+    Ok(Emitted {
+        patch,
+        min_opset: 0,
+        ..Default::default()
+    })
+}
+
+/// `a` (`[.., k]`, any rank) laid out for the reserved blocks in two nodes (opset 18, Pad's
+/// `axes`): Pad appends one 127 to the last axis, and Gather along it picks, per block,
+/// `block - 1` values of `a` then the 127 (the tail after the last value gets 127 too: its
+/// weights are 0, and BitNet's codes are within [-127, 127], so the block's absmax stays 127).
+/// Gather copies values: the codes reach MatMulNBits as they are.
+fn gathered_input(
+    a: &str,
+    k: usize,
+    block: usize,
+    names: &mut NameGen,
+    patch: &mut Patch,
+) -> (String, Vec<NodeProto>) {
+    let base = format!("{a}_reserved{block}");
+    let (per, nb) = (block - 1, hf::reserved_blocks(k, block));
+    let pads = names.fresh(&format!("{base}_pads"));
+    patch.constant(tensor::from_i64(&pads, &[2], &[0, 1]));
+    let axes = names.fresh(&format!("{base}_axes"));
+    patch.constant(tensor::from_i64(&axes, &[1], &[-1]));
+    let c127 = names.fresh(&format!("{base}_127"));
+    patch.constant(tensor::from_f32(&c127, &[], &[127.0]));
+    let index: Vec<i64> = (0..nb * block)
+        .map(|i| {
+            let (blk, slot) = (i / block, i % block);
+            let j = blk * per + slot;
+            if slot == per || j >= k {
+                k as i64
+            } else {
+                j as i64
+            }
+        })
+        .collect();
+    let indices = names.fresh(&format!("{base}_indices"));
+    patch.constant(tensor::from_i64(&indices, &[index.len() as i64], &index));
+    let padded = names.fresh(&format!("{base}_with_127"));
+    let out = names.fresh(&format!("{base}_out"));
+    let nodes = vec![
+        NodeProto {
+            name: Some(names.fresh(&format!("{base}_Pad"))),
+            op_type: Some("Pad".into()),
+            input: vec![a.into(), pads, c127, axes],
+            output: vec![padded.clone()],
+            ..Default::default()
+        },
+        NodeProto {
+            name: Some(names.fresh(&format!("{base}_Gather"))),
+            op_type: Some("Gather".into()),
+            input: vec![padded, indices],
+            output: vec![out.clone()],
+            attribute: vec![int_attr("axis", -1)],
+            ..Default::default()
+        },
+    ];
+    (out, nodes)
+}
+
+/// Before opset 18 (Pad without `axes`, so the rank must be known): `a` (`[.., k]`, any rank)
+/// laid out for the reserved blocks: `[.., nb * block]`, each block
+/// `block - 1` values of `a` (the last one padded with 0) and 127. Reshape to `[-1, k]`, Pad
+/// to `nb * (block - 1)`, Reshape to `[-1, nb, block - 1]`, Pad one 127 per block, and Reshape
+/// to `a`'s leading dimensions (Shape, Slice) and `nb * block`. Every step moves or adds
+/// values, none computes: the codes reach MatMulNBits as they are.
+fn reserved_input(
+    a: &str,
+    k: usize,
+    block: usize,
+    names: &mut NameGen,
+    patch: &mut Patch,
+) -> (String, Vec<NodeProto>) {
+    let base = format!("{a}_reserved{block}");
+    let (per, nb) = (block - 1, hf::reserved_blocks(k, block));
+    let mut nodes = Vec::new();
+    let mut i64s = |names: &mut NameGen, what: &str, v: &[i64]| {
+        let n = names.fresh(&format!("{base}_{what}"));
+        patch.constant(tensor::from_i64(&n, &[v.len() as i64], v));
+        n
+    };
+    let rows = i64s(names, "rows", &[-1, k as i64]);
+    let k_pad = (nb * per > k).then(|| i64s(names, "k_pads", &[0, 0, 0, (nb * per - k) as i64]));
+    let blocks = i64s(names, "blocks", &[-1, nb as i64, per as i64]);
+    let slot = i64s(names, "slot_pads", &[0, 0, 0, 0, 0, 1]);
+    let flat = i64s(names, "flat", &[-1, (nb * block) as i64]);
+    let start = i64s(names, "start", &[0]);
+    let end = i64s(names, "end", &[-1]);
+    let k_new = i64s(names, "k", &[(nb * block) as i64]);
+    let c127 = names.fresh(&format!("{base}_127"));
+    patch.constant(tensor::from_f32(&c127, &[], &[127.0]));
+    let mut step = |names: &mut NameGen, op: &str, what: &str, input: Vec<String>| {
+        let out = names.fresh(&format!("{base}_{what}"));
+        let attribute = if op == "Concat" {
+            vec![int_attr("axis", 0)]
+        } else {
+            vec![]
+        };
+        nodes.push(NodeProto {
+            name: Some(names.fresh(&format!("{base}_{op}"))),
+            op_type: Some(op.into()),
+            input,
+            output: vec![out.clone()],
+            attribute,
+            ..Default::default()
+        });
+        out
+    };
+    let mut x = step(names, "Reshape", "rows", vec![a.into(), rows]);
+    if let Some(k_pad) = k_pad {
+        x = step(names, "Pad", "k_padded", vec![x, k_pad]);
+    }
+    let x = step(names, "Reshape", "blocks", vec![x, blocks]);
+    let x = step(names, "Pad", "slots", vec![x, slot, c127]);
+    let x = step(names, "Reshape", "flat", vec![x, flat]);
+    let shape = step(names, "Shape", "shape", vec![a.into()]);
+    let lead = step(names, "Slice", "lead", vec![shape, start, end]);
+    let out_shape = step(names, "Concat", "out_shape", vec![lead, k_new]);
+    let out = step(names, "Reshape", "out", vec![x, out_shape]);
+    (out, nodes)
 }
 
 impl Emitter for Ort {
@@ -61,6 +305,9 @@ impl Emitter for Ort {
             });
         }
         let block = self.block_size.unwrap_or_else(|| default_block_size(t.k));
+        if self.exact_activations(g, job) {
+            return exact_layout(g, job, block, names);
+        }
         let b = pack::pack_matmulnbits_2bit(t, block)?;
         let b_shape = pack::matmulnbits_b_shape(t.n, t.k, block, 2)?;
         let base_scales = pack::matmulnbits_scales(t, block)?;
@@ -175,7 +422,8 @@ mod tests {
     use crate::emit::patch::Role;
     use crate::emit::testing::{
         emit_err, f16s, f32s, float_attr, gemm, init, inputs, int_attrs, matmul,
-        matmulnbits_2bit_ref, node, ops, raw, run, shared, ternary, Gemm, Job, C,
+        matmulnbits_2bit_ref, node, ops, raw, run, run_in, shared, ternary, two_weights, Gemm, Job,
+        C,
     };
     use crate::quant::Granularity;
 
@@ -213,6 +461,267 @@ mod tests {
         assert!(!ORT.keeps_output_scale(f32, &[act(bitnet::Form::Integer), None]));
         assert!(!ORT.keeps_output_scale(DataType::Float16 as i32, &[act(bitnet::Form::Integer)]));
         assert!(!ORT.keeps_output_scale(f32, &[]));
+    }
+
+    /// BitLinear's activation (the graph's integer codes) for every layer of `job`.
+    fn integer_activations(job: &mut Job) {
+        job.activations = vec![
+            Some(bitnet::ActQuant {
+                x: "x0".into(),
+                scale: "s".into(),
+                codes: "x".into(),
+                form: bitnet::Form::Integer,
+                between: vec![],
+            });
+            job.layers.len()
+        ];
+    }
+
+    /// A ternary weight with unit scales (BitLinear's codes), codes `-1, 0, 1, ..`.
+    fn unit(n: usize, k: usize) -> crate::quant::Ternary {
+        crate::quant::Ternary {
+            scales: vec![1.0],
+            ..ternary(n, k, Granularity::Tensor)
+        }
+    }
+
+    const EXACT: Ort = Ort {
+        block_size: Some(16),
+        accuracy_level: 4,
+    };
+
+    #[test]
+    fn bitlinears_codes_get_the_exact_activation_layout() {
+        let g = matmul(40, 3);
+        let t = unit(3, 40);
+        let mut job = Job::new(&g, "W", t.clone());
+        integer_activations(&mut job);
+        let (out, bytes, _) = run(&EXACT, &g, &job).unwrap();
+        // 15 weights per block of 16: K = 40 in 3 blocks. B [3, 3, 4] (36 bytes), unit
+        // scales [3, 3] (36 bytes).
+        assert_eq!(bytes, 36 + 36);
+        let b = init(&out, "W_MatMulNBits_B");
+        assert_eq!(b.dims, [3, 3, 4]);
+        // Written from the layout's description: block j holds weights 15j..15j+15, then
+        // the reserved slot and the tail are weight 0 (code 2).
+        let mut want = Vec::new();
+        for row in t.codes.chunks(40) {
+            let q: Vec<u8> = (0..48)
+                .map(|i| {
+                    let (blk, slot) = (i / 16, i % 16);
+                    let j = blk * 15 + slot;
+                    if slot == 15 || j >= 40 {
+                        2
+                    } else {
+                        (row[j] + 2) as u8
+                    }
+                })
+                .collect();
+            want.extend(
+                q.chunks(4)
+                    .map(|b| b[0] | b[1] << 2 | b[2] << 4 | b[3] << 6),
+            );
+        }
+        assert_eq!(raw(b), want);
+        let s = init(&out, "W_MatMulNBits_scales");
+        assert_eq!((s.dims.clone(), f32s(s)), (vec![3, 3], vec![1.0; 9]));
+        assert_eq!(
+            ops(&out),
+            [
+                "Reshape",
+                "Pad",
+                "Reshape",
+                "Pad",
+                "Reshape",
+                "Shape",
+                "Slice",
+                "Concat",
+                "Reshape",
+                "MatMulNBits"
+            ]
+        );
+        let mm = out.node.last().unwrap();
+        assert_eq!(mm.name.as_deref(), Some("mm"));
+        assert_eq!(mm.output, ["y"]);
+        assert_eq!(inputs(mm)[1..], ["W_MatMulNBits_B", "W_MatMulNBits_scales"]);
+        let mut attrs = nbits_attrs(48, 3, 16);
+        attrs.push(("accuracy_level", Some(4)));
+        assert_eq!(int_attrs(mm), attrs);
+
+        // The padded input, evaluated on a rank-3 x: [2, 3, 40] -> [2, 3, 48], each block 15
+        // values of x (then zeros) and 127.
+        let padded = inputs(mm)[0].to_string();
+        let mut with_x = out.clone();
+        with_x.input.clear();
+        let x: Vec<f32> = (0..240).map(|i| (i % 255) as f32 - 127.0).collect();
+        with_x
+            .initializer
+            .push(tensor::from_f32("x", &[2, 3, 40], &x));
+        let index = bitnet_model::graph::GraphIndex::new(&with_x);
+        let got = crate::fold::Folder::new(&index, std::path::Path::new(""))
+            .eval(&padded)
+            .unwrap();
+        assert_eq!(got.dims, [2, 3, 48]);
+        let want: Vec<f32> = x
+            .chunks(40)
+            .flat_map(|row| {
+                (0..48).map(move |i| {
+                    let (blk, slot) = (i / 16, i % 16);
+                    let j = blk * 15 + slot;
+                    match () {
+                        _ if slot == 15 => 127.0,
+                        _ if j >= 40 => 0.0,
+                        _ => row[j],
+                    }
+                })
+            })
+            .collect();
+        assert_eq!(got.f32(), want);
+    }
+
+    #[test]
+    fn from_opset_18_the_input_is_padded_and_gathered() {
+        let g = matmul(40, 3);
+        let mut job = Job::new(&g, "W", unit(3, 40));
+        integer_activations(&mut job);
+        job.opset = 18;
+        let (out, _, _) = run(&EXACT, &g, &job).unwrap();
+        assert_eq!(ops(&out), ["Pad", "Gather", "MatMulNBits"]);
+        let mm = out.node.last().unwrap();
+        let mut attrs = nbits_attrs(48, 3, 16);
+        attrs.push(("accuracy_level", Some(4)));
+        assert_eq!(int_attrs(mm), attrs);
+        // On a rank-3 x: each block 15 values of x and 127 (127 in the tail too).
+        let padded = inputs(mm)[0].to_string();
+        let mut with_x = out.clone();
+        with_x.input.clear();
+        let x: Vec<f32> = (0..240).map(|i| (i % 255) as f32 - 127.0).collect();
+        with_x
+            .initializer
+            .push(tensor::from_f32("x", &[2, 3, 40], &x));
+        let index = bitnet_model::graph::GraphIndex::new(&with_x);
+        let got = crate::fold::Folder::new(&index, std::path::Path::new(""))
+            .eval(&padded)
+            .unwrap();
+        assert_eq!(got.dims, [2, 3, 48]);
+        let want: Vec<f32> = x
+            .chunks(40)
+            .flat_map(|row| {
+                (0..48).map(move |i| {
+                    let j = i / 16 * 15 + i % 16;
+                    if i % 16 == 15 || j >= 40 {
+                        127.0
+                    } else {
+                        row[j]
+                    }
+                })
+            })
+            .collect();
+        assert_eq!(got.f32(), want);
+    }
+
+    #[test]
+    fn layers_reading_one_value_share_its_padded_input() {
+        // Two layers of one weight, then a second weight reading the same value.
+        let g = shared(30, 3);
+        let mut job = Job::new(&g, "W", unit(3, 30));
+        integer_activations(&mut job);
+        let (out, _, _) = run(&EXACT, &g, &job).unwrap();
+        let nbits: Vec<_> = out
+            .node
+            .iter()
+            .filter(|n| n.op_type.as_deref() == Some("MatMulNBits"))
+            .collect();
+        assert_eq!(nbits.len(), 2);
+        assert_eq!(inputs(nbits[0])[0], inputs(nbits[1])[0]);
+        // K = 30 is two whole blocks of 15: no padding of K.
+        assert_eq!(ops(&out).iter().filter(|o| **o == "Pad").count(), 1);
+
+        let g = two_weights(30, 3);
+        let mut cx = EmitContext::new(&g);
+        let mut q = Job::new(&g, "Wq", unit(3, 30));
+        integer_activations(&mut q);
+        let (g, _, _) = run_in(&EXACT, &g, &q, &mut cx).unwrap();
+        let mut k = Job::new(&g, "Wk", unit(3, 30));
+        integer_activations(&mut k);
+        let (out, _, _) = run_in(&EXACT, &g, &k, &mut cx).unwrap();
+        let reading: Vec<_> = out
+            .node
+            .iter()
+            .filter(|n| n.op_type.as_deref() == Some("MatMulNBits"))
+            .map(|n| inputs(n)[0].to_string())
+            .collect();
+        assert_eq!(reading.len(), 2);
+        assert_eq!(reading[0], reading[1]);
+        assert_eq!(ops(&out).iter().filter(|o| **o == "Shape").count(), 1);
+    }
+
+    #[test]
+    fn other_layers_keep_the_plain_layout() {
+        let plain = |out: &GraphProto| {
+            ops(out) == ["MatMulNBits"]
+                && inputs(&out.node[0])[0] == "x"
+                && int_attrs(&out.node[0])[0] == ("K", Some(40))
+        };
+        let g = matmul(40, 3);
+        let exact = |job: &Job, ort: &Ort| !plain(&run(ort, &g, job).unwrap().0);
+        let mut job = Job::new(&g, "W", unit(3, 40));
+        integer_activations(&mut job);
+        assert!(exact(&job, &EXACT));
+        // accuracy_level 0 computes in float: exact already.
+        let level0 = Ort {
+            block_size: Some(16),
+            accuracy_level: 0,
+        };
+        assert!(!exact(&job, &level0));
+        // Scales other than 1 (the graph's codes are not the weight's integers).
+        let mut scaled = Job::new(&g, "W", ternary(3, 40, Granularity::Tensor));
+        scaled.activations = job.activations.clone();
+        assert!(!exact(&scaled, &EXACT));
+        // AutoBitLinear's `q / s`, or no BitNet quantization found.
+        let mut deq = Job::new(&g, "W", unit(3, 40));
+        integer_activations(&mut deq);
+        if let Some(a) = deq.activations[0].as_mut() {
+            a.form = bitnet::Form::Dequantized;
+        }
+        assert!(!exact(&deq, &EXACT));
+        assert!(!exact(&Job::new(&g, "W", unit(3, 40)), &EXACT));
+        // An opset without Pad's input form, float16.
+        let mut old = Job::new(&g, "W", unit(3, 40));
+        integer_activations(&mut old);
+        old.opset = 10;
+        assert!(!exact(&old, &EXACT));
+        let mut half = Job::new(&g, "W", unit(3, 40));
+        integer_activations(&mut half);
+        half.dtype = DataType::Float16 as i32;
+        assert!(!exact(&half, &EXACT));
+        // Gemm with alpha, transA or a bias.
+        for spec in [
+            Gemm {
+                alpha: Some(2.0),
+                ..Gemm::default()
+            },
+            Gemm {
+                trans_a: true,
+                ..Gemm::default()
+            },
+            Gemm {
+                c: C::Const(vec![3], vec![1.0, 2.0, 3.0]),
+                ..Gemm::default()
+            },
+        ] {
+            let g = gemm(40, 3, &spec);
+            let mut job = Job::new(&g, "W", unit(3, 40));
+            integer_activations(&mut job);
+            let out = run(&EXACT, &g, &job).unwrap().0;
+            assert!(!ops(&out).contains(&"Reshape"), "{spec:?}: {:?}", ops(&out));
+        }
+        let g = gemm(40, 3, &Gemm::default());
+        let mut job = Job::new(&g, "W", unit(3, 40));
+        integer_activations(&mut job);
+        let out = run(&EXACT, &g, &job).unwrap().0;
+        assert_eq!(ops(&out).last(), Some(&"MatMulNBits"));
+        assert!(ops(&out).contains(&"Reshape"));
     }
 
     #[test]
