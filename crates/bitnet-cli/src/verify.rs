@@ -226,7 +226,7 @@ pub fn render(r: &VerifyReport) -> String {
                         ""
                     }
                 ),
-                None | Some(_) if r.runtime_int8_activations && rest.agrees => format!(
+                None | Some(_) if max_e2e > 0.0 && r.runtime_int8_activations && rest.agrees => format!(
                     ": the {} end to end is MatMulNBits' int8 activations (accuracy_level 4)",
                     fmt_f(max_e2e)
                 ),
