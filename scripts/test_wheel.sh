@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds the Python wheel with maturin (release profile, reusing the target directory's
+# compiled dependencies), installs it into two fresh virtual environments (the wheel alone;
+# the wheel with onnx and huggingface_hub) and runs tests/python/wheel_test.py in each against
+# the CLI built from source. Checks the release binary stays under 40 MB and the wheel under
+# 20 MB. Needs .venv with tests/python/requirements-wheel.txt (scripts/test.sh installs it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+target=${CARGO_TARGET_DIR:-$root/target}
+py=$root/.venv/bin/python
+
+wheels=$target/wheels
+rm -rf "$wheels"
+start=$(date +%s)
+"$root/.venv/bin/maturin" build --release --locked --out "$wheels" --quiet
+cargo build --release --locked -p bitnet-cli --quiet
+echo "wheel and release binary built in $(( $(date +%s) - start )) s"
+wheel=$(ls "$wheels"/bitnet_onnx-*.whl)
+src_bin=$target/release/bitnet-onnx
+
+limit() { # NAME FILE MAX_BYTES
+  local size
+  size=$(stat -c %s "$2")
+  echo "$1: $size bytes ($(basename "$2"))"
+  if [ "$size" -ge "$3" ]; then
+    echo "$1 is over its limit of $3 bytes" >&2
+    exit 1
+  fi
+}
+limit "release binary" "$src_bin" $((40 * 1000 * 1000))
+limit "wheel" "$wheel" $((20 * 1000 * 1000))
+
+for variant in bare full; do
+  venv=$target/wheel-venv-$variant
+  rm -rf "$venv"
+  "$py" -m venv "$venv"
+  if [ $variant = bare ]; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$wheel"
+  else
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$wheel[hub,onnx]" \
+      -c tests/python/requirements.txt -c tests/python/requirements-wheel.txt
+  fi
+  # From outside the repository, so that nothing but the installed package is imported.
+  (cd "$venv" && PATH="$venv/bin:$PATH" "$venv/bin/python" "$root/tests/python/wheel_test.py" --source-bin "$src_bin")
+done
