@@ -163,6 +163,13 @@ def _run(args: list[str], quiet_stderr: bool = False) -> tuple[int, str, str]:
     return code, out.decode("utf-8", "replace"), b"".join(err).decode("utf-8", "replace")
 
 
+def _report(text: str) -> dict[str, Any]:
+    import json
+
+    report: dict[str, Any] = json.loads(text)
+    return report
+
+
 def _fail(code: int, stderr: str, args: list[str]) -> Error:
     cls = VerificationFailed if code == 1 else BadInputError if code == 2 else Error
     return cls(_message(stderr), code, stderr, args)
@@ -216,14 +223,12 @@ def inspect(model: ModelArg) -> dict[str, Any]:
     Runs ``bitnet-onnx inspect MODEL --json`` and returns its report.
     Raises BadInputError (with the command's message) for an unreadable or malformed model.
     """
-    import json
-
     with _ModelFile(model) as path:
         args = ["inspect", path, "--json"]
         code, out, err = _run(args, quiet_stderr=True)
     if code != 0:
         raise _fail(code, err, args)
-    return json.loads(out)
+    return _report(out)
 
 
 def convert(
@@ -274,7 +279,6 @@ def convert(
         external_data=external_data, single_file=single_file, threads=threads, verify=verify,
         quiet=quiet, **options,
     )  # fmt: skip
-    import json
     import tempfile
 
     with _ModelFile(model) as path, tempfile.TemporaryDirectory(prefix="bitnet-onnx-") as tmp:
@@ -289,7 +293,7 @@ def convert(
         if code != 0:
             raise _fail(code, err, args)
         with open(report, encoding="utf-8") as f:
-            return json.load(f)
+            return _report(f.read())
 
 
 def verify(
@@ -318,14 +322,12 @@ def verify(
         inputs=inputs, dim=dim, input_range=input_range, samples=samples, seed=seed,
         max_rel_error=max_rel_error, min_cosine=min_cosine, **options,
     )  # fmt: skip
-    import json
-
     with _ModelFile(original) as a, _ModelFile(converted) as b:
         args = ["verify", a, b, "--json", "-", *_flag_args(flags)]
         code, out, err = _run(args, quiet_stderr=True)
     if code not in (0, 1) or not out.strip():
         raise _fail(code if code != 1 else 2, err, args)
-    report: dict[str, Any] = json.loads(out)
+    report = _report(out)
     report["passed"] = bool(report["pass"]) and code == 0
     return report
 
@@ -337,13 +339,11 @@ def check(model: PathLike, *, target: str) -> dict[str, Any]:
     ``{"pass": bool, "violations": [...]}``; violations are a result, not an exception.
     Raises BadInputError for a model that cannot be read.
     """
-    import json
-
     args = ["check", "--target", target, os.fspath(model), "--json"]
     code, out, err = _run(args, quiet_stderr=True)
     if code not in (0, 1) or not out.strip():
         raise _fail(code if code != 1 else 2, err, args)
-    return json.loads(out)
+    return _report(out)
 
 
 def build(
@@ -378,10 +378,8 @@ def build(
         target=target, embeddings=embeddings, head=head, table_block_size=table_block_size,
         block_size=block_size, logits=logits, **options,
     )  # fmt: skip
-    import json
-
     args = ["build", ckpt, "-o", os.fspath(output), "--json", *_flag_args(flags)]
     code, out, err = _run(args)
     if code != 0:
         raise _fail(code, err, args)
-    return json.loads(out)
+    return _report(out)

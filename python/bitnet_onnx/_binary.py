@@ -14,7 +14,7 @@ BIN_NAME = "bitnet-onnx-bin" + (".exe" if sys.platform == "win32" else "")
 
 def _user_scripts() -> str | None:
     scheme = {"nt": "nt_user", "posix": "posix_user"}.get(os.name)
-    if sys.platform == "darwin" and sys._framework:  # type: ignore[attr-defined]
+    if sys.platform == "darwin" and getattr(sys, "_framework", None):
         scheme = "osx_framework_user"
     if scheme is None:
         return None
