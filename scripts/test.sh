@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: creates .venv with the pinned test oracles
-# (onnx, onnxruntime, onnxruntime-genai, numpy from tests/python/requirements.txt), writes the ONNX backend test
+# (onnx, onnxruntime, onnxruntime-genai, numpy from tests/python/requirements.txt) and the wheel's
+# build tools (tests/python/requirements-wheel.txt), writes the ONNX backend test
 # models to target/onnx-backend, checks the generated opset table against the pinned onnx
-# schemas, then runs every Rust test.
+# schemas, runs every Rust test, then builds and tests the Python wheel (scripts/test_wheel.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -12,9 +13,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Reinstall only when the pinned requirements changed.
 stamp=.venv/.requirements.sha
-want=$(sha256sum tests/python/requirements.txt | cut -d' ' -f1)
+want=$(cat tests/python/requirements.txt tests/python/requirements-wheel.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
-  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt \
+    -r tests/python/requirements-wheel.txt
   echo "$want" > "$stamp"
 fi
 
@@ -31,3 +33,4 @@ fi
 export BITNET_ONNX_PYTHON="$root/.venv/bin/python"
 export BITNET_ONNX_BACKEND_DIR="$root/$backend"
 cargo test --workspace --locked "$@"
+scripts/test_wheel.sh

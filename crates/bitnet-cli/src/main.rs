@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod build;
 mod check;
 mod convert;
+mod docs;
 mod inspect;
 mod progress;
 mod verify;
@@ -34,6 +35,10 @@ enum Command {
     /// Build an onnxruntime-genai model folder (KV cache, 2-bit layers) from a transformers
     /// BitNet checkpoint (exit 2 on a bad checkpoint, with nothing written).
     Build(build::BuildArgs),
+    /// Print a shell completion script: `bitnet-onnx completions bash > /etc/bash_completion.d/bitnet-onnx`.
+    Completions(docs::CompletionsArgs),
+    /// Print a man page (roff) for the tool or one of its commands: `bitnet-onnx man | man -l -`.
+    Man(docs::ManArgs),
 }
 
 /// Makes glibc give large freed buffers back to the system at once.
@@ -68,6 +73,8 @@ fn main() -> ExitCode {
             build::run(a)
         }
         Command::Verify(a) => verify::run(a).map(|c| c.clamp(0, 255) as u8),
+        Command::Completions(a) => docs::completions::<Cli>(a).map(|_| 0),
+        Command::Man(a) => docs::man::<Cli>(a).map(|_| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code),
