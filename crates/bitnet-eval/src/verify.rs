@@ -530,6 +530,14 @@ fn find<'a>(outs: &'a [Output], name: &str) -> Option<&'a Output> {
     outs.iter().find(|(n, _, _)| n == name)
 }
 
+/// `find` for a value a run was built to produce: its absence is an error naming the run.
+fn need<'a>(outs: &'a [Output], name: &str, run: &str) -> Result<&'a Output, EvalError> {
+    find(outs, name).ok_or_else(|| EvalError::Mismatch {
+        model: run.to_string(),
+        reason: format!("the run did not produce value '{name}'"),
+    })
+}
+
 /// With `bitnet_onnx.logits = last` the converted heads compute the last position only: the
 /// original's `[..., positions, vocab]` output is cut to its last position before comparing.
 /// Any other output is returned as it is.
@@ -671,7 +679,10 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
         Some("available") if !layers.is_empty() => {
             match dequantized_reference(original, converted, &layers)? {
                 Ok(p) => {
-                    let g = p.graph.as_ref().expect("loaded models have a graph");
+                    let g = p.graph.as_ref().ok_or_else(|| EvalError::Mismatch {
+                        model: olabel.clone(),
+                        reason: "the dequantized reference has no graph".into(),
+                    })?;
                     let prod = local::producers(g);
                     let derivable = local::derivable(g);
                     let mut cut = local::Cut::default();
@@ -817,7 +828,7 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
         }
         for (ri, r) in rounds.iter().enumerate() {
             let (x, q) = (values[&r.input].0.to_f32(), values[&r.output].0.to_f32());
-            let cq = &find(&c, &r.output).expect("exposed").1;
+            let cq = &need(&c, &r.output, &clabel)?.1;
             ties.add(ri, &r.node, &x, &q, cq);
         }
         if let Some(r) = &true_run {
@@ -866,10 +877,10 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
         };
         for (i, l) in layers.iter().enumerate() {
             let a = values[l.compared()].0.to_f32();
-            let b = &find(&lc, l.compared()).expect("cut output").1;
+            let b = &need(&lc, l.compared(), &clabel)?.1;
             layer_acc[i].add(&a, b, 1);
             if let Some(d) = &ld {
-                deq_acc[i].add(&find(d, l.compared()).expect("cut output").1, b, 1);
+                deq_acc[i].add(&need(d, l.compared(), &olabel)?.1, b, 1);
             }
         }
         // The converted graph outside its layers, given the original's layer outputs.
@@ -878,10 +889,7 @@ pub fn verify(original: &Model, converted: &Model, opts: &VerifyOptions) -> Resu
         let r = runs.rest.run(&rest_inputs)?;
         let o = as_converted(out_names.iter().map(as_output).collect(), &r);
         for (i, name) in out_names.iter().enumerate() {
-            let (a, b) = (
-                find(&o, name).expect("graph output"),
-                find(&r, name).expect("graph output"),
-            );
+            let (a, b) = (need(&o, name, &olabel)?, need(&r, name, &clabel)?);
             rest_acc[i].add(&a.1, &b.1, a.2.last().copied().unwrap_or(1));
         }
     }
@@ -1102,7 +1110,10 @@ impl LocalRuns {
         };
         let label = format!("{clabel} (without its converted layers)");
         let mut p = converted.proto.clone();
-        let g = p.graph.as_mut().expect("loaded models have a graph");
+        let g = p.graph.as_mut().ok_or_else(|| EvalError::Mismatch {
+            model: clabel.to_string(),
+            reason: "the model has no graph".into(),
+        })?;
         let cut: HashSet<&str> = compared.iter().map(String::as_str).collect();
         g.node
             .retain(|n| !n.output.iter().any(|o| cut.contains(o.as_str())));
