@@ -18,18 +18,6 @@ fn checkpoint(form: &str) -> PathBuf {
     workspace().join("samples/checkpoints").join(form)
 }
 
-fn build(ck: &Path, out: &Path, flags: &[&str]) -> std::process::Output {
-    bin()
-        .arg("build")
-        .arg(ck)
-        .arg("-o")
-        .arg(out)
-        .args(flags)
-        .arg("-q")
-        .output()
-        .expect("run bitnet-onnx build")
-}
-
 /// `genai_generate.py MODEL EXPECTED` as JSON.
 fn generate(model: &Path, form: &str) -> Vec<serde_json::Value> {
     let out = Command::new(python())
@@ -259,37 +247,31 @@ fn copy_checkpoint(dir: &Path) -> PathBuf {
     ck
 }
 
-/// Rewrites `model.safetensors` with its header edited by `edit` (payloads kept).
-fn edit_header(ck: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
-    let p = ck.join("model.safetensors");
-    let bytes = std::fs::read(&p).unwrap();
+type Header = serde_json::Map<String, serde_json::Value>;
+
+/// A safetensors file's header and data section.
+fn read_safetensors(p: &Path) -> (Header, Vec<u8>) {
+    let bytes = std::fs::read(p).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let mut header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    edit(&mut header);
-    let h = serde_json::to_vec(&header).unwrap();
-    let mut out = (h.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&h);
-    out.extend_from_slice(&bytes[8 + n..]);
-    std::fs::write(&p, out).unwrap();
+    let header = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    (header, bytes[8 + n..].to_vec())
 }
 
-/// Rewrites `model.safetensors` without tensor `name` (its entry and its bytes: the file stays
-/// valid safetensors).
-fn remove_tensor(ck: &Path, name: &str) {
-    let p = ck.join("model.safetensors");
-    let bytes = std::fs::read(&p).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let data = &bytes[8 + n..];
-    let mut entries: Vec<(&String, &serde_json::Value)> = header
-        .iter()
-        .filter(|(k, _)| *k != "__metadata__" && *k != name)
-        .collect();
-    entries.sort_by_key(|(_, e)| e["data_offsets"][0].as_u64().unwrap());
-    let (mut h, mut payload) = (serde_json::Map::new(), Vec::new());
-    for (k, e) in entries {
+/// Writes a safetensors file: `header` then `data` as they are.
+fn write_safetensors(p: &Path, header: &Header, data: &[u8]) {
+    let h = serde_json::to_vec(header).unwrap();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(data);
+    std::fs::write(p, out).unwrap();
+}
+
+/// Writes the tensors `names` of (`header`, `data`), in that order, as a valid safetensors
+/// file of their own (offsets renumbered, nothing else).
+fn write_tensors(p: &Path, header: &Header, data: &[u8], names: &[&str]) {
+    let (mut h, mut payload) = (Header::new(), Vec::new());
+    for &name in names {
+        let e = &header[name];
         let (b, end) = (
             e["data_offsets"][0].as_u64().unwrap() as usize,
             e["data_offsets"][1].as_u64().unwrap() as usize,
@@ -298,13 +280,31 @@ fn remove_tensor(ck: &Path, name: &str) {
         payload.extend_from_slice(&data[b..end]);
         let mut e = e.clone();
         e["data_offsets"] = serde_json::json!([begin, payload.len()]);
-        h.insert(k.clone(), e);
+        h.insert(name.to_string(), e);
     }
-    let hb = serde_json::to_vec(&h).unwrap();
-    let mut out = (hb.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&hb);
-    out.extend_from_slice(&payload);
-    std::fs::write(&p, out).unwrap();
+    write_safetensors(p, &h, &payload);
+}
+
+/// Rewrites `model.safetensors` with its header edited by `edit` (payloads kept).
+fn edit_header(ck: &Path, edit: impl FnOnce(&mut Header)) {
+    let p = ck.join("model.safetensors");
+    let (mut header, data) = read_safetensors(&p);
+    edit(&mut header);
+    write_safetensors(&p, &header, &data);
+}
+
+/// Rewrites `model.safetensors` without tensor `name` (its entry and its bytes: the file stays
+/// valid safetensors).
+fn remove_tensor(ck: &Path, name: &str) {
+    let p = ck.join("model.safetensors");
+    let (header, data) = read_safetensors(&p);
+    let mut names: Vec<&str> = header
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "__metadata__" && *k != name)
+        .collect();
+    names.sort_by_key(|k| header[*k]["data_offsets"][0].as_u64().unwrap());
+    write_tensors(&p, &header, &data, &names);
 }
 
 fn edit_config(ck: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
@@ -616,34 +616,19 @@ fn sharded_checkpoint_builds_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
     let ck = copy_checkpoint(dir.path());
     let p = ck.join("model.safetensors");
-    let bytes = std::fs::read(&p).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let data = &bytes[8 + n..];
-    let names: Vec<&String> = header.keys().filter(|k| *k != "__metadata__").collect();
+    let (header, data) = read_safetensors(&p);
+    let names: Vec<&str> = header
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "__metadata__")
+        .collect();
     let mut weight_map = serde_json::Map::new();
     for (i, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
         let file = format!("model-{:05}-of-00002.safetensors", i + 1);
-        let (mut h, mut payload) = (serde_json::Map::new(), Vec::new());
         for name in part {
-            let e = &header[name.as_str()];
-            let (b, end) = (
-                e["data_offsets"][0].as_u64().unwrap() as usize,
-                e["data_offsets"][1].as_u64().unwrap() as usize,
-            );
-            let begin = payload.len();
-            payload.extend_from_slice(&data[b..end]);
-            let mut e = e.clone();
-            e["data_offsets"] = serde_json::json!([begin, payload.len()]);
-            h.insert(name.to_string(), e);
             weight_map.insert(name.to_string(), file.clone().into());
         }
-        let hb = serde_json::to_vec(&h).unwrap();
-        let mut out = (hb.len() as u64).to_le_bytes().to_vec();
-        out.extend_from_slice(&hb);
-        out.extend_from_slice(&payload);
-        std::fs::write(ck.join(&file), out).unwrap();
+        write_tensors(&ck.join(&file), &header, &data, part);
     }
     std::fs::remove_file(&p).unwrap();
     std::fs::write(

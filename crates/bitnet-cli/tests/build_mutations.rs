@@ -18,7 +18,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use common::*;
 use serde_json::{json, Value};
@@ -234,18 +233,6 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-fn build(ck: &Path, out: &Path, flags: &[String]) -> Output {
-    bin()
-        .arg("build")
-        .arg(ck)
-        .arg("-o")
-        .arg(out)
-        .args(flags)
-        .arg("-q")
-        .output()
-        .expect("run bitnet-onnx build")
-}
-
 type Mutation = Box<dyn Fn(&Path)>;
 
 /// What a case must end in.
@@ -272,6 +259,12 @@ struct Case {
     mutate: Mutation,
     flags: Vec<String>,
     expect: Expect,
+}
+
+impl Case {
+    fn flag_strs(&self) -> Vec<&str> {
+        self.flags.iter().map(String::as_str).collect()
+    }
 }
 
 /// Things every accepted folder must satisfy, whatever the case: what ONNX Runtime checks
@@ -335,7 +328,7 @@ fn run_case(
     (case.mutate)(&ck);
     let before = snapshot(&ck);
     let out = dir.path().join("out");
-    let r = build(&ck, &out, &case.flags);
+    let r = build(&ck, &out, &case.flag_strs());
     let err = String::from_utf8_lossy(&r.stderr).into_owned();
     let code = r.status.code();
     let said = |m: &str| format!("{m} (exit {code:?}): {}", shorten(&err));
@@ -421,7 +414,7 @@ fn run_case(
             let ck2 = copy("twin");
             twin(&ck2);
             let out2 = dir.path().join("out2");
-            let r2 = build(&ck2, &out2, &case.flags);
+            let r2 = build(&ck2, &out2, &case.flag_strs());
             if r2.status.code() != code {
                 return Err(said(&format!(
                     "the same data laid out otherwise ends with exit {:?}: {}",

@@ -48,6 +48,19 @@ pub fn bin() -> Command {
     }
 }
 
+/// `bitnet-onnx build CHECKPOINT -o OUT FLAGS -q`, its output whatever the exit status.
+pub fn build(ck: &Path, out: &Path, flags: &[&str]) -> Output {
+    bin()
+        .arg("build")
+        .arg(ck)
+        .arg("-o")
+        .arg(out)
+        .args(flags)
+        .arg("-q")
+        .output()
+        .expect("run bitnet-onnx build")
+}
+
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("run bitnet-onnx");
     assert!(

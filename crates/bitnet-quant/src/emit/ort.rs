@@ -550,18 +550,7 @@ mod tests {
 
         // The padded input, evaluated on a rank-3 x: [2, 3, 40] -> [2, 3, 48], each block 15
         // values of x (then zeros) and 127.
-        let padded = inputs(mm)[0].to_string();
-        let mut with_x = out.clone();
-        with_x.input.clear();
-        let x: Vec<f32> = (0..240).map(|i| (i % 255) as f32 - 127.0).collect();
-        with_x
-            .initializer
-            .push(tensor::from_f32("x", &[2, 3, 40], &x));
-        let index = bitnet_model::graph::GraphIndex::new(&with_x);
-        let got = crate::fold::Folder::new(&index, std::path::Path::new(""))
-            .eval(&padded)
-            .unwrap();
-        assert_eq!(got.dims, [2, 3, 48]);
+        let (x, got) = padded_input_on_rank_3_x(&out, mm);
         let want: Vec<f32> = x
             .chunks(40)
             .flat_map(|row| {
@@ -576,7 +565,25 @@ mod tests {
                 })
             })
             .collect();
-        assert_eq!(got.f32(), want);
+        assert_eq!(got, want);
+    }
+
+    /// The MatMulNBits `mm`'s input in `out`, evaluated by the constant folder with `x` a
+    /// rank-3 `[2, 3, 40]` initializer; returns `x` and the `[2, 3, 48]` result.
+    fn padded_input_on_rank_3_x(out: &GraphProto, mm: &NodeProto) -> (Vec<f32>, Vec<f32>) {
+        let padded = inputs(mm)[0].to_string();
+        let mut with_x = out.clone();
+        with_x.input.clear();
+        let x: Vec<f32> = (0..240).map(|i| (i % 255) as f32 - 127.0).collect();
+        with_x
+            .initializer
+            .push(tensor::from_f32("x", &[2, 3, 40], &x));
+        let index = bitnet_model::graph::GraphIndex::new(&with_x);
+        let got = crate::fold::Folder::new(&index, std::path::Path::new(""))
+            .eval(&padded)
+            .unwrap();
+        assert_eq!(got.dims, [2, 3, 48]);
+        (x, got.f32())
     }
 
     #[test]
@@ -592,18 +599,7 @@ mod tests {
         attrs.push(("accuracy_level", Some(4)));
         assert_eq!(int_attrs(mm), attrs);
         // On a rank-3 x: each block 15 values of x and 127 (127 in the tail too).
-        let padded = inputs(mm)[0].to_string();
-        let mut with_x = out.clone();
-        with_x.input.clear();
-        let x: Vec<f32> = (0..240).map(|i| (i % 255) as f32 - 127.0).collect();
-        with_x
-            .initializer
-            .push(tensor::from_f32("x", &[2, 3, 40], &x));
-        let index = bitnet_model::graph::GraphIndex::new(&with_x);
-        let got = crate::fold::Folder::new(&index, std::path::Path::new(""))
-            .eval(&padded)
-            .unwrap();
-        assert_eq!(got.dims, [2, 3, 48]);
+        let (x, got) = padded_input_on_rank_3_x(&out, mm);
         let want: Vec<f32> = x
             .chunks(40)
             .flat_map(|row| {
@@ -617,7 +613,7 @@ mod tests {
                 })
             })
             .collect();
-        assert_eq!(got.f32(), want);
+        assert_eq!(got, want);
     }
 
     #[test]
