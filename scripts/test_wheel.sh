@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Python wheel with maturin and zig (release profile, manylinux2014; its compiled
 # dependencies live in the target directory's x86_64-unknown-linux-gnu/ and are reused), installs it into two fresh virtual environments (the wheel alone;
-# the wheel with onnx and huggingface_hub) and runs tests/python/wheel_test.py in each against
+# the wheel with its onnx, hub and genai extras) and runs tests/python/wheel_test.py in each against
 # the CLI built from source. Checks the release binaries (cargo's and the wheel's) stay under 40 MB and the wheel under
 # 20 MB. Needs .venv with tests/python/requirements-wheel.txt (scripts/test.sh installs it).
 set -euo pipefail
@@ -48,7 +48,7 @@ for variant in bare full; do
   if [ $variant = bare ]; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check "$wheel"
   else
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "$wheel[hub,onnx]" \
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$wheel[hub,onnx,genai]" \
       -c tests/python/requirements.txt -c tests/python/requirements-wheel.txt
   fi
   # From outside the repository, so that nothing but the installed package is imported.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import importlib.util
 import os
 import re
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples"
 HAS_ONNX = importlib.util.find_spec("onnx") is not None
 HAS_HUB = importlib.util.find_spec("huggingface_hub") is not None
+HAS_GENAI = importlib.util.find_spec("onnxruntime_genai") is not None
 WHEEL_CMD = shutil.which("bitnet-onnx")
 TESTS = []
 
@@ -293,12 +295,57 @@ def build_value_options_match_the_cli(t: Path, src: str) -> None:
     assert _cli.checkpoint_index(["--", "-weird"]) == 1
 
 
+def greedy_prefix(case: dict) -> int:
+    """How many of transformers' greedy tokens must match: up to the first step whose top-two
+    margin is under 0.1 (a tie there may go either way in another runtime's float order)."""
+    for i, m in enumerate(case["step_margins"]):
+        if m < 0.1:
+            return i
+    return len(case["new_tokens"])
+
+
+@test
+def generate_streams_transformers_greedy_tokens(t: Path, src: str) -> None:
+    """`python -m bitnet_onnx.generate` and `bitnet_onnx.generate.generate` on a built folder
+    give transformers' greedy continuation of the trained sample; without the `genai` extra the
+    command says how to install it and exits 2."""
+    out = t / "genai"
+    bitnet_onnx.build(SAMPLES / "checkpoints" / "packed", out)
+    expected = json.loads((SAMPLES / "checkpoints" / "expected" / "packed.json").read_text())
+    cmd = [sys.executable, "-m", "bitnet_onnx.generate", out, "x", "--max-new-tokens", "4"]
+    if not HAS_GENAI:
+        r = run(cmd, text=True)
+        assert r.returncode == 2 and "pip install 'bitnet-onnx[genai]'" in r.stderr, (r.returncode, r.stderr)
+        return
+    from bitnet_onnx.generate import generate
+
+    checked = 0
+    for case in expected["prompts"]:
+        n = greedy_prefix(case)
+        streamed: list[str] = []
+        g = generate(out, case["text"], max_new_tokens=len(case["new_tokens"]), on_text=streamed.append)
+        assert g["prompt_ids"] == case["input_ids"], (g["prompt_ids"], case["input_ids"])
+        assert g["ids"][:n] == case["new_tokens"][:n], (case["text"], g["ids"], case["new_tokens"])
+        assert "".join(streamed) == g["text"] and g["decode_tokens_per_s"] > 0
+        checked += n
+        # The command streams the same text to standard output.
+        r = run([*cmd[:4], case["text"], "--max-new-tokens", str(len(case["new_tokens"]))], text=True)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == g["text"] + "\n" and "tokens/s" in r.stderr, (r.stdout, r.stderr)
+    assert checked >= 100, checked
+    r = run([*cmd[:3], t / "missing", "x"], text=True)
+    assert r.returncode == 2 and "missing" in r.stderr and "genai_config.json" in r.stderr, r.stderr
+
+
 @test
 def typed_and_documented(t: Path, src: str) -> None:
     pkg = Path(bitnet_onnx.__file__).parent
     assert (pkg / "py.typed").is_file()
     for f in (bitnet_onnx.inspect, bitnet_onnx.convert, bitnet_onnx.verify, bitnet_onnx.check, bitnet_onnx.build):
         assert f.__doc__ and "bitnet-onnx" in f.__doc__ and f.__annotations__, f
+    from bitnet_onnx.generate import generate  # importable without onnxruntime-genai
+
+    assert generate.__doc__ and "onnxruntime-genai" in generate.__doc__ and generate.__annotations__
 
 
 def main() -> int:
@@ -307,7 +354,8 @@ def main() -> int:
     a = ap.parse_args()
     src = str(Path(a.source_bin).resolve())
     passed = failed = 0
-    print(f"wheel tests: onnx {'installed' if HAS_ONNX else 'absent'}, huggingface_hub {'installed' if HAS_HUB else 'absent'}")
+    have = {"onnx": HAS_ONNX, "huggingface_hub": HAS_HUB, "onnxruntime-genai": HAS_GENAI}
+    print("wheel tests: " + ", ".join(f"{k} {'installed' if v else 'absent'}" for k, v in have.items()))
     for fn in TESTS:
         with tempfile.TemporaryDirectory() as d:
             try:

@@ -345,7 +345,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
                 "error: could not verify: {} was written by `bitnet-onnx build` for onnxruntime-genai. \
                  verify compares an ONNX original with its conversion in tract, which cannot run \
                  GroupQueryAttention; a built folder's reference is transformers: generate with \
-                 onnxruntime-genai and compare (tools/generate.py, tests/python/genai_generate.py)",
+                 onnxruntime-genai (`python -m bitnet_onnx.generate`) and compare with transformers",
                 path.display()
             );
             return Ok(2);

@@ -76,3 +76,44 @@ fn man_pages_for_the_tool_and_each_command() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("'nope'") && err.contains("convert"), "{err}");
 }
+
+/// docs/cli-help.md is the `--help` of the tool and of each command, as the binary prints it:
+/// regenerate it with `BLESS=1 cargo test -p bitnet-cli --test docs`.
+#[test]
+fn cli_help_doc_is_what_the_binary_prints() {
+    let mut doc = String::from(
+        "# `bitnet-onnx --help`, for every command\n\n\
+         Generated from the binary's clap definitions by \
+         `BLESS=1 cargo test -p bitnet-cli --test docs`; the test suite fails when this file \
+         differs from what the binary prints. [`cli.md`](cli.md) explains each flag and report \
+         field.\n",
+    );
+    let pages: Vec<(String, Vec<&str>)> = std::iter::once(("bitnet-onnx".to_string(), vec![]))
+        .chain(
+            COMMANDS
+                .iter()
+                .chain(["completions", "man"].iter())
+                .map(|c| (format!("bitnet-onnx {c}"), vec![*c])),
+        )
+        .collect();
+    for (title, args) in &pages {
+        let out = run_ok(bin().args(args).arg("--help"));
+        let text = String::from_utf8(out.stdout).expect("utf-8 help");
+        doc.push_str(&format!(
+            "\n## `{title}`\n\n```text\n{}\n```\n",
+            text.trim_end()
+        ));
+    }
+    let path = common::workspace().join("docs/cli-help.md");
+    if std::env::var_os("BLESS").is_some() {
+        std::fs::write(&path, &doc).expect("write docs/cli-help.md");
+        return;
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == doc,
+        "{} is not what the binary prints: regenerate it with \
+         `BLESS=1 cargo test -p bitnet-cli --test docs`",
+        path.display()
+    );
+}
