@@ -295,6 +295,38 @@ def build_value_options_match_the_cli(t: Path, src: str) -> None:
     assert _cli.checkpoint_index(["--", "-weird"]) == 1
 
 
+def readme_blocks(section: str) -> list[str]:
+    """The ```sh blocks of one `## ` section of README.md."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n## {section}\n")
+    end = text.find("\n## ", start + 1)
+    body = text[start : end if end >= 0 else len(text)]
+    return re.findall(r"```sh\n(.*?)```", body, re.S)
+
+
+@test
+def readme_quick_start_runs_as_written(t: Path, src: str) -> None:
+    """Every command of the README's quick start, run as written from the repository root with
+    the wheel's `bitnet-onnx` and `python` first on PATH. The Hub id resolves from a Hub cache
+    holding the packed sample under that id (offline, as these machines are); paths the
+    commands write (`/tmp/...` and the 2B folder name) are moved into a temporary directory."""
+    if not (HAS_HUB and HAS_GENAI):
+        return
+    blocks = readme_blocks("Quick start")
+    assert len(blocks) == 3, blocks
+    env = dict(os.environ, HF_HOME=str(hub_cache(t, "microsoft/bitnet-b1.58-2B-4T")), HF_HUB_OFFLINE="1")
+    env.pop("HF_HUB_CACHE", None)
+    work = t / "out"
+    work.mkdir()
+    for block in blocks:
+        for line in block.strip().splitlines():
+            cmd = line.replace("/tmp/", f"{work}/").replace("bitnet-2b-genai", f"{work}/bitnet-2b-genai")
+            r = subprocess.run(["bash", "-c", cmd], cwd=ROOT, env=env, capture_output=True, text=True)
+            assert r.returncode == 0, (line, r.stdout[-2000:], r.stderr[-2000:])
+            if "bitnet_onnx.generate" in line:
+                assert len(r.stdout.strip()) > 0 and "tokens/s" in r.stderr, (line, r.stdout, r.stderr)
+
+
 def greedy_prefix(case: dict) -> int:
     """How many of transformers' greedy tokens must match: up to the first step whose top-two
     margin is under 0.1 (a tie there may go either way in another runtime's float order)."""
