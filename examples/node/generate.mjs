@@ -5,6 +5,7 @@
 //
 // Streams the continuation to stdout (greedy decoding), then prints the token count and
 // tokens per second to stderr. `generate()` is the same thing as a function, for scripts.
+import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { AutoModelForCausalLM, AutoTokenizer, TextStreamer, env } from '@huggingface/transformers';
@@ -17,6 +18,13 @@ env.allowLocalModels = true;
 export async function load(modelDir, { device = 'cpu' } = {}) {
     // An absolute path is used as it is (a relative one would be read under env.localModelPath).
     const dir = path.resolve(modelDir);
+    for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json']) {
+        if (!fs.existsSync(path.join(dir, f))) {
+            throw new Error(
+                `${path.join(dir, f)} not found: MODEL_DIR must be a folder from \`bitnet-onnx build CHECKPOINT -o DIR --for web\``,
+            );
+        }
+    }
     const tokenizer = await AutoTokenizer.from_pretrained(dir);
     // The folder's config.json names its dtype (q2) and its external data file.
     const model = await AutoModelForCausalLM.from_pretrained(dir, { device });
