@@ -317,3 +317,36 @@ fn web_folder_fills_in_missing_files_and_is_deterministic() {
         serde_json::json!({"bos_token_id": 510, "eos_token_id": 511})
     );
 }
+
+/// transformers' validation figures on held-out rows (`samples/checkpoints/expected/val.json`,
+/// scored by `tests/python/build_val.py` on every position's logits, in ONNX Runtime): a web
+/// folder with the default int8 tables keeps what the genai layout keeps (within 0.1% of
+/// transformers' validation loss, 99% argmax agreement, every clear-margin position the same).
+#[test]
+fn web_folder_validation_loss_matches_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let val = workspace().join("samples/checkpoints/expected/val.json");
+    for form in FORMS {
+        let out = dir.path().join(form);
+        build_ok(
+            &checkpoint(form),
+            &out,
+            &["--for", "web", "--logits", "all"],
+        );
+        let o = Command::new(python())
+            .arg(workspace().join("tests/python/build_val.py"))
+            .arg(&out)
+            .arg(&val)
+            .arg(form)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{form}: {o:?}");
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(
+            j["loss_delta_rel"].as_f64().unwrap().abs() <= 1e-3,
+            "{form}: {j}"
+        );
+        assert!(j["top1"].as_f64().unwrap() >= 0.99, "{form}: {j}");
+        assert_eq!(j["top1_clear"].as_f64().unwrap(), 1.0, "{form}: {j}");
+    }
+}
