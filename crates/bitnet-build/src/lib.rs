@@ -309,9 +309,10 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
             )
         } else {
             format!(
-            "{} has no tokenizer.json: onnxruntime-genai generates from token ids, but og.Tokenizer cannot load this model folder",
-            checkpoint_dir.display()
-        )
+                "{} has no tokenizer.json: onnxruntime-genai generates from token ids, but \
+                 og.Tokenizer cannot load this model folder",
+                checkpoint_dir.display()
+            )
         });
     }
     staging.commit()?;
