@@ -3,7 +3,9 @@
 # (onnx, onnxruntime, onnxruntime-genai, numpy from tests/python/requirements.txt) and the wheel's
 # build tools (tests/python/requirements-wheel.txt), writes the ONNX backend test
 # models to target/onnx-backend, checks the generated opset table against the pinned onnx
-# schemas, runs every Rust test, then builds and tests the Python wheel (scripts/test_wheel.sh).
+# schemas, runs every Rust test, then builds and tests the Python wheel (scripts/test_wheel.sh)
+# and runs the browser stage (scripts/test_web.sh: Transformers.js in Node and in headless
+# Chromium on a `build --for web` folder; installs Chromium, npm and Playwright pins).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -34,3 +36,4 @@ export BITNET_ONNX_PYTHON="$root/.venv/bin/python"
 export BITNET_ONNX_BACKEND_DIR="$root/$backend"
 cargo test --workspace --locked "$@"
 scripts/test_wheel.sh
+scripts/test_web.sh

@@ -3,7 +3,8 @@ samples/checkpoints/expected/val.json and compares with transformers' figures th
 
 usage: build_val.py MODEL_DIR VAL_JSON FORM [--margin 0.1]
 
-Runs MODEL_DIR/model.onnx in ONNX Runtime (CPU, default optimisations, as onnxruntime-genai
+Runs the folder's graph (genai_config.json's `filename`: model.onnx, or a `--for web` folder's
+onnx/model_q2.onnx) in ONNX Runtime (CPU, default optimisations, as onnxruntime-genai
 runs it) on each row as one prompt with an empty KV cache, and prints JSON:
   val_loss, ref_val_loss, ref_val_loss_f64   mean next-token cross-entropy (nats): this
                                              model's, transformers float32's and float64's
@@ -39,7 +40,12 @@ def main() -> int:
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
-    s = ort.InferenceSession(os.path.join(a.model_dir, "model.onnx"), so, providers=["CPUExecutionProvider"])
+    graph = "model.onnx"
+    genai = os.path.join(a.model_dir, "genai_config.json")
+    if os.path.isfile(genai):
+        with open(genai) as f:
+            graph = json.load(f)["model"]["decoder"]["filename"]
+    s = ort.InferenceSession(os.path.join(a.model_dir, graph), so, providers=["CPUExecutionProvider"])
     feeds_meta = {i.name: i for i in s.get_inputs()}
     losses, argmax = [], []
     for row in ids:

@@ -43,7 +43,7 @@ use bitnet_model::tensor;
 use crate::checkpoint::{Checkpoint, Rescale};
 use crate::error::{BuildError, Result};
 use crate::graph::{Attr, DimSpec, Graph, MS};
-use crate::{BuildOptions, TableMode};
+use crate::{BuildOptions, Layout, TableMode};
 
 /// What the graph holds, for the report and the metadata.
 #[derive(Default)]
@@ -682,6 +682,9 @@ fn embedding(
         ));
     };
     let (q, s) = table_tensors(g, wname, t)?;
+    if opts.layout == Layout::Web {
+        return Ok(web_embedding(g, built, t, &q, &s, c.hidden_size));
+    }
     let row_bytes = t.row_bytes() as i64;
     let shape = g.i64s(&[c.vocab_size as i64, row_bytes]);
     let data = g.op("Reshape", "/model/embed_tokens/Reshape", &[&q, &shape]);
@@ -704,6 +707,63 @@ fn embedding(
         .tables
         .push(table_spec("embedding", node, &out, wname, t));
     Ok(out)
+}
+
+/// The 8-bit embedding of a `--for web` folder in standard ops, since onnxruntime-web's
+/// `/webgpu` and `/jspi` bundles (the ones Transformers.js loads in a browser, on either
+/// device) have no CPU kernel for `GatherBlockQuantized`: the rows' codes `[B, S, blocks,
+/// block]` and their scales `[B, S, blocks]` gathered from the same `[V, blocks, block]`
+/// initializer the head's `MatMulNBits` reads, then `(code - 128) * scale`, which is what
+/// `GatherBlockQuantized` computes with its default zero point, in the same float32
+/// operations. 4-bit codes (two per byte) are refused for web folders by the flag check.
+fn web_embedding(
+    g: &mut Graph,
+    built: &mut Built,
+    t: &BlockTable,
+    q: &str,
+    s: &str,
+    hidden: usize,
+) -> String {
+    let p = "/model/embed_tokens";
+    let axis0 = [("axis", Attr::Int(0))];
+    let codes = g.op_with(
+        "Gather",
+        &format!("{p}/GatherCodes"),
+        &[q, "input_ids"],
+        &axis0,
+    );
+    let f = g.op_with(
+        "Cast",
+        &format!("{p}/CastCodes"),
+        &[&codes],
+        &[("to", Attr::Int(DataType::Float as i64))],
+    );
+    let zp = g.f32_scalar(f32::from(t.bits.zero_point()));
+    let centred = g.op("Sub", &format!("{p}/SubZeroPoint"), &[&f, &zp]);
+    let scales = g.op_with(
+        "Gather",
+        &format!("{p}/GatherScales"),
+        &[s, "input_ids"],
+        &axis0,
+    );
+    let last = g.i64s(&[-1]);
+    let scales = g.op(
+        "Unsqueeze",
+        &format!("{p}/UnsqueezeScales"),
+        &[&scales, &last],
+    );
+    let node = format!("{p}/Dequantize");
+    let values = g.op("Mul", &node, &[&centred, &scales]);
+    let shape = g.i64s(&[0, 0, hidden as i64]);
+    let out = g.op("Reshape", &format!("{p}/Reshape"), &[&values, &shape]);
+    built.tables.push(table_spec(
+        "embedding",
+        &node,
+        &out,
+        "model.embed_tokens.weight",
+        t,
+    ));
+    out
 }
 
 /// The LM head: 4/8-bit `MatMulNBits`, or a float `Gemm` on the `[V, H]` table (no transposed

@@ -16,7 +16,9 @@ pub fn pad_token_id(c: &crate::Config) -> i64 {
         .unwrap_or(0)
 }
 
-pub fn config_json(ck: &Checkpoint) -> serde_json::Value {
+/// `filename`: the graph's path relative to the folder (`model.onnx`, or a web folder's
+/// `onnx/model_q2.onnx`).
+pub fn config_json(ck: &Checkpoint, filename: &str) -> serde_json::Value {
     let c = &ck.config;
     let eos: Vec<i64> = c.eos_token_ids.clone();
     let pad = pad_token_id(c);
@@ -29,7 +31,7 @@ pub fn config_json(ck: &Checkpoint) -> serde_json::Value {
                     "log_id": "onnxruntime-genai",
                     "provider_options": []
                 },
-                "filename": "model.onnx",
+                "filename": filename,
                 "head_size": c.head_dim,
                 "hidden_size": c.hidden_size,
                 "inputs": {
@@ -71,12 +73,13 @@ pub fn config_json(ck: &Checkpoint) -> serde_json::Value {
     })
 }
 
-pub fn write_config(ck: &Checkpoint, path: &Path) -> Result<()> {
-    let mut text =
-        serde_json::to_string_pretty(&config_json(ck)).map_err(|e| BuildError::Output {
+pub fn write_config(ck: &Checkpoint, filename: &str, path: &Path) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(&config_json(ck, filename)).map_err(|e| {
+        BuildError::Output {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })?;
+        }
+    })?;
     text.push('\n');
     std::fs::write(path, text).map_err(|e| BuildError::io(path, e))
 }

@@ -9,7 +9,9 @@
 //! 2. [`decoder`]: build the graph front to back, reading one weight at a time and handing
 //!    each large initializer to the output writer as soon as it exists (peak memory: the
 //!    largest fused weight, or the quantized vocabulary table).
-//! 3. [`genai`]: `genai_config.json`; the tokenizer files are copied.
+//! 3. [`genai`]: `genai_config.json`; the tokenizer files are copied. With
+//!    [`Layout::Web`] ([`web`]), the graph goes to `onnx/model_q2.onnx` with
+//!    `model_q2.onnx_data`, beside a `config.json` Transformers.js reads.
 //! 4. Everything goes to a temporary directory beside `OUT_DIR`, renamed into place only when
 //!    complete: a failed build leaves nothing behind.
 //!
@@ -23,6 +25,7 @@ pub mod files;
 pub mod genai;
 pub mod graph;
 pub mod safetensors;
+pub mod web;
 
 use std::path::{Path, PathBuf};
 
@@ -63,8 +66,29 @@ impl TableMode {
     }
 }
 
+/// Which runtime's folder layout `build` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// `model.onnx` + `model.onnx.data`, `genai_config.json`, the tokenizer files.
+    Genai,
+    /// Transformers.js's layout ([`web`]), which onnxruntime-genai also loads; the 8-bit
+    /// embedding in standard ops (the browser bundles lack `GatherBlockQuantized`).
+    Web,
+}
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Genai => "genai",
+            Layout::Web => "web",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
+    pub layout: Layout,
     pub embeddings: TableMode,
     pub head: TableMode,
     /// Block size of the 4/8-bit tables along the hidden axis.
@@ -80,6 +104,7 @@ pub struct BuildOptions {
 impl Default for BuildOptions {
     fn default() -> Self {
         BuildOptions {
+            layout: Layout::Genai,
             // int8 tables: near-lossless on trained models (int4 costs a measurable share of
             // validation loss), see the README's table-fidelity figures.
             embeddings: TableMode::Int8,
@@ -94,8 +119,13 @@ impl Default for BuildOptions {
 impl BuildOptions {
     /// The settings as `build` flags (recorded in the model's metadata).
     pub fn flags(&self) -> String {
+        // Genai folders keep the flags they always recorded (no `--for`).
+        let layout = match self.layout {
+            Layout::Genai => String::new(),
+            Layout::Web => "--for web ".into(),
+        };
         format!(
-            "--embeddings {} --head {} --table-block-size {} --block-size {} --logits {}",
+            "{layout}--embeddings {} --head {} --table-block-size {} --block-size {} --logits {}",
             self.embeddings.name(),
             self.head.name(),
             self.table_block_size,
@@ -108,6 +138,8 @@ impl BuildOptions {
 /// What `build` wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct BuildReport {
+    /// The folder layout: `genai` or `web`.
+    pub layout: Layout,
     pub checkpoint: PathBuf,
     pub out_dir: PathBuf,
     pub linear_form: String,
@@ -137,6 +169,8 @@ pub struct BuildReport {
 
 /// The `bitnet_onnx.target` of a built model.
 pub const TARGET: &str = "ort-genai";
+/// The `bitnet_onnx.target` of a `--for web` folder's graph.
+pub const TARGET_WEB: &str = "web";
 
 /// What the activations of the ternary layers compute, as recorded in the metadata.
 pub const ACTIVATIONS: &str = "bitnet per-token int8 (absmax 127), exact: MatMulNBits accuracy_level 4 on BitNet's int8 codes with a reserved 127 slot per block";
@@ -164,10 +198,21 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
     for f in &tokenizer {
         files::check_tokenizer_file(&checkpoint_dir.join(f))?;
     }
+    let web = opts.layout == Layout::Web;
     let staging = Staging::new(checkpoint_dir, out_dir)?;
-    let model_path = staging.dir.join("model.onnx");
+    let (model_file, data_file) = if web {
+        let dir = staging.dir.join(web::ONNX_DIR);
+        std::fs::create_dir(&dir).map_err(|e| BuildError::io(&dir, e))?;
+        (
+            format!("{}/{}", web::ONNX_DIR, web::MODEL_FILE),
+            format!("{}/{}", web::ONNX_DIR, web::DATA_FILE),
+        )
+    } else {
+        ("model.onnx".to_string(), "model.onnx.data".to_string())
+    };
+    let model_path = staging.dir.join(&model_file);
     let protect: Vec<PathBuf> = ck.tensors.files.iter().map(|(p, _)| p.clone()).collect();
-    let writer = Writer::new(
+    let mut writer = Writer::new(
         &model_path,
         &SaveOptions {
             external_data: ExternalData::Always,
@@ -175,6 +220,9 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
         },
         &protect,
     )?;
+    if web {
+        writer = writer.with_data_file_name(web::DATA_FILE)?;
+    }
     writer.stream()?;
     let mut g = graph::Graph::new("bitnet", &writer);
     let built = decoder::build(&ck, opts, &mut g)?;
@@ -203,27 +251,74 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
     }
     let saved = writer.finish(&model)?;
     drop(model);
-    genai::write_config(&ck, &staging.dir.join("genai_config.json"))?;
-    let mut files = vec![
-        "model.onnx".to_string(),
-        "model.onnx.data".to_string(),
-        "genai_config.json".to_string(),
-    ];
+    if web && saved.data_bytes > web::MAX_DATA_BYTES {
+        return Err(BuildError::Output {
+            path: out_dir.to_path_buf(),
+            message: format!(
+                "the weights take {} bytes, over the {} one browser ArrayBuffer holds \
+                 (writing them in several files is not implemented); smaller tables \
+                 (--embeddings int8, --head int8 or int4) make the folder smaller",
+                saved.data_bytes,
+                files::size_name(web::MAX_DATA_BYTES)
+            ),
+        });
+    }
+    genai::write_config(&ck, &model_file, &staging.dir.join("genai_config.json"))?;
+    let mut files = vec![model_file, data_file, "genai_config.json".to_string()];
     let mut warnings = Vec::new();
     for f in tokenizer {
         let src = checkpoint_dir.join(f);
-        std::fs::copy(&src, staging.dir.join(f)).map_err(|e| BuildError::io(&src, e))?;
+        let dst = staging.dir.join(f);
+        if web && f == "tokenizer_config.json" {
+            // Written below with `add_bos_token`.
+            continue;
+        }
+        std::fs::copy(&src, &dst).map_err(|e| BuildError::io(&src, e))?;
         files.push(f.to_string());
     }
+    if web {
+        let write = |v: &serde_json::Value, name: &str, files: &mut Vec<String>| {
+            web::write_json(v, &staging.dir.join(name))?;
+            files.push(name.to_string());
+            Ok::<(), BuildError>(())
+        };
+        write(&web::config_json(&ck), "config.json", &mut files)?;
+        let src = checkpoint_dir.join("config.json");
+        let dst = staging.dir.join(web::SOURCE_CONFIG);
+        std::fs::copy(&src, &dst).map_err(|e| BuildError::io(&src, e))?;
+        files.push(web::SOURCE_CONFIG.to_string());
+        if let Some(v) = web::tokenizer_config(&ck, &checkpoint_dir.join("tokenizer_config.json"))?
+        {
+            write(&v, "tokenizer_config.json", &mut files)?;
+        }
+        if !checkpoint_dir.join("generation_config.json").is_file() {
+            write(
+                &web::generation_config(&ck),
+                "generation_config.json",
+                &mut files,
+            )?;
+        }
+        files.sort();
+    }
     if !checkpoint_dir.join("tokenizer.json").is_file() {
-        warnings.push(format!(
-            "{} has no tokenizer.json: onnxruntime-genai generates from token ids, but og.Tokenizer cannot load this model folder",
-            checkpoint_dir.display()
-        ));
+        warnings.push(if web {
+            format!(
+                "{} has no tokenizer.json: Transformers.js cannot load a tokenizer for this folder \
+                 (its pipeline needs one; a model called with token ids does not)",
+                checkpoint_dir.display()
+            )
+        } else {
+            format!(
+                "{} has no tokenizer.json: onnxruntime-genai generates from token ids, but \
+                 og.Tokenizer cannot load this model folder",
+                checkpoint_dir.display()
+            )
+        });
     }
     staging.commit()?;
     let c = &ck.config;
     Ok(BuildReport {
+        layout: opts.layout,
         checkpoint: checkpoint_dir.to_path_buf(),
         out_dir: out_dir.to_path_buf(),
         linear_form: c.linear.name().into(),
@@ -275,6 +370,15 @@ fn check_flags(opts: &BuildOptions) -> Result<()> {
             ),
         ));
     }
+    if opts.layout == Layout::Web && opts.embeddings == TableMode::Int4 {
+        return Err(BuildError::Flag {
+            flag: "--embeddings".into(),
+            value: "int4".into(),
+            why: "a web folder's embedding must run without GatherBlockQuantized, which \
+                  onnxruntime-web's browser bundles lack; int8 (the default) and float do"
+                .into(),
+        });
+    }
     let v = opts.table_block_size;
     if v < 16 || !v.is_power_of_two() {
         return Err(flag_error(
@@ -303,7 +407,11 @@ fn check_options(ck: &Checkpoint, opts: &BuildOptions) -> Result<()> {
 
 fn record(model: &mut ModelProto, ck: &Checkpoint, opts: &BuildOptions, built: &decoder::Built) {
     metadata::set(model, metadata::VERSION, env!("CARGO_PKG_VERSION").into());
-    metadata::set(model, metadata::TARGET, TARGET.into());
+    let target = match opts.layout {
+        Layout::Genai => TARGET,
+        Layout::Web => TARGET_WEB,
+    };
+    metadata::set(model, metadata::TARGET, target.into());
     metadata::set(model, metadata::FLAGS, format!("build {}", opts.flags()));
     metadata::set(model, metadata::ACTIVATIONS, ACTIVATIONS.into());
     metadata::set(model, metadata::LAYERS, metadata::to_json(&built.layers));

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use bitnet_build::{BuildOptions, TableMode};
+use bitnet_build::{BuildOptions, Layout, TableMode};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Table {
@@ -31,9 +31,17 @@ pub struct BuildArgs {
     /// microsoft/bitnet-b1.58-2B-4T or the master weights of its -bf16 form.
     pub checkpoint: PathBuf,
     /// The model folder to write (must not exist, or be empty): model.onnx, model.onnx.data,
-    /// genai_config.json and the tokenizer files.
+    /// genai_config.json and the tokenizer files (with --for web: see there).
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Folder layout. `genai`: for onnxruntime-genai. `web`: for Transformers.js in a browser
+    /// (onnxruntime-web, WASM or WebGPU) or in Node: onnx/model_q2.onnx with
+    /// onnx/model_q2.onnx_data, a config.json with model_type llama (the name Transformers.js
+    /// accepts; transformers' own config is kept as transformers_config.json),
+    /// add_bos_token in tokenizer_config.json, and the 8-bit embedding in standard ops (the
+    /// browser bundles lack GatherBlockQuantized). onnxruntime-genai loads it too.
+    #[arg(long = "for", value_enum, default_value = "genai")]
+    pub layout: ForLayout,
     /// Runtime the folder is for; onnxruntime-genai on ONNX Runtime's CPU kernels is the only
     /// one built.
     #[arg(long, value_enum, default_value = "ort")]
@@ -73,6 +81,12 @@ pub struct BuildArgs {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForLayout {
+    Genai,
+    Web,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
     All,
     Last,
@@ -85,6 +99,10 @@ pub enum BuildTarget {
 
 pub fn run(args: &BuildArgs) -> Result<u8> {
     let opts = BuildOptions {
+        layout: match args.layout {
+            ForLayout::Genai => Layout::Genai,
+            ForLayout::Web => Layout::Web,
+        },
         embeddings: args.embeddings.into(),
         head: args.head.into(),
         table_block_size: args.table_block_size,
@@ -147,10 +165,15 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
         );
     }
     println!(
-        "  wrote {} ({} files, {:.1} MB) in {:.1} s",
+        "  wrote {} ({} files, {:.1} MB{}) in {:.1} s",
         report.out_dir.display(),
         report.files.len(),
         (report.model_bytes + report.data_bytes) as f64 / 1e6,
+        if report.layout == Layout::Web {
+            ", web layout for Transformers.js and onnxruntime-genai"
+        } else {
+            ""
+        },
         secs
     );
     for w in &report.warnings {

@@ -337,8 +337,8 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<i32> {
     // verify_paths, which reports them.)
     for path in [&args.original, &args.converted] {
         let built = bitnet_model::Model::load(path).is_ok_and(|m| {
-            bitnet_model::metadata::get(&m.proto, bitnet_model::metadata::TARGET)
-                == Some(bitnet_build::TARGET)
+            let target = bitnet_model::metadata::get(&m.proto, bitnet_model::metadata::TARGET);
+            target == Some(bitnet_build::TARGET) || target == Some(bitnet_build::TARGET_WEB)
         });
         if built {
             eprintln!(

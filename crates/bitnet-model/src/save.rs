@@ -160,6 +160,28 @@ impl Writer {
         })
     }
 
+    /// Names the external data file `name` (a plain file name, beside `out`) instead of
+    /// [`data_file_name`]'s `OUT.data`: Transformers.js, for one, fetches `model.onnx_data`.
+    /// Call it before [`Writer::stream`].
+    pub fn with_data_file_name(mut self, name: &str) -> Result<Self> {
+        let plain = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && !name.contains(['/', '\\'])
+            && Path::new(name).file_name().is_some_and(|n| n == name);
+        if !plain {
+            return Err(ModelError::ExternalData {
+                path: self.out.clone(),
+                tensor: String::new(),
+                reason: format!("the data file name '{name}' is not a plain file name"),
+            });
+        }
+        self.data_path = self.out.with_file_name(name);
+        check_not_input(&self.data_path, &self.protect, "the external data file of")?;
+        self.location = name.to_string();
+        Ok(self)
+    }
+
     /// The maps the model's payloads point into: pages of a payload are released from memory
     /// once it has been written (see [`Mappings::release`]).
     pub fn with_source(mut self, mappings: &Mappings) -> Self {
