@@ -100,7 +100,8 @@ def _flag_args(options: Mapping[str, Any]) -> list[str]:
     for key, value in options.items():
         if value is None or value is False:
             continue
-        flag = "--" + key.replace("_", "-")
+        # A trailing underscore lets a flag that is a Python keyword be passed: for_="web".
+        flag = "--" + key.rstrip("_").replace("_", "-")
         if value is True:
             out.append(flag)
         elif isinstance(value, Mapping):
@@ -356,9 +357,13 @@ def build(
     table_block_size: int | None = None,
     block_size: int | None = None,
     logits: str | None = None,
+    for_: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Build an onnxruntime-genai model folder from a transformers BitNet checkpoint.
+
+    ``for_="web"`` is ``bitnet-onnx build --for web``: the folder Transformers.js and
+    onnxruntime-web load (``onnx/model_q2.onnx``), which onnxruntime-genai loads too.
 
     `checkpoint` is a local directory or, with the ``bitnet-onnx[hub]`` extra, a Hugging Face
     Hub id such as ``"microsoft/bitnet-b1.58-2B-4T"`` (resolved through the local Hub cache,
@@ -376,7 +381,7 @@ def build(
             raise HubError(str(e), 2, f"error: {e}\n", ["build", ckpt]) from None
     flags = dict(
         target=target, embeddings=embeddings, head=head, table_block_size=table_block_size,
-        block_size=block_size, logits=logits, **options,
+        block_size=block_size, logits=logits, for_=for_, **options,
     )  # fmt: skip
     args = ["build", ckpt, "-o", os.fspath(output), "--json", *_flag_args(flags)]
     code, out, err = _run(args)

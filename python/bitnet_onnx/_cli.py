@@ -18,7 +18,10 @@ from ._binary import find_binary
 # `bitnet-onnx build` options that take a value (crates/bitnet-cli/src/build.rs); the wheel's
 # tests compare this set with `bitnet-onnx build --help`.
 BUILD_VALUE_OPTIONS = frozenset(
-    ["-o", "--output", "--target", "--embeddings", "--head", "--table-block-size", "--block-size", "--logits"]
+    [
+        "-o", "--output", "--target", "--embeddings", "--head", "--table-block-size", "--block-size",
+        "--logits", "--for",
+    ]  # fmt: skip
 )
 _SHORT_WITH_VALUE = "o"
 

@@ -221,6 +221,17 @@ def api_build_from_a_directory(t: Path, src: str) -> None:
     assert folder_digest(t / "api") == folder_digest(t / "src")
 
 
+@test
+def api_build_for_web(t: Path, src: str) -> None:
+    ckpt = SAMPLES / "checkpoints" / "packed"
+    r = bitnet_onnx.build(ckpt, t / "api", for_="web")
+    assert (t / "api" / "onnx" / "model_q2.onnx").is_file(), r
+    c = run([src, "build", ckpt, "-o", t / "src", "--for", "web", "-q"])
+    assert c.returncode == 0, c.stderr
+    digest = lambda d: {str(p.relative_to(d)): sha(p) for p in sorted(d.rglob("*")) if p.is_file()}  # noqa: E731
+    assert digest(t / "api") == digest(t / "src")
+
+
 def hub_cache(t: Path, repo: str) -> Path:
     """An HF_HOME whose hub cache holds samples/checkpoints/packed as `repo`, as the Hub
     client lays it out: blobs named by hash, a snapshot of symlinks, refs/main."""
