@@ -8,11 +8,19 @@ use bitnet_math::hf;
 
 use crate::config::{Config, LinearForm};
 use crate::error::{BuildError, Result};
+use crate::family::{Names, Proj};
 use crate::safetensors::{Dtype, TensorInfo, Tensors};
 
-/// The linear layers of one decoder layer, by their transformers names.
-pub const ATTENTION: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
-pub const MLP: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+/// The linear layers of one decoder layer.
+pub const PROJECTIONS: [Proj; 7] = [
+    Proj::Q,
+    Proj::K,
+    Proj::V,
+    Proj::O,
+    Proj::Gate,
+    Proj::Up,
+    Proj::Down,
+];
 
 pub struct Checkpoint {
     pub dir: PathBuf,
@@ -100,52 +108,83 @@ impl Checkpoint {
         Ok(info)
     }
 
-    /// The LM head's table: `lm_head.weight`, or the embedding when tied.
+    /// The family's tensor names.
+    pub fn names(&self) -> &'static Names {
+        &self.config.family.names
+    }
+
+    /// The embedding table's name.
+    pub fn embed_name(&self) -> &'static str {
+        self.names().embed
+    }
+
+    /// The LM head's table: the family's head, or the embedding when tied.
     pub fn head_name(&self) -> &'static str {
         if self.config.tie_word_embeddings {
-            "model.embed_tokens.weight"
+            self.names().embed
         } else {
-            "lm_head.weight"
+            self.names().lm_head
         }
     }
 
-    /// `(out, in)` of a layer's linear by its short name.
-    pub fn linear_shape(&self, short: &str) -> (usize, usize) {
+    /// `(out, in)` of a layer's projection.
+    pub fn linear_shape(&self, p: Proj) -> (usize, usize) {
         let c = &self.config;
-        match short {
-            "q_proj" => (c.q_dim(), c.hidden_size),
-            "k_proj" | "v_proj" => (c.kv_dim(), c.hidden_size),
-            "o_proj" => (c.hidden_size, c.q_dim()),
-            "gate_proj" | "up_proj" => (c.intermediate_size, c.hidden_size),
-            _ => (c.hidden_size, c.intermediate_size),
+        match p {
+            Proj::Q => (c.q_dim(), c.hidden_size),
+            Proj::K | Proj::V => (c.kv_dim(), c.hidden_size),
+            Proj::O => (c.hidden_size, c.q_dim()),
+            Proj::Gate | Proj::Up => (c.intermediate_size, c.hidden_size),
+            Proj::Down => (c.hidden_size, c.intermediate_size),
         }
     }
 
-    pub fn linear_name(layer: usize, short: &str) -> String {
-        let block = if MLP.contains(&short) {
-            "mlp"
-        } else {
-            "self_attn"
-        };
-        format!("model.layers.{layer}.{block}.{short}")
+    /// The name (without `.weight`) of a layer's projection.
+    pub fn linear_name(&self, layer: usize, p: Proj) -> String {
+        self.names().linear(layer, p)
+    }
+
+    /// Every norm weight of layer `l` the family has, with its length.
+    pub fn layer_norms(&self, l: usize) -> Vec<(String, usize)> {
+        let (c, n) = (&self.config, self.names());
+        let mut out = vec![
+            (Names::layer_weight(l, n.input_norm), c.hidden_size),
+            (Names::layer_weight(l, n.post_attention_norm), c.hidden_size),
+        ];
+        for (rel, len) in [
+            (n.attn_sub_norm, c.q_dim()),
+            (n.ffn_sub_norm, c.intermediate_size),
+            (n.q_norm, c.head_dim),
+            (n.k_norm, c.head_dim),
+        ] {
+            if let Some(rel) = rel {
+                out.push((Names::layer_weight(l, rel), len));
+            }
+        }
+        if c.linear_norm_eps.is_some() {
+            for p in PROJECTIONS {
+                let k = self.linear_shape(p).1;
+                out.push((format!("{}.rms_norm.weight", self.linear_name(l, p)), k));
+            }
+        }
+        out
     }
 
     fn check(&self) -> Result<()> {
         let c = &self.config;
-        let (v, h, i) = (c.vocab_size, c.hidden_size, c.intermediate_size);
-        self.expect_float("model.embed_tokens.weight", &[v, h])?;
+        let (v, h) = (c.vocab_size, c.hidden_size);
+        let n = self.names();
+        self.expect_float(n.embed, &[v, h])?;
         if !c.tie_word_embeddings {
-            self.expect_float("lm_head.weight", &[v, h])?;
+            self.expect_float(n.lm_head, &[v, h])?;
         }
-        self.expect_float("model.norm.weight", &[h])?;
+        self.expect_float(n.final_norm, &[h])?;
         for l in 0..c.num_layers {
-            let p = format!("model.layers.{l}");
-            self.expect_float(&format!("{p}.input_layernorm.weight"), &[h])?;
-            self.expect_float(&format!("{p}.post_attention_layernorm.weight"), &[h])?;
-            self.expect_float(&format!("{p}.self_attn.attn_sub_norm.weight"), &[h])?;
-            self.expect_float(&format!("{p}.mlp.ffn_sub_norm.weight"), &[i])?;
-            for short in ATTENTION.iter().chain(MLP.iter()) {
-                self.check_linear(&Self::linear_name(l, short), self.linear_shape(short))?;
+            for (name, len) in self.layer_norms(l) {
+                self.expect_float(&name, &[len])?;
+            }
+            for p in PROJECTIONS {
+                self.check_linear(&self.linear_name(l, p), self.linear_shape(p))?;
             }
         }
         Ok(())

@@ -42,6 +42,7 @@ use bitnet_model::tensor;
 
 use crate::checkpoint::{Checkpoint, Rescale};
 use crate::error::{BuildError, Result};
+use crate::family::{Activation, Names, Proj};
 use crate::graph::{Attr, DimSpec, Graph, MS};
 use crate::{BuildOptions, TableMode};
 
@@ -145,9 +146,10 @@ pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Buil
 
     let mut h = h0;
     let mut pending: Option<String> = None;
+    let n = ck.names();
     for l in 0..c.num_layers {
         let p = format!("/model/layers.{l}");
-        let ln_in = norm_weight(ck, g, &format!("model.layers.{l}.input_layernorm.weight"))?;
+        let ln_in = norm_weight(ck, g, &Names::layer_weight(l, n.input_norm))?;
         let x = match pending.take() {
             None => rms_norm(
                 g,
@@ -169,16 +171,47 @@ pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Buil
                 x
             }
         };
-        let qkv = bitlinear(
+        // q, k and v packed into one input of GroupQueryAttention, or three when the queries
+        // and keys are normalised per head (or each projection has its own input norm).
+        let separate = n.q_norm.is_some() || c.linear_norm_eps.is_some();
+        let mut qkv = linears(
             ck,
             opts,
             g,
             &mut built,
-            &format!("{p}/attn/qkv_proj"),
+            &format!("{p}/attn"),
+            "qkv_proj",
             &x,
             l,
-            &["q_proj", "k_proj", "v_proj"],
+            &[Proj::Q, Proj::K, Proj::V],
+            separate,
         )?;
+        for (i, (rel, heads, what)) in [
+            (n.q_norm, c.num_heads, "q_norm"),
+            (n.k_norm, c.num_kv_heads, "k_norm"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if let Some(rel) = rel {
+                let w = norm_weight(ck, g, &Names::layer_weight(l, rel))?;
+                qkv[i] = head_norm(
+                    g,
+                    &format!("{p}/attn/{what}"),
+                    &qkv[i],
+                    &w,
+                    heads,
+                    c.head_dim,
+                    c.rms_norm_eps,
+                );
+            }
+        }
+        // One packed input, or q, k and v.
+        let (q_in, k_in, v_in) = if qkv.len() == 3 {
+            (qkv[0].clone(), qkv[1].clone(), qkv[2].clone())
+        } else {
+            (qkv[0].clone(), String::new(), String::new())
+        };
         let gqa = format!("{p}/attn/GroupQueryAttention");
         let outputs = vec![
             format!("{gqa}/output_0"),
@@ -193,7 +226,9 @@ pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Buil
             "GroupQueryAttention",
             MS,
             &gqa,
-            &[&qkv, "", "", &pk, &pv, &seqlens_k, &total_len, &cos, &sin],
+            &[
+                &q_in, &k_in, &v_in, &pk, &pv, &seqlens_k, &total_len, &cos, &sin,
+            ],
             &outputs,
             &[
                 ("num_heads", Attr::Int(c.num_heads as i64)),
@@ -207,33 +242,31 @@ pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Buil
                 ("softcap", Attr::Float(0.0)),
             ],
         );
-        let sub = norm_weight(
-            ck,
-            g,
-            &format!("model.layers.{l}.self_attn.attn_sub_norm.weight"),
-        )?;
-        let a = rms_norm(
-            g,
-            &format!("{p}/attn/attn_sub_norm"),
-            &outputs[0],
-            &sub,
-            c.rms_norm_eps,
-        );
-        let o = bitlinear(
+        let mut a = outputs[0].clone();
+        if let Some(rel) = n.attn_sub_norm {
+            let sub = norm_weight(ck, g, &Names::layer_weight(l, rel))?;
+            a = rms_norm(
+                g,
+                &format!("{p}/attn/attn_sub_norm"),
+                &a,
+                &sub,
+                c.rms_norm_eps,
+            );
+        }
+        let o = linears(
             ck,
             opts,
             g,
             &mut built,
-            &format!("{p}/attn/o_proj"),
+            &format!("{p}/attn"),
+            "o_proj",
             &a,
             l,
-            &["o_proj"],
-        )?;
-        let ln_post = norm_weight(
-            ck,
-            g,
-            &format!("model.layers.{l}.post_attention_layernorm.weight"),
-        )?;
+            &[Proj::O],
+            false,
+        )?
+        .remove(0);
+        let ln_post = norm_weight(ck, g, &Names::layer_weight(l, n.post_attention_norm))?;
         let (x2, sum) = skip_rms_norm(
             g,
             &format!("{p}/post_attention_layernorm"),
@@ -243,49 +276,57 @@ pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Buil
             c.rms_norm_eps,
         );
         h = sum;
-        let gu = bitlinear(
+        let gu = linears(
             ck,
             opts,
             g,
             &mut built,
-            &format!("{p}/mlp/gate_up_proj"),
+            &format!("{p}/mlp"),
+            "gate_up_proj",
             &x2,
             l,
-            &["gate_proj", "up_proj"],
+            &[Proj::Gate, Proj::Up],
+            true,
         )?;
-        let i = c.intermediate_size as i64;
-        let split = g.i64s(&[i, i]);
-        let parts = g.node(
-            "Split",
-            "",
-            &format!("{p}/mlp/Split"),
-            &[&gu, &split],
-            2,
-            &[("axis", Attr::Int(-1))],
+        let act = match c.activation {
+            Activation::Relu2 => {
+                let r = g.op("Relu", &format!("{p}/mlp/act_fn/Relu"), &[&gu[0]]);
+                g.op("Mul", &format!("{p}/mlp/act_fn/Square"), &[&r, &r])
+            }
+            Activation::Silu => {
+                // torch's silu: `x * sigmoid(x)`.
+                let s = g.op("Sigmoid", &format!("{p}/mlp/act_fn/Sigmoid"), &[&gu[0]]);
+                g.op("Mul", &format!("{p}/mlp/act_fn/Mul"), &[&gu[0], &s])
+            }
+        };
+        let mut m = g.op("Mul", &format!("{p}/mlp/Mul"), &[&act, &gu[1]]);
+        if let Some(rel) = n.ffn_sub_norm {
+            let fsub = norm_weight(ck, g, &Names::layer_weight(l, rel))?;
+            m = rms_norm(
+                g,
+                &format!("{p}/mlp/ffn_sub_norm"),
+                &m,
+                &fsub,
+                c.rms_norm_eps,
+            );
+        }
+        pending = Some(
+            linears(
+                ck,
+                opts,
+                g,
+                &mut built,
+                &format!("{p}/mlp"),
+                "down_proj",
+                &m,
+                l,
+                &[Proj::Down],
+                false,
+            )?
+            .remove(0),
         );
-        let r = g.op("Relu", &format!("{p}/mlp/act_fn/Relu"), &[&parts[0]]);
-        let r2 = g.op("Mul", &format!("{p}/mlp/act_fn/Square"), &[&r, &r]);
-        let m = g.op("Mul", &format!("{p}/mlp/Mul"), &[&r2, &parts[1]]);
-        let fsub = norm_weight(ck, g, &format!("model.layers.{l}.mlp.ffn_sub_norm.weight"))?;
-        let m = rms_norm(
-            g,
-            &format!("{p}/mlp/ffn_sub_norm"),
-            &m,
-            &fsub,
-            c.rms_norm_eps,
-        );
-        pending = Some(bitlinear(
-            ck,
-            opts,
-            g,
-            &mut built,
-            &format!("{p}/mlp/down_proj"),
-            &m,
-            l,
-            &["down_proj"],
-        )?);
     }
-    let final_w = norm_weight(ck, g, "model.norm.weight")?;
+    let final_w = norm_weight(ck, g, n.final_norm)?;
     let xf = match pending {
         None => rms_norm(g, "/model/norm", &h, &final_w, c.rms_norm_eps),
         Some(d) => {
@@ -355,21 +396,22 @@ fn attention_lengths(g: &mut Graph) -> (String, String) {
 }
 
 /// The rotary tables `[max_position_embeddings, head_dim / 2]`, computed in float32 the way
-/// transformers' default RoPE does: `inv_freq = 1 / theta^(2i / d)`, angle `pos * inv_freq`.
+/// transformers' rotary embedding does: the inverse frequencies of the config's rope type
+/// ([`crate::rope`]), angle `pos * inv_freq`, then `cos` and `sin` each multiplied by the
+/// type's attention scaling (1 except for yarn), which scales the rotated queries and keys as
+/// transformers' does.
 fn rotary_caches(ck: &Checkpoint, g: &mut Graph) -> Result<(String, String)> {
     let c = &ck.config;
     let half = c.head_dim / 2;
-    let d = c.head_dim as f32;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0f32 / (c.rope_theta as f32).powf((2 * i) as f32 / d))
-        .collect();
+    let (inv, attention_scaling) = c.rope.inv_freq(c.head_dim, c.max_position_embeddings);
+    let scale = attention_scaling as f32;
     let n = c.max_position_embeddings;
     let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
     for pos in 0..n {
         for &f in &inv {
             let a = pos as f32 * f;
-            cos.push(a.cos());
-            sin.push(a.sin());
+            cos.push(a.cos() * scale);
+            sin.push(a.sin() * scale);
         }
     }
     let dims = [n as i64, half as i64];
@@ -424,6 +466,89 @@ fn skip_rms_norm(
     (out[0].clone(), out[3].clone())
 }
 
+/// RMSNorm over each head of `x` `[batch, seq, heads * head_dim]` with one `head_dim` weight
+/// (Qwen3's q_norm / k_norm on the projected queries and keys, before rotary).
+fn head_norm(
+    g: &mut Graph,
+    name: &str,
+    x: &str,
+    w: &str,
+    heads: usize,
+    head_dim: usize,
+    eps: f32,
+) -> String {
+    let per_head = g.i64s(&[0, 0, heads as i64, head_dim as i64]);
+    let xh = g.op("Reshape", &format!("{name}/Heads"), &[x, &per_head]);
+    let y = rms_norm(g, name, &xh, w, eps);
+    let flat = g.i64s(&[0, 0, (heads * head_dim) as i64]);
+    g.op("Reshape", &format!("{name}/Flatten"), &[&y, &flat])
+}
+
+/// The projections `parts` of layer `layer` reading `x`. Without a norm inside each linear
+/// layer they share one activation quantization and one `MatMulNBits` (`{prefix}/{fused}`),
+/// whose output is returned whole, or split into one output per part with `split`. With the
+/// config's `use_rms_norm`, each part normalises `x` with its own `rms_norm` weight before its
+/// own activation quantization (transformers' `BitLinear` / `AutoBitLinear` with
+/// `use_rms_norm`), so each is its own layer: one output per part.
+#[allow(clippy::too_many_arguments)]
+fn linears(
+    ck: &Checkpoint,
+    opts: &BuildOptions,
+    g: &mut Graph,
+    built: &mut Built,
+    prefix: &str,
+    fused: &str,
+    x: &str,
+    layer: usize,
+    parts: &[Proj],
+    split: bool,
+) -> Result<Vec<String>> {
+    let c = &ck.config;
+    if let Some(eps) = c.linear_norm_eps {
+        let mut outs = Vec::with_capacity(parts.len());
+        for &part in parts {
+            let lname = ck.linear_name(layer, part);
+            let short = ck.names().proj(part).1;
+            let w = norm_weight(ck, g, &format!("{lname}.rms_norm.weight"))?;
+            let xn = rms_norm(g, &format!("{prefix}/{short}/rms_norm"), x, &w, eps);
+            outs.push(bitlinear(
+                ck,
+                opts,
+                g,
+                built,
+                &format!("{prefix}/{short}"),
+                &xn,
+                layer,
+                &[part],
+            )?);
+        }
+        return Ok(outs);
+    }
+    let y = bitlinear(
+        ck,
+        opts,
+        g,
+        built,
+        &format!("{prefix}/{fused}"),
+        x,
+        layer,
+        parts,
+    )?;
+    if !split || parts.len() == 1 {
+        return Ok(vec![y]);
+    }
+    let sizes: Vec<i64> = parts.iter().map(|&p| ck.linear_shape(p).0 as i64).collect();
+    let sizes = g.i64s(&sizes);
+    Ok(g.node(
+        "Split",
+        "",
+        &format!("{prefix}/Split"),
+        &[&y, &sizes],
+        parts.len(),
+        &[("axis", Attr::Int(-1))],
+    ))
+}
+
 /// BitNet linear layers reading `x`, as one 2-bit `MatMulNBits` with BitNet's exact int8
 /// activations (see the module docs). Returns the output (the parts' outputs concatenated).
 #[allow(clippy::too_many_arguments)]
@@ -435,7 +560,7 @@ fn bitlinear(
     name: &str,
     x: &str,
     layer: usize,
-    parts: &[&str],
+    parts: &[Proj],
 ) -> Result<String> {
     let bs = opts.block_size;
     let mut codes: Vec<i8> = Vec::new();
@@ -444,9 +569,9 @@ fn bitlinear(
     let mut kind: Option<Rescale> = None;
     let mut k = 0;
     let mut weights = Vec::new();
-    for short in parts {
-        let lname = Checkpoint::linear_name(layer, short);
-        let lin = ck.linear(&lname, ck.linear_shape(short))?;
+    for &part in parts {
+        let lname = ck.linear_name(layer, part);
+        let lin = ck.linear(&lname, ck.linear_shape(part))?;
         k = lin.k;
         if lin.stored_as_codes {
             built.stored_as_codes += 1;
@@ -654,7 +779,7 @@ fn embedding(
     built: &mut Built,
 ) -> Result<String> {
     let c = &ck.config;
-    let wname = "model.embed_tokens.weight";
+    let wname = ck.embed_name();
     let node = "/model/embed_tokens/GatherBlockQuantized";
     let mut own;
     let table = match (shared, opts.embeddings.bits()) {
@@ -765,8 +890,8 @@ fn head(
     };
     let (q, s) = if built.table_shared {
         (
-            format!("model.embed_tokens.weight.{}", t.bits.name()),
-            format!("model.embed_tokens.weight.{}.scales", t.bits.name()),
+            format!("{}.{}", ck.embed_name(), t.bits.name()),
+            format!("{}.{}.scales", ck.embed_name(), t.bits.name()),
         )
     } else {
         table_tensors(g, wname, &mut t)?

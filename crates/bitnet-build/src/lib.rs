@@ -19,9 +19,11 @@ pub mod checkpoint;
 pub mod config;
 pub mod decoder;
 pub mod error;
+pub mod family;
 pub mod files;
 pub mod genai;
 pub mod graph;
+pub mod rope;
 pub mod safetensors;
 
 use std::path::{Path, PathBuf};
@@ -110,6 +112,12 @@ impl BuildOptions {
 pub struct BuildReport {
     pub checkpoint: PathBuf,
     pub out_dir: PathBuf,
+    /// The model family recognised from config.json ([`family::FAMILIES`]).
+    pub family: String,
+    /// The MLP's activation (`relu2`, `silu`).
+    pub activation: String,
+    /// The rotary embedding's type as transformers names it (`default`, `llama3`, ...).
+    pub rope_type: String,
     pub linear_form: String,
     pub layers: usize,
     pub hidden_size: usize,
@@ -226,6 +234,9 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
     Ok(BuildReport {
         checkpoint: checkpoint_dir.to_path_buf(),
         out_dir: out_dir.to_path_buf(),
+        family: c.family.name.into(),
+        activation: c.activation.name().into(),
+        rope_type: c.rope.kind.name().into(),
         linear_form: c.linear.name().into(),
         layers: c.num_layers,
         hidden_size: c.hidden_size,
@@ -311,6 +322,7 @@ fn record(model: &mut ModelProto, ck: &Checkpoint, opts: &BuildOptions, built: &
         metadata::set(model, metadata::TABLES, metadata::to_json(&built.tables));
     }
     metadata::set(model, metadata::SOURCE, ck.config.linear.name().into());
+    metadata::set(model, metadata::FAMILY, ck.config.family.name.into());
 }
 
 /// The output folder while it is written: a hidden sibling of `OUT_DIR`, removed unless

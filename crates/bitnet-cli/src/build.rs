@@ -110,8 +110,11 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
         return Ok(0);
     }
     println!(
-        "{}: {} layers, hidden {}, vocab {}, context {} ({}), {}",
+        "{}: family {} ({} MLP, {} RoPE), {} layers, hidden {}, vocab {}, context {} ({}), {}",
         report.checkpoint.display(),
+        report.family,
+        report.activation,
+        report.rope_type,
         report.layers,
         report.hidden_size,
         report.vocab_size,
