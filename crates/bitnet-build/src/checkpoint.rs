@@ -61,7 +61,7 @@ impl Checkpoint {
             config,
             tensors,
         };
-        ck.check()?;
+        ck.check().map_err(|e| ck.with_layout_hint(e))?;
         Ok(ck)
     }
 
@@ -168,6 +168,42 @@ impl Checkpoint {
             }
         }
         out
+    }
+
+    /// A missing tensor of a checkpoint whose tensors carry another family's norm names
+    /// (config.json naming one family, the weights laid out as another's) says so.
+    fn with_layout_hint(&self, e: BuildError) -> BuildError {
+        let BuildError::MissingTensor { path, tensor } = e else {
+            return e;
+        };
+        let own = self.config.family;
+        let hint = crate::family::FAMILIES
+            .iter()
+            .filter(|f| !std::ptr::eq(*f, own))
+            .find_map(|f| {
+                let n = &f.names;
+                let names: Vec<String> = [n.attn_sub_norm, n.ffn_sub_norm, n.q_norm, n.k_norm]
+                    .into_iter()
+                    .flatten()
+                    .map(|rel| Names::layer_weight(0, rel))
+                    .collect();
+                let all =
+                    !names.is_empty() && names.iter().all(|t| self.tensors.tensors.contains_key(t));
+                all.then(|| (f.name, names))
+            });
+        match hint {
+            None => BuildError::MissingTensor { path, tensor },
+            Some((family, names)) => BuildError::Tensor {
+                path,
+                tensor,
+                message: format!(
+                    "is missing; the checkpoint has {}, the {family} family's names, but config.json \
+                     says {} (check its model_type and architectures)",
+                    names.join(", "),
+                    own.name
+                ),
+            },
+        }
     }
 
     fn check(&self) -> Result<()> {

@@ -281,6 +281,20 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
             ));
         }
     }
+    // transformers 5's per-layer attention kinds (Qwen3): only full attention is built.
+    if let Some(v) = get("layer_types") {
+        let full = v
+            .as_array()
+            .is_some_and(|a| a.iter().all(|t| t.as_str() == Some("full_attention")));
+        if !full {
+            return Err(unsupported(
+                path,
+                "layer_types",
+                v,
+                "only full-attention layers are built (no sliding-window or other attention kinds)",
+            ));
+        }
+    }
     for (k, why) in family.refused_flags {
         if boolean(k, false)? {
             return Err(unsupported(path, k, &Value::Bool(true), why));
@@ -515,6 +529,10 @@ mod tests {
             (
                 serde_json::json!({"model_type": "qwen3", "use_sliding_window": true}),
                 "use_sliding_window",
+            ),
+            (
+                serde_json::json!({"model_type": "qwen3", "layer_types": ["full_attention", "sliding_attention"]}),
+                "layer_types",
             ),
             (
                 serde_json::json!({"quantization_config": {"quant_method": "bitnet", "use_rms_norm": 1}}),

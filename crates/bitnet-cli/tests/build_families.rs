@@ -396,6 +396,27 @@ fn refuses_by_name_and_writes_nothing() {
             vec!["model.layers.0.mlp.ffn_layernorm.weight", "missing"],
         ),
         (
+            "1bitLLM weights under a BitNet config",
+            Box::new(|d| {
+                let ck = onebitllm(d, "ck");
+                let p = ck.join("config.json");
+                let mut c: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                c["model_type"] = "bitnet".into();
+                c["architectures"] = json!(["BitNetForCausalLM"]);
+                c["hidden_act"] = "relu2".into();
+                c["quantization_config"] = json!({"quant_method": "bitnet",
+                    "linear_class": "autobitlinear", "quantization_mode": "online"});
+                std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
+                ck
+            }),
+            vec![
+                "model.layers.0.self_attn.attn_sub_norm.weight",
+                "is missing",
+                "model.layers.0.self_attn.inner_attn_ln.weight",
+                "1bitllm",
+            ],
+        ),
+        (
             "llama without quantization_config",
             Box::new(|d| {
                 let ck = llama(d, "ck");
