@@ -189,7 +189,7 @@ impl Checkpoint {
                     .collect();
                 let all =
                     !names.is_empty() && names.iter().all(|t| self.tensors.tensors.contains_key(t));
-                all.then(|| (f.name, names))
+                all.then_some((f.name, names))
             });
         match hint {
             None => BuildError::MissingTensor { path, tensor },
