@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use bitnet_math::hf;
+use bitnet_math::quant::Ternary;
 
 use crate::config::{Config, LinearForm};
 use crate::error::{BuildError, Result};
@@ -253,6 +254,14 @@ impl Checkpoint {
                      (master weights); transformers would not unpack them",
                 ));
             }
+            if form == LinearForm::FloatTernary {
+                return Err(BuildError::tensor(
+                    path,
+                    &wname,
+                    "packed uint8 weights without a quantization_config: transformers would not \
+                     unpack them",
+                ));
+            }
         } else {
             if form == LinearForm::BitLinear {
                 return Err(BuildError::tensor(
@@ -266,7 +275,7 @@ impl Checkpoint {
             }
             self.expect_float(&wname, &[out, k])?;
         }
-        if form != LinearForm::AutoOnline {
+        if form != LinearForm::AutoOnline && form != LinearForm::FloatTernary {
             let sname = format!("{name}.weight_scale");
             let s = self.info(&sname)?;
             let spath = self.tensors.path_of(s);
@@ -291,6 +300,37 @@ impl Checkpoint {
             }
         }
         Ok(())
+    }
+
+    /// A float-stored ternary weight's codes and scales, recovered exactly: the weight must
+    /// hold only `{-a, 0, +a}` per tensor, per row (a scale per shard of rows is one per row),
+    /// or per group of `block_size` along the input (ONNX Runtime's 2-bit `MatMulNBits` holds
+    /// a scale per block of `block_size`; a checkpoint's group of 128 needs `--block-size` 128
+    /// or a divisor of it). Float16 and bfloat16 widen to float32 exactly, so a stored
+    /// `code * a` is `a` to the bit: the tolerance is 0.
+    pub fn float_ternary(
+        &self,
+        name: &str,
+        (out, k): (usize, usize),
+        block_size: usize,
+    ) -> Result<Ternary> {
+        use bitnet_math::quant::{detect_ternary, detect_ternary_at, Granularity};
+        let wname = format!("{name}.weight");
+        let info = self.info(&wname)?;
+        let w = self.tensors.read_f32(&wname, info)?;
+        detect_ternary(&w, out, k, 0.0)
+            .or_else(|| detect_ternary_at(&w, out, k, Granularity::Group(block_size), 0.0))
+            .ok_or_else(|| {
+                BuildError::tensor(
+                    self.tensors.path_of(info),
+                    &wname,
+                    format!(
+                        "not ternary: without a quantization_config the weight must already be \
+                         codes -1/0/+1 times one scale per tensor, per row, or per group of \
+                         {block_size} along the input (--block-size), and it is none of these"
+                    ),
+                )
+            })
     }
 
     /// A linear layer's codes and dequantization factor, as its transformers class computes

@@ -29,6 +29,10 @@ pub enum LinearForm {
     AutoOffline,
     /// `AutoBitLinear` online: master weights ternarised per tensor by `WeightQuant`.
     AutoOnline,
+    /// No `quantization_config`: plain float linear layers whose weights already are ternary
+    /// codes times a scale per tensor, row or group along the input, recovered exactly; float
+    /// activations, as transformers computes them.
+    FloatTernary,
 }
 
 impl LinearForm {
@@ -37,6 +41,7 @@ impl LinearForm {
             LinearForm::BitLinear => "bitlinear (offline, packed)",
             LinearForm::AutoOffline => "autobitlinear (offline)",
             LinearForm::AutoOnline => "autobitlinear (online, master weights)",
+            LinearForm::FloatTernary => "float linear layers on float-stored ternary weights",
         }
     }
 }
@@ -116,7 +121,8 @@ fn family(path: &Path, o: &Map<String, Value>) -> Result<&'static Family> {
                 })?,
         ),
     };
-    crate::family::recognise(mt, archs.as_deref()).map_err(|why| BuildError::Unsupported {
+    let has_q = o.get("quantization_config").is_some_and(|v| !v.is_null());
+    crate::family::recognise(mt, archs.as_deref(), has_q).map_err(|why| BuildError::Unsupported {
         path: path.to_path_buf(),
         key: "model_type".into(),
         value: model_type.map_or("(missing)".into(), quote),
@@ -367,12 +373,12 @@ fn quantization(
     let Some(q) = o.get("quantization_config").filter(|v| !v.is_null()) else {
         return match family.quantization {
             Quantization::Implied(form) => Ok((form, None)),
+            Quantization::Absent => Ok((LinearForm::FloatTernary, None)),
             Quantization::Required => Err(BuildError::config(
                 path,
                 format!(
                     "no `quantization_config`: without it transformers runs the {} family's \
-                     linear layers as plain float ones, not BitNet's ternary ones (float-stored \
-                     ternary checkpoints such as TriLM or Ternary-Bonsai unpacked are not built)",
+                     linear layers as plain float ones, not BitNet's ternary ones",
                     family.name
                 ),
             )),
@@ -523,8 +529,8 @@ mod tests {
                 "hidden_act",
             ),
             (
-                serde_json::json!({"model_type": "llama", "quantization_config": null}),
-                "quantization_config",
+                serde_json::json!({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "hidden_act": "relu2", "quantization_config": null}),
+                "hidden_act",
             ),
             (
                 serde_json::json!({"model_type": "qwen3", "use_sliding_window": true}),

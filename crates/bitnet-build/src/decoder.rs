@@ -36,11 +36,14 @@
 
 use bitnet_math::blockq::{self, BlockTable, TableBits};
 use bitnet_math::hf;
+use bitnet_math::pack;
+use bitnet_math::quant::{Granularity, Ternary};
 use bitnet_model::metadata::{LayerSpec, TableSpec};
 use bitnet_model::proto::tensor_proto::DataType;
 use bitnet_model::tensor;
 
 use crate::checkpoint::{Checkpoint, Rescale};
+use crate::config::LinearForm;
 use crate::error::{BuildError, Result};
 use crate::family::{Activation, Names, Proj};
 use crate::graph::{Attr, DimSpec, Graph, MS};
@@ -58,6 +61,8 @@ pub struct Built {
     pub table_shared: bool,
     /// The float embedding table's initializer, which a tied float head reads too.
     pub float_embedding: Option<String>,
+    /// Float-stored ternary weights by how their scales were found.
+    pub float_granularity: std::collections::BTreeMap<String, usize>,
 }
 
 /// Rows of a table read per band (each band's rows are quantized in parallel).
@@ -562,6 +567,9 @@ fn bitlinear(
     layer: usize,
     parts: &[Proj],
 ) -> Result<String> {
+    if ck.config.linear == LinearForm::FloatTernary {
+        return float_linear(ck, opts, g, built, name, x, layer, parts);
+    }
     let bs = opts.block_size;
     let mut codes: Vec<i8> = Vec::new();
     // Each output column's constant and how its class applies it (one kind per config).
@@ -696,6 +704,106 @@ fn bitlinear(
         weight: weights.join(","),
     });
     Ok(out)
+}
+
+/// Linear layers whose float weights already are ternary codes times scales (no
+/// `quantization_config`): transformers computes `x @ W^T` on float activations, and so does
+/// this, exactly but for float summation order: one 2-bit `MatMulNBits` (default
+/// `accuracy_level`, float32 compute) on the recovered codes with the recovered scales as its
+/// block scales (a scale per tensor or row repeated over the row's blocks, a scale per group
+/// of `block_size` one per block).
+#[allow(clippy::too_many_arguments)]
+fn float_linear(
+    ck: &Checkpoint,
+    opts: &BuildOptions,
+    g: &mut Graph,
+    built: &mut Built,
+    name: &str,
+    x: &str,
+    layer: usize,
+    parts: &[Proj],
+) -> Result<String> {
+    let bs = opts.block_size;
+    let (mut codes, mut scales) = (Vec::new(), Vec::new());
+    let (mut n, mut k) = (0, 0);
+    let mut weights = Vec::new();
+    for &part in parts {
+        let lname = ck.linear_name(layer, part);
+        let shape = ck.linear_shape(part);
+        let t = ck.float_ternary(&lname, shape, bs)?;
+        let wname = format!("{lname}.weight");
+        let block_scales = pack::matmulnbits_scales(&t, bs)
+            .map_err(|e| BuildError::tensor(&ck.dir, &wname, e.to_string()))?;
+        *built
+            .float_granularity
+            .entry(granularity_name(t.granularity))
+            .or_insert(0) += 1;
+        built.stored_as_codes += 1;
+        built.linear_params += (t.n * t.k) as u64;
+        n += t.n;
+        k = t.k;
+        codes.extend_from_slice(&t.codes);
+        scales.extend_from_slice(&block_scales);
+        weights.push(wname);
+    }
+    let nb = k.div_ceil(bs);
+    let all = Ternary {
+        n,
+        k,
+        codes,
+        granularity: Granularity::Group(bs),
+        scales,
+        lossless: true,
+    };
+    let packed = pack::pack_matmulnbits_2bit(&all, bs)
+        .map_err(|e| BuildError::tensor(&ck.dir, &weights.join(", "), e.to_string()))?;
+    let prefix = weights.join("+").replace(".weight", "");
+    let b = g.initializer(tensor::from_raw(
+        &format!("{prefix}.qweight"),
+        DataType::Uint8,
+        &[n as i64, nb as i64, (bs / 4) as i64],
+        packed,
+    ))?;
+    let s = g.initializer(tensor::from_f32(
+        &format!("{prefix}.scales"),
+        &[n as i64, nb as i64],
+        &all.scales,
+    ))?;
+    let mm = format!("{name}/MatMulNBits");
+    let y = g
+        .node(
+            "MatMulNBits",
+            MS,
+            &mm,
+            &[x, &b, &s],
+            1,
+            &[
+                ("K", Attr::Int(k as i64)),
+                ("N", Attr::Int(n as i64)),
+                ("bits", Attr::Int(2)),
+                ("block_size", Attr::Int(bs as i64)),
+            ],
+        )
+        .remove(0);
+    built.layers.push(LayerSpec {
+        lossless: Some(true),
+        node: mm,
+        op: "MatMulNBits".into(),
+        output: y.clone(),
+        output_scale: None,
+        scaled_output: None,
+        weight: weights.join(","),
+    });
+    Ok(y)
+}
+
+/// How a float-stored ternary weight's scales were found, for the report.
+fn granularity_name(g: Granularity) -> String {
+    match g {
+        Granularity::Tensor => "per tensor".into(),
+        Granularity::Channel => "per row".into(),
+        Granularity::Group(n) => format!("per group of {n} along the input"),
+    }
 }
 
 /// Quantizes a `[V, H]` table in blocks along H, reading it a band of rows at a time.

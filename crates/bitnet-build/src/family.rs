@@ -64,6 +64,21 @@ pub enum Quantization {
     /// Read from `quantization_config` when present, else this form (the family's own code
     /// quantizes without one).
     Implied(LinearForm),
+    /// No `quantization_config`: transformers runs plain float linear layers on weights that
+    /// already are ternary codes times a scale per row (or shard of rows) or per group along
+    /// the input ([`LinearForm::FloatTernary`]). A config with one is another family.
+    Absent,
+}
+
+impl Quantization {
+    /// Whether a config with (`true`) or without a `quantization_config` can be this family.
+    fn admits(self, has_quantization_config: bool) -> bool {
+        match self {
+            Quantization::Required => has_quantization_config,
+            Quantization::Absent => !has_quantization_config,
+            Quantization::Implied(_) => true,
+        }
+    }
 }
 
 /// The values a family's transformers config class fills in for a missing key.
@@ -162,7 +177,8 @@ pub struct Family {
     pub model_type: &'static str,
     /// The `architectures` entries that select this family for its `model_type` (a config
     /// without `architectures` matches the first family of its `model_type` that accepts
-    /// it, `architecture_optional`).
+    /// it, `architecture_optional`), among the families whose [`Quantization`] admits the
+    /// config's `quantization_config` or its absence.
     pub architectures: &'static [&'static str],
     pub architecture_optional: bool,
     pub quantization: Quantization,
@@ -206,6 +222,28 @@ const LLAMA_DEFAULTS: Defaults = Defaults {
     rms_norm_eps: 1e-6,
     rope_theta: 10000.0,
     hidden_act: "silu",
+};
+
+/// transformers' `Qwen3Config` defaults (`head_dim` 128 whatever the hidden size).
+const QWEN3_DEFAULTS: Defaults = Defaults {
+    vocab_size: 151936,
+    hidden_size: 4096,
+    intermediate_size: 22016,
+    num_hidden_layers: 32,
+    num_attention_heads: 32,
+    num_key_value_heads: Some(32),
+    head_dim: Some(128),
+    max_position_embeddings: 32768,
+    rms_norm_eps: 1e-6,
+    rope_theta: 10000.0,
+    hidden_act: "silu",
+};
+
+/// Qwen3's names: Llama's, and per-head RMSNorms on the projected queries and keys.
+const QWEN3_NAMES: Names = Names {
+    q_norm: Some("self_attn.q_norm"),
+    k_norm: Some("self_attn.k_norm"),
+    ..LLAMA_LINEARS
 };
 
 /// Every family `build` reads, in the order they are tried.
@@ -278,26 +316,38 @@ pub static FAMILIES: &[Family] = &[
         architectures: &["Qwen3ForCausalLM"],
         architecture_optional: true,
         quantization: Quantization::Required,
-        // transformers' Qwen3Config.
-        defaults: Defaults {
-            vocab_size: 151936,
-            hidden_size: 4096,
-            intermediate_size: 22016,
-            num_hidden_layers: 32,
-            num_attention_heads: 32,
-            num_key_value_heads: Some(32),
-            head_dim: Some(128),
-            max_position_embeddings: 32768,
-            rms_norm_eps: 1e-6,
-            rope_theta: 10000.0,
-            hidden_act: "silu",
-        },
+        defaults: QWEN3_DEFAULTS,
         activations: &[Activation::Silu],
-        names: Names {
-            q_norm: Some("self_attn.q_norm"),
-            k_norm: Some("self_attn.k_norm"),
-            ..LLAMA_LINEARS
-        },
+        names: QWEN3_NAMES,
+        refused_flags: &[(
+            "use_sliding_window",
+            "sliding-window attention layers are not built (every layer attends to the whole context)",
+        )],
+    },
+    Family {
+        name: "llama-ternary-float",
+        recognised_by: "model_type llama, LlamaForCausalLM, no quantization_config",
+        description: "Llama-architecture ternary weights stored as floats (SpectraSuite TriLM *_Unpacked: float16 codes times a scale per shard of rows)",
+        model_type: "llama",
+        architectures: &["LlamaForCausalLM"],
+        architecture_optional: true,
+        quantization: Quantization::Absent,
+        defaults: LLAMA_DEFAULTS,
+        activations: &[Activation::Silu],
+        names: LLAMA_LINEARS,
+        refused_flags: &[],
+    },
+    Family {
+        name: "qwen3-ternary-float",
+        recognised_by: "model_type qwen3, Qwen3ForCausalLM, no quantization_config",
+        description: "Qwen3-architecture ternary weights stored as floats (prism-ml Ternary-Bonsai -unpacked: float16 codes times a scale per group of 128 along the input)",
+        model_type: "qwen3",
+        architectures: &["Qwen3ForCausalLM"],
+        architecture_optional: true,
+        quantization: Quantization::Absent,
+        defaults: QWEN3_DEFAULTS,
+        activations: &[Activation::Silu],
+        names: QWEN3_NAMES,
         refused_flags: &[(
             "use_sliding_window",
             "sliding-window attention layers are not built (every layer attends to the whole context)",
@@ -319,10 +369,12 @@ pub fn supported_list() -> String {
 pub fn recognise(
     model_type: Option<&str>,
     architectures: Option<&[String]>,
+    has_quantization_config: bool,
 ) -> Result<&'static Family, String> {
     let candidates: Vec<&Family> = FAMILIES
         .iter()
         .filter(|f| Some(f.model_type) == model_type)
+        .filter(|f| f.quantization.admits(has_quantization_config))
         .collect();
     let found = match architectures {
         None | Some([]) => candidates.iter().find(|f| f.architecture_optional),
@@ -332,9 +384,10 @@ pub fn recognise(
     };
     found.copied().ok_or_else(|| {
         format!(
-            "model_type {} with architectures {} is not a family build reads; supported: {}",
+            "model_type {} with architectures {} and {} quantization_config is not a family build reads; supported: {}",
             model_type.map_or("(missing)".to_string(), |m| format!("{m:?}")),
             architectures.map_or("(missing)".to_string(), |a| format!("{a:?}")),
+            if has_quantization_config { "a" } else { "no" },
             supported_list()
         )
     })
@@ -350,17 +403,52 @@ mod tests {
 
     #[test]
     fn recognises_each_family_by_model_type_and_architecture() {
-        for (mt, a, want) in [
-            ("bitnet", Some(archs(&["BitNetForCausalLM"])), "bitnet"),
-            ("bitnet", None, "bitnet"),
-            ("llama", Some(archs(&["LlamaForCausalLM"])), "llama-bitnet"),
-            ("llama", None, "llama-bitnet"),
-            ("llama", Some(archs(&["BitnetForCausalLM"])), "1bitllm"),
-            ("qwen3", Some(archs(&["Qwen3ForCausalLM"])), "qwen3-bitnet"),
+        for (mt, a, q, want) in [
+            (
+                "bitnet",
+                Some(archs(&["BitNetForCausalLM"])),
+                true,
+                "bitnet",
+            ),
+            ("bitnet", None, true, "bitnet"),
+            (
+                "llama",
+                Some(archs(&["LlamaForCausalLM"])),
+                true,
+                "llama-bitnet",
+            ),
+            ("llama", None, true, "llama-bitnet"),
+            (
+                "llama",
+                Some(archs(&["BitnetForCausalLM"])),
+                false,
+                "1bitllm",
+            ),
+            (
+                "llama",
+                Some(archs(&["BitnetForCausalLM"])),
+                true,
+                "1bitllm",
+            ),
+            (
+                "qwen3",
+                Some(archs(&["Qwen3ForCausalLM"])),
+                true,
+                "qwen3-bitnet",
+            ),
+            (
+                "llama",
+                Some(archs(&["LlamaForCausalLM"])),
+                false,
+                "llama-ternary-float",
+            ),
+            ("qwen3", None, false, "qwen3-ternary-float"),
         ] {
-            let f = recognise(Some(mt), a.as_deref()).unwrap();
-            assert_eq!(f.name, want, "{mt} {a:?}");
+            let f = recognise(Some(mt), a.as_deref(), q).unwrap();
+            assert_eq!(f.name, want, "{mt} {a:?} {q}");
         }
+        // BitNet without its quantization_config is no family.
+        assert!(recognise(Some("bitnet"), None, false).is_err());
     }
 
     #[test]
@@ -373,7 +461,7 @@ mod tests {
             ),
             (None, None),
         ] {
-            let e = recognise(mt, a.as_deref()).unwrap_err();
+            let e = recognise(mt, a.as_deref(), true).unwrap_err();
             assert!(
                 e.contains(&format!("{mt:?}").replace("Some(", "").replace(')', ""))
                     || mt.is_none()

@@ -131,6 +131,9 @@ pub struct BuildReport {
     pub linear_weights_stored_as_codes: usize,
     /// Linear weights ternarised from master weights with transformers' `WeightQuant`.
     pub linear_weights_ternarised: usize,
+    /// Float-stored ternary weights (no `quantization_config`) by how their scales were found
+    /// (`per tensor`, `per row`, `per group of G along the input`); empty otherwise.
+    pub float_ternary_scales: std::collections::BTreeMap<String, usize>,
     pub linear_params: u64,
     pub matmulnbits_layers: usize,
     pub activations: String,
@@ -148,6 +151,18 @@ pub const TARGET: &str = "ort-genai";
 
 /// What the activations of the ternary layers compute, as recorded in the metadata.
 pub const ACTIVATIONS: &str = "bitnet per-token int8 (absmax 127), exact: MatMulNBits accuracy_level 4 on BitNet's int8 codes with a reserved 127 slot per block";
+
+/// The same for float-stored ternary weights (no `quantization_config`): transformers runs
+/// them as float linear layers, and so does the graph.
+pub const FLOAT_ACTIVATIONS: &str = "float32, as the checkpoint's float linear layers compute them: MatMulNBits (float32 compute) on the recovered ternary codes with the recovered scales as block scales";
+
+/// What the activations of `form`'s layers compute.
+pub fn activations(form: LinearForm) -> &'static str {
+    match form {
+        LinearForm::FloatTernary => FLOAT_ACTIVATIONS,
+        _ => ACTIVATIONS,
+    }
+}
 
 /// The tokenizer files copied when present (onnxruntime-genai reads `tokenizer.json` and
 /// `tokenizer_config.json`).
@@ -245,9 +260,10 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
         tied_embeddings: c.tie_word_embeddings,
         linear_weights_stored_as_codes: built.stored_as_codes,
         linear_weights_ternarised: built.ternarised,
+        float_ternary_scales: built.float_granularity.clone(),
         linear_params: built.linear_params,
         matmulnbits_layers: built.layers.len(),
-        activations: ACTIVATIONS.into(),
+        activations: activations(c.linear).into(),
         tables: built.tables,
         table_shared: built.table_shared,
         model_bytes: saved.model_bytes,
@@ -316,7 +332,11 @@ fn record(model: &mut ModelProto, ck: &Checkpoint, opts: &BuildOptions, built: &
     metadata::set(model, metadata::VERSION, env!("CARGO_PKG_VERSION").into());
     metadata::set(model, metadata::TARGET, TARGET.into());
     metadata::set(model, metadata::FLAGS, format!("build {}", opts.flags()));
-    metadata::set(model, metadata::ACTIVATIONS, ACTIVATIONS.into());
+    metadata::set(
+        model,
+        metadata::ACTIVATIONS,
+        activations(ck.config.linear).into(),
+    );
     metadata::set(model, metadata::LAYERS, metadata::to_json(&built.layers));
     if !built.tables.is_empty() {
         metadata::set(model, metadata::TABLES, metadata::to_json(&built.tables));

@@ -134,6 +134,17 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
         report.linear_weights_stored_as_codes,
         report.linear_weights_ternarised
     );
+    if !report.float_ternary_scales.is_empty() {
+        let found: Vec<String> = report
+            .float_ternary_scales
+            .iter()
+            .map(|(how, n)| format!("{n} {how}"))
+            .collect();
+        println!(
+            "  float-stored ternary weights, codes and scales recovered exactly: {}",
+            found.join(", ")
+        );
+    }
     println!("  activations: {}", report.activations);
     for t in &report.tables {
         println!(

@@ -213,6 +213,126 @@ fn qwen3(dir: &Path, name: &str) -> PathBuf {
     )
 }
 
+fn f32_of(t: &T) -> Vec<f32> {
+    match t.dtype.as_str() {
+        "F32" => t
+            .data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        "BF16" => t
+            .data
+            .chunks_exact(2)
+            .map(|b| f32::from_bits((u16::from_le_bytes(b.try_into().unwrap()) as u32) << 16))
+            .collect(),
+        d => panic!("dtype {d}"),
+    }
+}
+
+fn matrix(values: Vec<f32>, out: usize, k: usize) -> T {
+    T {
+        shape: vec![out as u64, k as u64],
+        ..f32_tensor(&values)
+    }
+}
+
+/// transformers' packed BitLinear weight `[out/4, in]` as codes `[out][in]`: row `r` of the
+/// output is bits `2 * (r / (out/4))` of packed row `r % (out/4)`, minus 1.
+fn unpack(t: &T) -> (Vec<f32>, usize, usize) {
+    let (rows, k) = (t.shape[0] as usize, t.shape[1] as usize);
+    let out = rows * 4;
+    let mut codes = vec![0f32; out * k];
+    for r in 0..out {
+        let (src, shift) = (r % rows, 2 * (r / rows));
+        for c in 0..k {
+            codes[r * k + c] = ((t.data[src * k + c] >> shift) & 3) as f32 - 1.0;
+        }
+    }
+    (codes, out, k)
+}
+
+/// The TriLM unpacked layout from the packed sample: LlamaForCausalLM without a
+/// quantization_config, each linear weight stored as float codes times one scale per shard of
+/// rows (4 shards of different scales), no sub-norms, SiLU.
+fn trilm(dir: &Path, name: &str) -> PathBuf {
+    fixture(
+        dir,
+        name,
+        "packed",
+        |t| {
+            drop_matching(t, "attn_sub_norm");
+            drop_matching(t, "ffn_sub_norm");
+            let scales: Vec<(String, f32)> = t
+                .iter()
+                .filter(|(n, _)| n.ends_with(".weight_scale"))
+                .map(|(n, v)| (n.trim_end_matches("_scale").to_string(), f32_of(v)[0]))
+                .collect();
+            drop_matching(t, ".weight_scale");
+            for (wname, ws) in scales {
+                let i = t.iter().position(|(n, _)| *n == wname).unwrap();
+                let (codes, out, k) = unpack(&t[i].1);
+                let shard = out / 4;
+                let w: Vec<f32> = codes
+                    .iter()
+                    .enumerate()
+                    .map(|(j, c)| c / ws * [1.0, 1.5, 0.75, 2.0][(j / k) / shard])
+                    .collect();
+                t[i].1 = matrix(w, out, k);
+            }
+        },
+        |c| {
+            c["model_type"] = "llama".into();
+            c["architectures"] = json!(["LlamaForCausalLM"]);
+            c["hidden_act"] = "silu".into();
+            c.as_object_mut().unwrap().remove("quantization_config");
+        },
+    )
+}
+
+/// The Ternary-Bonsai unpacked layout from the master-weight sample: Qwen3ForCausalLM without
+/// a quantization_config, each linear weight absmean-ternarised per group of 128 along the
+/// input and stored as float codes times the group's scale, q/k norms, SiLU.
+fn bonsai(dir: &Path, name: &str) -> PathBuf {
+    fixture(
+        dir,
+        name,
+        "bf16",
+        |t| {
+            drop_matching(t, "attn_sub_norm");
+            drop_matching(t, "ffn_sub_norm");
+            for (n, v) in t.iter_mut() {
+                if !n.contains("_proj.weight") {
+                    continue;
+                }
+                let (out, k) = (v.shape[0] as usize, v.shape[1] as usize);
+                let mut w = f32_of(v);
+                for r in 0..out {
+                    for g in (0..k).step_by(128) {
+                        let grp = &mut w[r * k + g..r * k + (g + 128).min(k)];
+                        let a = grp.iter().map(|x| x.abs()).sum::<f32>() / grp.len() as f32;
+                        for x in grp.iter_mut() {
+                            *x = (*x / a).round().clamp(-1.0, 1.0) * a;
+                        }
+                    }
+                }
+                *v = matrix(w, out, k);
+            }
+            for l in 0..2 {
+                let a = format!("model.layers.{l}.self_attn");
+                t.push((format!("{a}.q_norm.weight"), f32_tensor(&[1.0; 32])));
+                t.push((format!("{a}.k_norm.weight"), f32_tensor(&[1.0; 32])));
+            }
+        },
+        |c| {
+            c["model_type"] = "qwen3".into();
+            c["architectures"] = json!(["Qwen3ForCausalLM"]);
+            c["hidden_act"] = "silu".into();
+            c["head_dim"] = 32.into();
+            c.as_object_mut().unwrap().remove("quantization_config");
+        },
+    )
+}
+
 /// `genai_smoke.py`: each folder loads in onnxruntime-genai and generates.
 fn smoke(folders: &[&Path]) {
     let out = Command::new(python())
@@ -260,6 +380,18 @@ fn every_family_layout_builds_and_generates() {
             "default",
         ),
         (qwen3(dir.path(), "qwen3"), "qwen3-bitnet", "silu", "yarn"),
+        (
+            trilm(dir.path(), "trilm"),
+            "llama-ternary-float",
+            "silu",
+            "default",
+        ),
+        (
+            bonsai(dir.path(), "bonsai"),
+            "qwen3-ternary-float",
+            "silu",
+            "default",
+        ),
     ];
     let mut outs = Vec::new();
     for (ck, family, act, rope) in &cases {
@@ -288,6 +420,20 @@ fn every_family_layout_builds_and_generates() {
             "{j}"
         );
         assert_eq!(inspect_family(&out), *family);
+        // Float-stored weights: codes and scales recovered exactly, by the layout's scales.
+        let found = j["float_ternary_scales"].as_object().unwrap();
+        match *family {
+            "llama-ternary-float" => assert_eq!(found.get("per row"), Some(&json!(14)), "{j}"),
+            // A group of 128 along an input of 128 is the whole row: found per row.
+            "qwen3-ternary-float" => assert_eq!(
+                found,
+                json!({"per row": 12, "per group of 128 along the input": 2})
+                    .as_object()
+                    .unwrap(),
+                "{j}"
+            ),
+            _ => assert!(found.is_empty(), "{j}"),
+        }
         outs.push(out);
     }
     let refs: Vec<&Path> = outs.iter().map(PathBuf::as_path).collect();
@@ -417,7 +563,29 @@ fn refuses_by_name_and_writes_nothing() {
             ],
         ),
         (
-            "llama without quantization_config",
+            "float weights that are not ternary",
+            Box::new(|d| {
+                let ck = bonsai(d, "ck");
+                let st = ck.join("model.safetensors");
+                let mut t = read_tensors(&st);
+                let i = t
+                    .iter()
+                    .position(|(n, _)| n == "model.layers.1.mlp.down_proj.weight")
+                    .unwrap();
+                let mut w = f32_of(&t[i].1);
+                w[5] *= 1.001;
+                t[i].1 = matrix(w, 128, 344);
+                write_tensors(&st, &t);
+                ck
+            }),
+            vec![
+                "model.layers.1.mlp.down_proj.weight",
+                "not ternary",
+                "per group of 128",
+            ],
+        ),
+        (
+            "packed llama without quantization_config",
             Box::new(|d| {
                 let ck = llama(d, "ck");
                 let p = ck.join("config.json");
@@ -426,7 +594,11 @@ fn refuses_by_name_and_writes_nothing() {
                 std::fs::write(&p, serde_json::to_vec(&c).unwrap()).unwrap();
                 ck
             }),
-            vec!["config.json", "quantization_config", "llama-bitnet"],
+            vec![
+                "model.safetensors",
+                "model.layers.0.self_attn.q_proj.weight",
+                "packed uint8 weights without a quantization_config",
+            ],
         ),
         (
             "relu2 on a llama",
