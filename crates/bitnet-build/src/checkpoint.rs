@@ -54,7 +54,15 @@ impl Checkpoint {
                 "no config.json in the checkpoint directory",
             ));
         }
-        let config = Config::read(&config_path)?;
+        let mut config = Config::read(&config_path)?;
+        let generation = dir.join("generation_config.json");
+        if generation.is_file() {
+            for id in generation_eos(&generation, config.vocab_size)? {
+                if !config.eos_token_ids.contains(&id) {
+                    config.eos_token_ids.push(id);
+                }
+            }
+        }
         let tensors = Tensors::open(dir)?;
         let ck = Checkpoint {
             dir: dir.to_path_buf(),
@@ -380,6 +388,34 @@ impl Checkpoint {
             stored_as_codes: stored,
         })
     }
+}
+
+/// The end-of-sequence ids of `generation_config.json` (an id or a list; none when absent).
+/// transformers' `generate` stops on these, which may be more than config.json's (chat
+/// models add their end-of-turn token there), so onnxruntime-genai is told about both.
+fn generation_eos(path: &Path, vocab_size: usize) -> Result<Vec<i64>> {
+    let bytes = crate::files::read_capped(path, crate::files::MAX_CONFIG_BYTES)?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        BuildError::config(
+            path,
+            format!("not a JSON object: {}", crate::error::json_error(&e)),
+        )
+    })?;
+    let ids = match v.get("eos_token_id") {
+        None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
+        Some(serde_json::Value::Array(a)) => a.iter().map(|x| x.as_i64()).collect(),
+        Some(x) => x.as_i64().map(|i| vec![i]),
+    };
+    let ids = ids.ok_or_else(|| {
+        BuildError::config(path, "`eos_token_id` must be a token id or a list of them")
+    })?;
+    if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= vocab_size) {
+        return Err(BuildError::config(
+            path,
+            format!("`eos_token_id` {bad} is outside the vocabulary (vocab_size {vocab_size})"),
+        ));
+    }
+    Ok(ids)
 }
 
 /// How a layer's class turns the integer product `y = q . codes` (int8 activation codes `q`,

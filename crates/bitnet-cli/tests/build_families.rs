@@ -632,3 +632,35 @@ fn refuses_by_name_and_writes_nothing() {
         assert!(left.is_empty(), "{what}: left behind {left:?}");
     }
 }
+
+/// `generation_config.json`'s end-of-sequence ids (where chat models add their end-of-turn
+/// token, and what transformers' `generate` stops on) join config.json's in genai_config.json;
+/// one outside the vocabulary is refused naming the file.
+#[test]
+fn generation_config_eos_ids_reach_genai_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = llama(dir.path(), "ck");
+    let p = ck.join("generation_config.json");
+    let mut g: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    g["eos_token_id"] = json!([7, 511]);
+    std::fs::write(&p, serde_json::to_vec(&g).unwrap()).unwrap();
+    let out = dir.path().join("out");
+    let r = build(&ck, &out, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let genai: Value =
+        serde_json::from_slice(&std::fs::read(out.join("genai_config.json")).unwrap()).unwrap();
+    assert_eq!(genai["model"]["eos_token_id"], json!([511, 7]));
+    // The pad id (the first EOS without a pad_token_id) stays config.json's.
+    assert_eq!(genai["model"]["pad_token_id"], json!(511));
+    g["eos_token_id"] = json!(512);
+    std::fs::write(&p, serde_json::to_vec(&g).unwrap()).unwrap();
+    let out = dir.path().join("out2");
+    let r = build(&ck, &out, &[]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("generation_config.json") && err.contains("eos_token_id"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
