@@ -24,6 +24,10 @@
 //!   per-head RMSNorms `self_attn.q_norm` / `self_attn.k_norm` (head_dim weights, the config's
 //!   `rms_norm_eps`) on the projected queries and keys before the rotary embedding, no
 //!   sub-norms, SiLU, `head_dim` 128 by default whatever the hidden size.
+//! * `LlamaForCausalLM` / `Qwen3ForCausalLM` without a `quantization_config` (SpectraSuite
+//!   TriLM `*_Unpacked`, prism-ml Ternary-Bonsai `-unpacked`): transformers runs float linear
+//!   layers, on weights that already are ternary codes times a scale per shard of rows (TriLM)
+//!   or per group of 128 along the input (Bonsai); `build` recovers them exactly.
 
 use crate::config::LinearForm;
 
@@ -169,8 +173,6 @@ impl Names {
 pub struct Family {
     /// The name `build` reports and records (`bitnet_onnx.family`).
     pub name: &'static str,
-    /// What it is (the checkpoints it covers), for docs and `--help`.
-    pub description: &'static str,
     /// How it is recognised, in a few words, for the list of supported families in a refusal.
     pub recognised_by: &'static str,
     /// `config.json`'s `model_type`.
@@ -251,7 +253,7 @@ pub static FAMILIES: &[Family] = &[
     Family {
         name: "bitnet",
         recognised_by: "model_type bitnet, BitNetForCausalLM",
-        description: "transformers BitNet (BitNetForCausalLM: microsoft/bitnet-b1.58-2B-4T and its -bf16 master weights)",
+        // transformers BitNet (BitNetForCausalLM: microsoft/bitnet-b1.58-2B-4T and its -bf16 master weights)
         model_type: "bitnet",
         architectures: &["BitNetForCausalLM"],
         architecture_optional: true,
@@ -281,7 +283,7 @@ pub static FAMILIES: &[Family] = &[
     Family {
         name: "llama-bitnet",
         recognised_by: "model_type llama, LlamaForCausalLM, quant_method bitnet",
-        description: "Llama-architecture BitNet (LlamaForCausalLM with quant_method bitnet: tiiuae Falcon3-*-1.58bit, HF1BitLLM Llama3-8B-1.58, tiiuae Falcon-E)",
+        // Llama-architecture BitNet (LlamaForCausalLM with quant_method bitnet: tiiuae Falcon3-*-1.58bit, HF1BitLLM Llama3-8B-1.58, tiiuae Falcon-E)
         model_type: "llama",
         architectures: &["LlamaForCausalLM"],
         architecture_optional: true,
@@ -294,7 +296,7 @@ pub static FAMILIES: &[Family] = &[
     Family {
         name: "1bitllm",
         recognised_by: "model_type llama, BitnetForCausalLM",
-        description: "1bitLLM bitnet_b1_58 (BitnetForCausalLM, model_type llama, remote code: float master weights ternarised by absmean at run time, sub-norms inner_attn_ln / ffn_layernorm)",
+        // 1bitLLM bitnet_b1_58 (BitnetForCausalLM, model_type llama, remote code: float master weights ternarised by absmean at run time, sub-norms inner_attn_ln / ffn_layernorm)
         model_type: "llama",
         architectures: &["BitnetForCausalLM"],
         architecture_optional: false,
@@ -311,7 +313,7 @@ pub static FAMILIES: &[Family] = &[
     Family {
         name: "qwen3-bitnet",
         recognised_by: "model_type qwen3, Qwen3ForCausalLM, quant_method bitnet",
-        description: "Qwen3-architecture BitNet (Qwen3ForCausalLM with quant_method bitnet: codys12's Qwen3 BitNet models; per-head q_norm / k_norm)",
+        // Qwen3-architecture BitNet (Qwen3ForCausalLM with quant_method bitnet: codys12's Qwen3 BitNet models; per-head q_norm / k_norm)
         model_type: "qwen3",
         architectures: &["Qwen3ForCausalLM"],
         architecture_optional: true,
@@ -327,7 +329,7 @@ pub static FAMILIES: &[Family] = &[
     Family {
         name: "llama-ternary-float",
         recognised_by: "model_type llama, LlamaForCausalLM, no quantization_config",
-        description: "Llama-architecture ternary weights stored as floats (SpectraSuite TriLM *_Unpacked: float16 codes times a scale per shard of rows)",
+        // Llama-architecture ternary weights stored as floats (SpectraSuite TriLM *_Unpacked: float16 codes times a scale per shard of rows)
         model_type: "llama",
         architectures: &["LlamaForCausalLM"],
         architecture_optional: true,
@@ -340,7 +342,7 @@ pub static FAMILIES: &[Family] = &[
     Family {
         name: "qwen3-ternary-float",
         recognised_by: "model_type qwen3, Qwen3ForCausalLM, no quantization_config",
-        description: "Qwen3-architecture ternary weights stored as floats (prism-ml Ternary-Bonsai -unpacked: float16 codes times a scale per group of 128 along the input)",
+        // Qwen3-architecture ternary weights stored as floats (prism-ml Ternary-Bonsai -unpacked: float16 codes times a scale per group of 128 along the input)
         model_type: "qwen3",
         architectures: &["Qwen3ForCausalLM"],
         architecture_optional: true,
