@@ -177,10 +177,13 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
     let intermediate_size = uint("intermediate_size", Some(d.intermediate_size))?;
     let num_layers = uint("num_hidden_layers", Some(d.num_hidden_layers))?;
     let num_heads = uint("num_attention_heads", Some(d.num_attention_heads))?;
-    let num_kv_heads = uint(
-        "num_key_value_heads",
-        Some(d.num_key_value_heads.unwrap_or(num_heads)),
-    )?;
+    // Missing: the config class's default; `null`: as many as the attention heads (its
+    // `__post_init__`).
+    let kv_default = match o.get("num_key_value_heads") {
+        Some(Value::Null) => num_heads,
+        _ => d.num_key_value_heads.unwrap_or(num_heads),
+    };
+    let num_kv_heads = uint("num_key_value_heads", Some(kv_default))?;
     let max_position_embeddings = uint("max_position_embeddings", Some(d.max_position_embeddings))?;
     if max_position_embeddings > MAX_CONTEXT {
         return Err(unsupported(
@@ -626,6 +629,14 @@ mod tests {
         assert_eq!(c.family.name, "qwen3-bitnet");
         // Qwen3Config's head_dim is 128 whatever hidden_size / heads.
         assert_eq!((c.head_dim, c.linear_norm_eps), (128, Some(1e-5)));
+        // BitNetConfig: 5 KV heads when the key is missing, as many as the heads when null.
+        let mut base = serde_json::json!({"model_type": "bitnet", "hidden_size": 320,
+            "num_attention_heads": 20, "quantization_config": {"quant_method": "bitnet"}});
+        let c = parse(Path::new("config.json"), base.as_object().unwrap()).unwrap();
+        assert_eq!((c.num_heads, c.num_kv_heads), (20, 5));
+        base["num_key_value_heads"] = Value::Null;
+        let c = parse(Path::new("config.json"), base.as_object().unwrap()).unwrap();
+        assert_eq!(c.num_kv_heads, 20);
         let c = cfg(serde_json::json!({"quantization_config": {"quant_method": "bitnet", "use_rms_norm": true}}))
             .unwrap();
         assert_eq!(c.linear_norm_eps, Some(1e-6));

@@ -93,7 +93,8 @@ pub struct Defaults {
     pub intermediate_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
-    /// `None`: as many as `num_attention_heads`.
+    /// `None`: as many as `num_attention_heads`. An explicit `null` in config.json is always
+    /// as many as `num_attention_heads` (the config classes' `__post_init__`).
     pub num_key_value_heads: Option<usize>,
     /// `None`: `hidden_size / num_attention_heads`.
     pub head_dim: Option<usize>,
@@ -265,7 +266,7 @@ pub static FAMILIES: &[Family] = &[
             intermediate_size: 6912,
             num_hidden_layers: 30,
             num_attention_heads: 20,
-            num_key_value_heads: None,
+            num_key_value_heads: Some(5),
             head_dim: None,
             max_position_embeddings: 2048,
             rms_norm_eps: 1e-5,
