@@ -664,3 +664,76 @@ fn generation_config_eos_ids_reach_genai_config() {
     );
     assert!(!out.exists());
 }
+
+/// The trained checkpoints of each family (samples/checkpoints/families, written by
+/// samples/generate_families.py with transformers' own classes) and the family `build` must
+/// recognise in each.
+const TRAINED: &[(&str, &str)] = &[("llama_bitlinear", "llama-bitnet")];
+
+/// Each trained family checkpoint built with float tables, then with the default int8 tables,
+/// and checked in onnxruntime-genai against transformers' references
+/// (`tests/python/build_family.py`: og.Tokenizer gives transformers' ids; greedy tokens are
+/// transformers' up to the first step whose top-two margin is 0.1 or less; validation loss on
+/// the held-out rows within 0.01% (float tables) or 0.1% (int8) of transformers', argmax
+/// agreement at least 99.5% (99% int8) and 100% where transformers' margin exceeds 0.1), and
+/// the first-step logits with float tables within 2e-6 of the largest (the layers' integer
+/// products are exact; what is left is float rounding in the norms, attention and head).
+#[test]
+fn trained_families_match_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = workspace().join("samples/checkpoints/expected/families");
+    for (name, family) in TRAINED {
+        let ck = workspace().join("samples/checkpoints/families").join(name);
+        for (tables, loss, top1) in [("float", "1e-4", "0.995"), ("int8", "1e-3", "0.99")] {
+            let out = dir.path().join(format!("{name}-{tables}"));
+            let r = bin()
+                .arg("build")
+                .arg(&ck)
+                .arg("-o")
+                .arg(&out)
+                .args(["--embeddings", tables, "--head", tables, "--logits", "all"])
+                .arg("--json")
+                .output()
+                .unwrap();
+            assert!(
+                r.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            let j: Value = serde_json::from_slice(&r.stdout).unwrap();
+            assert_eq!(j["family"].as_str(), Some(*family), "{name}: {j}");
+            let o = Command::new(python())
+                .arg(workspace().join("tests/python/build_family.py"))
+                .arg(&out)
+                .arg(expected.join(format!("{name}.json")))
+                .arg(expected.join(format!("{name}_val.json")))
+                .args(["--max-loss-rel", loss, "--min-top1", top1])
+                .output()
+                .unwrap();
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+                panic!(
+                    "{name} {tables}: build_family.py: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            });
+            eprintln!("{name} {tables}: {}", v["validation"]);
+            assert!(
+                o.status.success() && v["ok"] == true,
+                "{name} {tables}: {}",
+                v["failures"]
+            );
+            if tables == "float" {
+                for p in v["prompts"].as_array().unwrap() {
+                    let (diff, scale) = (
+                        p["first_step_max_abs"].as_f64().unwrap(),
+                        p["first_step_ref_max_abs"].as_f64().unwrap(),
+                    );
+                    assert!(
+                        diff <= 2e-6 * scale,
+                        "{name}: first-step logits differ by {diff} (largest {scale})"
+                    );
+                }
+            }
+        }
+    }
+}
