@@ -769,8 +769,8 @@ def write_manifest_section(name: str, r: dict) -> None:
         f"- model.safetensors sha256 `{sha(os.path.join(path, 'model.safetensors'))}`; tensors (`N` = 0, 1):",
         *gc.tensor_table(r["tensors"]),
         f"- transformers built: {json.dumps(r['classes'])}.",
-        f"- Training: {STEPS} steps of {gc.BATCH} x {gc.SEQ} tokens, {r['seconds']:.0f} s on {THREADS} thread(s) "
-        f"(seed {fam['seed']}):",
+        f"- Training: {STEPS} steps of {gc.BATCH} x {gc.SEQ} tokens on {THREADS} thread(s) (seed {fam['seed']}; "
+        "the time it took is printed, not recorded, so that the file regenerates byte for byte):",
         *[f"  - {line}" for line in r["log"]],
         f"  - final: validation loss {r['final_val']:.4f} (32 held-out rows, the trained float32 model).",
         f"- The folder loaded back vs the trained model (float32 masters, AutoBitLinear online), logits of 8 "
