@@ -668,7 +668,10 @@ fn generation_config_eos_ids_reach_genai_config() {
 /// The trained checkpoints of each family (samples/checkpoints/families, written by
 /// samples/generate_families.py with transformers' own classes) and the family `build` must
 /// recognise in each.
-const TRAINED: &[(&str, &str)] = &[("llama_bitlinear", "llama-bitnet")];
+const TRAINED: &[(&str, &str)] = &[
+    ("llama_bitlinear", "llama-bitnet"),
+    ("trilm_unpacked", "llama-ternary-float"),
+];
 
 /// Each trained family checkpoint built with float tables, then with the default int8 tables,
 /// and checked in onnxruntime-genai against transformers' references
