@@ -671,6 +671,7 @@ fn generation_config_eos_ids_reach_genai_config() {
 const TRAINED: &[(&str, &str)] = &[
     ("llama_bitlinear", "llama-bitnet"),
     ("trilm_unpacked", "llama-ternary-float"),
+    ("qwen3_autobitlinear", "qwen3-bitnet"),
 ];
 
 /// Each trained family checkpoint built with float tables, then with the default int8 tables,
