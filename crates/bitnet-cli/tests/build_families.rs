@@ -672,6 +672,7 @@ const TRAINED: &[(&str, &str)] = &[
     ("llama_bitlinear", "llama-bitnet"),
     ("trilm_unpacked", "llama-ternary-float"),
     ("qwen3_autobitlinear", "qwen3-bitnet"),
+    ("onebitllm", "1bitllm"),
 ];
 
 /// Each trained family checkpoint built with float tables, then with the default int8 tables,
