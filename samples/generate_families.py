@@ -356,6 +356,8 @@ def train(name: str, fam: dict, train_ids: torch.Tensor, val_ids: torch.Tensor) 
     linears = [m for m in model.modules() if isinstance(m, AutoBitLinear)]
     assert len(linears) == 7 * config["num_hidden_layers"] and all(m.online_quant for m in linears), name
     assert all((m.rms_norm is not None) == bool(config["quantization_config"].get("use_rms_norm")) for m in linears)
+    if name == "bonsai_unpacked":
+        ternary_embedding(model)
     model.train()
     opt, sched = generate_trained_lm.optimizer(model, STEPS, LR, WARMUP, WEIGHT_DECAY)
     log, running, start = [], 0.0, time.perf_counter()
@@ -374,10 +376,43 @@ def train(name: str, fam: dict, train_ids: torch.Tensor, val_ids: torch.Tensor) 
             log.append(line)
             running = 0.0
     seconds = time.perf_counter() - start
+    if name == "bonsai_unpacked":
+        from torch.nn.utils import parametrize
+
+        for m in (model.model.embed_tokens, model.lm_head):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+        assert model.lm_head.weight is model.model.embed_tokens.weight
     trained = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     if config["tie_word_embeddings"]:
         trained.pop("lm_head.weight", None)
     return trained, log, seconds, gc.val_loss(model, val_ids)
+
+
+class GroupTernary(torch.nn.Module):
+    """Bonsai's rule as a straight-through parametrization: per row and group of BONSAI_GROUP
+    columns, s = mean|W_group| (clamped at 1e-5), W -> round(W / s) clamped to [-1, 1] times s;
+    the gradient passes through unchanged (as WeightQuant's does)."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        rows, cols = w.shape
+        g = w.reshape(rows, cols // BONSAI_GROUP, BONSAI_GROUP)
+        s = g.abs().mean(-1, keepdim=True).clamp(min=1e-5)
+        q = ((g / s).round().clamp(-1, 1) * s).reshape(rows, cols)
+        return w + (q - w).detach()
+
+
+def ternary_embedding(model) -> None:
+    """Trains Bonsai's ternary embedding and tied head: transformers has no quantized embedding
+    class, so both modules get GroupTernary on the one weight they share (registered on each,
+    the shared Parameter stays one: the tie and the optimizer's single copy are kept)."""
+    from torch.nn.utils import parametrize
+
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    weight = model.model.embed_tokens.weight
+    for m in (model.model.embed_tokens, model.lm_head):
+        parametrize.register_parametrization(m, "weight", GroupTernary())
+    assert model.model.embed_tokens.parametrizations.weight.original is weight
+    assert model.lm_head.parametrizations.weight.original is weight
 
 
 # --------------------------------------------------------------------------- layouts
@@ -849,8 +884,10 @@ DESCRIPTIONS = {
         f"row and group of {BONSAI_GROUP} input columns, stored as code * s in float16 (s rounded to float16 "
         "first). q_norm / k_norm, head_dim 64, Qwen3's tokenizer layout as in qwen3_autobitlinear. "
         "Reference: transformers' float forward (float activations). Trained with AutoBitLinear online "
-        "(per-tensor scale, int8 activations, float embedding) and re-ternarised per group for the folder, "
-        "the embedding after training."
+        "(per-tensor scale, int8 activations) and the embedding / tied head ternarised per group in every "
+        "forward (a straight-through parametrization, GroupTernary: transformers has no quantized "
+        "embedding); the linears re-ternarised per group for the folder. The comparison with the trained "
+        "model below is against its float embedding (the parametrization removed)."
     ),
 }
 
