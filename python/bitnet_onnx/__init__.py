@@ -358,12 +358,14 @@ def build(
     logits: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Build an onnxruntime-genai model folder from a transformers BitNet checkpoint.
+    """Build an onnxruntime-genai model folder from a transformers checkpoint of a ternary
+    model family (BitNet, Llama or Qwen3 with BitNet quantization, 1bitLLM, float-stored
+    ternary Llama / Qwen3; docs/families.md).
 
     `checkpoint` is a local directory or, with the ``bitnet-onnx[hub]`` extra, a Hugging Face
     Hub id such as ``"microsoft/bitnet-b1.58-2B-4T"`` (resolved through the local Hub cache,
     downloading what is missing). Runs ``bitnet-onnx build CHECKPOINT -o OUTPUT --json`` and
-    returns its report (layers, sizes, tensors, ``seconds``).
+    returns its report (the family recognised, layers, sizes, tensors, ``seconds``).
 
     Raises BadInputError for a bad checkpoint (nothing is written) and HubError for an id that
     cannot be resolved.

@@ -26,9 +26,12 @@ impl From<Table> for TableMode {
 
 #[derive(clap::Args, Debug)]
 pub struct BuildArgs {
-    /// A transformers BitNet checkpoint directory (config.json, model.safetensors or sharded
-    /// model-*.safetensors with their index, tokenizer files): the packed form of
-    /// microsoft/bitnet-b1.58-2B-4T or the master weights of its -bf16 form.
+    /// A transformers checkpoint directory of a ternary model (config.json, model.safetensors
+    /// or sharded model-*.safetensors with their index, tokenizer files): BitNetForCausalLM
+    /// (microsoft/bitnet-b1.58-2B-4T, packed or -bf16), Llama with quant_method bitnet
+    /// (Falcon3-1.58bit, Llama3-8B-1.58, Falcon-E), Qwen3 with quant_method bitnet, 1bitLLM
+    /// bitnet_b1_58, or float-stored ternary Llama / Qwen3 (TriLM, Ternary-Bonsai unpacked);
+    /// the family is recognised from config.json (docs/families.md).
     pub checkpoint: PathBuf,
     /// The model folder to write (must not exist, or be empty): model.onnx, model.onnx.data,
     /// genai_config.json and the tokenizer files.
