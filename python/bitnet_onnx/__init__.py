@@ -360,7 +360,9 @@ def build(
     for_: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Build an onnxruntime-genai model folder from a transformers BitNet checkpoint.
+    """Build an onnxruntime-genai model folder from a transformers checkpoint of a ternary
+    model family (BitNet, Llama or Qwen3 with BitNet quantization, 1bitLLM, float-stored
+    ternary Llama / Qwen3; docs/families.md).
 
     ``for_="web"`` is ``bitnet-onnx build --for web``: the folder Transformers.js and
     onnxruntime-web load (``onnx/model_q2.onnx``), which onnxruntime-genai loads too.
@@ -368,7 +370,7 @@ def build(
     `checkpoint` is a local directory or, with the ``bitnet-onnx[hub]`` extra, a Hugging Face
     Hub id such as ``"microsoft/bitnet-b1.58-2B-4T"`` (resolved through the local Hub cache,
     downloading what is missing). Runs ``bitnet-onnx build CHECKPOINT -o OUTPUT --json`` and
-    returns its report (layers, sizes, tensors, ``seconds``).
+    returns its report (the family recognised, layers, sizes, tensors, ``seconds``).
 
     Raises BadInputError for a bad checkpoint (nothing is written) and HubError for an id that
     cannot be resolved.

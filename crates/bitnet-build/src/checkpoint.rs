@@ -5,14 +5,23 @@
 use std::path::{Path, PathBuf};
 
 use bitnet_math::hf;
+use bitnet_math::quant::Ternary;
 
 use crate::config::{Config, LinearForm};
 use crate::error::{BuildError, Result};
+use crate::family::{Names, Proj};
 use crate::safetensors::{Dtype, TensorInfo, Tensors};
 
-/// The linear layers of one decoder layer, by their transformers names.
-pub const ATTENTION: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
-pub const MLP: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+/// The linear layers of one decoder layer.
+pub const PROJECTIONS: [Proj; 7] = [
+    Proj::Q,
+    Proj::K,
+    Proj::V,
+    Proj::O,
+    Proj::Gate,
+    Proj::Up,
+    Proj::Down,
+];
 
 pub struct Checkpoint {
     pub dir: PathBuf,
@@ -45,7 +54,15 @@ impl Checkpoint {
                 "no config.json in the checkpoint directory",
             ));
         }
-        let config = Config::read(&config_path)?;
+        let mut config = Config::read(&config_path)?;
+        let generation = dir.join("generation_config.json");
+        if generation.is_file() {
+            for id in generation_eos(&generation, config.vocab_size)? {
+                if !config.eos_token_ids.contains(&id) {
+                    config.eos_token_ids.push(id);
+                }
+            }
+        }
         let tensors = Tensors::open(dir)?;
         let ck = Checkpoint {
             dir: dir.to_path_buf(),
@@ -53,7 +70,7 @@ impl Checkpoint {
             config,
             tensors,
         };
-        ck.check()?;
+        ck.check().map_err(|e| ck.with_layout_hint(e))?;
         Ok(ck)
     }
 
@@ -100,52 +117,119 @@ impl Checkpoint {
         Ok(info)
     }
 
-    /// The LM head's table: `lm_head.weight`, or the embedding when tied.
+    /// The family's tensor names.
+    pub fn names(&self) -> &'static Names {
+        &self.config.family.names
+    }
+
+    /// The embedding table's name.
+    pub fn embed_name(&self) -> &'static str {
+        self.names().embed
+    }
+
+    /// The LM head's table: the family's head, or the embedding when tied.
     pub fn head_name(&self) -> &'static str {
         if self.config.tie_word_embeddings {
-            "model.embed_tokens.weight"
+            self.names().embed
         } else {
-            "lm_head.weight"
+            self.names().lm_head
         }
     }
 
-    /// `(out, in)` of a layer's linear by its short name.
-    pub fn linear_shape(&self, short: &str) -> (usize, usize) {
+    /// `(out, in)` of a layer's projection.
+    pub fn linear_shape(&self, p: Proj) -> (usize, usize) {
         let c = &self.config;
-        match short {
-            "q_proj" => (c.q_dim(), c.hidden_size),
-            "k_proj" | "v_proj" => (c.kv_dim(), c.hidden_size),
-            "o_proj" => (c.hidden_size, c.q_dim()),
-            "gate_proj" | "up_proj" => (c.intermediate_size, c.hidden_size),
-            _ => (c.hidden_size, c.intermediate_size),
+        match p {
+            Proj::Q => (c.q_dim(), c.hidden_size),
+            Proj::K | Proj::V => (c.kv_dim(), c.hidden_size),
+            Proj::O => (c.hidden_size, c.q_dim()),
+            Proj::Gate | Proj::Up => (c.intermediate_size, c.hidden_size),
+            Proj::Down => (c.hidden_size, c.intermediate_size),
         }
     }
 
-    pub fn linear_name(layer: usize, short: &str) -> String {
-        let block = if MLP.contains(&short) {
-            "mlp"
-        } else {
-            "self_attn"
+    /// The name (without `.weight`) of a layer's projection.
+    pub fn linear_name(&self, layer: usize, p: Proj) -> String {
+        self.names().linear(layer, p)
+    }
+
+    /// Every norm weight of layer `l` the family has, with its length.
+    pub fn layer_norms(&self, l: usize) -> Vec<(String, usize)> {
+        let (c, n) = (&self.config, self.names());
+        let mut out = vec![
+            (Names::layer_weight(l, n.input_norm), c.hidden_size),
+            (Names::layer_weight(l, n.post_attention_norm), c.hidden_size),
+        ];
+        for (rel, len) in [
+            (n.attn_sub_norm, c.q_dim()),
+            (n.ffn_sub_norm, c.intermediate_size),
+            (n.q_norm, c.head_dim),
+            (n.k_norm, c.head_dim),
+        ] {
+            if let Some(rel) = rel {
+                out.push((Names::layer_weight(l, rel), len));
+            }
+        }
+        if c.linear_norm_eps.is_some() {
+            for p in PROJECTIONS {
+                let k = self.linear_shape(p).1;
+                out.push((format!("{}.rms_norm.weight", self.linear_name(l, p)), k));
+            }
+        }
+        out
+    }
+
+    /// A missing tensor of a checkpoint whose tensors carry another family's norm names
+    /// (config.json naming one family, the weights laid out as another's) says so.
+    fn with_layout_hint(&self, e: BuildError) -> BuildError {
+        let BuildError::MissingTensor { path, tensor } = e else {
+            return e;
         };
-        format!("model.layers.{layer}.{block}.{short}")
+        let own = self.config.family;
+        let hint = crate::family::FAMILIES
+            .iter()
+            .filter(|f| !std::ptr::eq(*f, own))
+            .find_map(|f| {
+                let n = &f.names;
+                let names: Vec<String> = [n.attn_sub_norm, n.ffn_sub_norm, n.q_norm, n.k_norm]
+                    .into_iter()
+                    .flatten()
+                    .map(|rel| Names::layer_weight(0, rel))
+                    .collect();
+                let all =
+                    !names.is_empty() && names.iter().all(|t| self.tensors.tensors.contains_key(t));
+                all.then_some((f.name, names))
+            });
+        match hint {
+            None => BuildError::MissingTensor { path, tensor },
+            Some((family, names)) => BuildError::Tensor {
+                path,
+                tensor,
+                message: format!(
+                    "is missing; the checkpoint has {}, the {family} family's names, but config.json \
+                     says {} (check its model_type and architectures)",
+                    names.join(", "),
+                    own.name
+                ),
+            },
+        }
     }
 
     fn check(&self) -> Result<()> {
         let c = &self.config;
-        let (v, h, i) = (c.vocab_size, c.hidden_size, c.intermediate_size);
-        self.expect_float("model.embed_tokens.weight", &[v, h])?;
+        let (v, h) = (c.vocab_size, c.hidden_size);
+        let n = self.names();
+        self.expect_float(n.embed, &[v, h])?;
         if !c.tie_word_embeddings {
-            self.expect_float("lm_head.weight", &[v, h])?;
+            self.expect_float(n.lm_head, &[v, h])?;
         }
-        self.expect_float("model.norm.weight", &[h])?;
+        self.expect_float(n.final_norm, &[h])?;
         for l in 0..c.num_layers {
-            let p = format!("model.layers.{l}");
-            self.expect_float(&format!("{p}.input_layernorm.weight"), &[h])?;
-            self.expect_float(&format!("{p}.post_attention_layernorm.weight"), &[h])?;
-            self.expect_float(&format!("{p}.self_attn.attn_sub_norm.weight"), &[h])?;
-            self.expect_float(&format!("{p}.mlp.ffn_sub_norm.weight"), &[i])?;
-            for short in ATTENTION.iter().chain(MLP.iter()) {
-                self.check_linear(&Self::linear_name(l, short), self.linear_shape(short))?;
+            for (name, len) in self.layer_norms(l) {
+                self.expect_float(&name, &[len])?;
+            }
+            for p in PROJECTIONS {
+                self.check_linear(&self.linear_name(l, p), self.linear_shape(p))?;
             }
         }
         Ok(())
@@ -178,6 +262,14 @@ impl Checkpoint {
                      (master weights); transformers would not unpack them",
                 ));
             }
+            if form == LinearForm::FloatTernary {
+                return Err(BuildError::tensor(
+                    path,
+                    &wname,
+                    "packed uint8 weights without a quantization_config: transformers would not \
+                     unpack them",
+                ));
+            }
         } else {
             if form == LinearForm::BitLinear {
                 return Err(BuildError::tensor(
@@ -191,7 +283,7 @@ impl Checkpoint {
             }
             self.expect_float(&wname, &[out, k])?;
         }
-        if form != LinearForm::AutoOnline {
+        if form != LinearForm::AutoOnline && form != LinearForm::FloatTernary {
             let sname = format!("{name}.weight_scale");
             let s = self.info(&sname)?;
             let spath = self.tensors.path_of(s);
@@ -216,6 +308,37 @@ impl Checkpoint {
             }
         }
         Ok(())
+    }
+
+    /// A float-stored ternary weight's codes and scales, recovered exactly: the weight must
+    /// hold only `{-a, 0, +a}` per tensor, per row (a scale per shard of rows is one per row),
+    /// or per group of `block_size` along the input (ONNX Runtime's 2-bit `MatMulNBits` holds
+    /// a scale per block of `block_size`; a checkpoint's group of 128 needs `--block-size` 128
+    /// or a divisor of it). Float16 and bfloat16 widen to float32 exactly, so a stored
+    /// `code * a` is `a` to the bit: the tolerance is 0.
+    pub fn float_ternary(
+        &self,
+        name: &str,
+        (out, k): (usize, usize),
+        block_size: usize,
+    ) -> Result<Ternary> {
+        use bitnet_math::quant::{detect_ternary, detect_ternary_at, Granularity};
+        let wname = format!("{name}.weight");
+        let info = self.info(&wname)?;
+        let w = self.tensors.read_f32(&wname, info)?;
+        detect_ternary(&w, out, k, 0.0)
+            .or_else(|| detect_ternary_at(&w, out, k, Granularity::Group(block_size), 0.0))
+            .ok_or_else(|| {
+                BuildError::tensor(
+                    self.tensors.path_of(info),
+                    &wname,
+                    format!(
+                        "not ternary: without a quantization_config the weight must already be \
+                         codes -1/0/+1 times one scale per tensor, per row, or per group of \
+                         {block_size} along the input (--block-size), and it is none of these"
+                    ),
+                )
+            })
     }
 
     /// A linear layer's codes and dequantization factor, as its transformers class computes
@@ -265,6 +388,34 @@ impl Checkpoint {
             stored_as_codes: stored,
         })
     }
+}
+
+/// The end-of-sequence ids of `generation_config.json` (an id or a list; none when absent).
+/// transformers' `generate` stops on these, which may be more than config.json's (chat
+/// models add their end-of-turn token there), so onnxruntime-genai is told about both.
+fn generation_eos(path: &Path, vocab_size: usize) -> Result<Vec<i64>> {
+    let bytes = crate::files::read_capped(path, crate::files::MAX_CONFIG_BYTES)?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        BuildError::config(
+            path,
+            format!("not a JSON object: {}", crate::error::json_error(&e)),
+        )
+    })?;
+    let ids = match v.get("eos_token_id") {
+        None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
+        Some(serde_json::Value::Array(a)) => a.iter().map(|x| x.as_i64()).collect(),
+        Some(x) => x.as_i64().map(|i| vec![i]),
+    };
+    let ids = ids.ok_or_else(|| {
+        BuildError::config(path, "`eos_token_id` must be a token id or a list of them")
+    })?;
+    if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as usize >= vocab_size) {
+        return Err(BuildError::config(
+            path,
+            format!("`eos_token_id` {bad} is outside the vocabulary (vocab_size {vocab_size})"),
+        ));
+    }
+    Ok(ids)
 }
 
 /// How a layer's class turns the integer product `y = q . codes` (int8 activation codes `q`,

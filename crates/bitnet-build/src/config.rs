@@ -6,8 +6,10 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use crate::error::{json_error, quote, BuildError, Result};
+use crate::error::{self, json_error, quote, BuildError, Result};
+use crate::family::{Activation, Family, Quantization};
 use crate::files;
+use crate::rope::Rope;
 
 /// The longest context `build` writes. The model holds two rotary tables (cos and sin) of
 /// `max_position_embeddings x head_dim / 2` float32 values, since ONNX Runtime's
@@ -27,6 +29,10 @@ pub enum LinearForm {
     AutoOffline,
     /// `AutoBitLinear` online: master weights ternarised per tensor by `WeightQuant`.
     AutoOnline,
+    /// No `quantization_config`: plain float linear layers whose weights already are ternary
+    /// codes times a scale per tensor, row or group along the input, recovered exactly; float
+    /// activations, as transformers computes them.
+    FloatTernary,
 }
 
 impl LinearForm {
@@ -35,13 +41,16 @@ impl LinearForm {
             LinearForm::BitLinear => "bitlinear (offline, packed)",
             LinearForm::AutoOffline => "autobitlinear (offline)",
             LinearForm::AutoOnline => "autobitlinear (online, master weights)",
+            LinearForm::FloatTernary => "float linear layers on float-stored ternary weights",
         }
     }
 }
 
-/// The values of a BitNet config the graph is built from.
+/// The values of a config the graph is built from.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The family recognised from `model_type` and `architectures` ([`crate::family`]).
+    pub family: &'static Family,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -51,12 +60,16 @@ pub struct Config {
     pub head_dim: usize,
     pub max_position_embeddings: usize,
     pub rms_norm_eps: f32,
-    pub rope_theta: f64,
+    pub rope: Rope,
+    pub activation: Activation,
     pub tie_word_embeddings: bool,
     pub bos_token_id: Option<i64>,
     pub eos_token_ids: Vec<i64>,
     pub pad_token_id: Option<i64>,
     pub linear: LinearForm,
+    /// `quantization_config.use_rms_norm`: an RMSNorm (`<proj>.rms_norm.weight`, this eps)
+    /// on every linear layer's input before its activation quantization.
+    pub linear_norm_eps: Option<f32>,
 }
 
 impl Config {
@@ -83,17 +96,44 @@ fn unsupported(path: &Path, key: &str, value: &Value, why: &str) -> BuildError {
     BuildError::unsupported(path, key, value, why)
 }
 
+/// The family a config names (`model_type`, `architectures`), or a refusal saying what it is
+/// and what is supported.
+fn family(path: &Path, o: &Map<String, Value>) -> Result<&'static Family> {
+    let model_type = o.get("model_type").filter(|v| !v.is_null());
+    let mt = match model_type {
+        None => None,
+        Some(v) => Some(
+            v.as_str()
+                .ok_or_else(|| unsupported(path, "model_type", v, "expected a string"))?,
+        ),
+    };
+    let archs = match o.get("architectures").filter(|v| !v.is_null()) {
+        None => None,
+        Some(v) => Some(
+            v.as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .map(|x| x.as_str().map(error::short))
+                        .collect::<Option<Vec<String>>>()
+                })
+                .ok_or_else(|| {
+                    unsupported(path, "architectures", v, "expected a list of strings")
+                })?,
+        ),
+    };
+    let has_q = o.get("quantization_config").is_some_and(|v| !v.is_null());
+    crate::family::recognise(mt, archs.as_deref(), has_q).map_err(|why| BuildError::Unsupported {
+        path: path.to_path_buf(),
+        key: "model_type".into(),
+        value: model_type.map_or("(missing)".into(), quote),
+        why,
+    })
+}
+
 fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
     let get = |k: &str| o.get(k).filter(|v| !v.is_null());
-    let model_type = get("model_type").cloned().unwrap_or(Value::Null);
-    if model_type.as_str() != Some("bitnet") {
-        return Err(unsupported(
-            path,
-            "model_type",
-            &model_type,
-            "build reads transformers BitNet checkpoints (model_type \"bitnet\", BitNetForCausalLM)",
-        ));
-    }
+    let family = family(path, o)?;
+    let d = &family.defaults;
     let uint = |k: &str, default: Option<usize>| -> Result<usize> {
         match get(k) {
             None => default.ok_or_else(|| BuildError::config(path, format!("`{k}` is missing"))),
@@ -131,14 +171,20 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
             }),
         }
     };
-    // transformers' BitNetConfig defaults.
-    let vocab_size = uint("vocab_size", Some(128256))?;
-    let hidden_size = uint("hidden_size", Some(2560))?;
-    let intermediate_size = uint("intermediate_size", Some(6912))?;
-    let num_layers = uint("num_hidden_layers", Some(30))?;
-    let num_heads = uint("num_attention_heads", Some(20))?;
-    let num_kv_heads = uint("num_key_value_heads", Some(num_heads))?;
-    let max_position_embeddings = uint("max_position_embeddings", Some(2048))?;
+    // The family's config class defaults (transformers' BitNetConfig, LlamaConfig, ...).
+    let vocab_size = uint("vocab_size", Some(d.vocab_size))?;
+    let hidden_size = uint("hidden_size", Some(d.hidden_size))?;
+    let intermediate_size = uint("intermediate_size", Some(d.intermediate_size))?;
+    let num_layers = uint("num_hidden_layers", Some(d.num_hidden_layers))?;
+    let num_heads = uint("num_attention_heads", Some(d.num_attention_heads))?;
+    // Missing: the config class's default; `null`: as many as the attention heads (its
+    // `__post_init__`).
+    let kv_default = match o.get("num_key_value_heads") {
+        Some(Value::Null) => num_heads,
+        _ => d.num_key_value_heads.unwrap_or(num_heads),
+    };
+    let num_kv_heads = uint("num_key_value_heads", Some(kv_default))?;
+    let max_position_embeddings = uint("max_position_embeddings", Some(d.max_position_embeddings))?;
     if max_position_embeddings > MAX_CONTEXT {
         return Err(unsupported(
             path,
@@ -151,7 +197,7 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
             ),
         ));
     }
-    let rms_norm_eps = float("rms_norm_eps", 1e-5)? as f32;
+    let rms_norm_eps = float("rms_norm_eps", d.rms_norm_eps)? as f32;
     if !rms_norm_eps.is_normal() {
         return Err(unsupported(
             path,
@@ -161,30 +207,46 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
         ));
     }
     let tie_word_embeddings = boolean("tie_word_embeddings", false)?;
-    if hidden_size % num_heads != 0 && get("head_dim").is_none() {
-        return Err(BuildError::config(
-            path,
-            format!(
-                "hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}"
-            ),
-        ));
-    }
-    let head_dim = uint("head_dim", Some(hidden_size / num_heads))?;
+    let head_dim = match (get("head_dim"), d.head_dim) {
+        (None, Some(h)) => h,
+        (None, None) => {
+            if hidden_size % num_heads != 0 {
+                return Err(BuildError::config(
+                    path,
+                    format!(
+                        "hidden_size {hidden_size} is not a multiple of num_attention_heads {num_heads}"
+                    ),
+                ));
+            }
+            hidden_size / num_heads
+        }
+        (Some(_), _) => uint("head_dim", None)?,
+    };
     if num_heads % num_kv_heads != 0 {
         return Err(BuildError::config(
             path,
             format!("num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}"),
         ));
     }
-    if num_heads.checked_mul(head_dim) != Some(hidden_size) {
-        // attn_sub_norm normalises hidden_size values of the attention output.
+    if family.names.attn_sub_norm.is_some() && num_heads.checked_mul(head_dim) != Some(hidden_size)
+    {
+        // The attention sub-norm has hidden_size weights and normalises the attention output.
         return Err(unsupported(
             path,
             "head_dim",
             &Value::from(head_dim),
             &format!(
-                "BitNet's attn_sub_norm has hidden_size ({hidden_size}) weights, so num_attention_heads x head_dim must equal it ({num_heads} x {head_dim})"
+                "the {} family's attention sub-norm has hidden_size ({hidden_size}) weights, so num_attention_heads x head_dim must equal it ({num_heads} x {head_dim})",
+                family.name
             ),
+        ));
+    }
+    if num_heads.checked_mul(head_dim).is_none_or(|q| q > 1 << 24) {
+        return Err(unsupported(
+            path,
+            "head_dim",
+            &Value::from(head_dim),
+            "num_attention_heads x head_dim is out of range",
         ));
     }
     if !head_dim.is_multiple_of(16) {
@@ -197,16 +259,27 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
             "ONNX Runtime's GroupQueryAttention with rotary embeddings needs a multiple of 16",
         ));
     }
-    if let Some(v) = get("hidden_act") {
-        if v.as_str() != Some("relu2") {
-            return Err(unsupported(
+    let act_value = get("hidden_act")
+        .cloned()
+        .unwrap_or_else(|| Value::from(d.hidden_act));
+    let activation = act_value
+        .as_str()
+        .and_then(Activation::from_hidden_act)
+        .filter(|a| family.activations.contains(a))
+        .ok_or_else(|| {
+            let names: Vec<&str> = family.activations.iter().map(|a| a.name()).collect();
+            unsupported(
                 path,
                 "hidden_act",
-                v,
-                "BitNet's MLP is relu squared (\"relu2\")",
-            ));
-        }
-    }
+                &act_value,
+                &format!(
+                    "the {} family (model_type {:?}) computes its MLP with {}",
+                    family.name,
+                    family.model_type,
+                    names.join(" or ")
+                ),
+            )
+        })?;
     for k in ["attention_bias", "mlp_bias"] {
         if boolean(k, false)? {
             return Err(unsupported(
@@ -217,7 +290,26 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
             ));
         }
     }
-    let rope_theta = rope(path, o)?;
+    // transformers 5's per-layer attention kinds (Qwen3): only full attention is built.
+    if let Some(v) = get("layer_types") {
+        let full = v
+            .as_array()
+            .is_some_and(|a| a.iter().all(|t| t.as_str() == Some("full_attention")));
+        if !full {
+            return Err(unsupported(
+                path,
+                "layer_types",
+                v,
+                "only full-attention layers are built (no sliding-window or other attention kinds)",
+            ));
+        }
+    }
+    for (k, why) in family.refused_flags {
+        if boolean(k, false)? {
+            return Err(unsupported(path, k, &Value::Bool(true), why));
+        }
+    }
+    let rope = Rope::read(path, o, d.rope_theta, max_position_embeddings)?;
     let ids = |k: &str| -> Result<Vec<i64>> {
         match get(k) {
             None => Ok(Vec::new()),
@@ -250,8 +342,9 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
             }
         }
     }
-    let linear = quantization(path, o)?;
+    let (linear, linear_norm_eps) = quantization(path, o, family)?;
     Ok(Config {
+        family,
         vocab_size,
         hidden_size,
         intermediate_size,
@@ -261,77 +354,38 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
         head_dim,
         max_position_embeddings,
         rms_norm_eps,
-        rope_theta,
+        rope,
+        activation,
         tie_word_embeddings,
         bos_token_id,
         eos_token_ids,
         pad_token_id,
         linear,
+        linear_norm_eps,
     })
 }
 
-/// The rotary base: `rope_parameters` (transformers 5) or `rope_theta`; only the default
-/// (unscaled) rotary embedding is built.
-fn rope(path: &Path, o: &Map<String, Value>) -> Result<f64> {
-    let mut theta = 500000.0;
-    let check_type = |key: &str, p: &Map<String, Value>| -> Result<()> {
-        let t = p.get("rope_type").or_else(|| p.get("type"));
-        match t {
-            None => Ok(()),
-            Some(v) if v.as_str() == Some("default") => Ok(()),
-            Some(v) => Err(unsupported(
-                path,
-                &format!("{key}.rope_type"),
-                v,
-                "only the default rotary embedding is built (no scaled or extended RoPE)",
-            )),
-        }
-    };
-    if let Some(v) = o.get("rope_theta").filter(|v| !v.is_null()) {
-        theta = v
-            .as_f64()
-            .filter(|x| x.is_finite() && *x > 0.0)
-            .ok_or_else(|| {
-                BuildError::config(
-                    path,
-                    format!("`rope_theta` = {} is not a positive number", quote(v)),
-                )
-            })?;
-    }
-    for key in ["rope_parameters", "rope_scaling"] {
-        match o.get(key) {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(p)) => {
-                check_type(key, p)?;
-                if let Some(v) = p.get("rope_theta") {
-                    theta = v
-                        .as_f64()
-                        .filter(|x| x.is_finite() && *x > 0.0)
-                        .ok_or_else(|| {
-                            BuildError::config(
-                                path,
-                                format!(
-                                    "`{key}.rope_theta` = {} is not a positive number",
-                                    quote(v)
-                                ),
-                            )
-                        })?;
-                }
-            }
-            Some(v) => return Err(unsupported(path, key, v, "expected an object or null")),
-        }
-    }
-    Ok(theta)
-}
-
 /// The linear class from `quantization_config`, as transformers' BitNet quantizer picks it.
-fn quantization(path: &Path, o: &Map<String, Value>) -> Result<LinearForm> {
+/// With it, the eps of the RMSNorm inside each linear layer (`use_rms_norm`), or `None`.
+/// A family whose own code quantizes without a `quantization_config` gets its implied form.
+fn quantization(
+    path: &Path,
+    o: &Map<String, Value>,
+    family: &Family,
+) -> Result<(LinearForm, Option<f32>)> {
     let Some(q) = o.get("quantization_config").filter(|v| !v.is_null()) else {
-        return Err(BuildError::config(
-            path,
-            "no `quantization_config`: without it transformers runs plain float linear layers, \
-             not BitNet's ternary ones",
-        ));
+        return match family.quantization {
+            Quantization::Implied(form) => Ok((form, None)),
+            Quantization::Absent => Ok((LinearForm::FloatTernary, None)),
+            Quantization::Required => Err(BuildError::config(
+                path,
+                format!(
+                    "no `quantization_config`: without it transformers runs the {} family's \
+                     linear layers as plain float ones, not BitNet's ternary ones",
+                    family.name
+                ),
+            )),
+        };
     };
     let q = q
         .as_object()
@@ -358,16 +412,46 @@ fn quantization(path: &Path, o: &Map<String, Value>) -> Result<LinearForm> {
             "build reads BitNet's own quantization (\"bitnet\")",
         ));
     }
-    if let Some(v) = q.get("use_rms_norm").filter(|v| !v.is_null()) {
-        if v.as_bool() != Some(false) {
-            return Err(unsupported(
+    // transformers' BitNetQuantConfig: `use_rms_norm` false, `rms_norm_eps` 1e-6.
+    let use_rms_norm = match q.get("use_rms_norm").filter(|v| !v.is_null()) {
+        None => false,
+        Some(v) => v.as_bool().ok_or_else(|| {
+            unsupported(
                 path,
                 "quantization_config.use_rms_norm",
                 v,
-                "an RMSNorm inside every linear layer is not built (BitNet b1.58 models have none)",
+                "expected true or false",
+            )
+        })?,
+    };
+    let linear_norm_eps = if use_rms_norm {
+        let eps = match q.get("rms_norm_eps").filter(|v| !v.is_null()) {
+            None => 1e-6,
+            Some(v) => v
+                .as_f64()
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .ok_or_else(|| {
+                    BuildError::config(
+                        path,
+                        format!(
+                            "`quantization_config.rms_norm_eps` = {} is not a positive number",
+                            quote(v)
+                        ),
+                    )
+                })?,
+        } as f32;
+        if !eps.is_normal() {
+            return Err(unsupported(
+                path,
+                "quantization_config.rms_norm_eps",
+                &Value::from(eps as f64),
+                "not a normal float32 (the graph computes in float32)",
             ));
         }
-    }
+        Some(eps)
+    } else {
+        None
+    };
     if let Some(v) = q.get("modules_to_not_convert").filter(|v| !v.is_null()) {
         let ok = v.as_array().is_some_and(|a| {
             a.iter().all(|m| {
@@ -386,7 +470,7 @@ fn quantization(path: &Path, o: &Map<String, Value>) -> Result<LinearForm> {
     }
     let class = field("linear_class", "bitlinear")?;
     let mode = field("quantization_mode", "offline")?;
-    match (class.as_str(), mode.as_str()) {
+    let form = match (class.as_str(), mode.as_str()) {
         ("bitlinear", "offline" | "online") => Ok(LinearForm::BitLinear),
         ("autobitlinear", "offline") => Ok(LinearForm::AutoOffline),
         ("autobitlinear", "online") => Ok(LinearForm::AutoOnline),
@@ -402,7 +486,8 @@ fn quantization(path: &Path, o: &Map<String, Value>) -> Result<LinearForm> {
             &Value::from(c),
             "expected \"bitlinear\" or \"autobitlinear\"",
         )),
-    }
+    }?;
+    Ok((form, linear_norm_eps))
 }
 
 #[cfg(test)]
@@ -429,24 +514,51 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (c.head_dim, c.rope_theta, c.eos_token_ids.clone()),
+            (c.head_dim, c.rope.theta, c.eos_token_ids.clone()),
             (16, 10000.0, vec![2, 3])
         );
         assert_eq!(c.linear, LinearForm::BitLinear);
-        assert_eq!(cfg(serde_json::json!({})).unwrap().rope_theta, 500000.0);
+        let c = cfg(serde_json::json!({})).unwrap();
+        assert_eq!((c.rope.theta, c.family.name), (500000.0, "bitnet"));
+        assert_eq!(c.activation, Activation::Relu2);
     }
 
     #[test]
     fn refuses_what_it_cannot_build() {
         for (extra, key) in [
-            (serde_json::json!({"model_type": "llama"}), "model_type"),
+            (serde_json::json!({"model_type": "mistral"}), "model_type"),
+            (
+                serde_json::json!({"model_type": "llama", "hidden_act": "relu2"}),
+                "hidden_act",
+            ),
+            (
+                serde_json::json!({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "hidden_act": "relu2", "quantization_config": null}),
+                "hidden_act",
+            ),
+            (
+                serde_json::json!({"model_type": "qwen3", "use_sliding_window": true}),
+                "use_sliding_window",
+            ),
+            (
+                serde_json::json!({"model_type": "qwen3", "layer_types": ["full_attention", "sliding_attention"]}),
+                "layer_types",
+            ),
+            (
+                serde_json::json!({"quantization_config": {"quant_method": "bitnet", "use_rms_norm": 1}}),
+                "use_rms_norm",
+            ),
+            (
+                serde_json::json!({"architectures": "BitNetForCausalLM"}),
+                "architectures",
+            ),
+            (serde_json::json!({"hidden_act": "gelu"}), "hidden_act"),
             (serde_json::json!({"hidden_act": "silu"}), "hidden_act"),
             (
                 serde_json::json!({"attention_bias": true}),
                 "attention_bias",
             ),
             (
-                serde_json::json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}),
+                serde_json::json!({"rope_scaling": {"rope_type": "longrope", "factor": 8.0}}),
                 "rope_scaling.rope_type",
             ),
             (
@@ -484,6 +596,59 @@ mod tests {
         }
         let c = cfg(serde_json::json!({"max_position_embeddings": MAX_CONTEXT})).unwrap();
         assert_eq!(c.max_position_embeddings, MAX_CONTEXT);
+    }
+
+    /// Each family's own config class defaults, its implied quantization, and the keys that
+    /// move between families (head_dim, the linear norm).
+    #[test]
+    fn reads_each_family_with_its_defaults() {
+        let c = cfg(
+            serde_json::json!({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+            "head_dim": 32, "rope_theta": 1000042.0, "tie_word_embeddings": false}),
+        )
+        .unwrap();
+        assert_eq!(c.family.name, "llama-bitnet");
+        assert_eq!((c.head_dim, c.q_dim(), c.rope.theta), (32, 128, 1000042.0));
+        assert_eq!((c.activation, c.rms_norm_eps), (Activation::Silu, 1e-6));
+        let c = cfg(
+            serde_json::json!({"model_type": "llama", "architectures": ["BitnetForCausalLM"],
+            "quantization_config": null}),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.family.name, c.linear),
+            ("1bitllm", LinearForm::AutoOnline)
+        );
+        assert_eq!(c.rope.theta, 10000.0);
+        let c = cfg(
+            serde_json::json!({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"],
+            "quantization_config": {"quant_method": "bitnet", "linear_class": "autobitlinear",
+                "quantization_mode": "online", "use_rms_norm": true, "rms_norm_eps": 1e-5}}),
+        )
+        .unwrap();
+        assert_eq!(c.family.name, "qwen3-bitnet");
+        // Qwen3Config's head_dim is 128 whatever hidden_size / heads.
+        assert_eq!((c.head_dim, c.linear_norm_eps), (128, Some(1e-5)));
+        // BitNetConfig: 5 KV heads when the key is missing, as many as the heads when null.
+        let mut base = serde_json::json!({"model_type": "bitnet", "hidden_size": 320,
+            "num_attention_heads": 20, "quantization_config": {"quant_method": "bitnet"}});
+        let c = parse(Path::new("config.json"), base.as_object().unwrap()).unwrap();
+        assert_eq!((c.num_heads, c.num_kv_heads), (20, 5));
+        base["num_key_value_heads"] = Value::Null;
+        let c = parse(Path::new("config.json"), base.as_object().unwrap()).unwrap();
+        assert_eq!(c.num_kv_heads, 20);
+        let c = cfg(serde_json::json!({"quantization_config": {"quant_method": "bitnet", "use_rms_norm": true}}))
+            .unwrap();
+        assert_eq!(c.linear_norm_eps, Some(1e-6));
+        let e = cfg(
+            serde_json::json!({"model_type": "gemma3", "architectures": ["Gemma3ForCausalLM"]}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("gemma3") && e.contains("Gemma3ForCausalLM") && e.contains("llama-bitnet"),
+            "{e}"
+        );
     }
 
     #[test]

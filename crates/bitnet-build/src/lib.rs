@@ -21,9 +21,11 @@ pub mod checkpoint;
 pub mod config;
 pub mod decoder;
 pub mod error;
+pub mod family;
 pub mod files;
 pub mod genai;
 pub mod graph;
+pub mod rope;
 pub mod safetensors;
 pub mod web;
 
@@ -142,6 +144,12 @@ pub struct BuildReport {
     pub layout: Layout,
     pub checkpoint: PathBuf,
     pub out_dir: PathBuf,
+    /// The model family recognised from config.json ([`family::FAMILIES`]).
+    pub family: String,
+    /// The MLP's activation (`relu2`, `silu`).
+    pub activation: String,
+    /// The rotary embedding's type as transformers names it (`default`, `llama3`, ...).
+    pub rope_type: String,
     pub linear_form: String,
     pub layers: usize,
     pub hidden_size: usize,
@@ -155,6 +163,9 @@ pub struct BuildReport {
     pub linear_weights_stored_as_codes: usize,
     /// Linear weights ternarised from master weights with transformers' `WeightQuant`.
     pub linear_weights_ternarised: usize,
+    /// Float-stored ternary weights (no `quantization_config`) by how their scales were found
+    /// (`per tensor`, `per row`, `per group of G along the input`); empty otherwise.
+    pub float_ternary_scales: std::collections::BTreeMap<String, usize>,
     pub linear_params: u64,
     pub matmulnbits_layers: usize,
     pub activations: String,
@@ -174,6 +185,18 @@ pub const TARGET_WEB: &str = "web";
 
 /// What the activations of the ternary layers compute, as recorded in the metadata.
 pub const ACTIVATIONS: &str = "bitnet per-token int8 (absmax 127), exact: MatMulNBits accuracy_level 4 on BitNet's int8 codes with a reserved 127 slot per block";
+
+/// The same for float-stored ternary weights (no `quantization_config`): transformers runs
+/// them as float linear layers, and so does the graph.
+pub const FLOAT_ACTIVATIONS: &str = "float32, as the checkpoint's float linear layers compute them: MatMulNBits (float32 compute) on the recovered ternary codes with the recovered scales as block scales";
+
+/// What the activations of `form`'s layers compute.
+pub fn activations(form: LinearForm) -> &'static str {
+    match form {
+        LinearForm::FloatTernary => FLOAT_ACTIVATIONS,
+        _ => ACTIVATIONS,
+    }
+}
 
 /// The tokenizer files copied when present (onnxruntime-genai reads `tokenizer.json` and
 /// `tokenizer_config.json`).
@@ -321,6 +344,9 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
         layout: opts.layout,
         checkpoint: checkpoint_dir.to_path_buf(),
         out_dir: out_dir.to_path_buf(),
+        family: c.family.name.into(),
+        activation: c.activation.name().into(),
+        rope_type: c.rope.kind.name().into(),
         linear_form: c.linear.name().into(),
         layers: c.num_layers,
         hidden_size: c.hidden_size,
@@ -329,9 +355,10 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
         tied_embeddings: c.tie_word_embeddings,
         linear_weights_stored_as_codes: built.stored_as_codes,
         linear_weights_ternarised: built.ternarised,
+        float_ternary_scales: built.float_granularity.clone(),
         linear_params: built.linear_params,
         matmulnbits_layers: built.layers.len(),
-        activations: ACTIVATIONS.into(),
+        activations: activations(c.linear).into(),
         tables: built.tables,
         table_shared: built.table_shared,
         model_bytes: saved.model_bytes,
@@ -413,12 +440,17 @@ fn record(model: &mut ModelProto, ck: &Checkpoint, opts: &BuildOptions, built: &
     };
     metadata::set(model, metadata::TARGET, target.into());
     metadata::set(model, metadata::FLAGS, format!("build {}", opts.flags()));
-    metadata::set(model, metadata::ACTIVATIONS, ACTIVATIONS.into());
+    metadata::set(
+        model,
+        metadata::ACTIVATIONS,
+        activations(ck.config.linear).into(),
+    );
     metadata::set(model, metadata::LAYERS, metadata::to_json(&built.layers));
     if !built.tables.is_empty() {
         metadata::set(model, metadata::TABLES, metadata::to_json(&built.tables));
     }
     metadata::set(model, metadata::SOURCE, ck.config.linear.name().into());
+    metadata::set(model, metadata::FAMILY, ck.config.family.name.into());
 }
 
 /// The output folder while it is written: a hidden sibling of `OUT_DIR`, removed unless

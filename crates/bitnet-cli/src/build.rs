@@ -26,9 +26,12 @@ impl From<Table> for TableMode {
 
 #[derive(clap::Args, Debug)]
 pub struct BuildArgs {
-    /// A transformers BitNet checkpoint directory (config.json, model.safetensors or sharded
-    /// model-*.safetensors with their index, tokenizer files): the packed form of
-    /// microsoft/bitnet-b1.58-2B-4T or the master weights of its -bf16 form.
+    /// A transformers checkpoint directory of a ternary model (config.json, model.safetensors
+    /// or sharded model-*.safetensors with their index, tokenizer files): BitNetForCausalLM
+    /// (microsoft/bitnet-b1.58-2B-4T, packed or -bf16), Llama with quant_method bitnet
+    /// (Falcon3-1.58bit, Llama3-8B-1.58, Falcon-E), Qwen3 with quant_method bitnet, 1bitLLM
+    /// bitnet_b1_58, or float-stored ternary Llama / Qwen3 (TriLM, Ternary-Bonsai unpacked);
+    /// the family is recognised from config.json (docs/families.md).
     pub checkpoint: PathBuf,
     /// The model folder to write (must not exist, or be empty): model.onnx, model.onnx.data,
     /// genai_config.json and the tokenizer files (with --for web: see there).
@@ -128,8 +131,11 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
         return Ok(0);
     }
     println!(
-        "{}: {} layers, hidden {}, vocab {}, context {} ({}), {}",
+        "{}: family {} ({} MLP, {} RoPE), {} layers, hidden {}, vocab {}, context {} ({}), {}",
         report.checkpoint.display(),
+        report.family,
+        report.activation,
+        report.rope_type,
         report.layers,
         report.hidden_size,
         report.vocab_size,
@@ -149,6 +155,17 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
         report.linear_weights_stored_as_codes,
         report.linear_weights_ternarised
     );
+    if !report.float_ternary_scales.is_empty() {
+        let found: Vec<String> = report
+            .float_ternary_scales
+            .iter()
+            .map(|(how, n)| format!("{n} {how}"))
+            .collect();
+        println!(
+            "  float-stored ternary weights, codes and scales recovered exactly: {}",
+            found.join(", ")
+        );
+    }
     println!("  activations: {}", report.activations);
     for t in &report.tables {
         println!(

@@ -101,6 +101,7 @@ fn recorded(p: &bitnet_model::proto::ModelProto) -> Value {
         "flags": md::get(p, md::FLAGS),
         "activations": md::get(p, md::ACTIVATIONS),
         "source": md::get(p, md::SOURCE),
+        "family": md::get(p, md::FAMILY),
         "layers": count(md::LAYERS),
         "tables": count(md::TABLES),
     })
@@ -201,6 +202,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         for k in [
             "target",
             "flags",
+            "family",
             "source",
             "activations",
             "layers",

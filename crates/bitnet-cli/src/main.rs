@@ -33,7 +33,7 @@ enum Command {
     /// Lint a model against a runtime's quantization rules (exit 1 on violations).
     Check(check::CheckArgs),
     /// Build an onnxruntime-genai model folder (KV cache, 2-bit layers) from a transformers
-    /// BitNet checkpoint (exit 2 on a bad checkpoint, with nothing written).
+    /// checkpoint of a ternary model family (exit 2 on a bad checkpoint, with nothing written).
     Build(build::BuildArgs),
     /// Print a shell completion script: `bitnet-onnx completions bash > /etc/bash_completion.d/bitnet-onnx`.
     Completions(docs::CompletionsArgs),

@@ -28,6 +28,9 @@ pub const TABLES: &str = "bitnet_onnx.tables";
 pub const LOGITS: &str = "bitnet_onnx.logits";
 /// What `build` read: the checkpoint's transformers linear class.
 pub const SOURCE: &str = "bitnet_onnx.source";
+/// What `build` read: the model family recognised from the checkpoint's config.json
+/// (`bitnet`, `llama-bitnet`, `1bitllm`, `qwen3-bitnet`).
+pub const FAMILY: &str = "bitnet_onnx.family";
 /// `available` when every converted weight reaches its layer through a constant
 /// DequantizeLinear (the original can be rebuilt on the dequantized weights).
 pub const DEQUANTIZED_REFERENCE: &str = "bitnet_onnx.dequantized_reference";
