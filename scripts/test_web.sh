@@ -75,6 +75,21 @@ bos = "pipeline text (add_bos_token) " + ("ok" if all(p["ok"] for p in d["pipeli
 print(f"test_web: node: {'ok' if d['ok'] else 'FAILED'} {agree}, {bos}, "
       f"{d['tokens_per_second_median']:.0f} tokens/s, {sys.argv[2]} s")
 PY
+# Every other family's trained sample, in Node: the folder is the same for every family (its
+# config.json carries only the KV-cache shape), and Transformers.js runs whatever graph it holds.
+for fam in samples/checkpoints/families/*/; do
+  name=$(basename "$fam")
+  cargo run --locked --quiet -p bitnet-cli --bin bitnet-onnx -- \
+    build "$fam" -o "$work/$name" --for web --quiet
+  if node tests/web/node_check.mjs "$work/$name" "samples/checkpoints/expected/families/$name.json" \
+    > "$out/node-$name.json"; then
+    say "node $name: ok"
+  else
+    say "node $name: FAILED (see $out/node-$name.json)" >&2
+    status=1
+  fi
+done
+t2=$(date +%s)
 .venv-web/bin/python tests/web/browser_check.py "$work/packed" "$expected" --devices wasm,webgpu \
   > "$out/browser.json" || status=1
 t3=$(date +%s)
