@@ -4,7 +4,8 @@ samples/checkpoints/expected/val.json and compares with transformers' figures th
 usage: build_val.py MODEL_DIR VAL_JSON FORM [--margin 0.1]
 
 Runs MODEL_DIR/model.onnx in ONNX Runtime (CPU, default optimisations, as onnxruntime-genai
-runs it) on each row as one prompt with an empty KV cache, and prints JSON:
+runs it, registering the folder's custom-op library when genai_config.json names one) on
+each row as one prompt with an empty KV cache, and prints JSON:
   val_loss, ref_val_loss, ref_val_loss_f64   mean next-token cross-entropy (nats): this
                                              model's, transformers float32's and float64's
   loss_delta_rel                             (val_loss - ref_val_loss) / ref_val_loss
@@ -39,6 +40,11 @@ def main() -> int:
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
+    # A `--kernel bitnet` folder names its custom-op library, as onnxruntime-genai reads it.
+    with open(os.path.join(a.model_dir, "genai_config.json")) as f:
+        lib = json.load(f)["model"]["decoder"]["session_options"].get("custom_ops_library")
+    if lib is not None:
+        so.register_custom_ops_library(os.path.join(a.model_dir, lib))
     s = ort.InferenceSession(os.path.join(a.model_dir, "model.onnx"), so, providers=["CPUExecutionProvider"])
     feeds_meta = {i.name: i for i in s.get_inputs()}
     losses, argmax = [], []

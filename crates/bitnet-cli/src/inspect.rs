@@ -101,6 +101,7 @@ fn recorded(p: &bitnet_model::proto::ModelProto) -> Value {
         "flags": md::get(p, md::FLAGS),
         "activations": md::get(p, md::ACTIVATIONS),
         "source": md::get(p, md::SOURCE),
+        "kernel": md::get(p, md::KERNEL),
         "layers": count(md::LAYERS),
         "tables": count(md::TABLES),
     })
@@ -202,6 +203,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             "target",
             "flags",
             "source",
+            "kernel",
             "activations",
             "layers",
             "tables",

@@ -65,7 +65,9 @@ fn loads_in_onnxruntime_and_refuses_malformed_models() {
             }
             Some("malformed") => {
                 malformed += 1;
-                let e = c["error"].as_str().unwrap_or_else(|| panic!("no error: {c}"));
+                let e = c["error"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no error: {c}"));
                 assert!(
                     e.contains("ONNXRuntimeError"),
                     "not an ONNX Runtime error: {c}"
