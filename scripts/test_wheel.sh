@@ -13,11 +13,10 @@ py=$root/.venv/bin/python
 wheels=$target/wheels
 rm -rf "$wheels"
 start=$(date +%s)
-# Linked by zig against glibc 2.17 symbols (manylinux2014), whatever this machine's glibc; maturin
-# runs zig as `python -m ziglang`, with the first python on PATH.
-PATH="$root/.venv/bin:$PATH" "$root/.venv/bin/maturin" build --release --locked --zig \
-  --compatibility manylinux2014 --out "$wheels" --quiet
-cargo build --release --locked -p bitnet-cli --quiet
+# Linked by zig against glibc 2.17 symbols (manylinux2014), whatever this machine's glibc,
+# with the `--kernel bitnet` library beside the binary (scripts/build_wheel.sh).
+scripts/build_wheel.sh "$wheels"
+cargo build --release --locked -p bitnet-cli -p bitnet-ortops --quiet
 echo "wheel and release binary built in $(( $(date +%s) - start )) s"
 wheel=$(ls "$wheels"/bitnet_onnx-*.whl)
 src_bin=$target/release/bitnet-onnx

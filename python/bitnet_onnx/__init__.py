@@ -358,6 +358,7 @@ def build(
     block_size: int | None = None,
     logits: str | None = None,
     for_: str | None = None,
+    kernel: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Build an onnxruntime-genai model folder from a transformers checkpoint of a ternary
@@ -366,6 +367,9 @@ def build(
 
     ``for_="web"`` is ``bitnet-onnx build --for web``: the folder Transformers.js and
     onnxruntime-web load (``onnx/model_q2.onnx``), which onnxruntime-genai loads too.
+    ``kernel="bitnet"`` computes the ternary layers with this package's own ONNX Runtime
+    kernel (a custom-op library installed beside the binary, copied into the folder and named
+    in its ``genai_config.json``); the default ``"ort"`` keeps the folder stock ONNX Runtime.
 
     `checkpoint` is a local directory or, with the ``bitnet-onnx[hub]`` extra, a Hugging Face
     Hub id such as ``"microsoft/bitnet-b1.58-2B-4T"`` (resolved through the local Hub cache,
@@ -383,7 +387,8 @@ def build(
             raise HubError(str(e), 2, f"error: {e}\n", ["build", ckpt]) from None
     flags = dict(
         target=target, embeddings=embeddings, head=head, table_block_size=table_block_size,
-        block_size=block_size, logits=logits, for_=for_, **options,
+        block_size=block_size, logits=logits, for_=for_, kernel=kernel,
+        **options,
     )  # fmt: skip
     args = ["build", ckpt, "-o", os.fspath(output), "--json", *_flag_args(flags)]
     code, out, err = _run(args)

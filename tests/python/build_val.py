@@ -5,7 +5,8 @@ usage: build_val.py MODEL_DIR VAL_JSON FORM [--margin 0.1]
 
 Runs the folder's graph (genai_config.json's `filename`: model.onnx, or a `--for web` folder's
 onnx/model_q2.onnx) in ONNX Runtime (CPU, default optimisations, as onnxruntime-genai
-runs it) on each row as one prompt with an empty KV cache, and prints JSON:
+runs it, registering the folder's custom-op library when genai_config.json names one) on
+each row as one prompt with an empty KV cache, and prints JSON:
   val_loss, ref_val_loss, ref_val_loss_f64   mean next-token cross-entropy (nats): this
                                              model's, transformers float32's and float64's
   loss_delta_rel                             (val_loss - ref_val_loss) / ref_val_loss
@@ -44,7 +45,12 @@ def main() -> int:
     genai = os.path.join(a.model_dir, "genai_config.json")
     if os.path.isfile(genai):
         with open(genai) as f:
-            graph = json.load(f)["model"]["decoder"]["filename"]
+            decoder = json.load(f)["model"]["decoder"]
+        graph = decoder["filename"]
+        # A `--kernel bitnet` folder names its custom-op library, as onnxruntime-genai reads it.
+        lib = decoder.get("session_options", {}).get("custom_ops_library")
+        if lib is not None:
+            so.register_custom_ops_library(os.path.join(a.model_dir, lib))
     s = ort.InferenceSession(os.path.join(a.model_dir, graph), so, providers=["CPUExecutionProvider"])
     feeds_meta = {i.name: i for i in s.get_inputs()}
     losses, argmax = [], []

@@ -232,6 +232,29 @@ def api_build_for_web(t: Path, src: str) -> None:
     assert digest(t / "api") == digest(t / "src")
 
 
+@test
+def api_build_with_the_bundled_kernel(t: Path, src: str) -> None:
+    """`kernel="bitnet"` finds the custom-op library the wheel installs beside its binary; the
+    folder is the source build's but for that library (another link of the same code), and
+    generates the stock build's tokens in onnxruntime-genai."""
+    ckpt = SAMPLES / "checkpoints" / "packed"
+    r = bitnet_onnx.build(ckpt, t / "api", kernel="bitnet")
+    lib = r["kernel_library"]
+    assert r["kernel"] == "bitnet" and lib and (t / "api" / lib).is_file(), r
+    c = run([src, "build", ckpt, "-o", t / "src", "--kernel", "bitnet", "-q"])
+    assert c.returncode == 0, c.stderr
+    a, b = folder_digest(t / "api"), folder_digest(t / "src")
+    assert a.keys() == b.keys() and {k for k in a if a[k] != b[k]} <= {lib}, (a, b)
+    if HAS_GENAI:
+        from bitnet_onnx.generate import generate
+
+        bitnet_onnx.build(ckpt, t / "stock")
+        text = json.loads((SAMPLES / "checkpoints" / "expected" / "packed.json").read_text())["prompts"][0]["text"]
+        k = generate(t / "api", text, max_new_tokens=40)
+        s = generate(t / "stock", text, max_new_tokens=40)
+        assert k["ids"] == s["ids"], (k["ids"], s["ids"])
+
+
 def hub_cache(t: Path, repo: str) -> Path:
     """An HF_HOME whose hub cache holds samples/checkpoints/packed as `repo`, as the Hub
     client lays it out: blobs named by hash, a snapshot of symlinks, refs/main."""

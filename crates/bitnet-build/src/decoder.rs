@@ -48,7 +48,8 @@ use crate::config::LinearForm;
 use crate::error::{BuildError, Result};
 use crate::family::{Activation, Names, Proj};
 use crate::graph::{Attr, DimSpec, Graph, MS};
-use crate::{BuildOptions, Layout, TableMode};
+use crate::{BuildOptions, Kernel, Layout, TableMode};
+use bitnet_ortops::layout;
 
 /// What the graph holds, for the report and the metadata.
 #[derive(Default)]
@@ -578,6 +579,8 @@ fn bitlinear(
     let mut kind: Option<Rescale> = None;
     let mut k = 0;
     let mut weights = Vec::new();
+    // Each part's output count and constant (the op's column groups).
+    let mut groups: Vec<(usize, f32)> = Vec::new();
     for &part in parts {
         let lname = ck.linear_name(layer, part);
         let lin = ck.linear(&lname, ck.linear_shape(part))?;
@@ -601,10 +604,15 @@ fn bitlinear(
         }
         kind = Some(lin.scale);
         col_scales.extend(std::iter::repeat_n(lin.scale.value(), lin.out));
+        groups.push((lin.out, lin.scale.value()));
         codes.extend_from_slice(&lin.codes);
         weights.push(format!("{lname}.weight"));
     }
     let n = col_scales.len();
+    if let Kernel::Bitnet { .. } = opts.kernel {
+        let divide = matches!(kind, Some(Rescale::Divide(_)));
+        return bitlinear_op(ck, g, built, name, x, k, &codes, &groups, divide, &weights);
+    }
     let nb = hf::reserved_blocks(k, bs);
     let packed = hf::pack_2bit_reserved(&codes, n, k, bs)
         .map_err(|e| BuildError::tensor(&ck.dir, &weights.join(", "), e.to_string()))?;
@@ -796,6 +804,70 @@ fn float_linear(
         weight: weights.join(","),
     });
     Ok(y)
+}
+
+/// `--kernel bitnet`: the layers reading `x` as one `bitnet.onnx::BitLinear` node, which
+/// quantizes the activations itself (the same float operations as the chain above), takes
+/// the exact integer product with the weights in `bitnet_ortops::layout` and applies each
+/// part's constant in its class's order (`divide`: `y / (s * c)`, else `(y / s) * c`).
+#[allow(clippy::too_many_arguments)]
+fn bitlinear_op(
+    ck: &Checkpoint,
+    g: &mut Graph,
+    built: &mut Built,
+    name: &str,
+    x: &str,
+    k: usize,
+    codes: &[i8],
+    groups: &[(usize, f32)],
+    divide: bool,
+    weights: &[String],
+) -> Result<String> {
+    let n: usize = groups.iter().map(|(c, _)| c).sum();
+    let packed = layout::pack(codes, n, k)
+        .map_err(|e| BuildError::tensor(&ck.dir, &weights.join(", "), e.to_string()))?;
+    let prefix = weights.join("+").replace(".weight", "");
+    let w = g.initializer(tensor::from_raw(
+        &format!("{prefix}.bitnet_weight"),
+        DataType::Uint8,
+        &[n as i64, layout::row_bytes(k) as i64],
+        packed,
+    ))?;
+    let scales: Vec<f32> = groups.iter().map(|&(_, c)| c).collect();
+    let c = g.initializer(tensor::from_f32(
+        &format!("{prefix}.weight_scale"),
+        &[groups.len() as i64],
+        &scales,
+    ))?;
+    let node = format!("{name}/BitLinear");
+    let out = g
+        .node(
+            "BitLinear",
+            crate::BITNET_DOMAIN,
+            &node,
+            &[x, &w, &c],
+            1,
+            &[
+                ("K", Attr::Int(k as i64)),
+                ("N", Attr::Int(n as i64)),
+                (
+                    "group_sizes",
+                    Attr::Ints(groups.iter().map(|&(c, _)| c as i64).collect()),
+                ),
+                ("divide", Attr::Int(divide as i64)),
+            ],
+        )
+        .remove(0);
+    built.layers.push(LayerSpec {
+        lossless: None,
+        node,
+        op: "BitLinear".into(),
+        output: out.clone(),
+        output_scale: None,
+        scaled_output: None,
+        weight: weights.join(","),
+    });
+    Ok(out)
 }
 
 /// How a float-stored ternary weight's scales were found, for the report.

@@ -17,20 +17,29 @@ pub fn pad_token_id(c: &crate::Config) -> i64 {
 }
 
 /// `filename`: the graph's path relative to the folder (`model.onnx`, or a web folder's
-/// `onnx/model_q2.onnx`).
-pub fn config_json(ck: &Checkpoint, filename: &str) -> serde_json::Value {
+/// `onnx/model_q2.onnx`); `custom_ops_library` is the custom-op library's file name inside the
+/// folder (`--kernel bitnet`), which onnxruntime-genai registers on the decoder's session options.
+pub fn config_json(
+    ck: &Checkpoint,
+    filename: &str,
+    custom_ops_library: Option<&str>,
+) -> serde_json::Value {
     let c = &ck.config;
     let eos: Vec<i64> = c.eos_token_ids.clone();
     let pad = pad_token_id(c);
+    let mut session_options = json!({
+        "log_id": "onnxruntime-genai",
+        "provider_options": []
+    });
+    if let Some(lib) = custom_ops_library {
+        session_options["custom_ops_library"] = json!(lib);
+    }
     json!({
         "model": {
             "bos_token_id": c.bos_token_id.unwrap_or(0),
             "context_length": c.max_position_embeddings,
             "decoder": {
-                "session_options": {
-                    "log_id": "onnxruntime-genai",
-                    "provider_options": []
-                },
+                "session_options": session_options,
                 "filename": filename,
                 "head_size": c.head_dim,
                 "hidden_size": c.hidden_size,
@@ -73,13 +82,17 @@ pub fn config_json(ck: &Checkpoint, filename: &str) -> serde_json::Value {
     })
 }
 
-pub fn write_config(ck: &Checkpoint, filename: &str, path: &Path) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(&config_json(ck, filename)).map_err(|e| {
-        BuildError::Output {
+pub fn write_config(
+    ck: &Checkpoint,
+    filename: &str,
+    custom_ops_library: Option<&str>,
+    path: &Path,
+) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(&config_json(ck, filename, custom_ops_library))
+        .map_err(|e| BuildError::Output {
             path: path.to_path_buf(),
             message: e.to_string(),
-        }
-    })?;
+        })?;
     text.push('\n');
     std::fs::write(path, text).map_err(|e| BuildError::io(path, e))
 }

@@ -88,6 +88,26 @@ impl Layout {
     }
 }
 
+/// What computes the ternary layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kernel {
+    /// ONNX Runtime's own 2-bit `MatMulNBits` after BitNet's activation quantization in
+    /// standard ops: the folder runs on a stock runtime.
+    Ort,
+    /// `bitnet.onnx::BitLinear` from the `bitnet-ortops` custom-op library at this path, which
+    /// is copied into the folder and named in `genai_config.json`.
+    Bitnet { library: PathBuf },
+}
+
+impl Kernel {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kernel::Ort => "ort",
+            Kernel::Bitnet { .. } => "bitnet",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub layout: Layout,
@@ -101,6 +121,7 @@ pub struct BuildOptions {
     /// Compute the LM head for the one position per sequence onnxruntime-genai reads (the last
     /// token that is not the pad token); the other rows of `logits` are 0.
     pub last_logits: bool,
+    pub kernel: Kernel,
 }
 
 impl Default for BuildOptions {
@@ -114,6 +135,7 @@ impl Default for BuildOptions {
             table_block_size: 32,
             block_size: 128,
             last_logits: true,
+            kernel: Kernel::Ort,
         }
     }
 }
@@ -127,12 +149,13 @@ impl BuildOptions {
             Layout::Web => "--for web ".into(),
         };
         format!(
-            "{layout}--embeddings {} --head {} --table-block-size {} --block-size {} --logits {}",
+            "{layout}--embeddings {} --head {} --table-block-size {} --block-size {} --logits {} --kernel {}",
             self.embeddings.name(),
             self.head.name(),
             self.table_block_size,
             self.block_size,
-            if self.last_logits { "last" } else { "all" }
+            if self.last_logits { "last" } else { "all" },
+            self.kernel.name()
         )
     }
 }
@@ -167,7 +190,14 @@ pub struct BuildReport {
     /// (`per tensor`, `per row`, `per group of G along the input`); empty otherwise.
     pub float_ternary_scales: std::collections::BTreeMap<String, usize>,
     pub linear_params: u64,
+    /// Ternary layer nodes computed by `MatMulNBits` (`--kernel ort`).
     pub matmulnbits_layers: usize,
+    /// Ternary layer nodes computed by `bitnet.onnx::BitLinear` (`--kernel bitnet`).
+    pub bitlinear_layers: usize,
+    /// `ort` or `bitnet`.
+    pub kernel: String,
+    /// The custom-op library's file name inside the folder (`--kernel bitnet`).
+    pub kernel_library: Option<String>,
     pub activations: String,
     pub tables: Vec<metadata::TableSpec>,
     pub table_shared: bool,
@@ -185,16 +215,22 @@ pub const TARGET_WEB: &str = "web";
 
 /// What the activations of the ternary layers compute, as recorded in the metadata.
 pub const ACTIVATIONS: &str = "bitnet per-token int8 (absmax 127), exact: MatMulNBits accuracy_level 4 on BitNet's int8 codes with a reserved 127 slot per block";
+/// The same with `--kernel bitnet`.
+pub const ACTIVATIONS_BITNET: &str = "bitnet per-token int8 (absmax 127), exact: bitnet.onnx BitLinear, int32 dot products of the codes with 2-bit ternary weights";
+
+/// The custom ops' domain in the graph (the library registers it).
+pub const BITNET_DOMAIN: &str = "bitnet.onnx";
 
 /// The same for float-stored ternary weights (no `quantization_config`): transformers runs
 /// them as float linear layers, and so does the graph.
 pub const FLOAT_ACTIVATIONS: &str = "float32, as the checkpoint's float linear layers compute them: MatMulNBits (float32 compute) on the recovered ternary codes with the recovered scales as block scales";
 
-/// What the activations of `form`'s layers compute.
-pub fn activations(form: LinearForm) -> &'static str {
-    match form {
-        LinearForm::FloatTernary => FLOAT_ACTIVATIONS,
-        _ => ACTIVATIONS,
+/// What the activations of `form`'s layers compute with `opts.kernel`.
+pub fn activations(form: LinearForm, opts: &BuildOptions) -> &'static str {
+    match (form, &opts.kernel) {
+        (LinearForm::FloatTernary, _) => FLOAT_ACTIVATIONS,
+        (_, Kernel::Ort) => ACTIVATIONS,
+        (_, Kernel::Bitnet { .. }) => ACTIVATIONS_BITNET,
     }
 }
 
@@ -211,6 +247,7 @@ const TOKENIZER_FILES: [&str; 5] = [
 /// Builds the model folder `out_dir` from the checkpoint in `checkpoint_dir`.
 pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Result<BuildReport> {
     check_flags(opts)?;
+    let library = check_library(opts)?;
     let ck = Checkpoint::open(checkpoint_dir)?;
     check_options(&ck, opts)?;
     // The tokenizer files are copied as they are: each must parse as what it claims to be.
@@ -251,18 +288,25 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
     let built = decoder::build(&ck, opts, &mut g)?;
     let graph = std::mem::take(&mut g.graph);
     drop(g);
+    let mut opset_import = vec![
+        OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(21),
+        },
+        OperatorSetIdProto {
+            domain: Some(graph::MS.to_string()),
+            version: Some(1),
+        },
+    ];
+    if library.is_some() {
+        opset_import.push(OperatorSetIdProto {
+            domain: Some(BITNET_DOMAIN.to_string()),
+            version: Some(1),
+        });
+    }
     let mut model = ModelProto {
         ir_version: Some(10),
-        opset_import: vec![
-            OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(21),
-            },
-            OperatorSetIdProto {
-                domain: Some(graph::MS.to_string()),
-                version: Some(1),
-            },
-        ],
+        opset_import,
         producer_name: Some("bitnet-onnx".into()),
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
         graph: Some(graph),
@@ -286,8 +330,18 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
             ),
         });
     }
-    genai::write_config(&ck, &model_file, &staging.dir.join("genai_config.json"))?;
+    let lib_name = library.as_ref().map(|(_, name)| name.clone());
+    genai::write_config(
+        &ck,
+        &model_file,
+        lib_name.as_deref(),
+        &staging.dir.join("genai_config.json"),
+    )?;
     let mut files = vec![model_file, data_file, "genai_config.json".to_string()];
+    if let Some((src, name)) = &library {
+        std::fs::copy(src, staging.dir.join(name)).map_err(|e| BuildError::io(src, e))?;
+        files.push(name.clone());
+    }
     let mut warnings = Vec::new();
     for f in tokenizer {
         let src = checkpoint_dir.join(f);
@@ -357,8 +411,19 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
         linear_weights_ternarised: built.ternarised,
         float_ternary_scales: built.float_granularity.clone(),
         linear_params: built.linear_params,
-        matmulnbits_layers: built.layers.len(),
-        activations: activations(c.linear).into(),
+        matmulnbits_layers: if library.is_none() {
+            built.layers.len()
+        } else {
+            0
+        },
+        bitlinear_layers: if library.is_some() {
+            built.layers.len()
+        } else {
+            0
+        },
+        kernel: opts.kernel.name().into(),
+        kernel_library: lib_name,
+        activations: activations(c.linear, opts).into(),
         tables: built.tables,
         table_shared: built.table_shared,
         model_bytes: saved.model_bytes,
@@ -406,6 +471,15 @@ fn check_flags(opts: &BuildOptions) -> Result<()> {
                 .into(),
         });
     }
+    if opts.layout == Layout::Web && matches!(opts.kernel, Kernel::Bitnet { .. }) {
+        return Err(BuildError::Flag {
+            flag: "--kernel".into(),
+            value: "bitnet".into(),
+            why: "a web folder runs in onnxruntime-web, which cannot load a native custom-op \
+                  library; build it with --kernel ort (the default)"
+                .into(),
+        });
+    }
     let v = opts.table_block_size;
     if v < 16 || !v.is_power_of_two() {
         return Err(flag_error(
@@ -417,9 +491,51 @@ fn check_flags(opts: &BuildOptions) -> Result<()> {
     Ok(())
 }
 
+/// With `--kernel bitnet`: the library to copy and its file name in the folder, checked to be
+/// a regular file before anything is written.
+fn check_library(opts: &BuildOptions) -> Result<Option<(PathBuf, String)>> {
+    let Kernel::Bitnet { library } = &opts.kernel else {
+        return Ok(None);
+    };
+    let bad = |why: &str| BuildError::Flag {
+        flag: "--kernel".into(),
+        value: "bitnet".into(),
+        why: format!("the custom-op library {} {why}", library.display()),
+    };
+    if !library.is_file() {
+        return Err(bad("is not a file"));
+    }
+    let name = library
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty() && !n.starts_with('.'))
+        .ok_or_else(|| bad("has no usable file name"))?;
+    if ["model.onnx", "model.onnx.data", "genai_config.json"].contains(&name)
+        || TOKENIZER_FILES.contains(&name)
+    {
+        return Err(bad("has the name of a file the folder holds"));
+    }
+    Ok(Some((library.clone(), name.to_string())))
+}
+
 /// The flags against the checkpoint.
 fn check_options(ck: &Checkpoint, opts: &BuildOptions) -> Result<()> {
     let bad = |flag: &str, v: usize, why: String| flag_error(flag, v, why);
+    if ck.config.linear == LinearForm::FloatTernary && matches!(opts.kernel, Kernel::Bitnet { .. })
+    {
+        // The op quantizes its input to BitNet's int8 codes; these checkpoints' layers take
+        // float activations, which the stock MatMulNBits path computes as they do.
+        return Err(BuildError::Flag {
+            flag: "--kernel".into(),
+            value: "bitnet".into(),
+            why: format!(
+                "{} holds float-stored ternary weights whose layers take float activations; \
+                 bitnet.onnx::BitLinear computes BitNet's int8 activations: use --kernel ort \
+                 (the default)",
+                ck.dir.display()
+            ),
+        });
+    }
     let h = ck.config.hidden_size;
     let quantized = opts.embeddings != TableMode::Float || opts.head != TableMode::Float;
     if quantized && !h.is_multiple_of(opts.table_block_size) {
@@ -443,8 +559,9 @@ fn record(model: &mut ModelProto, ck: &Checkpoint, opts: &BuildOptions, built: &
     metadata::set(
         model,
         metadata::ACTIVATIONS,
-        activations(ck.config.linear).into(),
+        activations(ck.config.linear, opts).into(),
     );
+    metadata::set(model, metadata::KERNEL, opts.kernel.name().into());
     metadata::set(model, metadata::LAYERS, metadata::to_json(&built.layers));
     if !built.tables.is_empty() {
         metadata::set(model, metadata::TABLES, metadata::to_json(&built.tables));

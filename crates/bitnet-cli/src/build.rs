@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use bitnet_build::{BuildOptions, Layout, TableMode};
+use bitnet_build::{BuildOptions, Kernel, Layout, TableMode};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Table {
@@ -75,6 +75,13 @@ pub struct BuildArgs {
     /// computes every row (for reading every position's logits, as when scoring a text).
     #[arg(long, value_enum, default_value = "last")]
     pub logits: Logits,
+    /// What computes the ternary layers. `ort`: ONNX Runtime's own 2-bit `MatMulNBits` (the
+    /// folder runs on a stock runtime). `bitnet`: the `bitnet.onnx::BitLinear` op of this
+    /// project's custom-op library (integer dot products over all of K, weights 2 bits each),
+    /// which is copied into the folder and named in genai_config.json's `custom_ops_library`;
+    /// the library is looked up beside this binary (or at $BITNET_ONNX_KERNEL_LIBRARY).
+    #[arg(long, value_enum, default_value = "ort")]
+    pub kernel: KernelArg,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -96,6 +103,59 @@ pub enum Logits {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelArg {
+    Ort,
+    Bitnet,
+}
+
+/// The environment variable that names the custom-op library, overriding the search.
+pub const KERNEL_LIBRARY_ENV: &str = "BITNET_ONNX_KERNEL_LIBRARY";
+
+/// The custom-op library's file name on this platform (`libbitnet_ortops.so` on Linux).
+fn library_file_name() -> String {
+    format!(
+        "{}bitnet_ortops{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+/// Where `--kernel bitnet` finds the library: `$BITNET_ONNX_KERNEL_LIBRARY` when set (it must
+/// exist), else beside the running binary (where `cargo build` puts it for the workspace's
+/// `bitnet-ortops` crate, and where a package ships it), else in cargo's `deps` folder beside
+/// the binary (a build that made the library only as a dependency, as `cargo test` does).
+fn locate_library() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(KERNEL_LIBRARY_ENV) {
+        let p = PathBuf::from(p);
+        anyhow::ensure!(
+            p.is_file(),
+            "--kernel bitnet: {KERNEL_LIBRARY_ENV}={} is not a file",
+            p.display()
+        );
+        return Ok(p);
+    }
+    let exe = std::env::current_exe().context("--kernel bitnet: cannot find this binary's path")?;
+    let dir = exe
+        .parent()
+        .context("--kernel bitnet: this binary's path has no folder")?;
+    let name = library_file_name();
+    let candidates = [dir.join(&name), dir.join("deps").join(&name)];
+    for c in &candidates {
+        if c.is_file() {
+            return Ok(c.clone());
+        }
+    }
+    anyhow::bail!(
+        "--kernel bitnet: the custom-op library {name} is not beside this binary ({}); build it with `cargo build -p bitnet-ortops` (same profile) or set {KERNEL_LIBRARY_ENV}",
+        candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BuildTarget {
     Ort,
 }
@@ -111,6 +171,12 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
         table_block_size: args.table_block_size,
         block_size: args.block_size,
         last_logits: args.logits == Logits::Last,
+        kernel: match args.kernel {
+            KernelArg::Ort => Kernel::Ort,
+            KernelArg::Bitnet => Kernel::Bitnet {
+                library: locate_library()?,
+            },
+        },
     };
     let start = Instant::now();
     let report = bitnet_build::build(&args.checkpoint, &args.output, &opts).with_context(|| {
@@ -148,10 +214,14 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
         report.linear_form
     );
     println!(
-        "  {} linear weights ({} parameters) as 2-bit MatMulNBits in {} nodes: {} read as stored codes (lossless), {} ternarised from master weights",
+        "  {} linear weights ({} parameters) as {} in {} nodes: {} read as stored codes (lossless), {} ternarised from master weights",
         report.linear_weights_stored_as_codes + report.linear_weights_ternarised,
         report.linear_params,
-        report.matmulnbits_layers,
+        match &report.kernel_library {
+            None => "2-bit MatMulNBits".to_string(),
+            Some(lib) => format!("bitnet.onnx BitLinear (custom-op library {lib}, in the folder)"),
+        },
+        report.matmulnbits_layers + report.bitlinear_layers,
         report.linear_weights_stored_as_codes,
         report.linear_weights_ternarised
     );

@@ -102,6 +102,7 @@ fn recorded(p: &bitnet_model::proto::ModelProto) -> Value {
         "activations": md::get(p, md::ACTIVATIONS),
         "source": md::get(p, md::SOURCE),
         "family": md::get(p, md::FAMILY),
+        "kernel": md::get(p, md::KERNEL),
         "layers": count(md::LAYERS),
         "tables": count(md::TABLES),
     })
@@ -204,6 +205,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             "flags",
             "family",
             "source",
+            "kernel",
             "activations",
             "layers",
             "tables",

@@ -26,6 +26,9 @@ pub const TABLES: &str = "bitnet_onnx.tables";
 /// `[batch, 1, vocab]`); `last-row` when `build --logits last` computes only the row
 /// onnxruntime-genai reads and leaves the others 0 (logits keep `[batch, seq, vocab]`).
 pub const LOGITS: &str = "bitnet_onnx.logits";
+/// What `build`'s ternary layers run on: `ort` (ONNX Runtime's `MatMulNBits`) or `bitnet`
+/// (the `bitnet.onnx::BitLinear` custom op, whose library is in the model folder).
+pub const KERNEL: &str = "bitnet_onnx.kernel";
 /// What `build` read: the checkpoint's transformers linear class.
 pub const SOURCE: &str = "bitnet_onnx.source";
 /// What `build` read: the model family recognised from the checkpoint's config.json

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Decode and prompt speed of `build --kernel bitnet` (the bitnet-ortops custom op) against the
+stock build (`--kernel ort`, ONNX Runtime's 2-bit MatMulNBits), both in onnxruntime-genai, at
+microsoft/bitnet-b1.58-2B-4T's shape, with the machine's read bandwidth measured in the same run
+(not a test; nothing it writes is committed).
+
+    .venv/bin/python bench/decode_kernel.py --workdir DIR [--binary target/release/bitnet-onnx]
+        [--layers 30] [--threads 2] [--prompt-tokens 128] [--new-tokens 64] [--reps 3]
+        [--seed 0] [--bandwidth-gb 1.2]
+
+Needs numpy, onnx and onnxruntime-genai==0.18.0. The library is found the way the binary finds
+it (beside it, or at $BITNET_ONNX_KERNEL_LIBRARY): build both with
+`cargo build --release -p bitnet-cli -p bitnet-ortops`.
+
+1. The random packed checkpoint of bench/genai_speed.py (its `write_checkpoint`: 2B-4T's
+   config with --layers decoder layers, ternary codes uniform over {-1, 0, 1}, written once per
+   --layers/--seed in DIR/ckpt-<N>l and reused).
+2. Two folders from it with the default flags (int8 tied table): DIR/ort-<N>l and
+   DIR/bitnet-<N>l (`--kernel bitnet`).
+3. Bytes read per generated token, from each model's initializers (external data lengths):
+   every initializer except the rotary tables (a few rows read per token) and the 1-row-per-token
+   embedding use of the tied table, which the head reads in full; the ternary layers' share is
+   printed apart. MatMulNBits' figure is its file layout; ONNX Runtime prepacks it at load into
+   a larger one (not measured here). The custom op has no prepack: it reads the file's layout.
+4. Read bandwidth: two processes at once (the benchmark's thread count), each a
+   --bandwidth-gb float32 matrix times a vector with numpy (one BLAS thread each), best of 3;
+   the sum of the two rates. Then each folder in a process of its own (genai_speed's genai
+   worker: one warm-up generation, then --reps timed ones; prompt tok/s = prompt tokens / time
+   to the first new token, decode tok/s = (new - 1) / the rest), and the bandwidth again.
+   Both folders must generate the same tokens.
+Prints the CPU model and flags, the bandwidth, and a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import genai_speed as gs  # noqa: E402
+
+BW_CODE = r"""
+import os, sys, time
+import numpy as np
+gb = float(sys.argv[1])
+rows = int(gb * 1e9 / 4 / 1024)
+a = np.ones((rows, 1024), dtype=np.float32)
+v = np.ones(1024, dtype=np.float32)
+best = 0.0
+for _ in range(3):
+    t0 = time.perf_counter()
+    np.dot(a, v)
+    best = max(best, a.nbytes / (time.perf_counter() - t0))
+print(best)
+"""
+
+
+def bandwidth(gb: float, procs: int) -> float:
+    """Total read rate (bytes/s) of `procs` processes each streaming a `gb` GB matrix."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    ps = [subprocess.Popen([sys.executable, "-c", BW_CODE, str(gb)], stdout=subprocess.PIPE, env=env, text=True)
+          for _ in range(procs)]
+    rates = []
+    for p in ps:
+        out, _ = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit("bandwidth worker failed")
+        rates.append(float(out.strip()))
+    return sum(rates)
+
+
+def model_bytes(folder: str) -> dict:
+    """Initializer bytes by role, from model.onnx (external data not loaded)."""
+    import onnx
+
+    m = onnx.load(os.path.join(folder, "model.onnx"), load_external_data=False)
+    consumers = {}
+    for n in m.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    out = dict(ternary=0, head=0, rotary=0, other=0)
+    for t in m.graph.initializer:
+        length = next((int(e.value) for e in t.external_data if e.key == "length"), None)
+        if length is None:
+            length = len(t.raw_data) if t.raw_data else 0
+        ops = consumers.get(t.name, [])
+        if "cos_cache" in t.name or "sin_cache" in t.name:
+            out["rotary"] += length
+        elif "BitLinear" in ops or ("MatMulNBits" in ops and "layers." in t.name):
+            out["ternary"] += length
+        elif "MatMulNBits" in ops or "GatherBlockQuantized" in ops:
+            out["head"] += length
+        else:
+            out["other"] += length
+    out["per_token"] = out["ternary"] + out["head"] + out["other"]
+    return out
+
+
+def build(binary: str, ckpt: str, out: str, kernel: str) -> float:
+    if os.path.isdir(out):
+        return 0.0
+    t0 = time.time()
+    subprocess.run([binary, "build", ckpt, "-o", out, "--kernel", kernel, "-q"], check=True)
+    return time.time() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--binary", default=os.path.join(REPO, "target", "release", "bitnet-onnx"))
+    ap.add_argument("--layers", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--bandwidth-gb", type=float, default=1.2)
+    a = ap.parse_args()
+    work = a.workdir or tempfile.mkdtemp(prefix="decode_kernel-")
+    os.makedirs(work, exist_ok=True)
+    cpu, flags = gs.cpu_line()
+    print(f"CPU: {cpu}\nflags: {flags}", flush=True)
+
+    ckpt = os.path.join(work, f"ckpt-{a.layers}l")
+    if not gs.stamp_matches(ckpt, kind="checkpoint", layers=a.layers, seed=a.seed):
+        print(f"writing {ckpt}", flush=True)
+        gs.run_worker("checkpoint", path=ckpt, layers=a.layers, seed=a.seed)
+    folders = {k: os.path.join(work, f"{k}-{a.layers}l") for k in ("ort", "bitnet")}
+    for k, f in folders.items():
+        s = build(a.binary, ckpt, f, k)
+        if s:
+            print(f"built {f} in {s:.1f} s", flush=True)
+
+    bw0 = bandwidth(a.bandwidth_gb, a.threads)
+    print(f"read bandwidth ({a.threads} processes): {bw0 / 1e9:.1f} GB/s", flush=True)
+    res = {}
+    for k, f in folders.items():
+        res[k] = gs.run_worker("genai", folder=f, threads=a.threads, seed=a.seed, n_prompt=a.prompt_tokens,
+                               n_new=a.new_tokens, reps=a.reps)
+        print(f"{k}: prompt {gs.cell(res[k]['prompt'])} tok/s, decode {gs.cell(res[k]['decode'])} tok/s; "
+              f"{gs.details(res[k])}", flush=True)
+    bw1 = bandwidth(a.bandwidth_gb, a.threads)
+    print(f"read bandwidth again: {bw1 / 1e9:.1f} GB/s", flush=True)
+    same = res["ort"]["tokens"] == res["bitnet"]["tokens"]
+    print(f"same generated tokens: {same}", flush=True)
+
+    bw = max(bw0, bw1)
+    names = {"ort": "`build` (stock, 2-bit `MatMulNBits`)", "bitnet": "`build --kernel bitnet` (`bitnet.onnx::BitLinear`)"}
+    print()
+    print(f"{a.layers} layers at 2B-4T shape, {a.threads} threads, {a.prompt_tokens}-token prompt, "
+          f"{a.new_tokens} new tokens, {a.reps} runs (median, range); bound = {bw / 1e9:.1f} GB/s / bytes per token")
+    print()
+    print("| system | bytes read per token (ternary layers) | prompt tok/s | decode tok/s | decode / its bandwidth bound |")
+    print("|---|---|---|---|---|")
+    for k, f in folders.items():
+        b = model_bytes(f)
+        bound = bw / b["per_token"]
+        dec = statistics.median(res[k]["decode"])
+        print(f"| {names[k]} | {gs.mib(b['per_token'])} MiB ({gs.mib(b['ternary'])} MiB) | {gs.cell(res[k]['prompt'])} | "
+              f"{gs.cell(res[k]['decode'])} | {dec / bound:.2f} (of {bound:.1f} tok/s) |")
+    json.dump(dict(cpu=cpu, flags=flags, bandwidth=[bw0, bw1], same_tokens=same,
+                   bytes={k: model_bytes(f) for k, f in folders.items()},
+                   results={k: {x: v for x, v in r.items() if x != "tokens"} for k, r in res.items()}),
+              open(os.path.join(work, "decode_kernel.json"), "w"), indent=1)
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

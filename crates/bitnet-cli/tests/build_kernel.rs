@@ -1,0 +1,216 @@
+//! `bitnet-onnx build --kernel bitnet`: the ternary layers as `bitnet.onnx::BitLinear` from the
+//! bitnet-ortops custom-op library, copied into the folder and named in genai_config.json.
+//! Each sample checkpoint's kernel build, run by the pinned onnxruntime-genai, generates what
+//! its stock (`--kernel ort`, MatMulNBits) build generates, token for token, with the same
+//! prompt-step logits bit for bit (both compute BitNet's exact integer products and then the
+//! same float operations, see bitnet-build's decoder), and scores the same validation loss.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn checkpoint(form: &str) -> PathBuf {
+    workspace().join("samples/checkpoints").join(form)
+}
+
+fn library_name() -> String {
+    format!(
+        "{}bitnet_ortops{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+/// `build` with `--kernel bitnet`. The binary finds the library itself (beside it, or in
+/// cargo's deps folder); a copy of the binary elsewhere (`BITNET_ONNX_BIN`) is told where
+/// cargo's library is.
+fn build_kernel(ck: &Path, out: &Path, flags: &[&str]) -> std::process::Output {
+    let mut cmd = bin();
+    if std::env::var_os("BITNET_ONNX_BIN").is_some() {
+        let dir = Path::new(env!("CARGO_BIN_EXE_bitnet-onnx"))
+            .parent()
+            .unwrap();
+        let lib = [
+            dir.join(library_name()),
+            dir.join("deps").join(library_name()),
+        ]
+        .into_iter()
+        .find(|p| p.is_file())
+        .expect("cargo built the library");
+        cmd.env("BITNET_ONNX_KERNEL_LIBRARY", lib);
+    }
+    cmd.arg("build")
+        .arg(ck)
+        .arg("-o")
+        .arg(out)
+        .args(["--kernel", "bitnet"])
+        .args(flags)
+        .arg("-q")
+        .output()
+        .expect("run bitnet-onnx build")
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn kernel_build_generates_the_stock_tokens_and_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    for form in ["packed", "bf16", "packed_untied"] {
+        let stock = dir.path().join(format!("{form}-ort"));
+        let kern = dir.path().join(format!("{form}-bitnet"));
+        let r = build(&checkpoint(form), &stock, &[]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let r = build_kernel(&checkpoint(form), &kern, &[]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let out = Command::new(python())
+            .arg(workspace().join("tests/python/genai_kernel_compare.py"))
+            .arg(&stock)
+            .arg(&kern)
+            .arg(
+                workspace()
+                    .join("samples/checkpoints/expected")
+                    .join(format!("{form}.json")),
+            )
+            .output()
+            .expect("run python");
+        assert!(
+            out.status.success(),
+            "{form}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let prompts = v["prompts"].as_array().unwrap();
+        assert!(!prompts.is_empty());
+        for p in prompts {
+            assert_eq!(p["tokens_identical"], true, "{form}: {p}");
+            assert_eq!(p["logits_bit_identical"], true, "{form}: {p}");
+        }
+    }
+}
+
+#[test]
+fn kernel_build_scores_the_same_validation_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let val = workspace().join("samples/checkpoints/expected/val.json");
+    let score = |out: &Path| {
+        let o = Command::new(python())
+            .arg(workspace().join("tests/python/build_val.py"))
+            .arg(out)
+            .arg(&val)
+            .arg("packed")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let (stock, kern) = (dir.path().join("ort"), dir.path().join("bitnet"));
+    let flags = ["--logits", "all"];
+    assert!(build(&checkpoint("packed"), &stock, &flags)
+        .status
+        .success());
+    let r = build_kernel(&checkpoint("packed"), &kern, &flags);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let (a, b) = (score(&stock), score(&kern));
+    assert_eq!(a["val_loss"], b["val_loss"], "{a}\n{b}");
+    assert_eq!(a["top1"], b["top1"], "{a}\n{b}");
+    assert!(b["loss_delta_rel"].as_f64().unwrap().abs() <= 1e-3, "{b}");
+}
+
+/// The folder, the report and the metadata say which kernel; the stock build has no library.
+#[test]
+fn kernel_build_records_the_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let kern = dir.path().join("bitnet");
+    let r = build_kernel(&checkpoint("packed"), &kern, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let lib = library_name();
+    assert!(kern.join(&lib).is_file());
+    let cfg = json(&kern.join("genai_config.json"));
+    assert_eq!(
+        cfg["model"]["decoder"]["session_options"]["custom_ops_library"],
+        lib.as_str()
+    );
+    let info = run_ok(
+        bin()
+            .arg("inspect")
+            .arg(kern.join("model.onnx"))
+            .arg("--json"),
+    );
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["bitnet_onnx"]["kernel"], "bitnet", "{info}");
+    let flags = info["bitnet_onnx"]["flags"].as_str().unwrap();
+    assert!(flags.ends_with("--kernel bitnet"), "{flags}");
+    // 2 layers of q/k/v, o, gate/up and down; the only MatMulNBits left is the int8 head.
+    assert_eq!(info["ops"]["bitnet.onnx::BitLinear"], 8, "{info}");
+    assert_eq!(info["ops"]["com.microsoft::MatMulNBits"], 1, "{info}");
+    assert_eq!(info["opsets"]["bitnet.onnx"], 1, "{info}");
+
+    let stock = dir.path().join("ort");
+    let r = bin()
+        .arg("build")
+        .arg(checkpoint("packed"))
+        .arg("-o")
+        .arg(&stock)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(r.status.success());
+    let rep: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(rep["kernel"], "ort");
+    assert_eq!(rep["kernel_library"], serde_json::Value::Null);
+    assert_eq!(rep["bitlinear_layers"], 0);
+    assert!(!stock.join(&lib).exists());
+    let cfg = json(&stock.join("genai_config.json"));
+    assert!(cfg["model"]["decoder"]["session_options"]
+        .get("custom_ops_library")
+        .is_none());
+}
+
+/// A library that is not there: exit 2, the path named, nothing written.
+#[test]
+fn missing_library_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let r = bin()
+        .env("BITNET_ONNX_KERNEL_LIBRARY", dir.path().join("nope.so"))
+        .arg("build")
+        .arg(checkpoint("packed"))
+        .arg("-o")
+        .arg(&out)
+        .args(["--kernel", "bitnet"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(err.contains("nope.so"), "{err}");
+    assert!(!out.exists());
+}
+
+/// The op computes BitNet's int8 activations and is a native library: a web folder (run by
+/// onnxruntime-web) and a float-stored ternary checkpoint (float activations) are refused,
+/// naming the flag, with nothing written.
+#[test]
+fn kernel_refused_where_it_cannot_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (checkpoint("packed"), vec!["--for", "web"], "web"),
+        (
+            checkpoint("families/trilm_unpacked"),
+            vec![],
+            "float activations",
+        ),
+    ];
+    for (i, (ck, flags, why)) in cases.iter().enumerate() {
+        let out = dir.path().join(format!("out{i}"));
+        let r = build_kernel(ck, &out, flags);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{err}");
+        assert!(err.contains("--kernel") && err.contains(why), "{err}");
+        assert!(!out.exists(), "{}", out.display());
+    }
+}

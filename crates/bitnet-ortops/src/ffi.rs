@@ -1,0 +1,511 @@
+//! The ONNX Runtime ABI: `RegisterCustomOps` and the op's C callbacks.
+//!
+//! What this relies on (ONNX Runtime 1.32's C API, `onnxruntime_c_api.h`, and its custom-op
+//! registry, `custom_ops.cc`):
+//! - The library is loaded by `SessionOptions.register_custom_ops_library` (Python) or by
+//!   onnxruntime-genai's `custom_ops_library` session option, which call the exported
+//!   `RegisterCustomOps(OrtSessionOptions*, const OrtApiBase*)`. The library never links
+//!   ONNX Runtime: every call goes through the `OrtApi` table the runtime hands over, and that
+//!   pointer is kept per kernel, never in a global, because one process may hold two copies of
+//!   the runtime (Python's onnxruntime and onnxruntime-genai's), each with its own table.
+//! - `OrtCustomOp.version` is the API version of the table we ask for (17, ORT 1.17); a runtime
+//!   reads only the callbacks that version has. With 16 or more it calls `CreateKernelV2` and
+//!   `KernelComputeV2`, which return a status, so an error reaches the caller as an ONNX
+//!   Runtime error. From version 8 it calls the input/output characteristic callbacks, from 13
+//!   `GetInputMemoryType`, from 17 `GetStartVersion` and `GetEndVersion` when present.
+//! - Threads come from the session's intra-op pool through `KernelContext_ParallelFor`.
+//! - Custom ops get no prepacking: `W` is read in place, in the layout `build` wrote.
+//!
+//! No panic crosses this boundary: every callback runs its body under `catch_unwind` and turns
+//! a panic into an error status (or, where the callback has no status to return, into a
+//! harmless default).
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+
+use ort_sys as sys;
+
+use crate::kernel::Path;
+use crate::op::BitLinear;
+
+/// The op's domain and name, as the graph's node names them.
+pub const DOMAIN: &CStr = c"bitnet.onnx";
+pub const OP_TYPE: &CStr = c"BitLinear";
+/// The API version requested from the runtime and declared in `OrtCustomOp.version`.
+const API_VERSION: u32 = sys::ORT_API_VERSION;
+
+const FLOAT: sys::ONNXTensorElementDataType =
+    sys::ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+const UINT8: sys::ONNXTensorElementDataType =
+    sys::ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+const INPUTS: [sys::ONNXTensorElementDataType; 3] = [FLOAT, UINT8, FLOAT];
+
+/// The op's description. A static: it must outlive every session, and holds no runtime state.
+static OP: sys::OrtCustomOp = sys::OrtCustomOp {
+    version: API_VERSION,
+    CreateKernel: None,
+    GetName: Some(get_name),
+    GetExecutionProviderType: Some(get_provider),
+    GetInputType: Some(get_input_type),
+    GetInputTypeCount: Some(get_input_count),
+    GetOutputType: Some(get_output_type),
+    GetOutputTypeCount: Some(get_output_count),
+    KernelCompute: None,
+    KernelDestroy: Some(kernel_destroy),
+    GetInputCharacteristic: Some(get_characteristic),
+    GetOutputCharacteristic: Some(get_characteristic),
+    GetInputMemoryType: Some(get_memory_type),
+    GetVariadicInputMinArity: Some(get_min_arity),
+    GetVariadicInputHomogeneity: Some(get_homogeneity),
+    GetVariadicOutputMinArity: Some(get_min_arity),
+    GetVariadicOutputHomogeneity: Some(get_homogeneity),
+    CreateKernelV2: Some(create_kernel),
+    KernelComputeV2: Some(kernel_compute),
+    InferOutputShapeFn: None,
+    GetStartVersion: Some(get_start_version),
+    GetEndVersion: Some(get_end_version),
+    GetMayInplace: None,
+    ReleaseMayInplace: None,
+    GetAliasMap: None,
+    ReleaseAliasMap: None,
+};
+
+/// Registers the `bitnet.onnx` domain with its one op on the session options.
+///
+/// # Safety
+/// Called by ONNX Runtime with valid (or null) pointers.
+#[no_mangle]
+pub unsafe extern "C" fn RegisterCustomOps(
+    options: *mut sys::OrtSessionOptions,
+    api_base: *const sys::OrtApiBase,
+) -> *mut sys::OrtStatus {
+    let res = catch_unwind(|| {
+        if api_base.is_null() {
+            // No table, so no way to build a status: registering nothing makes the session
+            // fail on the unknown op, an ONNX Runtime error.
+            return ptr::null_mut();
+        }
+        // SAFETY: the runtime passes a valid OrtApiBase; GetApi returns null for a version the
+        // runtime lacks (an older runtime), else a table valid for the process's lifetime.
+        let api = unsafe { ((*api_base).GetApi)(API_VERSION) };
+        if api.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: non-null table from the runtime.
+        let api = unsafe { &*api };
+        if options.is_null() {
+            return status(api, "RegisterCustomOps: null session options");
+        }
+        let mut domain = ptr::null_mut();
+        // SAFETY: valid C string and out pointer. The domain is never released: the session
+        // options keep only its pointer, and every session made from them reads it; it is a few
+        // bytes per registration.
+        unsafe {
+            if let Err(e) = take(
+                api,
+                (api.CreateCustomOpDomain)(DOMAIN.as_ptr(), &mut domain),
+            ) {
+                return status(api, &e);
+            }
+            if let Err(e) = take(api, (api.CustomOpDomain_Add)(domain, &OP)) {
+                return status(api, &e);
+            }
+            if let Err(e) = take(api, (api.AddCustomOpDomain)(options, domain)) {
+                return status(api, &e);
+            }
+        }
+        ptr::null_mut()
+    });
+    res.unwrap_or(ptr::null_mut())
+}
+
+/// An error status with this message (interior NULs dropped).
+fn status(api: &sys::OrtApi, msg: &str) -> *mut sys::OrtStatus {
+    let msg = CString::new(msg.replace('\0', "")).unwrap_or_default();
+    // SAFETY: CreateStatus copies the NUL-terminated message.
+    unsafe { (api.CreateStatus)(sys::OrtErrorCode::ORT_INVALID_ARGUMENT, msg.as_ptr()).0 }
+}
+
+/// Turns a returned status into a `Result`, releasing it.
+///
+/// # Safety
+/// `s` is a status returned by `api` (or null).
+unsafe fn take(api: &sys::OrtApi, s: sys::OrtStatusPtr) -> Result<(), String> {
+    if s.0.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null status from this runtime; its message lives until it is released.
+    unsafe {
+        let msg = CStr::from_ptr((api.GetErrorMessage)(s.0))
+            .to_string_lossy()
+            .into_owned();
+        (api.ReleaseStatus)(s.0);
+        Err(msg)
+    }
+}
+
+unsafe extern "system" fn get_name(_: *const sys::OrtCustomOp) -> *const c_char {
+    OP_TYPE.as_ptr()
+}
+
+unsafe extern "system" fn get_provider(_: *const sys::OrtCustomOp) -> *const c_char {
+    c"CPUExecutionProvider".as_ptr()
+}
+
+unsafe extern "system" fn get_input_type(
+    _: *const sys::OrtCustomOp,
+    i: usize,
+) -> sys::ONNXTensorElementDataType {
+    INPUTS
+        .get(i)
+        .copied()
+        .unwrap_or(sys::ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED)
+}
+
+unsafe extern "system" fn get_input_count(_: *const sys::OrtCustomOp) -> usize {
+    INPUTS.len()
+}
+
+unsafe extern "system" fn get_output_type(
+    _: *const sys::OrtCustomOp,
+    _: usize,
+) -> sys::ONNXTensorElementDataType {
+    FLOAT
+}
+
+unsafe extern "system" fn get_output_count(_: *const sys::OrtCustomOp) -> usize {
+    1
+}
+
+unsafe extern "system" fn get_characteristic(
+    _: *const sys::OrtCustomOp,
+    _: usize,
+) -> sys::OrtCustomOpInputOutputCharacteristic {
+    sys::OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED
+}
+
+unsafe extern "system" fn get_memory_type(_: *const sys::OrtCustomOp, _: usize) -> sys::OrtMemType {
+    sys::OrtMemType::OrtMemTypeDefault
+}
+
+unsafe extern "system" fn get_min_arity(_: *const sys::OrtCustomOp) -> i32 {
+    1
+}
+
+unsafe extern "system" fn get_homogeneity(_: *const sys::OrtCustomOp) -> i32 {
+    1
+}
+
+unsafe extern "system" fn get_start_version(_: *const sys::OrtCustomOp) -> i32 {
+    1
+}
+
+unsafe extern "system" fn get_end_version(_: *const sys::OrtCustomOp) -> i32 {
+    i32::MAX
+}
+
+/// One node's kernel: its attributes, the path chosen for this CPU, and the runtime's table.
+struct Kernel {
+    api: *const sys::OrtApi,
+    op: BitLinear,
+    path: Path,
+}
+
+unsafe extern "system" fn create_kernel(
+    _: *const sys::OrtCustomOp,
+    api: *const sys::OrtApi,
+    info: *const sys::OrtKernelInfo,
+    out: *mut *mut c_void,
+) -> sys::OrtStatusPtr {
+    if api.is_null() {
+        return sys::OrtStatusPtr(ptr::null_mut());
+    }
+    // SAFETY: the runtime hands a valid table, kernel info and out pointer.
+    let table = unsafe { &*api };
+    let res = catch_unwind(AssertUnwindSafe(|| -> Result<*mut c_void, String> {
+        // SAFETY: `info` is valid for this call.
+        let (k, n, groups, divide) = unsafe {
+            (
+                attr_i64(table, info, c"K")?,
+                attr_i64(table, info, c"N")?,
+                attr_i64s(table, info, c"group_sizes")?,
+                attr_i64(table, info, c"divide")?,
+            )
+        };
+        let op = BitLinear::new(k, n, &groups, divide).map_err(|e| e.to_string())?;
+        let kernel = Box::new(Kernel {
+            api,
+            op,
+            path: Path::detect(),
+        });
+        Ok(Box::into_raw(kernel) as *mut c_void)
+    }));
+    match res {
+        Ok(Ok(k)) => {
+            // SAFETY: valid out pointer from the runtime.
+            unsafe { *out = k };
+            sys::OrtStatusPtr(ptr::null_mut())
+        }
+        Ok(Err(e)) => sys::OrtStatusPtr(status(table, &e)),
+        Err(_) => sys::OrtStatusPtr(status(
+            table,
+            "bitnet.onnx BitLinear: panic creating the kernel",
+        )),
+    }
+}
+
+unsafe extern "system" fn kernel_destroy(kernel: *mut c_void) {
+    if !kernel.is_null() {
+        // SAFETY: made by `create_kernel` with Box::into_raw, destroyed once by the runtime.
+        let _ = catch_unwind(|| drop(unsafe { Box::from_raw(kernel as *mut Kernel) }));
+    }
+}
+
+/// # Safety
+/// `info` valid; `name` NUL-terminated.
+unsafe fn attr_i64(
+    api: &sys::OrtApi,
+    info: *const sys::OrtKernelInfo,
+    name: &CStr,
+) -> Result<i64, String> {
+    let mut v = 0i64;
+    // SAFETY: valid info, name and out pointer.
+    unsafe {
+        take(
+            api,
+            (api.KernelInfoGetAttribute_int64)(info, name.as_ptr(), &mut v),
+        )
+    }
+    .map_err(|e| {
+        format!(
+            "bitnet.onnx BitLinear: attribute {}: {e}",
+            name.to_string_lossy()
+        )
+    })?;
+    Ok(v)
+}
+
+/// # Safety
+/// `info` valid; `name` NUL-terminated.
+unsafe fn attr_i64s(
+    api: &sys::OrtApi,
+    info: *const sys::OrtKernelInfo,
+    name: &CStr,
+) -> Result<Vec<i64>, String> {
+    let what = |e: String| {
+        format!(
+            "bitnet.onnx BitLinear: attribute {}: {e}",
+            name.to_string_lossy()
+        )
+    };
+    let mut len = 0usize;
+    // SAFETY: a null out pointer asks for the length only.
+    unsafe {
+        take(
+            api,
+            (api.KernelInfoGetAttributeArray_int64)(info, name.as_ptr(), ptr::null_mut(), &mut len),
+        )
+    }
+    .map_err(what)?;
+    if len > 1 << 20 {
+        return Err(what(format!("{len} values")));
+    }
+    let mut v = vec![0i64; len];
+    // SAFETY: `v` holds `len` values, the length the runtime just gave.
+    unsafe {
+        take(
+            api,
+            (api.KernelInfoGetAttributeArray_int64)(info, name.as_ptr(), v.as_mut_ptr(), &mut len),
+        )
+    }
+    .map_err(what)?;
+    v.truncate(len);
+    Ok(v)
+}
+
+/// An input's element type, shape and data pointer.
+///
+/// # Safety
+/// `ctx` valid for this compute call.
+unsafe fn input(
+    api: &sys::OrtApi,
+    ctx: *mut sys::OrtKernelContext,
+    i: usize,
+) -> Result<(sys::ONNXTensorElementDataType, Vec<i64>, *mut c_void), String> {
+    let name = ["X", "W", "C"][i];
+    let what = |e: String| format!("bitnet.onnx BitLinear: input {name}: {e}");
+    let mut value: *const sys::OrtValue = ptr::null();
+    // SAFETY: valid context and out pointers; the tensor info is released before returning.
+    unsafe {
+        take(api, (api.KernelContext_GetInput)(ctx, i, &mut value)).map_err(what)?;
+        if value.is_null() {
+            return Err(what("missing".into()));
+        }
+        let mut info = ptr::null_mut();
+        take(api, (api.GetTensorTypeAndShape)(value, &mut info)).map_err(what)?;
+        let mut ty = sys::ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+        let mut rank = 0usize;
+        let mut res = take(api, (api.GetTensorElementType)(info, &mut ty))
+            .and_then(|_| take(api, (api.GetDimensionsCount)(info, &mut rank)));
+        let mut dims = vec![0i64; if res.is_ok() { rank.min(64) } else { 0 }];
+        if res.is_ok() && rank > 64 {
+            res = Err(format!("rank {rank}"));
+        }
+        if res.is_ok() {
+            res = take(
+                api,
+                (api.GetDimensions)(info, dims.as_mut_ptr(), dims.len()),
+            );
+        }
+        (api.ReleaseTensorTypeAndShapeInfo)(info);
+        res.map_err(what)?;
+        let mut data = ptr::null_mut();
+        take(
+            api,
+            (api.GetTensorMutableData)(value as *mut sys::OrtValue, &mut data),
+        )
+        .map_err(what)?;
+        Ok((ty, dims, data))
+    }
+}
+
+/// A typed slice over a tensor's data, checked for null and alignment.
+///
+/// # Safety
+/// `data` points to at least `len` elements of `T` that live as long as `'a` and that nothing
+/// writes while the slice is alive (ONNX Runtime's inputs during one compute call).
+unsafe fn slice<'a, T>(data: *mut c_void, len: usize, what: &str) -> Result<&'a [T], String> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if data.is_null() || !(data as usize).is_multiple_of(std::mem::align_of::<T>()) {
+        return Err(format!("bitnet.onnx BitLinear: {what} has no aligned data"));
+    }
+    // SAFETY: the caller's contract, non-null and aligned (checked).
+    Ok(unsafe { std::slice::from_raw_parts(data as *const T, len) })
+}
+
+unsafe extern "system" fn kernel_compute(
+    kernel: *mut c_void,
+    ctx: *mut sys::OrtKernelContext,
+) -> sys::OrtStatusPtr {
+    if kernel.is_null() {
+        return sys::OrtStatusPtr(ptr::null_mut());
+    }
+    // SAFETY: made by `create_kernel`, alive until `kernel_destroy`; the runtime may call
+    // compute from several threads at once, and it is only read.
+    let k = unsafe { &*(kernel as *const Kernel) };
+    // SAFETY: the table given at creation, valid for the runtime's lifetime.
+    let api = unsafe { &*k.api };
+    let res = catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
+        // SAFETY: `ctx` is valid for this call.
+        unsafe { compute(api, k, ctx) }
+    }));
+    match res {
+        Ok(Ok(())) => sys::OrtStatusPtr(ptr::null_mut()),
+        Ok(Err(e)) => sys::OrtStatusPtr(status(api, &e)),
+        Err(_) => sys::OrtStatusPtr(status(api, "bitnet.onnx BitLinear: panic in compute")),
+    }
+}
+
+/// # Safety
+/// `ctx` valid for this compute call.
+unsafe fn compute(
+    api: &sys::OrtApi,
+    k: &Kernel,
+    ctx: *mut sys::OrtKernelContext,
+) -> Result<(), String> {
+    let mut count = 0usize;
+    // SAFETY: valid context and out pointer.
+    unsafe { take(api, (api.KernelContext_GetInputCount)(ctx, &mut count)) }?;
+    if count != 3 {
+        return Err(format!(
+            "bitnet.onnx BitLinear: {count} inputs, expected 3 (X, W, C)"
+        ));
+    }
+    let mut ins = Vec::with_capacity(3);
+    for (i, want) in INPUTS.iter().enumerate() {
+        // SAFETY: valid context.
+        let (ty, dims, data) = unsafe { input(api, ctx, i) }?;
+        if ty != *want {
+            return Err(format!(
+                "bitnet.onnx BitLinear: input {} has element type {}, expected {}",
+                ["X", "W", "C"][i],
+                ty as i32,
+                *want as i32
+            ));
+        }
+        ins.push((dims, data));
+    }
+    let (m, out_shape) =
+        k.op.check(&ins[0].0, &ins[1].0, &ins[2].0)
+            .map_err(|e| e.to_string())?;
+    let (kk, n) = (k.op.k, k.op.n);
+    let rb = crate::layout::row_bytes(kk);
+    let x_len = m
+        .checked_mul(kk)
+        .ok_or("bitnet.onnx BitLinear: X too large")?;
+    // SAFETY: the shapes were checked against these lengths; ORT keeps inputs alive and
+    // unwritten during compute.
+    let (x, w, c) = unsafe {
+        (
+            slice::<f32>(ins[0].1, x_len, "input X")?,
+            slice::<u8>(ins[1].1, n * rb, "input W")?,
+            slice::<f32>(ins[2].1, k.op.groups, "input C")?,
+        )
+    };
+    let mut out: *mut sys::OrtValue = ptr::null_mut();
+    let mut ydata = ptr::null_mut();
+    // SAFETY: valid context, shape array and out pointers.
+    unsafe {
+        take(
+            api,
+            (api.KernelContext_GetOutput)(ctx, 0, out_shape.as_ptr(), out_shape.len(), &mut out),
+        )?;
+        if out.is_null() {
+            return Err("bitnet.onnx BitLinear: no output tensor".into());
+        }
+        take(api, (api.GetTensorMutableData)(out, &mut ydata))?;
+    }
+    let y_len = m * n;
+    if y_len == 0 {
+        return Ok(());
+    }
+    if ydata.is_null() || !(ydata as usize).is_multiple_of(std::mem::align_of::<f32>()) {
+        return Err("bitnet.onnx BitLinear: output has no aligned data".into());
+    }
+    // SAFETY: the output was allocated by the runtime with `out_shape`, `m * n` floats, and
+    // is written only by this call.
+    let y = unsafe { std::slice::from_raw_parts_mut(ydata as *mut f32, y_len) };
+    let par = |tasks: usize, f: &(dyn Fn(usize) + Sync)| {
+        // SAFETY: `f` outlives the call (ParallelFor returns when every task has run);
+        // `trampoline` only reads it.
+        let st = unsafe {
+            (api.KernelContext_ParallelFor)(
+                ctx,
+                trampoline,
+                tasks,
+                0,
+                &f as *const _ as *mut c_void,
+            )
+        };
+        // SAFETY: a status from this runtime.
+        if unsafe { take(api, st) }.is_err() {
+            // No pool (or it refused): every task writes all of its outputs, so running them all
+            // again here gives the same result.
+            crate::op::serial(tasks, f);
+        }
+    };
+    k.op.compute(k.path, x, m, w, c, y, &par)
+        .map_err(|e| e.to_string())
+}
+
+/// Runs task `i` of the closure `data` points at (`&&(dyn Fn(usize) + Sync)`).
+unsafe extern "system" fn trampoline(data: *mut c_void, i: usize) {
+    // SAFETY: `data` is the `&f` passed to ParallelFor in `compute`, alive during the call.
+    let f = unsafe { *(data as *const &(dyn Fn(usize) + Sync)) };
+    // The task catches its own panics (op::BitLinear::compute); this is the last guard, as
+    // unwinding into the runtime's C++ would abort the process.
+    let _ = catch_unwind(AssertUnwindSafe(|| f(i)));
+}

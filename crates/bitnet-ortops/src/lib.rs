@@ -1,0 +1,18 @@
+//! `bitnet-ortops`: an ONNX Runtime custom-op library with one op, `bitnet.onnx::BitLinear`,
+//! BitNet b1.58's linear layer: per-token int8 activation quantization, ternary weights stored
+//! 2 bits each, exact integer dot products over all of `K`, and one rescale per output in the
+//! order of the model's own class (see [`op`] for the contract and [`layout`] for the weights).
+//!
+//! Built as a `cdylib` that ONNX Runtime loads (`RegisterCustomOps`, in [`ffi`]) and as an
+//! `rlib` that `bitnet-build` uses to write weights in [`layout`] and the tests use to compare
+//! the kernels.
+//!
+//! Kernels ([`kernel`]): a portable reference and an AVX2 path chosen at run time. No AVX-512
+//! or VNNI path: none was written, as the machine this was developed on has neither and an
+//! untested path is not shipped.
+
+pub mod ffi;
+pub mod kernel;
+pub mod layout;
+pub mod op;
+pub mod quant;

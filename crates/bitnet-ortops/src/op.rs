@@ -1,0 +1,243 @@
+//! The `BitLinear` op's semantics, free of ONNX Runtime types: what it checks and computes.
+//!
+//! Inputs: `X` float32 `[..., K]`; `W` uint8 `[N, row_bytes(K)]` in [`crate::layout`];
+//! `C` float32 `[G]`, one constant per column group. Attributes: `K`, `N`, `group_sizes`
+//! (G positive counts summing to `N`: the fused projections, q/k/v or gate/up, each with its
+//! own constant), `divide` (1: `y / (s * c)`, `BitLinear`'s order; 0: `(y / s) * c`,
+//! `AutoBitLinear`'s). Output: `Y` float32 `[..., N]`.
+//!
+//! Per token: the codes and scale `s` of [`crate::quant::quantize_row`], the exact `i32`
+//! product `y` of the codes with the ternary weights, then `y` as float32 rescaled in the
+//! chosen order, the same float operations `build`'s stock graph performs after its
+//! `MatMulNBits` (whose output is that same exact integer, see `bitnet-build`'s decoder).
+
+use std::fmt;
+use std::sync::Mutex;
+
+use crate::kernel::{self, Path};
+use crate::layout;
+use crate::quant::quantize_row;
+
+/// Largest accepted `K`: the integer product stays below 2^24, so it converts to float32
+/// exactly, as the stock graph's float `MatMulNBits` output does (127 * 132104 > 2^24).
+pub const MAX_K: usize = 132_000;
+
+/// Output rows (weight rows) per parallel task.
+const ROWS_PER_TASK: usize = 64;
+
+/// Why the op refused its attributes or inputs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OpError(pub String);
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "bitnet.onnx BitLinear: {}", self.0)
+    }
+}
+
+impl std::error::Error for OpError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, OpError> {
+    Err(OpError(msg.into()))
+}
+
+/// How the layer's constant is applied (the order of the float operations matters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// `y / (s * c)`.
+    Divide,
+    /// `(y / s) * c`.
+    Multiply,
+}
+
+/// One op instance, its attributes checked.
+#[derive(Clone, Debug)]
+pub struct BitLinear {
+    pub k: usize,
+    pub n: usize,
+    /// Group of each output column.
+    column_group: Vec<u32>,
+    pub groups: usize,
+    pub order: Order,
+}
+
+impl BitLinear {
+    pub fn new(k: i64, n: i64, group_sizes: &[i64], divide: i64) -> Result<Self, OpError> {
+        if k < 1 || k as u64 > MAX_K as u64 {
+            return err(format!("attribute K = {k} is outside 1..={MAX_K}"));
+        }
+        if n < 1 || n > u32::MAX as i64 {
+            return err(format!("attribute N = {n} is not a positive column count"));
+        }
+        if group_sizes.is_empty() {
+            return err("attribute group_sizes is empty");
+        }
+        let mut column_group = Vec::with_capacity(n as usize);
+        let mut total = 0i64;
+        for (g, &c) in group_sizes.iter().enumerate() {
+            if c < 1 || c > n - total {
+                return err(format!(
+                    "attribute group_sizes {group_sizes:?} does not split N = {n} into positive counts"
+                ));
+            }
+            total += c;
+            column_group.extend(std::iter::repeat_n(g as u32, c as usize));
+        }
+        if total != n {
+            return err(format!(
+                "attribute group_sizes {group_sizes:?} sums to {total}, not N = {n}"
+            ));
+        }
+        let order = match divide {
+            1 => Order::Divide,
+            0 => Order::Multiply,
+            d => return err(format!("attribute divide = {d} is neither 0 nor 1")),
+        };
+        Ok(BitLinear {
+            k: k as usize,
+            n: n as usize,
+            column_group,
+            groups: group_sizes.len(),
+            order,
+        })
+    }
+
+    /// Checks the inputs' shapes; returns the number of tokens `M` and the output shape.
+    pub fn check(&self, x: &[i64], w: &[i64], c: &[i64]) -> Result<(usize, Vec<i64>), OpError> {
+        let Some((&last, lead)) = x.split_last() else {
+            return err("input X is a scalar, expected [..., K]");
+        };
+        if last != self.k as i64 {
+            return err(format!(
+                "input X has last dimension {last}, the op was built for K = {}",
+                self.k
+            ));
+        }
+        let mut m = 1usize;
+        for &d in lead {
+            let Ok(d) = usize::try_from(d) else {
+                return err(format!("input X has a negative dimension in {x:?}"));
+            };
+            m = m
+                .checked_mul(d)
+                .ok_or_else(|| OpError(format!("input X's shape {x:?} overflows")))?;
+        }
+        let rb = layout::row_bytes(self.k) as i64;
+        if w != [self.n as i64, rb] {
+            return err(format!(
+                "input W has shape {w:?}, expected [{}, {rb}] (N = {}, K = {} packed 4 per byte in blocks of {})",
+                self.n,
+                self.n,
+                self.k,
+                layout::BLOCK
+            ));
+        }
+        if c != [self.groups as i64] {
+            return err(format!(
+                "input C has shape {c:?}, expected [{}] (one constant per group)",
+                self.groups
+            ));
+        }
+        let mut out = lead.to_vec();
+        out.push(self.n as i64);
+        Ok((m, out))
+    }
+
+    /// Computes `Y` for `m` tokens, its tasks run by `par` (see [`Parallel`]) on any threads.
+    /// Lengths must match [`BitLinear::check`]'s shapes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn compute(
+        &self,
+        path: Path,
+        x: &[f32],
+        m: usize,
+        w: &[u8],
+        c: &[f32],
+        y: &mut [f32],
+        par: Parallel<'_>,
+    ) -> Result<(), OpError> {
+        let (k, n) = (self.k, self.n);
+        let kp = layout::padded_k(k);
+        let rb = kp / 4;
+        if x.len() != m * k || w.len() != n * rb || c.len() != self.groups || y.len() != m * n {
+            return err("internal: buffer lengths do not match the checked shapes");
+        }
+        if m == 0 {
+            return Ok(());
+        }
+        // Codes, scale and code sum per token (the scale is None for a non-finite token).
+        let mut acts = vec![0i8; m * kp];
+        let mut scales = Vec::with_capacity(m);
+        for (xr, qr) in x.chunks_exact(k).zip(acts.chunks_exact_mut(kp)) {
+            scales.push(quantize_row(xr, qr));
+        }
+        // Output columns in tasks of ROWS_PER_TASK weight rows; each task owns its slice of
+        // a column-major result ([n][m]; for m = 1 that is `y` itself) behind its own lock,
+        // taken once, so the tasks share nothing mutable.
+        let mut transposed = if m == 1 {
+            Vec::new()
+        } else {
+            vec![0f32; n * m]
+        };
+        let target: &mut [f32] = if m == 1 { y } else { &mut transposed };
+        let tasks: Vec<Mutex<&mut [f32]>> = target
+            .chunks_mut(ROWS_PER_TASK * m)
+            .map(Mutex::new)
+            .collect();
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let task = |i: usize| {
+            let Some(slot) = tasks.get(i) else { return };
+            let Ok(mut out) = slot.lock() else {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                return;
+            };
+            let r0 = i * ROWS_PER_TASK;
+            let rows = out.len() / m;
+            let mut dots = vec![0i32; rows * m];
+            kernel::dots(path, &w[r0 * rb..(r0 + rows) * rb], kp, &acts, m, &mut dots);
+            for r in 0..rows {
+                let cst = c[self.column_group[r0 + r] as usize];
+                for t in 0..m {
+                    out[r * m + t] = match scales[t] {
+                        Some((s, sum)) => {
+                            let yi = (dots[r * m + t] - sum) as f32;
+                            match self.order {
+                                Order::Divide => yi / (s * cst),
+                                Order::Multiply => (yi / s) * cst,
+                            }
+                        }
+                        None => f32::NAN,
+                    };
+                }
+            }
+        };
+        // A panic in a task (a broken invariant) must not unwind into the runtime's threads.
+        let run = |i: usize| {
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(i)));
+            if res.is_err() {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        par(tasks.len(), &run);
+        if failed.load(std::sync::atomic::Ordering::Relaxed) {
+            return err("internal: a parallel task failed");
+        }
+        drop(tasks);
+        if m > 1 {
+            for (col, vals) in transposed.chunks_exact(m).enumerate() {
+                for (t, &v) in vals.iter().enumerate() {
+                    y[t * n + col] = v;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How the op runs its tasks: `par(tasks, f)` calls `f(i)` once for each `i` in `0..tasks`.
+pub type Parallel<'a> = &'a dyn Fn(usize, &(dyn Fn(usize) + Sync));
+
+/// Runs every task on the calling thread (tests, and runtimes without a thread pool).
+pub fn serial(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+    (0..tasks).for_each(f);
+}

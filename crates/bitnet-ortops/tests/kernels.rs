@@ -1,0 +1,153 @@
+//! Every kernel path against the reference, and the whole op against a direct evaluation of
+//! the stock graph's formula, over random shapes: K not a multiple of the block, M from 1 to
+//! 300, odd N, several column groups.
+
+use bitnet_ortops::kernel::{self, Path};
+use bitnet_ortops::layout;
+use bitnet_ortops::op::{serial, BitLinear, Order};
+use proptest::prelude::*;
+
+/// A deterministic stream of values (xorshift), so one proptest case makes large buffers.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn ternary(&mut self) -> i8 {
+        (self.next() % 3) as i8 - 1
+    }
+    fn float(&mut self) -> f32 {
+        // Mostly small values with a few large ones, as activations are.
+        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        let v = (u * 2.0 - 1.0) as f32;
+        if self.next().is_multiple_of(50) {
+            v * 40.0
+        } else {
+            v
+        }
+    }
+}
+
+/// The stock graph's computation for one token and one column, from unpacked ternary codes.
+fn expected(x: &[f32], t: &[i8], c: f32, order: Order) -> f32 {
+    let m = x.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-5);
+    let s = 127f32 / m;
+    let y: i32 = x
+        .iter()
+        .zip(t)
+        .map(|(&v, &w)| (v * s).round_ties_even().clamp(-128.0, 127.0) as i32 * w as i32)
+        .sum();
+    let y = y as f32;
+    match order {
+        Order::Divide => y / (s * c),
+        Order::Multiply => (y / s) * c,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn paths_match_reference(k in 1usize..700, m in 1usize..=300, half_n in 0usize..20, seed in 1u64..u64::MAX) {
+        let n = 2 * half_n + 1;
+        let mut rng = Rng(seed);
+        let codes: Vec<i8> = (0..n * k).map(|_| rng.ternary()).collect();
+        let w = layout::pack(&codes, n, k).unwrap();
+        let kp = layout::padded_k(k);
+        // Any int8 activations (the kernels' bounds hold for -128 too), zero past K.
+        let mut acts = vec![0i8; m * kp];
+        for row in acts.chunks_mut(kp) {
+            for a in &mut row[..k] {
+                *a = rng.next() as i8;
+            }
+        }
+        let mut want = vec![0i32; n * m];
+        kernel::dots(Path::Reference, &w, kp, &acts, m, &mut want);
+        // The reference itself against the unpacked codes.
+        for r in 0..n {
+            for t in 0..m {
+                let direct: i32 = (0..k)
+                    .map(|kk| (codes[r * k + kk] as i32 + 1) * acts[t * kp + kk] as i32)
+                    .sum();
+                prop_assert_eq!(want[r * m + t], direct);
+            }
+        }
+        for path in Path::available() {
+            let mut got = vec![0i32; n * m];
+            kernel::dots(path, &w, kp, &acts, m, &mut got);
+            prop_assert_eq!(&got, &want, "path {}", path.name());
+        }
+    }
+
+    #[test]
+    fn op_matches_the_graph_formula(k in 1usize..400, m in 1usize..=40, sizes in prop::collection::vec(1usize..12, 1..4), divide in 0i64..2, seed in 1u64..u64::MAX) {
+        let n: usize = sizes.iter().sum();
+        let mut rng = Rng(seed);
+        let codes: Vec<i8> = (0..n * k).map(|_| rng.ternary()).collect();
+        let w = layout::pack(&codes, n, k).unwrap();
+        let c: Vec<f32> = sizes.iter().map(|_| 0.5 + (rng.next() % 1000) as f32 / 700.0).collect();
+        let x: Vec<f32> = (0..m * k).map(|_| rng.float()).collect();
+        let sizes_i: Vec<i64> = sizes.iter().map(|&s| s as i64).collect();
+        let op = BitLinear::new(k as i64, n as i64, &sizes_i, divide).unwrap();
+        let mut group = Vec::new();
+        for (g, &s) in sizes.iter().enumerate() {
+            group.extend(std::iter::repeat_n(g, s));
+        }
+        for path in Path::available() {
+            let mut y = vec![0f32; m * n];
+            op.compute(path, &x, m, &w, &c, &mut y, &serial).unwrap();
+            for t in 0..m {
+                for col in 0..n {
+                    let e = expected(&x[t * k..(t + 1) * k], &codes[col * k..(col + 1) * k], c[group[col]], op.order);
+                    prop_assert_eq!(y[t * n + col].to_bits(), e.to_bits(), "path {} token {} column {}", path.name(), t, col);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn avx2_is_detected_here() {
+    // This project's development and CI machines have AVX2; if that changes, this says so
+    // instead of the property test silently comparing the reference with itself.
+    #[cfg(target_arch = "x86_64")]
+    assert!(Path::available().contains(&Path::Avx2));
+}
+
+#[test]
+fn refuses_bad_attributes_and_shapes() {
+    assert!(BitLinear::new(0, 4, &[4], 1).is_err());
+    assert!(BitLinear::new(200_000, 4, &[4], 1).is_err());
+    assert!(BitLinear::new(8, 4, &[3], 1).is_err());
+    assert!(BitLinear::new(8, 4, &[2, 3], 1).is_err());
+    assert!(BitLinear::new(8, 4, &[0, 4], 1).is_err());
+    assert!(BitLinear::new(8, 4, &[], 1).is_err());
+    assert!(BitLinear::new(8, 4, &[4], 2).is_err());
+    let op = BitLinear::new(130, 3, &[1, 2], 0).unwrap();
+    assert_eq!(
+        op.check(&[2, 5, 130], &[3, 64], &[2]).unwrap(),
+        (10, vec![2, 5, 3])
+    );
+    assert!(op.check(&[2, 129], &[3, 64], &[2]).is_err());
+    assert!(op.check(&[2, 130], &[3, 63], &[2]).is_err());
+    assert!(op.check(&[2, 130], &[4, 64], &[2]).is_err());
+    assert!(op.check(&[2, 130], &[3, 64], &[1]).is_err());
+    assert!(op.check(&[], &[3, 64], &[2]).is_err());
+    assert!(op.check(&[-1, 130], &[3, 64], &[2]).is_err());
+}
+
+#[test]
+fn non_finite_tokens_give_nan_rows_only() {
+    let (k, n) = (5, 3);
+    let w = layout::pack(&[1i8; 15], n, k).unwrap();
+    let op = BitLinear::new(5, 3, &[3], 1).unwrap();
+    let x = [1.0, 2.0, f32::NAN, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0];
+    let mut y = [0f32; 6];
+    op.compute(Path::detect(), &x, 2, &w, &[1.0], &mut y, &serial)
+        .unwrap();
+    assert!(y[..3].iter().all(|v| v.is_nan()));
+    assert!(y[3..].iter().all(|v| *v == 1.0));
+}

@@ -1,0 +1,92 @@
+//! The built library in the pinned ONNX Runtime (`tests/python/ortops_check.py`): registered
+//! through `SessionOptions.register_custom_ops_library`, bit-identical to numpy's evaluation
+//! of the stock graph's formula over several shapes and thread counts, and an ONNX Runtime
+//! error (not a crash) for each malformed model: a wrong K, a truncated weight, missing or bad
+//! attributes, a wrong element type, a wrong scale count.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+fn python() -> PathBuf {
+    let p = std::env::var_os("BITNET_ONNX_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} not found: run scripts/test.sh, which installs the pinned onnxruntime",
+        p.display()
+    );
+    p
+}
+
+/// The cdylib cargo built for this test: in `deps/`, beside the test binary.
+fn library() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let name = format!(
+        "{}bitnet_ortops{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    let dir = exe.parent().expect("deps folder");
+    [dir.join(&name), dir.join("..").join(&name)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} not built beside {}", exe.display()))
+}
+
+#[test]
+fn loads_in_onnxruntime_and_refuses_malformed_models() {
+    let out = Command::new(python())
+        .arg(workspace().join("tests/python/ortops_check.py"))
+        .arg(library())
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "ortops_check.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let cases = v["cases"].as_array().expect("cases");
+    let (mut correct, mut malformed) = (0, 0);
+    for c in cases {
+        match c["kind"].as_str() {
+            Some("correct") => {
+                correct += 1;
+                assert_eq!(c["shape_ok"], true, "{c}");
+                assert_eq!(c["bit_identical"], true, "{c}");
+            }
+            Some("malformed") => {
+                malformed += 1;
+                let e = c["error"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no error: {c}"));
+                assert!(
+                    e.contains("ONNXRuntimeError"),
+                    "not an ONNX Runtime error: {c}"
+                );
+            }
+            _ => panic!("unknown case {c}"),
+        }
+    }
+    assert_eq!((correct, malformed), (6, 10), "{v}");
+    // Our own messages, naming the input or attribute, reach the caller.
+    let msg = |name: &str| {
+        cases
+            .iter()
+            .find(|c| c["case"] == name)
+            .and_then(|c| c["error"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(msg("wrong K at run").contains("input X has last dimension 129"));
+    assert!(msg("truncated weight").contains("input W has shape [8, 63]"));
+    assert!(msg("missing attribute divide").contains("attribute divide"));
+}

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""The bitnet-ortops custom-op library in the pinned ONNX Runtime.
+
+    ortops_check.py LIBRARY
+
+Registers LIBRARY (`SessionOptions.register_custom_ops_library`) and runs one-node models of
+`bitnet.onnx::BitLinear`:
+- correct ones over several shapes (K not a multiple of 128, one and several tokens, two
+  column groups, both rescale orders, 1 and 2 threads), against numpy's float32 evaluation of
+  the stock graph's formula, with weights packed here from the layout's description (not by
+  the library's own packer): the outputs must be bit-identical;
+- malformed ones (a wrong K, a truncated weight, a missing or bad attribute, a wrong element
+  type, a wrong scale count): each must raise an ONNX Runtime error, and the process lives on.
+Prints JSON: one record per case; exit 0 when the script ran (the caller judges the records).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+BLOCK = 128
+
+
+def pack(t: np.ndarray) -> np.ndarray:
+    """[N, K] ternary codes to the layout: per block of 128, byte j holds weights j, j+32,
+    j+64, j+96 (bits 0-1, 2-3, 4-5, 6-7) as t + 1; padding weights are 0 (code 1)."""
+    n, k = t.shape
+    kp = -(-k // BLOCK) * BLOCK
+    full = np.zeros((n, kp), dtype=np.int64)
+    full[:, :k] = t
+    codes = (full + 1).reshape(n, kp // BLOCK, 4, 32)
+    b = codes[:, :, 0] | (codes[:, :, 1] << 2) | (codes[:, :, 2] << 4) | (codes[:, :, 3] << 6)
+    return b.reshape(n, kp // 4).astype(np.uint8)
+
+
+def reference(x: np.ndarray, t: np.ndarray, c_cols: np.ndarray, divide: bool) -> np.ndarray:
+    """The stock graph: Abs, ReduceMax, Max(., 1e-5), 127 / m, x * s, Round, Clip, integer
+    product, then y / (s * c) or (y / s) * c, all in float32."""
+    x = x.astype(np.float32)
+    m = np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(1e-5))
+    s = (np.float32(127.0) / m).astype(np.float32)
+    q = np.clip(np.round(x * s), -128, 127).astype(np.int64)
+    y = (q @ t.T.astype(np.int64)).astype(np.float32)
+    if divide:
+        return y / (s * c_cols)
+    return (y / s) * c_cols
+
+
+def model(k, n, groups, divide, w, c, x_shape, attrs_drop=(), attrs_override=None, w_type=None):
+    attrs = {"K": k, "N": n, "group_sizes": groups, "divide": divide}
+    attrs.update(attrs_override or {})
+    for a in attrs_drop:
+        attrs.pop(a)
+    node = helper.make_node("BitLinear", ["X", "W", "C"], ["Y"], domain="bitnet.onnx", **attrs)
+    w_init = helper.make_tensor("W", w_type or TensorProto.UINT8, w.shape, w.flatten().tolist())
+    c_init = helper.make_tensor("C", TensorProto.FLOAT, c.shape, c.flatten().tolist())
+    g = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [w_init, c_init],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("bitnet.onnx", 1)])
+    m.ir_version = 10
+    return m.SerializeToString()
+
+
+def session(lib, m, threads=1):
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(lib)
+    so.intra_op_num_threads = threads
+    return ort.InferenceSession(m, so, providers=["CPUExecutionProvider"])
+
+
+def main() -> int:
+    lib = sys.argv[1]
+    rng = np.random.default_rng(7)
+    cases = []
+    for k, lead, groups, divide, threads in [
+        (130, (1, 1), [3, 5], 1, 1),
+        (130, (2, 7), [3, 5], 0, 2),
+        (300, (1, 130), [17, 8, 8], 1, 2),
+        (1, (3,), [1], 0, 1),
+        (256, (1, 1), [64], 1, 2),
+        (2560, (1, 5), [40, 9], 1, 2),
+    ]:
+        n = sum(groups)
+        t = rng.integers(-1, 2, size=(n, k))
+        c = rng.uniform(0.5, 2.0, size=len(groups)).astype(np.float32)
+        c_cols = np.repeat(c, groups).astype(np.float32)
+        x = (rng.standard_normal(lead + (k,)) * rng.choice([0.1, 1.0, 30.0])).astype(np.float32)
+        if x.size:
+            x.reshape(-1)[0] = 0.5  # a half-way product somewhere
+        sess = session(lib, model(k, n, groups, divide, pack(t), c, list(lead) + [k]), threads)
+        y = sess.run(None, {"X": x})[0]
+        want = reference(x, t, c_cols, bool(divide))
+        cases.append({
+            "case": f"K={k} lead={lead} groups={groups} divide={divide} threads={threads}",
+            "kind": "correct",
+            "shape_ok": list(y.shape) == list(lead) + [n],
+            "bit_identical": bool(y.shape == want.shape and np.array_equal(y.view(np.uint32), want.view(np.uint32))),
+            "max_abs_diff": float(np.abs(y - want).max()) if y.shape == want.shape else None,
+        })
+
+    k, groups = 130, [3, 5]
+    n = sum(groups)
+    t = rng.integers(-1, 2, size=(n, k))
+    w = pack(t)
+    c = np.ones(len(groups), dtype=np.float32)
+    good_x = rng.standard_normal((1, 2, k)).astype(np.float32)
+    bad = [
+        ("wrong K at run", dict(), lambda: good_x[..., :k - 1].copy(), None),
+        ("truncated weight", dict(w=w[:, :-1]), None, None),
+        ("weight rows missing", dict(w=w[:-1]), None, None),
+        ("missing attribute divide", dict(attrs_drop=("divide",)), None, None),
+        ("missing attribute group_sizes", dict(attrs_drop=("group_sizes",)), None, None),
+        ("group_sizes not summing to N", dict(attrs_override={"group_sizes": [3, 4]}), None, None),
+        ("divide = 2", dict(attrs_override={"divide": 2}), None, None),
+        ("K = 0", dict(attrs_override={"K": 0}), None, None),
+        ("int8 weight", dict(w_type=TensorProto.INT8, w=w.astype(np.int8)), None, None),
+        ("scale count", dict(c=np.ones(3, dtype=np.float32)), None, None),
+    ]
+    for name, kw, make_x, _ in bad:
+        args = dict(k=k, n=n, groups=groups, divide=1, w=w, c=c, x_shape=["a", "b", None])
+        args.update({key: v for key, v in kw.items() if key in ("w", "c", "attrs_drop", "attrs_override", "w_type")})
+        x = make_x() if make_x else good_x
+        err = None
+        try:
+            sess = session(lib, model(**args))
+            sess.run(None, {"X": x})
+        except Exception as e:  # ONNX Runtime raises its own exception types
+            err = f"{type(e).__name__}: {e}"
+        cases.append({"case": name, "kind": "malformed", "error": err})
+    json.dump({"ort": ort.__version__, "onnx": onnx.__version__, "cases": cases}, sys.stdout, indent=1)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
