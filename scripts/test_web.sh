@@ -58,8 +58,11 @@ say "tools ready in $((t1 - t0)) s"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/bitnet-web.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-cargo run --locked --quiet -p bitnet-cli --bin bitnet-onnx -- \
-  build samples/checkpoints/packed -o "$work/packed" --for web --quiet
+# The workspace's debug build, as `cargo test --workspace` left it: `cargo run -p bitnet-cli`
+# would unify dependency features for that package alone and rebuild much of the tree.
+cargo build --workspace --locked --quiet
+bin=${CARGO_TARGET_DIR:-$root/target}/debug/bitnet-onnx
+"$bin" build samples/checkpoints/packed -o "$work/packed" --for web --quiet
 expected=samples/checkpoints/expected/packed.json
 out=${BITNET_WEB_RESULTS:-$root/target/web-results}
 mkdir -p "$out"
@@ -79,8 +82,7 @@ PY
 # config.json carries only the KV-cache shape), and Transformers.js runs whatever graph it holds.
 for fam in samples/checkpoints/families/*/; do
   name=$(basename "$fam")
-  cargo run --locked --quiet -p bitnet-cli --bin bitnet-onnx -- \
-    build "$fam" -o "$work/$name" --for web --quiet
+  "$bin" build "$fam" -o "$work/$name" --for web --quiet
   if node tests/web/node_check.mjs "$work/$name" "samples/checkpoints/expected/families/$name.json" \
     > "$out/node-$name.json"; then
     say "node $name: ok"
