@@ -58,9 +58,10 @@ say "tools ready in $((t1 - t0)) s"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/bitnet-web.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-# The workspace's debug build, as `cargo test --workspace` left it: `cargo run -p bitnet-cli`
-# would unify dependency features for that package alone and rebuild much of the tree.
-cargo build --workspace --locked --quiet
+# The debug binary `cargo test --workspace` built (scripts/test.sh runs it first, so this is
+# a no-op there). `cargo build` or `cargo run` would not reuse it: without the tests'
+# dev-dependencies, shared dependencies get other features and much of the tree is rebuilt.
+cargo test --workspace --locked --quiet --no-run
 bin=${CARGO_TARGET_DIR:-$root/target}/debug/bitnet-onnx
 "$bin" build samples/checkpoints/packed -o "$work/packed" --for web --quiet
 expected=samples/checkpoints/expected/packed.json
