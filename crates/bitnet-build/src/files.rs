@@ -237,6 +237,16 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Unique<V> {
     }
 }
 
+/// Writes `v` as pretty JSON with a final newline.
+pub fn write_json(v: &serde_json::Value, path: &Path) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(v).map_err(|e| BuildError::Output {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    text.push('\n');
+    std::fs::write(path, text).map_err(|e| BuildError::io(path, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

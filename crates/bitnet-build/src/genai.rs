@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::checkpoint::Checkpoint;
-use crate::error::{BuildError, Result};
+use crate::error::Result;
 
 /// The pad token onnxruntime-genai is told about: the config's, else the first EOS.
 pub fn pad_token_id(c: &crate::Config) -> i64 {
@@ -88,11 +88,5 @@ pub fn write_config(
     custom_ops_library: Option<&str>,
     path: &Path,
 ) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(&config_json(ck, filename, custom_ops_library))
-        .map_err(|e| BuildError::Output {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    text.push('\n');
-    std::fs::write(path, text).map_err(|e| BuildError::io(path, e))
+    crate::files::write_json(&config_json(ck, filename, custom_ops_library), path)
 }

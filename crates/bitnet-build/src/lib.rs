@@ -355,7 +355,7 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
     }
     if web {
         let write = |v: &serde_json::Value, name: &str, files: &mut Vec<String>| {
-            web::write_json(v, &staging.dir.join(name))?;
+            files::write_json(v, &staging.dir.join(name))?;
             files.push(name.to_string());
             Ok::<(), BuildError>(())
         };

@@ -77,21 +77,8 @@ pub fn config_json(ck: &Checkpoint) -> Value {
             "source_config": SOURCE_CONFIG,
         },
     });
-    let o = v.as_object_mut().expect("a JSON object literal");
-    if let Some(b) = c.bos_token_id {
-        o.insert("bos_token_id".into(), json!(b));
-    }
-    match c.eos_token_ids.as_slice() {
-        [] => {}
-        [one] => {
-            o.insert("eos_token_id".into(), json!(one));
-        }
-        many => {
-            o.insert("eos_token_id".into(), json!(many));
-        }
-    }
-    if let Some(p) = c.pad_token_id {
-        o.insert("pad_token_id".into(), json!(p));
+    if let Value::Object(o) = &mut v {
+        o.extend(special_tokens(ck));
     }
     v
 }
@@ -119,6 +106,12 @@ pub fn tokenizer_config(ck: &Checkpoint, src: &Path) -> Result<Option<Value>> {
 
 /// A `generation_config.json` for a checkpoint without one: its special tokens.
 pub fn generation_config(ck: &Checkpoint) -> Value {
+    Value::Object(special_tokens(ck))
+}
+
+/// The checkpoint's BOS, EOS (one id or a list) and pad token ids, those it has, as
+/// transformers' config files spell them.
+fn special_tokens(ck: &Checkpoint) -> Map<String, Value> {
     let c = &ck.config;
     let mut o = Map::new();
     if let Some(b) = c.bos_token_id {
@@ -136,15 +129,5 @@ pub fn generation_config(ck: &Checkpoint) -> Value {
     if let Some(p) = c.pad_token_id {
         o.insert("pad_token_id".into(), json!(p));
     }
-    Value::Object(o)
-}
-
-/// Writes `v` as pretty JSON with a final newline.
-pub fn write_json(v: &Value, path: &Path) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(v).map_err(|e| BuildError::Output {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    text.push('\n');
-    std::fs::write(path, text).map_err(|e| BuildError::io(path, e))
+    o
 }

@@ -18,28 +18,6 @@ fn checkpoint(form: &str) -> PathBuf {
     workspace().join("samples/checkpoints").join(form)
 }
 
-/// `genai_generate.py MODEL EXPECTED` as JSON.
-fn generate(model: &Path, form: &str) -> Vec<serde_json::Value> {
-    let out = Command::new(python())
-        .arg(workspace().join("tests/python/genai_generate.py"))
-        .arg(model)
-        .arg(
-            workspace()
-                .join("samples/checkpoints/expected")
-                .join(format!("{form}.json")),
-        )
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "onnxruntime-genai could not run {}: {}",
-        model.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("genai_generate JSON");
-    v["prompts"].as_array().expect("prompts").clone()
-}
-
 /// Builds every form with `flags` and generates with onnxruntime-genai: og.Tokenizer must
 /// read transformers' ids, the first greedy token must be transformers', at least `min_same`
 /// of the new tokens must agree from the start (`None`: all 40), and the first-step logits
@@ -54,7 +32,7 @@ fn check(flags: &[&str], min_same: Option<usize>, max_rel: f64) {
             "{form}: {}",
             String::from_utf8_lossy(&r.stderr)
         );
-        for p in generate(&out, form) {
+        for p in genai_generate(&out, form) {
             let want = p["expected_new_tokens"].as_array().unwrap().len();
             assert!(want >= 32, "{form}: the reference has {want} new tokens");
             assert!(
@@ -195,7 +173,7 @@ fn edge_block_sizes_generate() {
         ];
         let r = build(&checkpoint("packed"), &out, &flags);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-        for p in generate(&out, "packed") {
+        for p in genai_generate(&out, "packed") {
             assert!(
                 p["first_step_top1_same"].as_bool().unwrap(),
                 "--block-size {bs}: {p}"

@@ -52,28 +52,6 @@ fn files(dir: &Path) -> Vec<String> {
     v
 }
 
-/// `genai_generate.py MODEL EXPECTED` as JSON (per prompt).
-fn genai(model: &Path, form: &str) -> Vec<serde_json::Value> {
-    let out = Command::new(python())
-        .arg(workspace().join("tests/python/genai_generate.py"))
-        .arg(model)
-        .arg(
-            workspace()
-                .join("samples/checkpoints/expected")
-                .join(format!("{form}.json")),
-        )
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "onnxruntime-genai could not run {}: {}",
-        model.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("genai_generate JSON");
-    v["prompts"].as_array().expect("prompts").clone()
-}
-
 /// The graph's op types and the external data locations of its tensors, read by the pinned
 /// onnx package.
 fn graph_facts(model: &Path) -> serde_json::Value {
@@ -226,7 +204,7 @@ fn web_folder_generates_in_genai_like_the_genai_layout() {
             wf.extend_from_slice(flags);
             build_ok(&checkpoint(form), &web, &wf);
             build_ok(&checkpoint(form), &gen, flags);
-            let (w, g) = (genai(&web, form), genai(&gen, form));
+            let (w, g) = (genai_generate(&web, form), genai_generate(&gen, form));
             assert_eq!(w.len(), g.len());
             for (pw, pg) in w.iter().zip(&g) {
                 let want = pw["expected_new_tokens"].as_array().unwrap().len();

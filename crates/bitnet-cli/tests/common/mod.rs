@@ -133,3 +133,26 @@ pub fn ort_logits(model: &Path, hf_sample: &str, level: &str) -> serde_json::Val
     );
     serde_json::from_slice(&out.stdout).expect("ort_logits JSON")
 }
+
+/// `tests/python/genai_generate.py MODEL EXPECTED` on the sample checkpoint `form`'s
+/// references: its per-prompt JSON records.
+pub fn genai_generate(model: &Path, form: &str) -> Vec<serde_json::Value> {
+    let out = Command::new(python())
+        .arg(workspace().join("tests/python/genai_generate.py"))
+        .arg(model)
+        .arg(
+            workspace()
+                .join("samples/checkpoints/expected")
+                .join(format!("{form}.json")),
+        )
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "onnxruntime-genai could not run {}: {}",
+        model.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("genai_generate JSON");
+    v["prompts"].as_array().expect("prompts").clone()
+}
