@@ -22,8 +22,14 @@ use crate::quant::quantize_row;
 /// exactly, as the stock graph's float `MatMulNBits` output does (127 * 132104 > 2^24).
 pub const MAX_K: usize = 132_000;
 
-/// Output rows (weight rows) per parallel task.
+/// Output rows (weight rows) per parallel task with several tokens.
 const ROWS_PER_TASK: usize = 64;
+/// Output rows per parallel task with one token (decode): longer tasks keep the AVX2 path's two
+/// row streams (rows i and i + half of the task) long and far apart; with 256, 2B-4T's layers
+/// split into 10 to 54 tasks, enough to balance a few threads. Measured per CPU second on 80 MB
+/// of rows (`examples/kernel_speed.rs` and variants): tasks of 256 rows 15-17.6 GB, of 64 rows
+/// 12.9-15 GB.
+const DECODE_ROWS_PER_TASK: usize = 256;
 
 /// Why the op refused its attributes or inputs.
 #[derive(Debug, PartialEq, Eq)]
@@ -171,7 +177,7 @@ impl BitLinear {
         for (xr, qr) in x.chunks_exact(k).zip(acts.chunks_exact_mut(kp)) {
             scales.push(quantize_row(xr, qr));
         }
-        // Output columns in tasks of ROWS_PER_TASK weight rows; each task owns its slice of
+        // Output columns in tasks of `per_task` weight rows; each task owns its slice of
         // a column-major result ([n][m]; for m = 1 that is `y` itself) behind its own lock,
         // taken once, so the tasks share nothing mutable.
         let mut transposed = if m == 1 {
@@ -180,10 +186,13 @@ impl BitLinear {
             vec![0f32; n * m]
         };
         let target: &mut [f32] = if m == 1 { y } else { &mut transposed };
-        let tasks: Vec<Mutex<&mut [f32]>> = target
-            .chunks_mut(ROWS_PER_TASK * m)
-            .map(Mutex::new)
-            .collect();
+        let per_task = if m == 1 {
+            DECODE_ROWS_PER_TASK
+        } else {
+            ROWS_PER_TASK
+        };
+        let tasks: Vec<Mutex<&mut [f32]>> =
+            target.chunks_mut(per_task * m).map(Mutex::new).collect();
         let failed = std::sync::atomic::AtomicBool::new(false);
         let task = |i: usize| {
             let Some(slot) = tasks.get(i) else { return };
@@ -191,7 +200,7 @@ impl BitLinear {
                 failed.store(true, std::sync::atomic::Ordering::Relaxed);
                 return;
             };
-            let r0 = i * ROWS_PER_TASK;
+            let r0 = i * per_task;
             let rows = out.len() / m;
             let mut dots = vec![0i32; rows * m];
             kernel::dots(path, &w[r0 * rb..(r0 + rows) * rb], kp, &acts, m, &mut dots);
