@@ -19,6 +19,11 @@ use crate::rope::Rope;
 /// tables at head_dim 128; an unchecked value could ask for terabytes or overflow.
 pub const MAX_CONTEXT: usize = 1 << 17;
 
+/// ONNX Runtime's GroupQueryAttention (CPU) with rotary caches needs a head size that is a
+/// multiple of 16 (and rotary tables of a multiple of 8 columns); it checks this at the first
+/// generation step. Heads of another even size are zero-padded up to it.
+pub const GQA_HEAD_MULTIPLE: usize = 16;
+
 /// Which transformers class computes the checkpoint's linear layers (docs/formats.md
 /// section 3), which decides how its weights and `weight_scale` are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +63,11 @@ pub struct Config {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// The head size the graph's attention runs at: `head_dim` rounded up to a multiple of
+    /// [`GQA_HEAD_MULTIPLE`] (or of [`crate::BuildOptions::head_dim_multiple`]), each head
+    /// zero-padded (see `decoder.rs`: exact). Equal to `head_dim` for most models; 1bitLLM's
+    /// bitnet_b1_58-3B has 100, which runs at 112.
+    pub cache_head_dim: usize,
     pub max_position_embeddings: usize,
     pub rms_norm_eps: f32,
     pub rope: Rope,
@@ -249,14 +259,13 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
             "num_attention_heads x head_dim is out of range",
         ));
     }
-    if !head_dim.is_multiple_of(16) {
-        // ONNX Runtime's GroupQueryAttention (CPU) checks this when it is given rotary caches,
-        // at the first generation step; microsoft/bitnet-b1.58-2B-4T's head_dim is 128.
+    if !head_dim.is_multiple_of(2) {
+        // transformers' rotate_half splits each head in two halves.
         return Err(unsupported(
             path,
             "head_dim",
             &Value::from(head_dim),
-            "ONNX Runtime's GroupQueryAttention with rotary embeddings needs a multiple of 16",
+            "rotary embeddings rotate the two halves of each head, so it must be even",
         ));
     }
     let act_value = get("hidden_act")
@@ -352,6 +361,7 @@ fn parse(path: &Path, o: &Map<String, Value>) -> Result<Config> {
         num_heads,
         num_kv_heads,
         head_dim,
+        cache_head_dim: head_dim.next_multiple_of(GQA_HEAD_MULTIPLE),
         max_position_embeddings,
         rms_norm_eps,
         rope,
@@ -494,6 +504,16 @@ fn quantization(
 mod tests {
     use super::*;
 
+    #[test]
+    fn heads_run_padded_to_a_multiple_of_16() {
+        let c = cfg(serde_json::json!({"num_attention_heads": 8})).unwrap();
+        assert_eq!((c.head_dim, c.cache_head_dim), (8, 16));
+        let c = cfg(serde_json::json!({"hidden_size": 400, "head_dim": 100})).unwrap();
+        assert_eq!((c.head_dim, c.cache_head_dim), (100, 112));
+        let c = cfg(serde_json::json!({})).unwrap();
+        assert_eq!((c.head_dim, c.cache_head_dim), (16, 16));
+    }
+
     fn cfg(extra: Value) -> Result<Config> {
         let mut base = serde_json::json!({
             "model_type": "bitnet", "hidden_size": 64, "intermediate_size": 96,
@@ -578,8 +598,11 @@ mod tests {
                 "num_key_value_heads",
             ),
             (serde_json::json!({"eos_token_id": 100}), "eos_token_id"),
-            // 8 heads of 8: GroupQueryAttention needs multiples of 16.
-            (serde_json::json!({"num_attention_heads": 8}), "head_dim"),
+            // Heads of 1 (64 / 64): rotary embedding needs two halves per head.
+            (
+                serde_json::json!({"num_attention_heads": 64, "num_key_value_heads": 64}),
+                "head_dim",
+            ),
             (
                 serde_json::json!({"max_position_embeddings": MAX_CONTEXT + 1}),
                 "max_position_embeddings",

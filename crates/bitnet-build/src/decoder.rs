@@ -72,7 +72,8 @@ const TABLE_BAND_ROWS: usize = 4096;
 
 pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Built> {
     let c = &ck.config;
-    let (kv, hd) = (c.num_kv_heads as i64, c.head_dim as i64);
+    // The KV cache holds heads at the attention's (possibly padded) size.
+    let (kv, hd) = (c.num_kv_heads as i64, c.cache_head_dim as i64);
     let mut built = Built::default();
 
     g.input(
@@ -180,7 +181,8 @@ pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Buil
         };
         // q, k and v packed into one input of GroupQueryAttention, or three when the queries
         // and keys are normalised per head (or each projection has its own input norm).
-        let separate = n.q_norm.is_some() || c.linear_norm_eps.is_some();
+        let padded = c.cache_head_dim != c.head_dim;
+        let separate = n.q_norm.is_some() || c.linear_norm_eps.is_some() || padded;
         let mut qkv = linears(
             ck,
             opts,
@@ -211,6 +213,18 @@ pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Buil
                     c.head_dim,
                     c.rms_norm_eps,
                 );
+            }
+        }
+        if padded {
+            for (i, (heads, what)) in [
+                (c.num_heads, "q_pad"),
+                (c.num_kv_heads, "k_pad"),
+                (c.num_kv_heads, "v_pad"),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                qkv[i] = pad_heads(g, &format!("{p}/attn/{what}"), &qkv[i], heads, c);
             }
         }
         // One packed input, or q, k and v.
@@ -250,6 +264,9 @@ pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Buil
             ],
         );
         let mut a = outputs[0].clone();
+        if padded {
+            a = unpad_heads(g, &format!("{p}/attn/unpad"), &a, c.num_heads, c);
+        }
         if let Some(rel) = n.attn_sub_norm {
             let sub = norm_weight(ck, g, &Names::layer_weight(l, rel))?;
             a = rms_norm(
@@ -402,6 +419,54 @@ fn attention_lengths(g: &mut Graph) -> (String, String) {
     (seqlens, total)
 }
 
+/// Heads of `head_dim` padded to `cache_head_dim` for GroupQueryAttention: `x`
+/// `[batch, seq, heads * head_dim]` seen as `[batch, seq, heads, 2, head_dim / 2]` (the two
+/// halves that rotary embedding pairs, element `i` with `i + head_dim / 2`), each half
+/// zero-padded at its end to `cache_head_dim / 2`. The padded head's halves are then the first
+/// and second half GroupQueryAttention pairs (element `i` with `i + cache_head_dim / 2`), so
+/// rotary rotates exactly the original pairs and the padding stays zero (the rotary tables'
+/// extra columns are cos 1, sin 0); a zero adds nothing to a query-key dot product, and a zero
+/// value column gives a zero output column, which [`unpad_heads`] drops. The attention scale
+/// stays `head_dim**-0.5`. Exact: the same float operations on the same values.
+fn pad_heads(
+    g: &mut Graph,
+    name: &str,
+    x: &str,
+    heads: usize,
+    c: &crate::config::Config,
+) -> String {
+    let (half, padded_half) = (c.head_dim / 2, c.cache_head_dim / 2);
+    let split = g.i64s(&[0, 0, heads as i64, 2, half as i64]);
+    let halves = g.op("Reshape", &format!("{name}/Reshape"), &[x, &split]);
+    let mut pads = vec![0i64; 10];
+    pads[9] = (padded_half - half) as i64;
+    let pads = g.i64s(&pads);
+    let padded = g.op("Pad", &format!("{name}/Pad"), &[&halves, &pads]);
+    let flat = g.i64s(&[0, 0, (heads * c.cache_head_dim) as i64]);
+    g.op("Reshape", &format!("{name}/Reshape_1"), &[&padded, &flat])
+}
+
+/// The inverse of [`pad_heads`] on the attention output: the padding columns dropped.
+fn unpad_heads(
+    g: &mut Graph,
+    name: &str,
+    x: &str,
+    heads: usize,
+    c: &crate::config::Config,
+) -> String {
+    let (half, padded_half) = (c.head_dim / 2, c.cache_head_dim / 2);
+    let split = g.i64s(&[0, 0, heads as i64, 2, padded_half as i64]);
+    let halves = g.op("Reshape", &format!("{name}/Reshape"), &[x, &split]);
+    let (starts, ends, axes) = (g.i64s(&[0]), g.i64s(&[half as i64]), g.i64s(&[4]));
+    let kept = g.op(
+        "Slice",
+        &format!("{name}/Slice"),
+        &[&halves, &starts, &ends, &axes],
+    );
+    let flat = g.i64s(&[0, 0, (heads * c.head_dim) as i64]);
+    g.op("Reshape", &format!("{name}/Reshape_1"), &[&kept, &flat])
+}
+
 /// The rotary tables `[max_position_embeddings, head_dim / 2]`, computed in float32 the way
 /// transformers' rotary embedding does: the inverse frequencies of the config's rope type
 /// ([`crate::rope`]), angle `pos * inv_freq`, then `cos` and `sin` each multiplied by the
@@ -409,7 +474,8 @@ fn attention_lengths(g: &mut Graph) -> (String, String) {
 /// transformers' does.
 fn rotary_caches(ck: &Checkpoint, g: &mut Graph) -> Result<(String, String)> {
     let c = &ck.config;
-    let half = c.head_dim / 2;
+    // Padded heads ([`pad_heads`]) get identity columns (cos 1, sin 0) for their zero padding.
+    let half = c.cache_head_dim / 2;
     let (inv, attention_scaling) = c.rope.inv_freq(c.head_dim, c.max_position_embeddings);
     let scale = attention_scaling as f32;
     let n = c.max_position_embeddings;
@@ -419,6 +485,10 @@ fn rotary_caches(ck: &Checkpoint, g: &mut Graph) -> Result<(String, String)> {
             let a = pos as f32 * f;
             cos.push(a.cos() * scale);
             sin.push(a.sin() * scale);
+        }
+        for _ in inv.len()..half {
+            cos.push(1.0);
+            sin.push(0.0);
         }
     }
     let dims = [n as i64, half as i64];

@@ -41,7 +41,7 @@ pub fn config_json(
             "decoder": {
                 "session_options": session_options,
                 "filename": filename,
-                "head_size": c.head_dim,
+                "head_size": c.cache_head_dim,
                 "hidden_size": c.hidden_size,
                 "inputs": {
                     "input_ids": "input_ids",

@@ -122,6 +122,11 @@ pub struct BuildOptions {
     /// token that is not the pad token); the other rows of `logits` are 0.
     pub last_logits: bool,
     pub kernel: Kernel,
+    /// Attention heads run at `head_dim` rounded up to a multiple of this (zero-padded, exact).
+    /// Not a `build` flag: [`config::GQA_HEAD_MULTIPLE`] (16, what ONNX Runtime needs) is the
+    /// only value users need; tests set a larger multiple of 16 to pad a checkpoint whose heads
+    /// need none and compare the two builds.
+    pub head_dim_multiple: usize,
 }
 
 impl Default for BuildOptions {
@@ -136,6 +141,7 @@ impl Default for BuildOptions {
             block_size: 128,
             last_logits: true,
             kernel: Kernel::Ort,
+            head_dim_multiple: config::GQA_HEAD_MULTIPLE,
         }
     }
 }
@@ -248,7 +254,8 @@ const TOKENIZER_FILES: [&str; 5] = [
 pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Result<BuildReport> {
     check_flags(opts)?;
     let library = check_library(opts)?;
-    let ck = Checkpoint::open(checkpoint_dir)?;
+    let mut ck = Checkpoint::open(checkpoint_dir)?;
+    ck.config.cache_head_dim = ck.config.head_dim.next_multiple_of(opts.head_dim_multiple);
     check_options(&ck, opts)?;
     // The tokenizer files are copied as they are: each must parse as what it claims to be.
     let tokenizer: Vec<&str> = TOKENIZER_FILES
@@ -449,6 +456,17 @@ fn flag_error(flag: &str, v: usize, why: String) -> BuildError {
 
 /// The flags alone, checked before anything is read.
 fn check_flags(opts: &BuildOptions) -> Result<()> {
+    let m = opts.head_dim_multiple;
+    if m == 0 || !m.is_multiple_of(config::GQA_HEAD_MULTIPLE) || m > 1024 {
+        return Err(flag_error(
+            "head_dim_multiple",
+            m,
+            format!(
+                "the attention's head size must stay a multiple of {}",
+                config::GQA_HEAD_MULTIPLE
+            ),
+        ));
+    }
     let v = opts.block_size;
     if !BLOCK_SIZES.contains(&v) || !v.is_power_of_two() {
         return Err(flag_error(

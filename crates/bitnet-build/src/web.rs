@@ -62,7 +62,8 @@ pub fn config_json(ck: &Checkpoint) -> Value {
         "num_hidden_layers": c.num_layers,
         "num_attention_heads": c.num_heads,
         "num_key_value_heads": c.num_kv_heads,
-        "head_dim": c.head_dim,
+        // The KV cache's head size, which Transformers.js allocates past tensors with.
+        "head_dim": c.cache_head_dim,
         "max_position_embeddings": c.max_position_embeddings,
         "tie_word_embeddings": c.tie_word_embeddings,
         "transformers.js_config": {

@@ -177,6 +177,8 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
                 library: locate_library()?,
             },
         },
+        // Not a flag: ONNX Runtime's multiple is the only one users need.
+        ..BuildOptions::default()
     };
     let start = Instant::now();
     let report = bitnet_build::build(&args.checkpoint, &args.output, &opts).with_context(|| {

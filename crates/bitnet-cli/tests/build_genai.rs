@@ -186,6 +186,87 @@ fn edge_block_sizes_generate() {
     }
 }
 
+/// Heads whose size is not a multiple of 16 (ONNX Runtime's GroupQueryAttention needs one;
+/// 1bitLLM's bitnet_b1_58-3B has 100) run zero-padded, which must compute what the unpadded
+/// heads compute. The packed sample's heads of 32 need no padding; built with the library's
+/// `head_dim_multiple` 48 they run padded to 48 and must give transformers' tokens and the
+/// unpadded build's tokens and first-step logits (up to float rounding: the attention sums
+/// zeros in other places). Then the same weights read as heads of 8 (a model with no
+/// reference, padded to 16 by default) must build and generate what the same model padded to
+/// 32 generates.
+#[test]
+fn padded_heads_compute_what_unpadded_heads_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = checkpoint("packed");
+    let plain = dir.path().join("plain");
+    let r = build(&ck, &plain, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let padded = dir.path().join("padded");
+    let opts = bitnet_build::BuildOptions {
+        head_dim_multiple: 48,
+        ..Default::default()
+    };
+    bitnet_build::build(&ck, &padded, &opts).expect("padded build");
+    let head_size = |d: &Path| -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("genai_config.json")).unwrap()).unwrap();
+        v["model"]["decoder"]["head_size"].as_u64().unwrap()
+    };
+    assert_eq!((head_size(&plain), head_size(&padded)), (32, 48));
+    let (a, b) = (
+        genai_generate(&plain, "packed"),
+        genai_generate(&padded, "packed"),
+    );
+    for (pa, pb) in a.iter().zip(&b) {
+        assert_eq!(pa["new_tokens"], pb["new_tokens"], "{pb}");
+        assert_eq!(pb["same_prefix"].as_u64(), Some(40), "{pb}");
+        let (da, db) = (
+            pa["first_step_max_abs"].as_f64().unwrap(),
+            pb["first_step_max_abs"].as_f64().unwrap(),
+        );
+        let scale = pa["first_step_ref_max_abs"].as_f64().unwrap();
+        assert!((da - db).abs() <= 1e-5 * scale, "{da} vs {db}: {pb}");
+    }
+
+    // 16 query and 8 key/value heads of 8: padded to 16 by default and to 32 by the option;
+    // same tokens.
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    for e in std::fs::read_dir(&ck).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), small.join(e.file_name())).unwrap();
+    }
+    edit_config(&small, |c| {
+        c["num_attention_heads"] = 16.into();
+        c["num_key_value_heads"] = 8.into();
+    });
+    let (s16, s32) = (dir.path().join("s16"), dir.path().join("s32"));
+    let r = build(&small, &s16, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let opts = bitnet_build::BuildOptions {
+        head_dim_multiple: 32,
+        ..Default::default()
+    };
+    bitnet_build::build(&small, &s32, &opts).expect("build padded to 32");
+    assert_eq!((head_size(&s16), head_size(&s32)), (16, 32));
+    let (a, b) = (
+        genai_generate(&s16, "packed"),
+        genai_generate(&s32, "packed"),
+    );
+    for (pa, pb) in a.iter().zip(&b) {
+        assert_eq!(pa["new_tokens"], pb["new_tokens"], "{pa} {pb}");
+        assert!(!pa["new_tokens"].as_array().unwrap().is_empty(), "{pa}");
+    }
+    // Bad multiples are refused by name.
+    let opts = bitnet_build::BuildOptions {
+        head_dim_multiple: 24,
+        ..Default::default()
+    };
+    let e = bitnet_build::build(&ck, &dir.path().join("bad"), &opts).unwrap_err();
+    assert!(e.to_string().contains("head_dim_multiple"), "{e}");
+    assert!(!dir.path().join("bad").exists());
+}
+
 /// Two builds of one checkpoint are byte-identical, wherever they are written.
 #[test]
 fn output_is_deterministic() {
@@ -402,9 +483,9 @@ fn refuses_what_the_runtime_cannot_run_and_says_so_briefly() {
         &["--block-size"],
     );
     refused(&ck, &["--table-block-size", "12"], &["--table-block-size"]);
-    // 16 heads of 8 (hidden 128) would build, and fail at the first generation step.
-    edit_config(&ck, |c| c["num_attention_heads"] = 16.into());
-    refused(&ck, &[], &["config.json", "head_dim", "16"]);
+    // 128 heads of 1: rotary embedding needs two halves per head.
+    edit_config(&ck, |c| c["num_attention_heads"] = 128.into());
+    refused(&ck, &[], &["config.json", "head_dim", "even"]);
     edit_config(&ck, |c| {
         c["num_attention_heads"] = 4.into();
         c["max_position_embeddings"] = (1u64 << 63).into();
