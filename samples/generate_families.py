@@ -8,6 +8,10 @@ the others, so a subset regenerates the same bytes):
 
     pip install -r samples/requirements.txt
     python samples/generate_families.py [FAMILY ...]
+    python samples/generate_families.py --exports-only [FAMILY ...]
+
+`--exports-only` writes only the ONNX exports (samples/hf/<name>/) from the committed folders,
+without training, and updates their line of the MANIFEST.
 
 Families (see FAMILIES and the MANIFEST it writes for every field):
 
@@ -46,8 +50,8 @@ then written in the family's layout from the trained float32 weights, loaded bac
 expected/families/<name>_val.json (validation loss, argmax and margins, the format of
 expected/val.json with one form, <name>). The unpacked families' reference is transformers'
 float forward (float activations; the int8 activations of training are not part of the
-published model). Also exported with torch.onnx.export(dynamo=True) to samples/hf/<name>/
-(llama_bitlinear, qwen3_autobitlinear), for `convert` + `verify`.
+published model). Each is also exported with torch.onnx.export(dynamo=True) to samples/hf/<name>/
+(onebitllm: its reference BitNetForCausalLM), for `convert` + `verify`.
 
 Deterministic: regenerating gives byte-identical files with the pinned versions on the same CPU
 family (see samples/generate_checkpoints.py).
@@ -86,9 +90,9 @@ STEPS = 400  # training steps of gc.BATCH x gc.SEQ tokens (1-4 minutes a family 
 # One thread: on a shared, oversubscribed machine two OpenMP threads wait on each other at every
 # barrier (measured 3.8 s a step with 2 threads at load 10, against 0.1 s on 2 idle cores).
 THREADS = 1
-# Exported to samples/hf/<name>/ for `convert` + `verify`. qwen3_autobitlinear's export holds its
-# float32 master weights (1.9 MB): not committed; `export` can write it anywhere (see export()).
-EXPORTS = ("llama_bitlinear",)
+# Exported to samples/hf/<name>/ for `convert` + `verify`: every family (each export holds the
+# model's float32 weights as transformers computes with them, 1.3-1.9 MB).
+EXPORTS = ("llama_bitlinear", "qwen3_autobitlinear", "onebitllm", "trilm_unpacked", "bonsai_unpacked")
 LR, WARMUP, WEIGHT_DECAY = 3e-3, 50, 0.01
 VAL_ROWS = 16  # held-out rows in the _val.json records (generate_checkpoint_val.py's count)
 TRILM_SHARDS = 2  # row shards with one scale each (TriLM's model-parallel shards; see MANIFEST)
@@ -747,8 +751,32 @@ def corpus_for(kinds: set[str]) -> dict:
     return out
 
 
+def export_only(names: list[str]) -> None:
+    """The exports of the committed folders (no training): the same ids as run_family's (the
+    first two validation rows' first 16 tokens, from the same tokenizer and documents)."""
+    grammar = gc.Grammar(gc.SEED)
+    tok_texts = gc.documents(grammar, gc.TOKENIZER_DOCS, gc.SEED + 1)
+    val_texts = gc.documents(grammar, 400, gc.SEED + 3)
+    for n in names:
+        fam = FAMILIES[n]
+        kind = fam["tokenizer"]
+        if kind == "qwen":
+            tok, bos, eos = qwen_tokenizer(tok_texts), None, ENDOFTEXT_ID
+        else:
+            tok, bos, eos = llama_tokenizer(tok_texts, kind == "llama_chat"), gc.BOS_ID, gc.EOS_ID
+        val_rows = rows_of(tok, val_texts, eos, bos)
+        e = export(n, fam, torch.from_numpy(val_rows[:2, :16].copy()))
+        sections = manifest_sections()
+        assert n in sections, f"{n}: no MANIFEST section; run the family first"
+        kept = [line for line in sections[n].rstrip("\n").split("\n") if not line.startswith(EXPORT_LINE.format(n))]
+        sections[n] = "\n".join(kept + [export_line(n, e)]) + "\n"
+        write_manifest(sections)
+
+
 def main(argv: list[str]) -> int:
-    names = argv or list(FAMILIES)
+    only = "--exports-only" in argv
+    argv = [a for a in argv if a != "--exports-only"]
+    names = argv or list(EXPORTS if only else FAMILIES)
     for n in names:
         if n not in FAMILIES:
             print(f"unknown family {n!r}; known: {', '.join(FAMILIES)}", file=sys.stderr)
@@ -759,6 +787,10 @@ def main(argv: list[str]) -> int:
     torch.use_deterministic_algorithms(True)
     torch._dynamo.config.disable = True
     wall = time.perf_counter()
+    if only:
+        export_only(names)
+        print(f"done in {time.perf_counter() - wall:.0f} s", flush=True)
+        return 0
     corpus = corpus_for({FAMILIES[n]["tokenizer"] for n in names})
     print(f"corpus ready  [{time.perf_counter() - wall:.0f} s]", flush=True)
     results = {}
@@ -817,14 +849,20 @@ def write_manifest_section(name: str, r: dict) -> None:
         f"{v['candidates']['median_min_margin']:.3f}).",
     ]
     if r["exported"]:
-        e = r["exported"]
-        lines.append(f"- Export `samples/hf/{name}/` (torch.onnx.export dynamo, float32, no cache): "
-                     + ", ".join(f"`{k}` {n:,} B" for k, n in e["files"].items())
-                     + f"; ONNX Runtime vs transformers on input_ids.pb: max abs {e['max_abs']:.2e}, "
-                     f"top-1 {e['top1']:.4f}.")
+        lines.append(export_line(name, r["exported"]))
     sections = manifest_sections()
     sections[name] = "\n".join(lines) + "\n"
     write_manifest(sections)
+
+
+EXPORT_LINE = "- Export `samples/hf/{}/`"
+
+
+def export_line(name: str, e: dict) -> str:
+    return (EXPORT_LINE.format(name) + " (torch.onnx.export dynamo, float32, no cache): "
+            + ", ".join(f"`{k}` {n:,} B" for k, n in e["files"].items())
+            + f"; ONNX Runtime vs transformers on input_ids.pb: max abs {e['max_abs']:.2e}, "
+            f"top-1 {e['top1']:.4f}.")
 
 
 DESCRIPTIONS = {
