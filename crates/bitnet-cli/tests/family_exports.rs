@@ -220,3 +220,45 @@ fn trilm_export_finds_row_shard_scales_and_verifies() {
 fn bonsai_export_finds_group_scales_by_default_and_verifies() {
     check_family("bonsai_unpacked", Scales::Group128, false);
 }
+
+/// `--lossless-group` takes a group length or `off`; anything else is refused by clap with the
+/// accepted values (exit 2, nothing written). An explicit length is recorded in the output's
+/// flags; the default (the target's group) is not, being a function of the recorded target and
+/// block flags.
+#[test]
+fn lossless_group_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = sample_path("bonsai_unpacked");
+    let out = dir.path().join("out.onnx");
+    for bad in ["0", "x", "group:128"] {
+        let o = bin()
+            .arg("convert")
+            .arg(&original)
+            .arg("-o")
+            .arg(&out)
+            .args(["--lossless-group", bad])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("G > 0 or off"), "{bad}: {err}");
+        assert!(!out.exists());
+    }
+    // Groups of 64 are exact too (Bonsai's 128 are two of them), carried by blocks of 64; the
+    // layers whose input is one group of 128 are found per channel first.
+    let report = dir.path().join("r.json");
+    let mut cmd = convert(&original, &out, &report, "ort");
+    run_ok(cmd.args(["--lossless-group", "64", "--block-size", "64"]));
+    let r = read_report(&report);
+    let layers = r["layers"].as_array().unwrap();
+    assert!(layers.iter().all(|l| l["lossless"] == true), "{r}");
+    let grouped = layers
+        .iter()
+        .filter(|l| l["granularity"] == "group(64)")
+        .count();
+    assert_eq!(grouped, BONSAI_GROUPED, "{r}");
+    let info = run_ok(bin().arg("inspect").arg(&out).arg("--json"));
+    let j: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let flags = j["bitnet_onnx"]["flags"].as_str().unwrap_or_default();
+    assert!(flags.contains("--lossless-group 64"), "{j}");
+}
