@@ -8,6 +8,10 @@ the others, so a subset regenerates the same bytes):
 
     pip install -r samples/requirements.txt
     python samples/generate_families.py [FAMILY ...]
+    python samples/generate_families.py --exports-only [FAMILY ...]
+
+`--exports-only` writes only the ONNX exports (samples/hf/<name>/) from the committed folders,
+without training, and updates their line of the MANIFEST.
 
 Families (see FAMILIES and the MANIFEST it writes for every field):
 
@@ -28,10 +32,12 @@ Families (see FAMILIES and the MANIFEST it writes for every field):
                        transformers class loads it; its reference is transformers'
                        BitNetForCausalLM (hidden_act silu, autobitlinear online) on the same
                        weights under BitNet's names (attn_sub_norm / ffn_sub_norm sit where
-                       1bitLLM's sub-norms sit).
+                       1bitLLM's sub-norms sit). Llama 2's tokenizer layout (sentencepiece-
+                       derived BPE with byte fallback, <unk> 0, <s> 1, </s> 2).
   trilm_unpacked       SpectraSuite TriLM *_Unpacked form: LlamaForCausalLM, no
                        quantization_config, float16 weights that are ternary codes times one
                        absmean scale per shard of rows (TRILM_SHARDS contiguous row blocks).
+                       GPT-NeoX's tokenizer layout (byte-level BPE, <|endoftext|> 0).
   bonsai_unpacked      prism-ml Ternary-Bonsai -unpacked form: Qwen3ForCausalLM, no
                        quantization_config, float16 ternary codes times one absmean scale per
                        group of 128 along the input, embedding (and so the tied head) too.
@@ -46,8 +52,8 @@ then written in the family's layout from the trained float32 weights, loaded bac
 expected/families/<name>_val.json (validation loss, argmax and margins, the format of
 expected/val.json with one form, <name>). The unpacked families' reference is transformers'
 float forward (float activations; the int8 activations of training are not part of the
-published model). Also exported with torch.onnx.export(dynamo=True) to samples/hf/<name>/
-(llama_bitlinear, qwen3_autobitlinear), for `convert` + `verify`.
+published model). Each is also exported with torch.onnx.export(dynamo=True) to samples/hf/<name>/
+(onebitllm: its reference BitNetForCausalLM), for `convert` + `verify`.
 
 Deterministic: regenerating gives byte-identical files with the pinned versions on the same CPU
 family (see samples/generate_checkpoints.py).
@@ -86,9 +92,9 @@ STEPS = 400  # training steps of gc.BATCH x gc.SEQ tokens (1-4 minutes a family 
 # One thread: on a shared, oversubscribed machine two OpenMP threads wait on each other at every
 # barrier (measured 3.8 s a step with 2 threads at load 10, against 0.1 s on 2 idle cores).
 THREADS = 1
-# Exported to samples/hf/<name>/ for `convert` + `verify`. qwen3_autobitlinear's export holds its
-# float32 master weights (1.9 MB): not committed; `export` can write it anywhere (see export()).
-EXPORTS = ("llama_bitlinear",)
+# Exported to samples/hf/<name>/ for `convert` + `verify`: every family (each export holds the
+# model's float32 weights as transformers computes with them, 1.3-1.9 MB).
+EXPORTS = ("llama_bitlinear", "qwen3_autobitlinear", "onebitllm", "trilm_unpacked", "bonsai_unpacked")
 LR, WARMUP, WEIGHT_DECAY = 3e-3, 50, 0.01
 VAL_ROWS = 16  # held-out rows in the _val.json records (generate_checkpoint_val.py's count)
 TRILM_SHARDS = 2  # row shards with one scale each (TriLM's model-parallel shards; see MANIFEST)
@@ -130,6 +136,129 @@ QWEN3_CHAT_TEMPLATE = (
     "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
     "{%- endif %}"
 )
+
+
+# Llama 2 style (1bitLLM ships Llama 2's tokenizer): the sentencepiece-derived tokenizer.json that
+# transformers' LlamaConverter writes: <unk> 0, <s> 1, </s> 2, the 256 byte-fallback tokens
+# <0x00>..<0xFF>, then sentencepiece-like BPE pieces ('▁' marks a word start; trained split at
+# whitespace, between letters and other characters and at every digit, as sentencepiece splits
+# by whitespace, Unicode script and digit); normalizer Prepend('▁') + Replace(' ', '▁'), no
+# pre-tokenizer, byte fallback, BOS added by the post-processor (add_bos_token).
+LLAMA2_SPECIALS = ["<unk>", "<s>", "</s>"]
+LLAMA2_UNK_ID, LLAMA2_BOS_ID, LLAMA2_EOS_ID = 0, 1, 2
+LLAMA2_BYTES = [f"<0x{b:02X}>" for b in range(256)]
+LLAMA2_SPLIT = r"▁?\p{L}+|▁?\p{N}|▁?[^\p{L}\p{N}▁]+|▁"
+# GPT-NeoX style (TriLM uses GPT-NeoX-20B's tokenizer): byte-level BPE, NFC, <|endoftext|> 0
+# (BOS, EOS and unk, the document separator), <|padding|> 1, no BOS added.
+NEOX_SPECIALS = ["<|endoftext|>", "<|padding|>"]
+NEOX_ENDOFTEXT_ID = 0
+
+
+def llama2_tokenizer(texts: list[str]):
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    prefix = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    trainee = Tokenizer(models.BPE())
+    trainee.normalizer = prefix
+    trainee.pre_tokenizer = pre_tokenizers.Split(Regex(LLAMA2_SPLIT), behavior="isolated")
+    base = len(LLAMA2_SPECIALS) + len(LLAMA2_BYTES)
+    trainer = trainers.BpeTrainer(vocab_size=gc.VOCAB - base, special_tokens=[], show_progress=False)
+    trainee.train_from_iterator(texts, trainer)
+    trained = json.loads(trainee.to_str())["model"]
+    assert len(trained["vocab"]) == gc.VOCAB - base, len(trained["vocab"])
+    vocab = {t: i for i, t in enumerate(LLAMA2_SPECIALS + LLAMA2_BYTES)}
+    for t, i in sorted(trained["vocab"].items(), key=lambda kv: kv[1]):
+        vocab[t] = base + i
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
+    # Pieces never cross the training splits, so no pre-tokenizer is needed to apply them (the
+    # Llama 2 files have none).
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    tok.normalizer = prefix
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in LLAMA2_SPECIALS])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s>:0 $A:0", pair="<s>:0 $A:0 <s>:1 $B:1", special_tokens=[("<s>", LLAMA2_BOS_ID)])
+    assert tok.get_vocab_size() == gc.VOCAB and tok.token_to_id("</s>") == LLAMA2_EOS_ID
+    return tok
+
+
+def neox_tokenizer(texts: list[str]):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True)
+    trainer = trainers.BpeTrainer(vocab_size=gc.VOCAB, special_tokens=NEOX_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    assert tok.get_vocab_size() == gc.VOCAB, tok.get_vocab_size()
+    assert [tok.token_to_id(t) for t in NEOX_SPECIALS] == [0, 1]
+    tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=True)
+    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=True)
+    return tok
+
+
+def special_tokens_decoder(tokens: list[str], first: int = 0) -> dict:
+    return {str(first + i): dict(gc.special(t), special=True) for i, t in enumerate(tokens)}
+
+
+def write_llama2_tokenizer(tok, path: str, max_len: int) -> None:
+    """Llama 2's files: tokenizer.json, tokenizer_config.json (LlamaTokenizer, add_bos_token,
+    legacy false) and special_tokens_map.json (no tokenizer.model: the sentencepiece model is
+    not reproduced)."""
+    tok.save(os.path.join(path, "tokenizer.json"), pretty=True)
+    gc.dump_json(os.path.join(path, "tokenizer_config.json"), {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "added_tokens_decoder": special_tokens_decoder(LLAMA2_SPECIALS),
+        "bos_token": "<s>",
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "</s>",
+        "legacy": False,
+        "model_max_length": max_len,
+        "pad_token": None,
+        "sp_model_kwargs": {},
+        "tokenizer_class": "LlamaTokenizer",
+        "unk_token": "<unk>",
+    })
+    gc.dump_json(os.path.join(path, "special_tokens_map.json"), {
+        "bos_token": gc.special("<s>"), "eos_token": gc.special("</s>"), "unk_token": gc.special("<unk>")})
+
+
+def write_neox_tokenizer(tok, path: str, max_len: int) -> None:
+    """GPT-NeoX's files: tokenizer.json, tokenizer_config.json (GPTNeoXTokenizer, no BOS or
+    EOS added, <|endoftext|> as BOS, EOS and unk) and special_tokens_map.json."""
+    tok.save(os.path.join(path, "tokenizer.json"), pretty=True)
+    gc.dump_json(os.path.join(path, "tokenizer_config.json"), {
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": special_tokens_decoder(NEOX_SPECIALS),
+        "bos_token": "<|endoftext|>",
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|endoftext|>",
+        "model_max_length": max_len,
+        "pad_token": None,
+        "tokenizer_class": "GPTNeoXTokenizer",
+        "unk_token": "<|endoftext|>",
+    })
+    end = gc.special("<|endoftext|>")
+    gc.dump_json(os.path.join(path, "special_tokens_map.json"), {"bos_token": end, "eos_token": end, "unk_token": end})
+
+
+def tokenizer_for_ids(kind: str) -> tuple[int | None, int]:
+    """`tokenizer_for`'s BOS and document-end ids, without training."""
+    return {"qwen": (None, ENDOFTEXT_ID), "llama2": (LLAMA2_BOS_ID, LLAMA2_EOS_ID),
+            "neox": (None, NEOX_ENDOFTEXT_ID)}.get(kind, (gc.BOS_ID, gc.EOS_ID))
+
+
+def tokenizer_for(kind: str, texts: list[str]):
+    """The tokenizer of a kind trained on `texts`, its BOS id (None when it adds none) and the
+    id that ends each document in the training rows."""
+    train = {"qwen": qwen_tokenizer, "llama2": llama2_tokenizer, "neox": neox_tokenizer}.get(kind)
+    tok = train(texts) if train else llama_tokenizer(texts, kind == "llama_chat")
+    return (tok, *tokenizer_for_ids(kind))
 
 
 def llama_tokenizer(texts: list[str], chat: bool):
@@ -239,22 +368,22 @@ FAMILIES = {
         ),
     ),
     "onebitllm": dict(
-        cls="BitnetForCausalLM", tokenizer="llama", seed=gc.SEED + 103,
+        cls="BitnetForCausalLM", tokenizer="llama2", seed=gc.SEED + 103,
         config=dict(
             architectures=["BitnetForCausalLM"], model_type="llama", **BASE,
             auto_map={"AutoConfig": "configuration_bitnet.BitnetConfig",
                       "AutoModelForCausalLM": "modeling_bitnet.BitnetForCausalLM"},
-            bos_token_id=gc.BOS_ID, eos_token_id=gc.EOS_ID, hidden_act="silu", input_bits=8,
+            bos_token_id=LLAMA2_BOS_ID, eos_token_id=LLAMA2_EOS_ID, hidden_act="silu", input_bits=8,
             num_attention_heads=4, num_key_value_heads=4, pad_token_id=None, pretraining_tp=1,
             rms_norm_eps=1e-5, rope_scaling=None, rope_theta=10000.0, tie_word_embeddings=False,
             torch_dtype="float16", vocab_size=gc.VOCAB, weight_bits=1,
         ),
     ),
     "trilm_unpacked": dict(
-        cls="LlamaForCausalLM", tokenizer="llama", seed=gc.SEED + 104,
+        cls="LlamaForCausalLM", tokenizer="neox", seed=gc.SEED + 104,
         config=dict(
             architectures=["LlamaForCausalLM"], model_type="llama", **BASE,
-            bos_token_id=gc.BOS_ID, eos_token_id=gc.EOS_ID, hidden_act="silu", mlp_bias=False,
+            bos_token_id=NEOX_ENDOFTEXT_ID, eos_token_id=NEOX_ENDOFTEXT_ID, hidden_act="silu", mlp_bias=False,
             num_attention_heads=4, num_key_value_heads=4, pretraining_tp=1, rms_norm_eps=1e-5,
             rope_scaling=None, rope_theta=10000.0, tie_word_embeddings=False, torch_dtype="float16",
             vocab_size=gc.VOCAB,
@@ -515,6 +644,10 @@ def write_folder(name: str, fam: dict, tensors: Tensors, tok) -> None:
     max_len = config["max_position_embeddings"]
     if fam["tokenizer"] == "qwen":
         write_qwen_tokenizer(tok, path, max_len)
+    elif fam["tokenizer"] == "llama2":
+        write_llama2_tokenizer(tok, path, max_len)
+    elif fam["tokenizer"] == "neox":
+        write_neox_tokenizer(tok, path, max_len)
     else:
         write_llama_tokenizer(tok, path, fam["tokenizer"] == "llama_chat", max_len)
 
@@ -562,7 +695,7 @@ def references(name: str, fam: dict, tok_hf, held_out: list[str], val_rows: np.n
     model = load_folder(name, fam)
     candidates = gc.prompt_candidates(tok_hf, held_out)
     eos = fam["config"]["eos_token_id"]
-    eos = set(eos if isinstance(eos, list) else [eos]) | {gc.EOS_ID if fam["tokenizer"] != "qwen" else ENDOFTEXT_ID}
+    eos = set(eos if isinstance(eos, list) else [eos]) | {tokenizer_for_ids(fam["tokenizer"])[1]}
     entries, all_margins = [], []
     for bucket in candidates:
         scored = []
@@ -734,12 +867,7 @@ def corpus_for(kinds: set[str]) -> dict:
     val_texts = gc.documents(grammar, 400, gc.SEED + 3)
     out = {"held_out": gc.documents(grammar, 200, gc.SEED + 4)}
     for kind in sorted(kinds):
-        if kind == "qwen":
-            tok = qwen_tokenizer(tok_texts)
-            bos, eos = None, ENDOFTEXT_ID
-        else:
-            tok = llama_tokenizer(tok_texts, kind == "llama_chat")
-            bos, eos = gc.BOS_ID, gc.EOS_ID
+        tok, bos, eos = tokenizer_for(kind, tok_texts)
         rows = rows_of(tok, train_texts, eos, bos)
         assert len(rows) >= STEPS * gc.BATCH, (kind, len(rows))
         out[kind] = (tok, rows[: STEPS * gc.BATCH], rows_of(tok, val_texts, eos, bos), None)
@@ -747,8 +875,28 @@ def corpus_for(kinds: set[str]) -> dict:
     return out
 
 
+def export_only(names: list[str]) -> None:
+    """The exports of the committed folders (no training): the same ids as run_family's (the
+    first two validation rows' first 16 tokens, from the same tokenizer and documents)."""
+    grammar = gc.Grammar(gc.SEED)
+    tok_texts = gc.documents(grammar, gc.TOKENIZER_DOCS, gc.SEED + 1)
+    val_texts = gc.documents(grammar, 400, gc.SEED + 3)
+    for n in names:
+        fam = FAMILIES[n]
+        tok, bos, eos = tokenizer_for(fam["tokenizer"], tok_texts)
+        val_rows = rows_of(tok, val_texts, eos, bos)
+        e = export(n, fam, torch.from_numpy(val_rows[:2, :16].copy()))
+        sections = manifest_sections()
+        assert n in sections, f"{n}: no MANIFEST section; run the family first"
+        kept = [line for line in sections[n].rstrip("\n").split("\n") if not line.startswith(EXPORT_LINE.format(n))]
+        sections[n] = "\n".join(kept + [export_line(n, e)]) + "\n"
+        write_manifest(sections)
+
+
 def main(argv: list[str]) -> int:
-    names = argv or list(FAMILIES)
+    only = "--exports-only" in argv
+    argv = [a for a in argv if a != "--exports-only"]
+    names = argv or list(EXPORTS if only else FAMILIES)
     for n in names:
         if n not in FAMILIES:
             print(f"unknown family {n!r}; known: {', '.join(FAMILIES)}", file=sys.stderr)
@@ -759,6 +907,10 @@ def main(argv: list[str]) -> int:
     torch.use_deterministic_algorithms(True)
     torch._dynamo.config.disable = True
     wall = time.perf_counter()
+    if only:
+        export_only(names)
+        print(f"done in {time.perf_counter() - wall:.0f} s", flush=True)
+        return 0
     corpus = corpus_for({FAMILIES[n]["tokenizer"] for n in names})
     print(f"corpus ready  [{time.perf_counter() - wall:.0f} s]", flush=True)
     results = {}
@@ -817,14 +969,20 @@ def write_manifest_section(name: str, r: dict) -> None:
         f"{v['candidates']['median_min_margin']:.3f}).",
     ]
     if r["exported"]:
-        e = r["exported"]
-        lines.append(f"- Export `samples/hf/{name}/` (torch.onnx.export dynamo, float32, no cache): "
-                     + ", ".join(f"`{k}` {n:,} B" for k, n in e["files"].items())
-                     + f"; ONNX Runtime vs transformers on input_ids.pb: max abs {e['max_abs']:.2e}, "
-                     f"top-1 {e['top1']:.4f}.")
+        lines.append(export_line(name, r["exported"]))
     sections = manifest_sections()
     sections[name] = "\n".join(lines) + "\n"
     write_manifest(sections)
+
+
+EXPORT_LINE = "- Export `samples/hf/{}/`"
+
+
+def export_line(name: str, e: dict) -> str:
+    return (EXPORT_LINE.format(name) + " (torch.onnx.export dynamo, float32, no cache): "
+            + ", ".join(f"`{k}` {n:,} B" for k, n in e["files"].items())
+            + f"; ONNX Runtime vs transformers on input_ids.pb: max abs {e['max_abs']:.2e}, "
+            f"top-1 {e['top1']:.4f}.")
 
 
 DESCRIPTIONS = {
@@ -863,8 +1021,12 @@ DESCRIPTIONS = {
         "in a re-implementation of 1bitLLM's modeling_bitnet.py, the original file was not in the index). "
         "The folder loads in no transformers class (remote code); the reference is BitNetForCausalLM "
         "(hidden_act silu, autobitlinear online, rms_norm_eps 1e-5) on the same float16 weights under "
-        "BitNet's names. Tokenizer: generate_checkpoints.py's Llama 3 layout (1bitLLM ships Llama 2's "
-        "sentencepiece tokenizer; not reproduced)."
+        "BitNet's names. Tokenizer: Llama 2's layout (1bitLLM ships Llama 2's): the sentencepiece-derived "
+        "tokenizer.json transformers' LlamaConverter writes (BPE with byte fallback, `<unk>` 0, `<s>` 1, "
+        "`</s>` 2, `<0x00>`..`<0xFF>` 3-258, then '▁'-prefixed pieces; normalizer Prepend('▁') + "
+        "Replace(' ', '▁'), no pre-tokenizer, BOS added by the post-processor), tokenizer_config "
+        "`LlamaTokenizer` with `add_bos_token: true`, `legacy: false`; BOS 1, EOS 2 (no tokenizer.model: "
+        "the sentencepiece model itself is not reproduced)."
     ),
     "trilm_unpacked": (
         "SpectraSuite TriLM *_Unpacked form. `LlamaForCausalLM`, no quantization_config, float16 weights. "
@@ -876,7 +1038,9 @@ DESCRIPTIONS = {
         "index, so the shard count of the real checkpoints is not checked here: treat 2 as an example. "
         "Embeddings, norms and the untied head float16, not ternary. Reference: transformers' float forward "
         "(float activations). Trained with AutoBitLinear online (per-tensor scale, int8 activations) and "
-        "re-ternarised per shard for the folder."
+        "re-ternarised per shard for the folder. Tokenizer: GPT-NeoX's layout (byte-level BPE, NFC, "
+        "`<|endoftext|>` 0 = BOS = EOS = unk and the document separator, `<|padding|>` 1, no BOS added; "
+        "tokenizer_config `GPTNeoXTokenizer`)."
     ),
     "bonsai_unpacked": (
         "prism-ml Ternary-Bonsai -unpacked form. `Qwen3ForCausalLM`, no quantization_config, float16 weights: "

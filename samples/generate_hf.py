@@ -237,6 +237,12 @@ def main() -> int:
         "in the three forms transformers loads, each loaded with `from_pretrained` and exported with "
         "`torch.onnx.export(dynamo=True)`.",
         "",
+        "The other folders here have their own generators and records: `trained_lm/` "
+        "(samples/generate_trained_lm.py), and the exports of the ternary family samples, "
+        "`llama_bitlinear/`, `qwen3_autobitlinear/`, `onebitllm/`, `trilm_unpacked/`, "
+        "`bonsai_unpacked/` (samples/generate_families.py; sizes and checks in "
+        "samples/checkpoints/families/MANIFEST.md).",
+        "",
         f"Versions: torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
         f"onnx {onnx.__version__}, onnxruntime {ort.__version__}.",
         "",

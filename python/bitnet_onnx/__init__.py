@@ -241,6 +241,7 @@ def convert(
     block_size: int | None = None,
     accuracy_level: int | None = None,
     scale: str | None = None,
+    lossless_group: int | str | None = None,
     method: str | None = None,
     threshold: float | None = None,
     preset: str | None = None,
@@ -273,7 +274,8 @@ def convert(
     """
     flags = dict(
         target=target, activations=activations, block_size=block_size,
-        accuracy_level=accuracy_level, scale=scale, method=method, threshold=threshold,
+        accuracy_level=accuracy_level, scale=scale, lossless_group=lossless_group,
+        method=method, threshold=threshold,
         preset=preset, tensorrt_block_size=tensorrt_block_size, include=include,
         exclude=exclude, min_params=min_params, head=head, embeddings=embeddings,
         table_block_size=table_block_size, logits=logits, quantize_head=quantize_head,

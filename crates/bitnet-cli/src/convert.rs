@@ -126,6 +126,15 @@ pub struct ConvertArgs {
     /// Scale granularity: tensor, channel (per output feature) or group:G.
     #[arg(long, default_value = "channel", value_parser = parse_granularity)]
     pub scale: Granularity,
+    /// Lossless detection also tries one scale per G inputs (after per-tensor, per-channel and
+    /// a --scale group), so a weight stored as ternary codes times a scale per group of inputs
+    /// (Ternary-Bonsai: 128) is recovered exactly: G, or off. Default: the group the target
+    /// carries: --block-size for ort, --tensorrt-block-size for tensorrt, else 128. On a target
+    /// that cannot carry group scales (ort-int8, tensorrt --tensorrt-int8) a weight found exact
+    /// per group stops the conversion with an error naming it; with off it is quantized per
+    /// channel instead (lossy, as the report says).
+    #[arg(long, value_name = "G|off", value_parser = parse_lossless_group)]
+    pub lossless_group: Option<LosslessGroup>,
     /// absmean (BitNet) or twn (zero below 0.7 mean|W|, least-squares scale).
     #[arg(long, value_enum, default_value = "absmean")]
     pub method: MethodArg,
@@ -196,6 +205,42 @@ pub struct ConvertArgs {
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// A `--lossless-group` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LosslessGroup {
+    Off,
+    Len(usize),
+}
+
+fn parse_lossless_group(s: &str) -> Result<LosslessGroup, String> {
+    match s {
+        "off" => Ok(LosslessGroup::Off),
+        _ => match s.parse::<usize>() {
+            Ok(g) if g > 0 => Ok(LosslessGroup::Len(g)),
+            _ => Err(format!("'{s}': expected a group length G > 0 or off")),
+        },
+    }
+}
+
+/// The group length lossless detection tries besides the configured granularity: the flag, or
+/// the finest group the target's layout carries exactly (every group a multiple of it is
+/// found too, as groups of it with repeated scales).
+fn lossless_group(args: &ConvertArgs) -> Option<usize> {
+    match args.lossless_group {
+        Some(LosslessGroup::Off) => None,
+        Some(LosslessGroup::Len(g)) => Some(g),
+        None => Some(match args.target.0 {
+            // MatMulNBits: one scale per block; 128 is the default block (capped at K rounded
+            // up to a power of two, and a group as long as K is the channel anyway).
+            Id::Ort => args.block_size.unwrap_or(128),
+            Id::Tensorrt if !args.tensorrt_int8 => args.tensorrt_block_size,
+            // DequantizeLinear's blocked scales take any group; ort-int8 and TensorRT INT8
+            // take none, and a weight found exact per group is refused by name there.
+            _ => 128,
+        }),
+    }
 }
 
 fn parse_granularity(s: &str) -> Result<Granularity, String> {
@@ -333,6 +378,12 @@ fn recorded_flags(args: &ConvertArgs) -> String {
     if let Some(l) = args.accuracy_level {
         f.push(format!("--accuracy-level {l}"));
     }
+    // Its default follows the target and block flags recorded here.
+    match args.lossless_group {
+        Some(LosslessGroup::Off) => f.push("--lossless-group off".into()),
+        Some(LosslessGroup::Len(g)) => f.push(format!("--lossless-group {g}")),
+        None => {}
+    }
     match args.preset {
         Some(p) => f.push(format!("--preset {}", name(&p))),
         None => {
@@ -403,6 +454,10 @@ pub fn run(args: &ConvertArgs) -> Result<Report> {
             threshold: args.threshold,
             ..QuantConfig::default()
         },
+    };
+    let quant = QuantConfig {
+        lossless_group: lossless_group(args),
+        ..quant
     };
     quant.validate().context("invalid quantization flags")?;
     let re = |s: &Option<String>, flag: &str| -> Result<Option<Regex>> {
@@ -532,7 +587,12 @@ pub fn print_report(r: &Report, saved: &bitnet_model::Saved) {
             l.rel_error,
             l.bytes_before,
             l.bytes_after,
-            if l.lossless { "  lossless" } else { "" }
+            if l.lossless {
+                // The granularity lossless detection found the weight's scales at.
+                format!("  lossless {}", l.granularity)
+            } else {
+                String::new()
+            }
         );
     }
     for t in &r.tables {

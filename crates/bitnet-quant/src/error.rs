@@ -14,10 +14,12 @@ pub enum ConvertError {
         node: String,
         error: quant::QuantError,
     },
-    #[error("{path}: weight '{weight}': {error}")]
+    #[error("{path}: weight '{weight}' (read by {nodes}): {error}")]
     Emit {
         path: String,
         weight: String,
+        /// The nodes reading the weight, quoted and comma-separated.
+        nodes: String,
         error: crate::emit::EmitError,
     },
     #[error("{path}: the converted nodes need default-domain opset {needed} but the model imports opset {have}, and node '{node}' ({op}) does not keep its meaning between them: {op}-{version} {change}; re-export the model at opset {needed} or newer")]

@@ -85,6 +85,13 @@ pub struct QuantConfig {
     pub threshold: f32,
     /// Relative tolerance of lossless detection, in `[0, MAX_LOSSLESS_REL_TOL]`.
     pub lossless_rel_tol: f32,
+    /// A group length along the input that lossless detection also tries, after per-tensor,
+    /// per-channel and the configured `Group(G)` (when it differs from it and is shorter than
+    /// the channel): a weight already ternary with one scale per this many inputs (Ternary
+    /// Bonsai's float weights, one scale per 128) is then recovered exactly, whatever
+    /// `granularity` a quantized weight would get. `None`: only the configured granularity.
+    #[serde(default)]
+    pub lossless_group: Option<usize>,
 }
 
 impl Default for QuantConfig {
@@ -94,6 +101,7 @@ impl Default for QuantConfig {
             method: Method::AbsMean,
             threshold: 0.5,
             lossless_rel_tol: 1e-6,
+            lossless_group: None,
         }
     }
 }
@@ -110,6 +118,9 @@ impl QuantConfig {
     /// Checks the settings alone (not a weight).
     pub fn validate(&self) -> Result<(), QuantError> {
         if let Granularity::Group(0) = self.granularity {
+            return Err(QuantError::ZeroGroupSize);
+        }
+        if self.lossless_group == Some(0) {
             return Err(QuantError::ZeroGroupSize);
         }
         if !(self.threshold > 0.0 && self.threshold <= 1.0) {

@@ -18,7 +18,14 @@
 //!   lossless scale and absmean scale (a band holds whole groups).
 //! * Between the passes the granularity is chosen as `quantize_measured` chooses it (lossless
 //!   per tensor, per channel, per group, else absmean). A scale that needs the most frequent
-//!   magnitude of a jittered lossless tensor or channel reads the weight once more.
+//!   magnitude of a jittered lossless tensor or channel reads the weight once more. Lossless
+//!   detection per `QuantConfig::lossless_group` (when it is not the configured group) is a
+//!   pass of its own between them, run only when nothing before it was exact and pass 1's
+//!   probe did not rule it out (the first group of the first channel found not ternary in the
+//!   first band, which for a float weight is the first channel read); it stops at the first
+//!   group that is not ternary. So weights exact per tensor or channel and float weights cost
+//!   what they did without it, and a weight exact per group is read three times (statistics,
+//!   groups, codes) instead of two.
 //! * Pass 2 writes the codes and measures the error.
 //!
 //! Bit-identity: every sum runs along one channel in the channel-major order. A channel's
@@ -287,6 +294,8 @@ struct Plan {
     /// Groups per channel (1 without groups).
     gpc: usize,
     tol: f64,
+    /// The `lossless_group` pass 1 probes (`stats`), when there is one to try after it.
+    probe: Option<usize>,
 }
 
 impl Plan {
@@ -345,7 +354,8 @@ fn parts<T>(v: &mut [T], len: usize, count: usize) -> Vec<&mut [T]> {
 }
 
 /// One pass: for each band, top to bottom, `task` on each of its tiles in parallel (given the
-/// band's rows), while the next band is read; then the band is reported done.
+/// band's rows), while the next band is read; then the band is reported done. The pass ends
+/// early, before a band, once `stop` is set.
 #[allow(clippy::too_many_arguments)]
 fn pass<S, F>(
     m: &Kn<S, F>,
@@ -354,6 +364,7 @@ fn pass<S, F>(
     groups: &mut [f32],
     groups2: &mut [f32],
     codes: &mut [i8],
+    stop: Option<&AtomicBool>,
     task: impl Fn(&[S], Tile) + Sync,
 ) -> Result<(), QuantError>
 where
@@ -369,6 +380,9 @@ where
         m.fetch(r.clone(), &mut cur)?;
     }
     for (b, r) in bands.iter().enumerate() {
+        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            break;
+        }
         let last = r.end == k;
         let band = m.band(r.clone(), &cur);
         let ahead = || match bands.get(b + 1) {
@@ -419,6 +433,8 @@ struct Dead {
     chans: AtomicBool,
     /// Some group is not.
     groups: AtomicBool,
+    /// Some group of `Plan::probe` inputs is not (so the `lossless_group` pass is not run).
+    probe: AtomicBool,
 }
 
 fn run<S, F>(m: &Kn<S, F>, cfg: &QuantConfig, tiling: Tiling) -> Result<(Ternary, f64), QuantError>
@@ -436,12 +452,15 @@ where
         _ => None,
     };
     let unit = group.map_or(4, |g| lcm(4, g));
+    // The `lossless_group` length, when it is another than the configured group's.
+    let extra = super::detection_groups(cfg, k).find(|&g| Some(g) != group);
     let plan = Plan {
         rows: tiling.rows.max(1).next_multiple_of(unit),
         width: tiling.width.clamp(1, n),
         group,
         gpc: group.map_or(1, |g| k.div_ceil(g)),
         tol,
+        probe: extra,
     };
     let mut chans = vec![Chan::default(); n];
     let per_group = || vec![0f32; if group.is_some() { n * plan.gpc } else { 0 }];
@@ -455,6 +474,7 @@ where
         &mut lossless,
         &mut absmean,
         &mut [],
+        None,
         |band, t| stats(m, &plan, &dead, band, t),
     )?;
 
@@ -488,6 +508,17 @@ where
     if group.is_some() && !dead.groups.load(Ordering::Relaxed) {
         let (codes, e) = code(m, &plan, Coder::Sign, &mut chans, &mut lossless)?;
         return Ok(finish(m, codes, cfg.granularity, lossless, true, e));
+    }
+    // Lossless per group of `cfg.lossless_group` inputs, when that is not the configured
+    // group: a pass of its own, so a weight found exact per tensor or channel, or quantized
+    // with the configured granularity's statistics of pass 1, is read exactly as before; a
+    // weight that is not ternary is most often ruled out by pass 1's probe (a channel's first
+    // group whose magnitudes cannot share one scale), else fails on its first group and the
+    // pass stops after that band.
+    if let Some(g) = extra.filter(|_| !dead.probe.load(Ordering::Relaxed)) {
+        if let Some(found) = group_lossless(m, g, tol, tiling, &mut chans)? {
+            return Ok(found);
+        }
     }
 
     // Absmean.
@@ -524,6 +555,73 @@ fn lcm(a: usize, b: usize) -> usize {
     a / gcd(a, b) * b
 }
 
+/// Lossless detection per group of `g` inputs (`quant::detect_group` on every group) in a pass
+/// of its own, band rows a multiple of `g`, stopping at the first group that is not ternary;
+/// then the codes (pass 2). `None` when some group is not ternary.
+fn group_lossless<S, F>(
+    m: &Kn<S, F>,
+    g: usize,
+    tol: f64,
+    tiling: Tiling,
+    chans: &mut [Chan],
+) -> Result<Option<(Ternary, f64)>, QuantError>
+where
+    S: Copy + Default + Send + Sync + 'static,
+    F: Fn(S) -> f32 + Sync,
+{
+    let plan = Plan {
+        rows: tiling.rows.max(1).next_multiple_of(lcm(4, g)),
+        width: tiling.width.clamp(1, m.n),
+        group: Some(g),
+        gpc: m.k.div_ceil(g),
+        tol,
+        probe: None,
+    };
+    let mut scales = vec![0f32; m.n * plan.gpc];
+    let dead = AtomicBool::new(false);
+    pass(
+        m,
+        &plan,
+        chans,
+        &mut scales,
+        &mut [],
+        &mut [],
+        Some(&dead),
+        |band, t| {
+            if dead.load(Ordering::Relaxed) {
+                return;
+            }
+            let rows = t.r.len();
+            m.load(band, rows, t.c0, t.chans.len(), t.buf);
+            let mut scratch = Vec::new();
+            for (ci, x) in t.buf.chunks_exact(rows).enumerate() {
+                let first = ci * plan.gpc + t.r.start / g;
+                for (xg, a) in x.chunks(g).zip(&mut t.groups[first..]) {
+                    match detect_group(xg, plan.tol, &mut scratch) {
+                        Ok(s) => *a = s,
+                        Err(_) => {
+                            dead.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+            }
+        },
+    )?;
+    if dead.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    let (codes, e) = code(m, &plan, Coder::Sign, chans, &mut scales)?;
+    Ok(Some(finish(
+        m,
+        codes,
+        Granularity::Group(g),
+        scales,
+        true,
+        e,
+    )))
+}
+
 /// Pass 1 on one tile: channel bands, channel `|w|` sums (without groups), or each group's
 /// lossless scale (`quant::detect_group`) and absmean scale (with groups).
 fn stats<S, F>(m: &Kn<S, F>, plan: &Plan, dead: &Dead, band: &[S], t: Tile)
@@ -543,7 +641,17 @@ where
             let band = scan_band(x, plan.tol).map(|b| merge_band(st.band, b));
             match band {
                 Ok(b) if b.is_none_or(|(lo, hi)| band_ok(lo, hi, plan.tol)) => st.band = b,
-                _ => dead.chans.store(true, Ordering::Relaxed),
+                _ => {
+                    // The probe: in the first band, the channel's first group of `probe`
+                    // inputs (or the band's part of it), whose magnitudes cannot share one
+                    // scale when these cannot (a band only widens).
+                    if let Some(g) = plan.probe.filter(|_| t.r.start == 0) {
+                        if scan_band(&x[..g.min(rows)], plan.tol).is_err() {
+                            dead.probe.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    dead.chans.store(true, Ordering::Relaxed);
+                }
             }
         }
         let Some(g) = plan.group else {
@@ -660,6 +768,7 @@ where
         group_scales,
         &mut [],
         &mut codes,
+        None,
         |band, t| {
             let rows = t.r.len();
             m.load(band, rows, t.c0, t.chans.len(), t.buf);

@@ -72,6 +72,11 @@ impl Emission {
                     .map_err(|error| ConvertError::Emit {
                         path: p.to_string(),
                         weight: w.clone(),
+                        nodes: ls
+                            .iter()
+                            .map(|l| format!("'{}'", l.node))
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         error,
                     })?;
             let mut absorbed = emitted.absorbed;

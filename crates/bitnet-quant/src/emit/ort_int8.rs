@@ -257,9 +257,15 @@ impl Emitter for OrtInt8 {
             });
         }
         if let Granularity::Group(gs) = t.granularity {
-            return Err(EmitError::Layout(format!(
-                "--target ort-int8 applies the weight scale after the integer matmul over all of K, so it needs per-tensor or per-channel scales, not group:{gs}; use --scale channel or another target"
-            )));
+            return Err(EmitError::Layout(if t.lossless {
+                format!(
+                    "lossless detection found it exactly ternary with one scale per {gs} inputs, which --target ort-int8 cannot carry (it applies one scale per output channel after the integer matmul over all of K): use --target ort, qdq-int8, onnx or tensorrt to keep it exact, or --lossless-group off to quantize it per channel (lossy)"
+                )
+            } else {
+                format!(
+                    "--target ort-int8 applies the weight scale after the integer matmul over all of K, so it needs per-tensor or per-channel scales, not group:{gs}; use --scale channel or another target"
+                )
+            }));
         }
         pack::check_ternary(t)?;
         let codes = pack::pack_int8(&pack::codes_in_onnx_order(t, false));
@@ -806,6 +812,19 @@ mod tests {
         );
         assert!(
             matches!(&e, EmitError::Layout(m) if m.contains("group:4")),
+            "{e:?}"
+        );
+        // Exact group scales found by lossless detection: the error says so and names the
+        // targets that keep them and the flag that quantizes instead.
+        let exact = crate::quant::Ternary {
+            lossless: true,
+            ..ternary(3, 8, Granularity::Group(4))
+        };
+        let e = emit_err(&OrtInt8, &g, &Job::new(&g, "W", exact));
+        assert!(
+            matches!(&e, EmitError::Layout(m) if m.contains("one scale per 4 inputs")
+                && m.contains("--target ort, qdq-int8, onnx or tensorrt")
+                && m.contains("--lossless-group off")),
             "{e:?}"
         );
     }

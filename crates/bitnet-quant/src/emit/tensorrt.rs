@@ -52,10 +52,14 @@ impl Emitter for TensorRt {
         let (_, transposed) = dq::weight_dims(job);
         let codes = pack::codes_in_onnx_order(job.ternary, transposed);
         let (code_type, packed, scales) = if self.int8 {
-            if matches!(job.ternary.granularity, Granularity::Group(_)) {
-                return Err(EmitError::Layout(
-                    "TensorRT INT8 weights take per-channel scales only; use --scale channel or tensor, or INT4 blocks".to_string(),
-                ));
+            if let Granularity::Group(gs) = job.ternary.granularity {
+                return Err(EmitError::Layout(if job.ternary.lossless {
+                    format!(
+                        "lossless detection found it exactly ternary with one scale per {gs} inputs, which TensorRT INT8 weights cannot carry (per-channel scales only): leave out --tensorrt-int8 (INT4 blocks) to keep it exact, or pass --lossless-group off to quantize it per channel (lossy)"
+                    )
+                } else {
+                    "TensorRT INT8 weights take per-channel scales only; use --scale channel or tensor, or INT4 blocks".to_string()
+                }));
             }
             let mut s = dq::natural_scales(job);
             if s.axis.is_none() {
@@ -256,6 +260,16 @@ mod tests {
         );
         assert!(
             matches!(&e, EmitError::Layout(m) if m.contains("per-channel")),
+            "{e:?}"
+        );
+        let exact = crate::quant::Ternary {
+            lossless: true,
+            ..ternary(3, 8, Granularity::Group(4))
+        };
+        let e = emit_err(&INT8, &g, &Job::new(&g, "W", exact));
+        assert!(
+            matches!(&e, EmitError::Layout(m) if m.contains("one scale per 4 inputs")
+                && m.contains("--tensorrt-int8") && m.contains("--lossless-group off")),
             "{e:?}"
         );
     }
