@@ -352,14 +352,34 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
-def reference_logits(path: str, tokens: list[int], acts=("silu",)) -> dict:
-    """{act: the last token's logits} of llama.cpp's `bitnet` graph (src/models/bitnet.cpp), in float64
+def q8_k(x: np.ndarray) -> np.ndarray:
+    """x [rows, K] as llama.cpp's CPU backend feeds it to a TQ2_0 or Q6_K product: Q8_K blocks of
+    256 (ggml's quantize_row_q8_K_ref, in float32: the value of largest magnitude m gives
+    iscale = -127 / m, q = min(127, round_half_even(iscale * x)), d = 1 / iscale), dequantized."""
+    rows, k = x.shape
+    b = x.astype(np.float32).reshape(rows, k // QK_K, QK_K)
+    m = np.take_along_axis(b, np.abs(b).argmax(axis=-1)[..., None], axis=-1)
+    with np.errstate(divide="ignore"):
+        iscale = np.where(m == 0, np.float32(0), np.float32(-127) / m).astype(np.float32)
+        d = np.where(m == 0, np.float32(0), np.float32(1) / iscale).astype(np.float32)
+    q = np.minimum(np.rint(iscale * b), 127)
+    return (q * d).reshape(rows, k).astype(np.float64)
+
+
+def f16(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float16).astype(np.float64)
+
+
+def reference_logits(path: str, tokens: list[int], variants=(("silu", False),)) -> dict:
+    """{(act, emulate): the last token's logits} of llama.cpp's `bitnet` graph (src/models/bitnet.cpp), in float64
     numpy, on the GGUF's weights dequantized by gguf-py: RMS norm; q, k, v; NEOX rotary (pairs
     i and i + 64 of each 128-wide head, as transformers' rotate_half); causal GQA attention
     (softmax of q.k / sqrt(128)); attn_sub_norm; o; residual; RMS norm; act(gate) * up
     (act = silu in llama.cpp; relu2 is 2B-4T's, for a check that must fail); ffn_sub_norm;
-    down; residual; output norm; the tied table as head. Each weight is dequantized once for
-    all `acts`."""
+    down; residual; output norm; the tied table as head. With `emulate`, every product's
+    activations go through q8_k first and q, k, v are rounded to f16 (llama.cpp's F16 KV cache;
+    its CPU flash attention converts q to f16), as llama.cpp does. Each weight is dequantized once
+    for all variants."""
     import gguf
     from gguf.quants import dequantize
 
@@ -376,7 +396,7 @@ def reference_logits(path: str, tokens: list[int], acts=("silu",)) -> dict:
     theta = kv["bitnet.rope.freq_base"]
     embd = weight("token_embd.weight")
     hd = embd.shape[1] // n_head
-    xs = {act: embd[tokens] for act in acts}
+    xs = {v: embd[tokens] for v in variants}
     n = len(tokens)
     inv = theta ** (-np.arange(0, hd, 2) / hd)
     ang = np.arange(n)[:, None] * inv[None, :]
@@ -392,30 +412,34 @@ def reference_logits(path: str, tokens: list[int], acts=("silu",)) -> dict:
         w = {k: weight(f"{p}{k}.weight") for k in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_sub_norm",
                                                    "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
                                                    "ffn_sub_norm", "ffn_down")}
-        for act, x in xs.items():
-            h = rms_norm(x, w["attn_norm"], eps)
-            q = rope((h @ w["attn_q"].T).reshape(n, n_head, hd))
-            k = rope((h @ w["attn_k"].T).reshape(n, n_kv, hd))
-            v = (h @ w["attn_v"].T).reshape(n, n_kv, hd)
+        for (act, emulate), x in xs.items():
+            q8, half = (q8_k, f16) if emulate else (np.asarray, np.asarray)
+            h = q8(rms_norm(x, w["attn_norm"], eps))
+            q = half(rope((h @ w["attn_q"].T).reshape(n, n_head, hd)))
+            k = half(rope((h @ w["attn_k"].T).reshape(n, n_kv, hd)))
+            v = half((h @ w["attn_v"].T).reshape(n, n_kv, hd))
             k, v = np.repeat(k, n_head // n_kv, axis=1), np.repeat(v, n_head // n_kv, axis=1)
             s = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + mask
             s = np.exp(s - s.max(axis=-1, keepdims=True))
             s /= s.sum(axis=-1, keepdims=True)
             a = np.einsum("hqk,khd->qhd", s, v).reshape(n, -1)
-            x = x + rms_norm(a, w["attn_sub_norm"], eps) @ w["attn_output"].T
-            h = rms_norm(x, w["ffn_norm"], eps)
+            x = x + q8(rms_norm(a, w["attn_sub_norm"], eps)) @ w["attn_output"].T
+            h = q8(rms_norm(x, w["ffn_norm"], eps))
             g, u = h @ w["ffn_gate"].T, h @ w["ffn_up"].T
             f = (g / (1 + np.exp(-g)) if act == "silu" else np.maximum(g, 0) ** 2) * u
-            xs[act] = x + rms_norm(f, w["ffn_sub_norm"], eps) @ w["ffn_down"].T
+            xs[(act, emulate)] = x + q8(rms_norm(f, w["ffn_sub_norm"], eps)) @ w["ffn_down"].T
     out_norm = weight("output_norm.weight")
-    return {act: rms_norm(x[-1], out_norm, eps) @ embd.T for act, x in xs.items()}
+    return {v: (q8_k if v[1] else np.asarray)(rms_norm(x[-1:], out_norm, eps))[0] @ embd.T
+            for v, x in xs.items()}
 
 
-def check_logits(tools: dict, path: str, work: str, prompt: str = "BitNet b1.58", tol: float = 0.05) -> dict:
-    """llama-debug's last-token logits for `prompt` against reference_logits on the same token
-    ids: the relative L2 error must be under `tol` (llama.cpp's activations are Q8_K blocks and
-    its KV cache F16, so they are not equal); the same with relu2 in place of SiLU is printed to
-    show the size of a real difference."""
+def check_logits(tools: dict, path: str, work: str, prompt: str = "BitNet b1.58") -> dict:
+    """llama-debug's last-token logits for `prompt` against reference_logits on the same token ids.
+    llama.cpp rounds activations to Q8_K blocks, and on random weights 30 layers amplify such
+    rounding, so the yardstick is measured in the same run: `noise`, how far the numpy model
+    moves when it rounds activations the same way (emulate=True against False). Passes when
+    llama.cpp is within 2 x noise of the float model (relative L2 of the logits); the float model
+    with relu2 in place of SiLU (a different model) is printed for scale."""
     out = os.path.join(work, "llama-debug")
     shutil.rmtree(out, ignore_errors=True)
     cmd = [tools["llama-debug"], "-m", path, "-p", prompt, "--save-logits", "--logits-output-dir", out,
@@ -426,15 +450,21 @@ def check_logits(tools: dict, path: str, work: str, prompt: str = "BitNet b1.58"
         raise SystemExit(f"llama-debug failed (exit {r.returncode}): {' '.join(cmd)}\n{r.stderr[-3000:]}")
     got = np.fromfile(base + ".bin", dtype=np.float32).astype(np.float64)
     tokens = np.fromfile(base + "-tokens.bin", dtype=np.int32).tolist()
-    res = dict(tokens=len(tokens))
-    for act, ref in reference_logits(path, tokens, ("silu", "relu2")).items():
-        if ref.shape != got.shape:
-            raise SystemExit(f"llama-debug: {got.shape[0]} logits, reference {ref.shape[0]}")
-        res[act] = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
-        res[act + "_argmax_equal"] = bool(np.argmax(got) == np.argmax(ref))
-    print(f"llama.cpp logits ({len(tokens)} tokens of {prompt!r}) against numpy: relative L2 error "
-          f"{res['silu']:.4f} (SiLU FFN, llama.cpp's graph), {res['relu2']:.4f} (relu2, a different model)",
+    ref = reference_logits(path, tokens, (("silu", False), ("silu", True), ("relu2", False)))
+    if any(v.shape != got.shape for v in ref.values()):
+        raise SystemExit(f"llama-debug: {got.shape[0]} logits, reference {ref['silu', False].shape[0]}")
+
+    def rel(a, b):
+        return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+    exact = ref["silu", False]
+    res = dict(tokens=len(tokens), error=rel(got, exact), noise=rel(ref["silu", True], exact),
+               relu2=rel(got, ref["relu2", False]), argmax_equal=bool(np.argmax(got) == np.argmax(exact)))
+    print(f"llama.cpp logits ({len(tokens)} tokens of {prompt!r}) against a float numpy model of its graph: "
+          f"relative L2 {res['error']:.4f}; the model's own change under Q8_K activations {res['noise']:.4f}; "
+          f"against the model with relu2 (2B-4T's FFN) {res['relu2']:.4f}; same argmax {res['argmax_equal']}",
           flush=True)
-    if not res["silu"] < tol:
-        raise SystemExit(f"llama.cpp's logits differ from the numpy model of its graph: {res['silu']:.4f} >= {tol}")
+    if not res["error"] < 2 * res["noise"]:
+        raise SystemExit(f"llama.cpp's logits differ from the numpy model of its graph by {res['error']:.4f}, "
+                         f"more than twice its Q8_K rounding noise {res['noise']:.4f}")
     return res
