@@ -6,7 +6,7 @@ microsoft/bitnet-b1.58-2B-4T's shape, with the machine's read bandwidth measured
 
     .venv/bin/python bench/decode_kernel.py --workdir DIR [--binary target/release/bitnet-onnx]
         [--layers 30] [--threads 2] [--prompt-tokens 128] [--new-tokens 64] [--reps 3]
-        [--seed 0] [--bandwidth-gb 1.2] [--llama-cpp [--llama-jobs 2]]
+        [--seed 0] [--bandwidth-gb 1.2] [--wait-idle S] [--llama-cpp [--llama-jobs 2]]
 
 Needs numpy, onnx and onnxruntime-genai==0.18.0 (and tokenizers for a first checkpoint);
 --llama-cpp needs bench/requirements-llamacpp.txt (all of these, plus gguf and cmake) and a
@@ -33,7 +33,9 @@ $BITNET_ONNX_KERNEL_LIBRARY): build both with `cargo build --release -p bitnet-c
    the sum of the two rates. Then each folder in a process of its own (genai_speed's genai
    worker: one warm-up generation, then --reps timed ones; prompt tok/s = prompt tokens / time
    to the first new token, decode tok/s = (new - 1) / the rest), and the bandwidth again.
-   Both folders must generate the same tokens.
+   Both folders must generate the same tokens. --wait-idle S waits up to S s before each
+   timed run and bandwidth measurement for other processes to use under 0.2 cores (genai_speed's
+   wait_idle; it measures anyway after S s); each row reports the cores others used meanwhile.
 5. With --llama-cpp (bench/llamacpp.py): llama.cpp built once from the source vendored in the
    pinned llama-cpp-python sdist (DIR/llama.cpp-build, reused), the checkpoint written as a
    GGUF of llama.cpp's `bitnet` architecture (DIR/ckpt-<N>l.tq2_0.gguf, reused: ternary layers
@@ -140,6 +142,8 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--bandwidth-gb", type=float, default=1.2)
+    ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
+                    help="before each timed run, wait up to S s for other processes to use < 0.2 cores")
     ap.add_argument("--llama-cpp", action="store_true", help="add llama.cpp TQ2_0 (bench/llamacpp.py)")
     ap.add_argument("--llama-jobs", type=int, default=2, help="parallel jobs of a first llama.cpp build")
     a = ap.parse_args()
@@ -170,20 +174,24 @@ def main() -> int:
         logits = llamacpp.check_logits(tools, gguf, work)
         llama = dict(tools=tools, gguf=gguf, bytes=gbytes, logits=logits)
 
+    gs.wait_idle(a.wait_idle)
     bw0 = bandwidth(a.bandwidth_gb, a.threads)
     print(f"read bandwidth ({a.threads} processes): {bw0 / 1e9:.1f} GB/s", flush=True)
     res = {}
     for k, f in folders.items():
+        gs.wait_idle(a.wait_idle)
         res[k] = gs.run_worker("genai", folder=f, threads=a.threads, seed=a.seed, n_prompt=a.prompt_tokens,
                                n_new=a.new_tokens, reps=a.reps)
         print(f"{k}: prompt {gs.cell(res[k]['prompt'])} tok/s, decode {gs.cell(res[k]['decode'])} tok/s; "
               f"{gs.details(res[k])}", flush=True)
     if llama:
+        gs.wait_idle(a.wait_idle)
         res["llama.cpp"] = llamacpp.bench(llama["tools"], llama["gguf"], a.threads, a.prompt_tokens,
                                           a.new_tokens, a.reps)
         print(f"llama.cpp: prompt {gs.cell(res['llama.cpp']['prompt'])} tok/s, decode "
               f"{gs.cell(res['llama.cpp']['decode'])} tok/s; {gs.details(res['llama.cpp'])}; llama-bench "
               f"build {res['llama.cpp']['build_commit']}, {res['llama.cpp']['model_type']}", flush=True)
+    gs.wait_idle(a.wait_idle)
     bw1 = bandwidth(a.bandwidth_gb, a.threads)
     print(f"read bandwidth again: {bw1 / 1e9:.1f} GB/s", flush=True)
     same = res["ort"]["tokens"] == res["bitnet"]["tokens"]
