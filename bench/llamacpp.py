@@ -11,13 +11,14 @@ Everything comes from PyPI (bench/requirements-llamacpp.txt):
   WORK/llama.cpp-build/bin and its stamp and skips the build.
 - gguf (gguf-py) at the version of the vendored gguf-py (0.19.0), to write and read the file.
 
-`write_gguf` writes the checkpoint as a GGUF of llama.cpp's `bitnet` architecture with our own
+`make_gguf` (`write_f16_gguf`, then llama-quantize) writes the checkpoint as a GGUF of llama.cpp's `bitnet` architecture with our own
 writer (gguf-py's GGUFWriter, streaming: one tensor in memory at a time), not the vendored
 convert_hf_to_gguf.py: that converter reads neither the packed uint8 + weight_scale form (without
 a float copy of the whole model and torch) nor a tokenizer.json without a sentencepiece model.
 Every ternary weight goes straight from its codes to TQ2_0 blocks (256 weights: 64 bytes of
-2-bit codes + an f16 scale, 2.06 bits per weight; the block scale is the tensor's 1 / weight_scale,
-so a block decodes to exactly codes / weight_scale in f16, which is what BitLinear multiplies by);
+2-bit codes + an f16 scale, 2.06 bits per weight; every block's scale is the tensor's
+1 / weight_scale in f16, so the weights read back as codes / weight_scale, BitLinear's effective
+weight (it divides its output by weight_scale), to f16 precision);
 the norms are F32 and the tied embedding F16. `llama-quantize ... TQ2_0` then turns the embedding
 into Q6_K (llama.cpp's own choice for a tied TQ2_0 model's head) and copies the TQ2_0 tensors
 unchanged (a tensor already of the target type is not requantized). The byte-level vocabulary of
@@ -37,7 +38,6 @@ prompt), each with -r reps after llama-bench's own warm-up run, -t threads.
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -62,7 +62,7 @@ CMAKE_FLAGS = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DGGML_OPENMP=
                "-DGGML_METAL=OFF", "-DGGML_VULKAN=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
                "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=ON", "-DLLAMA_BUILD_SERVER=OFF",
                "-DBUILD_SHARED_LIBS=OFF"]
-GGUF_VERSION = 3  # of what write_gguf writes; part of the file's stamp
+GGUF_VERSION = 3  # of what write_f16_gguf writes; part of the GGUF's stamp
 
 QK_K = 256  # weights per TQ2_0 / Q6_K block
 TQ2_0_BLOCK = 66  # bytes: 64 of codes, 2 of f16 scale
