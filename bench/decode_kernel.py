@@ -6,11 +6,17 @@ microsoft/bitnet-b1.58-2B-4T's shape, with the machine's read bandwidth measured
 
     .venv/bin/python bench/decode_kernel.py --workdir DIR [--binary target/release/bitnet-onnx]
         [--layers 30] [--threads 2] [--prompt-tokens 128] [--new-tokens 64] [--reps 3]
-        [--seed 0] [--bandwidth-gb 1.2]
+        [--seed 0] [--bandwidth-gb 1.2] [--wait-idle S] [--llama-cpp [--llama-jobs 2]]
 
-Needs numpy, onnx and onnxruntime-genai==0.18.0. The library is found the way the binary finds
-it (beside it, or at $BITNET_ONNX_KERNEL_LIBRARY): build both with
-`cargo build --release -p bitnet-cli -p bitnet-ortops`.
+Needs numpy, onnx and onnxruntime-genai==0.18.0 (and tokenizers for a first checkpoint);
+--llama-cpp needs bench/requirements-llamacpp.txt (all of these, plus gguf and cmake) and a
+C/C++ compiler:
+
+    python3 -m venv .venv-llcpp && .venv-llcpp/bin/pip install -r bench/requirements-llamacpp.txt
+    .venv-llcpp/bin/python bench/decode_kernel.py --workdir DIR --llama-cpp
+
+The library is found the way the binary finds it (beside it, or at
+$BITNET_ONNX_KERNEL_LIBRARY): build both with `cargo build --release -p bitnet-cli -p bitnet-ortops`.
 
 1. The random packed checkpoint of bench/genai_speed.py (its `write_checkpoint`: 2B-4T's
    config with --layers decoder layers, ternary codes uniform over {-1, 0, 1}, written once per
@@ -27,8 +33,22 @@ it (beside it, or at $BITNET_ONNX_KERNEL_LIBRARY): build both with
    the sum of the two rates. Then each folder in a process of its own (genai_speed's genai
    worker: one warm-up generation, then --reps timed ones; prompt tok/s = prompt tokens / time
    to the first new token, decode tok/s = (new - 1) / the rest), and the bandwidth again.
-   Both folders must generate the same tokens.
-Prints the CPU model and flags, the bandwidth, and a Markdown table.
+   Both folders must generate the same tokens. --wait-idle S waits up to S s before each
+   timed run and bandwidth measurement for other processes to use under 0.2 cores (genai_speed's
+   wait_idle; it measures anyway after S s); each row reports the cores others used meanwhile.
+5. With --llama-cpp (bench/llamacpp.py): llama.cpp built once from the source vendored in the
+   pinned llama-cpp-python sdist (DIR/llama.cpp-build, reused), the checkpoint written as a
+   GGUF of llama.cpp's `bitnet` architecture (DIR/ckpt-<N>l.tq2_0.gguf, reused: ternary layers
+   TQ2_0, tied embedding/head Q6_K, norms F32; a few weights read back and checked; llama.cpp's
+   logits for a short prompt against a numpy model of its graph, within twice that model's own
+   change under llama.cpp's Q8_K activation rounding), and
+   llama-bench at the same threads between the two bandwidth measurements: prompt tok/s from
+   `-p P -n 0`, decode tok/s from `-p 0 -n N -d P` (N tokens after a P-token context), --reps
+   runs each after its warm-up. Bytes per token: every tensor of the file (the head reads the
+   whole tied table). llama.cpp's bitnet graph has a SiLU FFN where 2B-4T has squared ReLU: the
+   same bytes and work, not the same outputs, so its tokens are not compared.
+Prints the CPU model and flags, the bandwidth, and a Markdown table whose last column is each
+row's decode tok/s over its own bound (the higher measured bandwidth / its bytes per token).
 """
 from __future__ import annotations
 
@@ -122,8 +142,12 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--bandwidth-gb", type=float, default=1.2)
+    ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
+                    help="before each timed run, wait up to S s for other processes to use < 0.2 cores")
+    ap.add_argument("--llama-cpp", action="store_true", help="add llama.cpp TQ2_0 (bench/llamacpp.py)")
+    ap.add_argument("--llama-jobs", type=int, default=2, help="parallel jobs of a first llama.cpp build")
     a = ap.parse_args()
-    work = a.workdir or tempfile.mkdtemp(prefix="decode_kernel-")
+    work = os.path.abspath(a.workdir or tempfile.mkdtemp(prefix="decode_kernel-"))
     os.makedirs(work, exist_ok=True)
     cpu, flags = gs.cpu_line()
     print(f"CPU: {cpu}\nflags: {flags}", flush=True)
@@ -137,36 +161,64 @@ def main() -> int:
         s = build(a.binary, ckpt, f, k)
         if s:
             print(f"built {f} in {s:.1f} s", flush=True)
+    llama = None
+    if a.llama_cpp:
+        import llamacpp
 
+        tools = llamacpp.ensure_build(work, a.llama_jobs)
+        gguf = llamacpp.make_gguf(ckpt, work, tools)
+        llamacpp.check_weights(ckpt, gguf)
+        gbytes = llamacpp.gguf_bytes(gguf)
+        print(f"llama.cpp {tools['commit']} ({tools['sdist']} sdist); {gguf}: tensor types {gbytes['types']}, "
+              f"{gs.mib(gbytes['per_token'])} MiB per token ({gs.mib(gbytes['ternary'])} MiB TQ2_0)", flush=True)
+        logits = llamacpp.check_logits(tools, gguf, work)
+        llama = dict(tools=tools, gguf=gguf, bytes=gbytes, logits=logits)
+
+    gs.wait_idle(a.wait_idle)
     bw0 = bandwidth(a.bandwidth_gb, a.threads)
     print(f"read bandwidth ({a.threads} processes): {bw0 / 1e9:.1f} GB/s", flush=True)
     res = {}
     for k, f in folders.items():
+        gs.wait_idle(a.wait_idle)
         res[k] = gs.run_worker("genai", folder=f, threads=a.threads, seed=a.seed, n_prompt=a.prompt_tokens,
                                n_new=a.new_tokens, reps=a.reps)
         print(f"{k}: prompt {gs.cell(res[k]['prompt'])} tok/s, decode {gs.cell(res[k]['decode'])} tok/s; "
               f"{gs.details(res[k])}", flush=True)
+    if llama:
+        gs.wait_idle(a.wait_idle)
+        res["llama.cpp"] = llamacpp.bench(llama["tools"], llama["gguf"], a.threads, a.prompt_tokens,
+                                          a.new_tokens, a.reps)
+        print(f"llama.cpp: prompt {gs.cell(res['llama.cpp']['prompt'])} tok/s, decode "
+              f"{gs.cell(res['llama.cpp']['decode'])} tok/s; {gs.details(res['llama.cpp'])}; llama-bench "
+              f"build {res['llama.cpp']['build_commit']}, {res['llama.cpp']['model_type']}", flush=True)
+    gs.wait_idle(a.wait_idle)
     bw1 = bandwidth(a.bandwidth_gb, a.threads)
     print(f"read bandwidth again: {bw1 / 1e9:.1f} GB/s", flush=True)
     same = res["ort"]["tokens"] == res["bitnet"]["tokens"]
     print(f"same generated tokens: {same}", flush=True)
 
     bw = max(bw0, bw1)
-    names = {"ort": "`build` (stock, 2-bit `MatMulNBits`)", "bitnet": "`build --kernel bitnet` (`bitnet.onnx::BitLinear`)"}
+    names = {"ort": "`build` (stock, 2-bit `MatMulNBits`)",
+             "bitnet": "`build --kernel bitnet` (`bitnet.onnx::BitLinear`)",
+             "llama.cpp": "llama.cpp TQ2_0, Q6_K tied head (`llama-bench`)"}
+    sizes = {k: model_bytes(f) for k, f in folders.items()}
+    if llama:
+        sizes["llama.cpp"] = {k: v for k, v in llama["bytes"].items() if k != "types"}
     print()
     print(f"{a.layers} layers at 2B-4T shape, {a.threads} threads, {a.prompt_tokens}-token prompt, "
           f"{a.new_tokens} new tokens, {a.reps} runs (median, range); bound = {bw / 1e9:.1f} GB/s / bytes per token")
     print()
     print("| system | bytes read per token (ternary layers) | prompt tok/s | decode tok/s | decode / its bandwidth bound |")
     print("|---|---|---|---|---|")
-    for k, f in folders.items():
-        b = model_bytes(f)
+    for k, b in sizes.items():
         bound = bw / b["per_token"]
         dec = statistics.median(res[k]["decode"])
         print(f"| {names[k]} | {gs.mib(b['per_token'])} MiB ({gs.mib(b['ternary'])} MiB) | {gs.cell(res[k]['prompt'])} | "
               f"{gs.cell(res[k]['decode'])} | {dec / bound:.2f} (of {bound:.1f} tok/s) |")
     json.dump(dict(cpu=cpu, flags=flags, bandwidth=[bw0, bw1], same_tokens=same,
-                   bytes={k: model_bytes(f) for k, f in folders.items()},
+                   bytes=sizes, llama_cpp=llama and dict(commit=llama["tools"]["commit"],
+                                                         sdist=llama["tools"]["sdist"], gguf=llama["gguf"],
+                                                         logits_check=llama["logits"]),
                    results={k: {x: v for x, v in r.items() if x != "tokens"} for k, r in res.items()}),
               open(os.path.join(work, "decode_kernel.json"), "w"), indent=1)
     return 0 if same else 1
