@@ -53,8 +53,10 @@ row's decode tok/s over its own bound (the higher measured bandwidth / its bytes
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -123,11 +125,34 @@ def model_bytes(folder: str) -> dict:
     return out
 
 
+def digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def kernel_library(binary: str) -> str:
+    """The custom-op library `binary build --kernel bitnet` copies (its own lookup order:
+    $BITNET_ONNX_KERNEL_LIBRARY, then beside the binary)."""
+    env = os.environ.get("BITNET_ONNX_KERNEL_LIBRARY")
+    return env if env else os.path.join(os.path.dirname(os.path.abspath(binary)), "libbitnet_ortops.so")
+
+
 def build(binary: str, ckpt: str, out: str, kernel: str) -> float:
+    """Builds `out` unless it exists from the same binary (and, for the kernel build, the same
+    library): a folder left by an earlier binary would silently measure the old code."""
+    stamp = os.path.join(out, ".decode-kernel-stamp")
+    want = digest(binary) + (":" + digest(kernel_library(binary)) if kernel == "bitnet" else "")
     if os.path.isdir(out):
-        return 0.0
+        if os.path.isfile(stamp) and open(stamp).read() == want:
+            return 0.0
+        shutil.rmtree(out)
     t0 = time.time()
     subprocess.run([binary, "build", ckpt, "-o", out, "--kernel", kernel, "-q"], check=True)
+    with open(stamp, "w") as f:
+        f.write(want)
     return time.time() - t0
 
 
