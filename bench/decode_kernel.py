@@ -53,7 +53,6 @@ row's decode tok/s over its own bound (the higher measured bandwidth / its bytes
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -125,14 +124,6 @@ def model_bytes(folder: str) -> dict:
     return out
 
 
-def digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def kernel_library(binary: str) -> str:
     """The custom-op library `binary build --kernel bitnet` copies (its own lookup order:
     $BITNET_ONNX_KERNEL_LIBRARY, then beside the binary)."""
@@ -143,16 +134,15 @@ def kernel_library(binary: str) -> str:
 def build(binary: str, ckpt: str, out: str, kernel: str) -> float:
     """Builds `out` unless it exists from the same binary (and, for the kernel build, the same
     library): a folder left by an earlier binary would silently measure the old code."""
-    stamp = os.path.join(out, ".decode-kernel-stamp")
-    want = digest(binary) + (":" + digest(kernel_library(binary)) if kernel == "bitnet" else "")
+    what = dict(kind="build", kernel=kernel, binary=gs.sha256(binary),
+                library=gs.sha256(kernel_library(binary)) if kernel == "bitnet" else None)
     if os.path.isdir(out):
-        if os.path.isfile(stamp) and open(stamp).read() == want:
+        if gs.stamp_matches(out, **what):
             return 0.0
         shutil.rmtree(out)
     t0 = time.time()
     subprocess.run([binary, "build", ckpt, "-o", out, "--kernel", kernel, "-q"], check=True)
-    with open(stamp, "w") as f:
-        f.write(want)
+    gs.write_stamp(out, **what)
     return time.time() - t0
 
 

@@ -91,6 +91,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import io
 import json
 import os
@@ -290,6 +291,15 @@ def write_checkpoint(path: str, layers: int, seed: int) -> None:
     write_stamp(tmp, kind="checkpoint", layers=layers, seed=seed)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+
+
+def sha256(path: str) -> str:
+    """A file's sha256 (hex), read in 1 MiB chunks: what stamps record of binaries and sources."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_stamp(path: str, **what) -> None:

@@ -38,7 +38,6 @@ prompt), each with -r reps after llama-bench's own warm-up run, -t threads.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -69,14 +68,6 @@ TQ2_0_BLOCK = 66  # bytes: 64 of codes, 2 of f16 scale
 Q6_K_BLOCK = 210
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def ensure_build(work: str, jobs: int = 2, sdist: str | None = None) -> dict:
     """llama-bench, llama-quantize and llama-debug in WORK/llama.cpp-build/bin, built from the
     pinned sdist unless a build from it is there already. Returns their paths and the source."""
@@ -100,7 +91,7 @@ def ensure_build(work: str, jobs: int = 2, sdist: str | None = None) -> dict:
             subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
                             "llama-cpp-python", f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d",
                             os.path.dirname(sdist)], check=True)
-    digest = sha256(sdist)
+    digest = gs.sha256(sdist)
     if digest != SDIST_SHA256:
         raise SystemExit(f"{sdist}: sha256 {digest}, not the pinned {SDIST_SHA256}")
     if not os.path.isdir(src):
