@@ -116,7 +116,7 @@ def model_bytes(folder: str) -> dict:
             out["rotary"] += length
         elif "BitLinear" in ops or ("MatMulNBits" in ops and "layers." in t.name):
             out["ternary"] += length
-        elif "MatMulNBits" in ops or "GatherBlockQuantized" in ops:
+        elif "MatMulNBits" in ops or "Q8Linear" in ops or "GatherBlockQuantized" in ops:
             out["head"] += length
         else:
             out["other"] += length

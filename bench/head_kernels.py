@@ -5,9 +5,12 @@ block size of --blocks (accuracy_level 4, as `--head int4|int8` writes it), at 1
 positions, 2 intra-op threads, minimum of --reps runs after a warm-up, the float32 run repeated
 last so a machine whose load changed shows it. Seeded random weights. Prints each layout's
 bits per weight in the file (codes + one float32 scale per block) and its speed as a ratio of
-float32's in the same run.
+float32's in the same run. With --library (the bitnet-ortops custom-op library, as `build
+--kernel bitnet` puts it in a folder), each 8-bit layout is also run as `bitnet.onnx::Q8Linear`
+on the same codes and scales, the head `build --kernel bitnet` writes.
 
     .venv/bin/python bench/head_kernels.py [--reps 10] [--blocks 32,64,128,256]
+        [--library target/release/libbitnet_ortops.so]
 """
 import argparse
 import os
@@ -51,12 +54,15 @@ def blocked(w, bits, bs):
 def model(nodes, inits):
     g = h.make_graph(nodes, "head", [h.make_tensor_value_info("x", T.FLOAT, [1, None, H])],
                      [h.make_tensor_value_info("y", T.FLOAT, None)], inits)
-    return h.make_model(g, opset_imports=[h.make_opsetid("", 21), h.make_opsetid("com.microsoft", 1)])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 21), h.make_opsetid("com.microsoft", 1),
+                                          h.make_opsetid("bitnet.onnx", 1)])
 
 
-def time_ms(m, x, reps):
+def time_ms(m, x, reps, library=None):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
+    if library:
+        so.register_custom_ops_library(library)
     s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
     s.run(None, {"x": x})
     t = []
@@ -71,6 +77,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--blocks", default="32,64,128,256")
+    ap.add_argument("--library", help="bitnet-ortops library: also time bitnet.onnx::Q8Linear")
     a = ap.parse_args()
     blocks = [int(b) for b in a.blocks.split(",")]
     rng = np.random.default_rng(0)
@@ -94,6 +101,14 @@ def main() -> int:
             bpw = bits + 32 / bs
             print(f"| MatMulNBits {bits}-bit, blocks of {bs} | {bpw:.2f} | {t1:.1f} | "
                   f"{base[0] / t1:.2f} | {t128:.1f} | {base[1] / t128:.2f} |", flush=True)
+            if bits == 8 and a.library and bs % 32 == 0:
+                node = h.make_node("Q8Linear", ["x", "B", "S"], ["y"], domain="bitnet.onnx",
+                                   K=H, N=V, block_size=bs)
+                m = model([node], [nh.from_array(b, "B"), nh.from_array(d.reshape(V, -1), "S")])
+                t1 = time_ms(m, xs[1], a.reps, a.library)
+                t128 = time_ms(m, xs[128], reps128, a.library)
+                print(f"| bitnet.onnx Q8Linear, blocks of {bs} | {bpw:.2f} | {t1:.1f} | "
+                      f"{base[0] / t1:.2f} | {t128:.1f} | {base[1] / t128:.2f} |", flush=True)
             del m, b, d
     again = time_ms(f32, xs[1], a.reps)
     print(f"\nfloat32 at 1 position again, after the others: {again:.1f} ms "

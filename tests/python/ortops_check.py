@@ -10,7 +10,13 @@ Registers LIBRARY (`SessionOptions.register_custom_ops_library`) and runs one-no
   the stock graph's formula, with weights packed here from the layout's description (not by
   the library's own packer): the outputs must be bit-identical;
 - malformed ones (a wrong K, a truncated weight, a missing or bad attribute, a wrong element
-  type, a wrong scale count): each must raise an ONNX Runtime error, and the process lives on.
+  type, a wrong scale count): each must raise an ONNX Runtime error, and the process lives on;
+and of `bitnet.onnx::Q8Linear` (the 8-bit head):
+- correct ones (K not a multiple of the block, blocks of 32 and 64, one and several tokens,
+  codes 0 and 255 included) against a float64 evaluation of its formula (per-block int8
+  activations as ONNX Runtime's MatMulNBits quantizes them, exact integer block products):
+  within float32 rounding of the sum's magnitude, and the same bits with 1 and 2 threads;
+- malformed ones, each an ONNX Runtime error.
 Prints JSON: one record per case; exit 0 when the script ran (the caller judges the records).
 """
 from __future__ import annotations
@@ -68,6 +74,98 @@ def model(k, n, groups, divide, w, c, x_shape, attrs_drop=(), attrs_override=Non
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("bitnet.onnx", 1)])
     m.ir_version = 10
     return m.SerializeToString()
+
+
+def q8_quantize(x: np.ndarray, b: int):
+    """Per block of b along the last axis: scale m / 127, codes round(x * (127 / m)) (0 where
+    m = 0), in float32 as ONNX Runtime's int8 MatMulNBits quantizes its input."""
+    k = x.shape[-1]
+    nb = -(-k // b)
+    xp = np.zeros(x.shape[:-1] + (nb * b,), dtype=np.float32)
+    xp[..., :k] = x
+    xb = xp.reshape(x.shape[:-1] + (nb, b))
+    m = np.abs(xb).max(axis=-1).astype(np.float32)
+    sa = (m / np.float32(127.0)).astype(np.float32)
+    inv = np.where(m != 0, np.float32(127.0) / np.where(m != 0, m, 1), 0).astype(np.float32)
+    q = np.clip(np.round(xb * inv[..., None]), -127, 127)
+    return q, sa
+
+
+def q8_reference(x: np.ndarray, w: np.ndarray, s: np.ndarray, b: int):
+    """The formula in float64: sum over blocks of (S * sa) * integer block product; returns
+    the values and the magnitude (sum of absolute terms) that bounds their rounding."""
+    q, sa = q8_quantize(x, b)  # [..., nb, b], [..., nb]
+    wv = w.astype(np.float64) - 128.0  # [n, nb, b]
+    iprod = np.einsum("...kj,nkj->...nk", q.astype(np.float64), wv)  # exact integers
+    d = s.astype(np.float32)[None] * sa.reshape(-1, 1, sa.shape[-1])  # float32 products
+    d = d.reshape(sa.shape[:-1] + s.shape)
+    terms = d.astype(np.float64) * iprod
+    return terms.sum(axis=-1), np.abs(terms).sum(axis=-1)
+
+
+def q8_model(k, n, b, w, s, x_shape, attrs_drop=(), attrs_override=None, w_type=None):
+    attrs = {"K": k, "N": n, "block_size": b}
+    attrs.update(attrs_override or {})
+    for a in attrs_drop:
+        attrs.pop(a)
+    node = helper.make_node("Q8Linear", ["X", "W", "S"], ["Y"], domain="bitnet.onnx", **attrs)
+    w_init = helper.make_tensor("W", w_type or TensorProto.UINT8, w.shape, w.flatten().tolist())
+    s_init = helper.make_tensor("S", TensorProto.FLOAT, s.shape, s.flatten().tolist())
+    g = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [w_init, s_init],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("bitnet.onnx", 1)])
+    m.ir_version = 10
+    return m.SerializeToString()
+
+
+def q8_cases(lib, rng):
+    cases = []
+    for k, lead, n, b in [(70, (1, 1), 9, 32), (2560, (1, 1), 37, 32), (200, (2, 5), 13, 64), (33, (3,), 4, 32)]:
+        nb = -(-k // b)
+        w = rng.integers(0, 256, size=(n, nb, b)).astype(np.uint8)
+        w.reshape(-1)[:2] = [0, 255]
+        s = rng.uniform(1e-4, 1e-2, size=(n, nb)).astype(np.float32)
+        x = (rng.standard_normal(lead + (k,)) * rng.choice([0.1, 1.0, 30.0])).astype(np.float32)
+        m = q8_model(k, n, b, w, s, list(lead) + [k])
+        y1 = session(lib, m, 1).run(None, {"X": x})[0]
+        y2 = session(lib, m, 2).run(None, {"X": x})[0]
+        want, mag = q8_reference(x, w, s, b)
+        ok = y1.shape == want.shape
+        cases.append({
+            "case": f"Q8Linear K={k} lead={lead} N={n} block={b}",
+            "kind": "q8",
+            "shape_ok": list(y1.shape) == list(lead) + [n],
+            "within_rounding": bool(ok and np.all(np.abs(y1 - want) <= 1e-6 * mag + 1e-30)),
+            "max_rel_diff": float((np.abs(y1 - want) / np.maximum(mag, 1e-30)).max()) if ok else None,
+            "threads_identical": bool(np.array_equal(y1.view(np.uint32), y2.view(np.uint32))),
+        })
+    k, n, b = 70, 9, 32
+    w = rng.integers(1, 256, size=(n, 3, b)).astype(np.uint8)
+    s = np.ones((n, 3), dtype=np.float32)
+    good_x = rng.standard_normal((1, 2, k)).astype(np.float32)
+    bad = [
+        ("Q8Linear wrong K at run", {}, good_x[..., :k - 1].copy()),
+        ("Q8Linear truncated weight", dict(w=w[:, :, :-1]), good_x),
+        ("Q8Linear weight rows missing", dict(w=w[:-1]), good_x),
+        ("Q8Linear missing attribute block_size", dict(attrs_drop=("block_size",)), good_x),
+        ("Q8Linear block_size 48", dict(attrs_override={"block_size": 48}), good_x),
+        ("Q8Linear int8 weight", dict(w_type=TensorProto.INT8, w=w.astype(np.int8)), good_x),
+        ("Q8Linear scale count", dict(s=np.ones((n, 2), dtype=np.float32)), good_x),
+    ]
+    for name, kw, x in bad:
+        args = dict(k=k, n=n, b=b, w=w, s=s, x_shape=["a", "b", None])
+        args.update(kw)
+        err = None
+        try:
+            session(lib, q8_model(**args)).run(None, {"X": x})
+        except Exception as e:  # ONNX Runtime raises its own exception types
+            err = f"{type(e).__name__}: {e}"
+        cases.append({"case": name, "kind": "malformed", "error": err})
+    return cases
 
 
 def session(lib, m, threads=1):
@@ -136,6 +234,7 @@ def main() -> int:
         except Exception as e:  # ONNX Runtime raises its own exception types
             err = f"{type(e).__name__}: {e}"
         cases.append({"case": name, "kind": "malformed", "error": err})
+    cases += q8_cases(lib, rng)
     json.dump({"ort": ort.__version__, "onnx": onnx.__version__, "cases": cases}, sys.stdout, indent=1)
     print()
     return 0

@@ -65,6 +65,9 @@ pub struct Built {
     pub float_embedding: Option<String>,
     /// Float-stored ternary weights by how their scales were found.
     pub float_granularity: std::collections::BTreeMap<String, usize>,
+    /// The op computing the LM head: `Gemm` (float table), `MatMulNBits` or
+    /// `bitnet.onnx::Q8Linear`.
+    pub head_op: String,
 }
 
 /// Rows of a table read per band (each band's rows are quantized in parallel).
@@ -371,6 +374,7 @@ pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Buil
         let (rows, idx, positions) = last_rows(ck, g, &xf);
         head(
             ck,
+            opts,
             g,
             &rows,
             "/lm_head/last/output_0",
@@ -379,7 +383,7 @@ pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Buil
         )?;
         scatter_last(g, "/lm_head/last/output_0", &idx, &positions);
     } else {
-        head(ck, g, &xf, "logits", head_table, &mut built)?;
+        head(ck, opts, g, &xf, "logits", head_table, &mut built)?;
     }
     Ok(built)
 }
@@ -1235,10 +1239,25 @@ fn web_embedding(
     out
 }
 
-/// The LM head: 4/8-bit `MatMulNBits`, or a float `Gemm` on the `[V, H]` table (no transposed
-/// copy of a tied table).
+/// Whether the head runs as `bitnet.onnx::Q8Linear`: with `--kernel bitnet`, on an 8-bit table
+/// in blocks the op takes (multiples of 32 up to its largest). It reads the same codes and
+/// scales `MatMulNBits` would (the table the embedding shares) and computes what
+/// `MatMulNBits` computes at `accuracy_level` 4 (per-block int8 activations, integer block
+/// products) but for the order of its float sums: logits within float rounding of the stock
+/// head's. Other tables keep `MatMulNBits`.
+pub fn head_runs_q8(opts: &BuildOptions, t: &BlockTable) -> bool {
+    matches!(opts.kernel, Kernel::Bitnet { .. })
+        && t.bits == TableBits::Int8
+        && t.block_size.is_multiple_of(32)
+        && t.block_size <= bitnet_ortops::q8::MAX_BLOCK
+}
+
+/// The LM head: 4/8-bit `MatMulNBits` (or `bitnet.onnx::Q8Linear`, see [`head_runs_q8`]), or a
+/// float `Gemm` on the `[V, H]` table (no transposed copy of a tied table).
+#[allow(clippy::too_many_arguments)]
 fn head(
     ck: &Checkpoint,
+    opts: &BuildOptions,
     g: &mut Graph,
     x: &str,
     output: &str,
@@ -1249,6 +1268,7 @@ fn head(
     let wname = ck.head_name();
     let logits = vec![output.to_string()];
     let Some(mut t) = table else {
+        built.head_op = "Gemm".into();
         let w = match built
             .float_embedding
             .clone()
@@ -1300,21 +1320,41 @@ fn head(
     } else {
         table_tensors(g, wname, &mut t)?
     };
-    let node = "/lm_head/MatMulNBits";
-    g.node_to(
-        "MatMulNBits",
-        MS,
-        node,
-        &[x, &q, &s],
-        &logits,
-        &[
-            ("K", Attr::Int(c.hidden_size as i64)),
-            ("N", Attr::Int(c.vocab_size as i64)),
-            ("bits", Attr::Int(t.bits.bits() as i64)),
-            ("block_size", Attr::Int(t.block_size as i64)),
-            ("accuracy_level", Attr::Int(4)),
-        ],
-    );
+    let node = if head_runs_q8(opts, &t) {
+        let node = "/lm_head/Q8Linear";
+        g.node_to(
+            "Q8Linear",
+            crate::BITNET_DOMAIN,
+            node,
+            &[x, &q, &s],
+            &logits,
+            &[
+                ("K", Attr::Int(c.hidden_size as i64)),
+                ("N", Attr::Int(c.vocab_size as i64)),
+                ("block_size", Attr::Int(t.block_size as i64)),
+            ],
+        );
+        built.head_op = "bitnet.onnx::Q8Linear".into();
+        node
+    } else {
+        let node = "/lm_head/MatMulNBits";
+        g.node_to(
+            "MatMulNBits",
+            MS,
+            node,
+            &[x, &q, &s],
+            &logits,
+            &[
+                ("K", Attr::Int(c.hidden_size as i64)),
+                ("N", Attr::Int(c.vocab_size as i64)),
+                ("bits", Attr::Int(t.bits.bits() as i64)),
+                ("block_size", Attr::Int(t.block_size as i64)),
+                ("accuracy_level", Attr::Int(4)),
+            ],
+        );
+        built.head_op = "com.microsoft::MatMulNBits".into();
+        node
+    };
     built
         .tables
         .push(table_spec("head", node, output, wname, &t));

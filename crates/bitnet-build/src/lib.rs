@@ -204,6 +204,9 @@ pub struct BuildReport {
     pub kernel: String,
     /// The custom-op library's file name inside the folder (`--kernel bitnet`).
     pub kernel_library: Option<String>,
+    /// The op computing the LM head: `Gemm` (float table), `com.microsoft::MatMulNBits`, or
+    /// `bitnet.onnx::Q8Linear` (`--kernel bitnet` with an 8-bit head).
+    pub head_op: String,
     pub activations: String,
     pub tables: Vec<metadata::TableSpec>,
     pub table_shared: bool,
@@ -430,6 +433,7 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
         },
         kernel: opts.kernel.name().into(),
         kernel_library: lib_name,
+        head_op: built.head_op.clone(),
         activations: activations(c.linear, opts).into(),
         tables: built.tables,
         table_shared: built.table_shared,

@@ -75,11 +75,13 @@ pub struct BuildArgs {
     /// computes every row (for reading every position's logits, as when scoring a text).
     #[arg(long, value_enum, default_value = "last")]
     pub logits: Logits,
-    /// What computes the ternary layers. `ort`: ONNX Runtime's own 2-bit `MatMulNBits` (the
-    /// folder runs on a stock runtime). `bitnet`: the `bitnet.onnx::BitLinear` op of this
-    /// project's custom-op library (integer dot products over all of K, weights 2 bits each),
-    /// which is copied into the folder and named in genai_config.json's `custom_ops_library`;
-    /// the library is looked up beside this binary (or at $BITNET_ONNX_KERNEL_LIBRARY).
+    /// What computes the ternary layers and the int8 head. `ort`: ONNX Runtime's own
+    /// `MatMulNBits` (the folder runs on a stock runtime). `bitnet`: this project's custom-op
+    /// library, copied into the folder and named in genai_config.json's `custom_ops_library`
+    /// (looked up beside this binary, or at $BITNET_ONNX_KERNEL_LIBRARY): the ternary layers as
+    /// `bitnet.onnx::BitLinear` (integer dot products over all of K, weights 2 bits each,
+    /// exactly the stock graph's numbers) and an int8 head as `bitnet.onnx::Q8Linear` (the same
+    /// table and integer block products as `MatMulNBits`; logits within float rounding).
     #[arg(long, value_enum, default_value = "ort")]
     pub kernel: KernelArg,
     /// Print the report as JSON.
@@ -239,6 +241,7 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
         );
     }
     println!("  activations: {}", report.activations);
+    println!("  LM head computed by {}", report.head_op);
     for t in &report.tables {
         println!(
             "  {}: {} blocks of {} (rel. error {:.4}){}",

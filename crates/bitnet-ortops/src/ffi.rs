@@ -1,4 +1,5 @@
-//! The ONNX Runtime ABI: `RegisterCustomOps` and the op's C callbacks.
+//! The ONNX Runtime ABI: `RegisterCustomOps` and the ops' C callbacks (`BitLinear` and
+//! `Q8Linear` share every callback but their name; a kernel knows which op it computes).
 //!
 //! What this relies on (ONNX Runtime 1.32's C API, `onnxruntime_c_api.h`, and its custom-op
 //! registry, `custom_ops.cc`):
@@ -28,10 +29,12 @@ use ort_sys as sys;
 
 use crate::kernel::Path;
 use crate::op::BitLinear;
+use crate::q8::Q8Linear;
 
-/// The op's domain and name, as the graph's node names them.
+/// The ops' domain and names, as the graph's nodes name them.
 pub const DOMAIN: &CStr = c"bitnet.onnx";
 pub const OP_TYPE: &CStr = c"BitLinear";
+pub const Q8_OP_TYPE: &CStr = c"Q8Linear";
 /// The API version requested from the runtime and declared in `OrtCustomOp.version`.
 const API_VERSION: u32 = sys::ORT_API_VERSION;
 
@@ -41,37 +44,60 @@ const UINT8: sys::ONNXTensorElementDataType =
     sys::ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
 const INPUTS: [sys::ONNXTensorElementDataType; 3] = [FLOAT, UINT8, FLOAT];
 
-/// The op's description. A static: it must outlive every session, and holds no runtime state.
-static OP: sys::OrtCustomOp = sys::OrtCustomOp {
-    version: API_VERSION,
-    CreateKernel: None,
-    GetName: Some(get_name),
-    GetExecutionProviderType: Some(get_provider),
-    GetInputType: Some(get_input_type),
-    GetInputTypeCount: Some(get_input_count),
-    GetOutputType: Some(get_output_type),
-    GetOutputTypeCount: Some(get_output_count),
-    KernelCompute: None,
-    KernelDestroy: Some(kernel_destroy),
-    GetInputCharacteristic: Some(get_characteristic),
-    GetOutputCharacteristic: Some(get_characteristic),
-    GetInputMemoryType: Some(get_memory_type),
-    GetVariadicInputMinArity: Some(get_min_arity),
-    GetVariadicInputHomogeneity: Some(get_homogeneity),
-    GetVariadicOutputMinArity: Some(get_min_arity),
-    GetVariadicOutputHomogeneity: Some(get_homogeneity),
-    CreateKernelV2: Some(create_kernel),
-    KernelComputeV2: Some(kernel_compute),
-    InferOutputShapeFn: None,
-    GetStartVersion: Some(get_start_version),
-    GetEndVersion: Some(get_end_version),
-    GetMayInplace: None,
-    ReleaseMayInplace: None,
-    GetAliasMap: None,
-    ReleaseAliasMap: None,
-};
+/// The ops' descriptions. Statics: they must outlive every session, and hold no runtime state.
+/// Both have the same input and output types (float32, uint8, float32 in; float32 out); the
+/// callbacks they share tell them apart by name ([`is_q8`]).
+static OP: sys::OrtCustomOp = describe(get_name);
+static Q8_OP: sys::OrtCustomOp = describe(get_q8_name);
 
-/// Registers the `bitnet.onnx` domain with its one op on the session options.
+type NameFn = unsafe extern "system" fn(*const sys::OrtCustomOp) -> *const c_char;
+
+const fn describe(name: NameFn) -> sys::OrtCustomOp {
+    sys::OrtCustomOp {
+        version: API_VERSION,
+        CreateKernel: None,
+        GetName: Some(name),
+        GetExecutionProviderType: Some(get_provider),
+        GetInputType: Some(get_input_type),
+        GetInputTypeCount: Some(get_input_count),
+        GetOutputType: Some(get_output_type),
+        GetOutputTypeCount: Some(get_output_count),
+        KernelCompute: None,
+        KernelDestroy: Some(kernel_destroy),
+        GetInputCharacteristic: Some(get_characteristic),
+        GetOutputCharacteristic: Some(get_characteristic),
+        GetInputMemoryType: Some(get_memory_type),
+        GetVariadicInputMinArity: Some(get_min_arity),
+        GetVariadicInputHomogeneity: Some(get_homogeneity),
+        GetVariadicOutputMinArity: Some(get_min_arity),
+        GetVariadicOutputHomogeneity: Some(get_homogeneity),
+        CreateKernelV2: Some(create_kernel),
+        KernelComputeV2: Some(kernel_compute),
+        InferOutputShapeFn: None,
+        GetStartVersion: Some(get_start_version),
+        GetEndVersion: Some(get_end_version),
+        GetMayInplace: None,
+        ReleaseMayInplace: None,
+        GetAliasMap: None,
+        ReleaseAliasMap: None,
+    }
+}
+
+/// Whether a callback was called for `Q8Linear` (by the description's own name callback, so
+/// it does not rely on the two statics having distinct addresses).
+fn is_q8(op: *const sys::OrtCustomOp) -> bool {
+    if op.is_null() {
+        return false;
+    }
+    // SAFETY: the runtime passes back one of our two static descriptions.
+    match unsafe { (*op).GetName } {
+        // SAFETY: our own callback, which returns a static C string.
+        Some(f) => (unsafe { CStr::from_ptr(f(op)) }) == Q8_OP_TYPE,
+        None => false,
+    }
+}
+
+/// Registers the `bitnet.onnx` domain with its two ops on the session options.
 ///
 /// # Safety
 /// Called by ONNX Runtime with valid (or null) pointers.
@@ -108,8 +134,10 @@ pub unsafe extern "C" fn RegisterCustomOps(
             ) {
                 return status(api, &e);
             }
-            if let Err(e) = take(api, (api.CustomOpDomain_Add)(domain, &OP)) {
-                return status(api, &e);
+            for op in [&OP, &Q8_OP] {
+                if let Err(e) = take(api, (api.CustomOpDomain_Add)(domain, op)) {
+                    return status(api, &e);
+                }
             }
             if let Err(e) = take(api, (api.AddCustomOpDomain)(options, domain)) {
                 return status(api, &e);
@@ -147,6 +175,10 @@ unsafe fn take(api: &sys::OrtApi, s: sys::OrtStatusPtr) -> Result<(), String> {
 
 unsafe extern "system" fn get_name(_: *const sys::OrtCustomOp) -> *const c_char {
     OP_TYPE.as_ptr()
+}
+
+unsafe extern "system" fn get_q8_name(_: *const sys::OrtCustomOp) -> *const c_char {
+    Q8_OP_TYPE.as_ptr()
 }
 
 unsafe extern "system" fn get_provider(_: *const sys::OrtCustomOp) -> *const c_char {
@@ -205,15 +237,38 @@ unsafe extern "system" fn get_end_version(_: *const sys::OrtCustomOp) -> i32 {
     i32::MAX
 }
 
+/// A node's op, its attributes checked.
+enum Node {
+    Bit(BitLinear),
+    Q8(Q8Linear),
+}
+
+impl Node {
+    fn name(&self) -> &'static str {
+        match self {
+            Node::Bit(_) => "BitLinear",
+            Node::Q8(_) => "Q8Linear",
+        }
+    }
+
+    /// The inputs' names, for messages.
+    fn inputs(&self) -> [&'static str; 3] {
+        match self {
+            Node::Bit(_) => ["X", "W", "C"],
+            Node::Q8(_) => ["X", "W", "S"],
+        }
+    }
+}
+
 /// One node's kernel: its attributes, the path chosen for this CPU, and the runtime's table.
 struct Kernel {
     api: *const sys::OrtApi,
-    op: BitLinear,
+    op: Node,
     path: Path,
 }
 
 unsafe extern "system" fn create_kernel(
-    _: *const sys::OrtCustomOp,
+    this: *const sys::OrtCustomOp,
     api: *const sys::OrtApi,
     info: *const sys::OrtKernelInfo,
     out: *mut *mut c_void,
@@ -223,17 +278,31 @@ unsafe extern "system" fn create_kernel(
     }
     // SAFETY: the runtime hands a valid table, kernel info and out pointer.
     let table = unsafe { &*api };
+    let q8 = is_q8(this);
+    let opname = if q8 { "Q8Linear" } else { "BitLinear" };
     let res = catch_unwind(AssertUnwindSafe(|| -> Result<*mut c_void, String> {
-        // SAFETY: `info` is valid for this call.
-        let (k, n, groups, divide) = unsafe {
-            (
-                attr_i64(table, info, c"K")?,
-                attr_i64(table, info, c"N")?,
-                attr_i64s(table, info, c"group_sizes")?,
-                attr_i64(table, info, c"divide")?,
-            )
+        let op = if q8 {
+            // SAFETY: `info` is valid for this call.
+            let (k, n, block) = unsafe {
+                (
+                    attr_i64(table, info, opname, c"K")?,
+                    attr_i64(table, info, opname, c"N")?,
+                    attr_i64(table, info, opname, c"block_size")?,
+                )
+            };
+            Node::Q8(Q8Linear::new(k, n, block).map_err(|e| e.to_string())?)
+        } else {
+            // SAFETY: `info` is valid for this call.
+            let (k, n, groups, divide) = unsafe {
+                (
+                    attr_i64(table, info, opname, c"K")?,
+                    attr_i64(table, info, opname, c"N")?,
+                    attr_i64s(table, info, opname, c"group_sizes")?,
+                    attr_i64(table, info, opname, c"divide")?,
+                )
+            };
+            Node::Bit(BitLinear::new(k, n, &groups, divide).map_err(|e| e.to_string())?)
         };
-        let op = BitLinear::new(k, n, &groups, divide).map_err(|e| e.to_string())?;
         let kernel = Box::new(Kernel {
             api,
             op,
@@ -250,7 +319,7 @@ unsafe extern "system" fn create_kernel(
         Ok(Err(e)) => sys::OrtStatusPtr(status(table, &e)),
         Err(_) => sys::OrtStatusPtr(status(
             table,
-            "bitnet.onnx BitLinear: panic creating the kernel",
+            &format!("bitnet.onnx {opname}: panic creating the kernel"),
         )),
     }
 }
@@ -267,6 +336,7 @@ unsafe extern "system" fn kernel_destroy(kernel: *mut c_void) {
 unsafe fn attr_i64(
     api: &sys::OrtApi,
     info: *const sys::OrtKernelInfo,
+    op: &str,
     name: &CStr,
 ) -> Result<i64, String> {
     let mut v = 0i64;
@@ -279,7 +349,7 @@ unsafe fn attr_i64(
     }
     .map_err(|e| {
         format!(
-            "bitnet.onnx BitLinear: attribute {}: {e}",
+            "bitnet.onnx {op}: attribute {}: {e}",
             name.to_string_lossy()
         )
     })?;
@@ -291,11 +361,12 @@ unsafe fn attr_i64(
 unsafe fn attr_i64s(
     api: &sys::OrtApi,
     info: *const sys::OrtKernelInfo,
+    op: &str,
     name: &CStr,
 ) -> Result<Vec<i64>, String> {
     let what = |e: String| {
         format!(
-            "bitnet.onnx BitLinear: attribute {}: {e}",
+            "bitnet.onnx {op}: attribute {}: {e}",
             name.to_string_lossy()
         )
     };
@@ -331,10 +402,12 @@ unsafe fn attr_i64s(
 unsafe fn input(
     api: &sys::OrtApi,
     ctx: *mut sys::OrtKernelContext,
+    node: &Node,
     i: usize,
 ) -> Result<(sys::ONNXTensorElementDataType, Vec<i64>, *mut c_void), String> {
-    let name = ["X", "W", "C"][i];
-    let what = |e: String| format!("bitnet.onnx BitLinear: input {name}: {e}");
+    let name = node.inputs()[i];
+    let op = node.name();
+    let what = |e: String| format!("bitnet.onnx {op}: input {name}: {e}");
     let mut value: *const sys::OrtValue = ptr::null();
     // SAFETY: valid context and out pointers; the tensor info is released before returning.
     unsafe {
@@ -375,12 +448,17 @@ unsafe fn input(
 /// # Safety
 /// `data` points to at least `len` elements of `T` that live as long as `'a` and that nothing
 /// writes while the slice is alive (ONNX Runtime's inputs during one compute call).
-unsafe fn slice<'a, T>(data: *mut c_void, len: usize, what: &str) -> Result<&'a [T], String> {
+unsafe fn slice<'a, T>(
+    data: *mut c_void,
+    len: usize,
+    op: &str,
+    what: &str,
+) -> Result<&'a [T], String> {
     if len == 0 {
         return Ok(&[]);
     }
     if data.is_null() || !(data as usize).is_multiple_of(std::mem::align_of::<T>()) {
-        return Err(format!("bitnet.onnx BitLinear: {what} has no aligned data"));
+        return Err(format!("bitnet.onnx {op}: {what} has no aligned data"));
     }
     // SAFETY: the caller's contract, non-null and aligned (checked).
     Ok(unsafe { std::slice::from_raw_parts(data as *const T, len) })
@@ -405,7 +483,10 @@ unsafe extern "system" fn kernel_compute(
     match res {
         Ok(Ok(())) => sys::OrtStatusPtr(ptr::null_mut()),
         Ok(Err(e)) => sys::OrtStatusPtr(status(api, &e)),
-        Err(_) => sys::OrtStatusPtr(status(api, "bitnet.onnx BitLinear: panic in compute")),
+        Err(_) => sys::OrtStatusPtr(status(
+            api,
+            &format!("bitnet.onnx {}: panic in compute", k.op.name()),
+        )),
     }
 }
 
@@ -416,43 +497,52 @@ unsafe fn compute(
     k: &Kernel,
     ctx: *mut sys::OrtKernelContext,
 ) -> Result<(), String> {
+    let op = k.op.name();
+    let names = k.op.inputs();
     let mut count = 0usize;
     // SAFETY: valid context and out pointer.
     unsafe { take(api, (api.KernelContext_GetInputCount)(ctx, &mut count)) }?;
     if count != 3 {
         return Err(format!(
-            "bitnet.onnx BitLinear: {count} inputs, expected 3 (X, W, C)"
+            "bitnet.onnx {op}: {count} inputs, expected 3 ({})",
+            names.join(", ")
         ));
     }
     let mut ins = Vec::with_capacity(3);
     for (i, want) in INPUTS.iter().enumerate() {
         // SAFETY: valid context.
-        let (ty, dims, data) = unsafe { input(api, ctx, i) }?;
+        let (ty, dims, data) = unsafe { input(api, ctx, &k.op, i) }?;
         if ty != *want {
             return Err(format!(
-                "bitnet.onnx BitLinear: input {} has element type {}, expected {}",
-                ["X", "W", "C"][i],
-                ty as i32,
-                *want as i32
+                "bitnet.onnx {op}: input {} has element type {}, expected {}",
+                names[i], ty as i32, *want as i32
             ));
         }
         ins.push((dims, data));
     }
-    let (m, out_shape) =
-        k.op.check(&ins[0].0, &ins[1].0, &ins[2].0)
-            .map_err(|e| e.to_string())?;
-    let (kk, n) = (k.op.k, k.op.n);
-    let rb = crate::layout::row_bytes(kk);
+    let (m, out_shape) = match &k.op {
+        Node::Bit(b) => b
+            .check(&ins[0].0, &ins[1].0, &ins[2].0)
+            .map_err(|e| e.to_string())?,
+        Node::Q8(q) => q
+            .check(&ins[0].0, &ins[1].0, &ins[2].0)
+            .map_err(|e| e.to_string())?,
+    };
+    // Element counts of W and C/S, and K and N, from the checked attributes.
+    let (kk, n, w_len, c_len) = match &k.op {
+        Node::Bit(b) => (b.k, b.n, b.n * crate::layout::row_bytes(b.k), b.groups),
+        Node::Q8(q) => (q.k, q.n, q.n * q.blocks() * q.block, q.n * q.blocks()),
+    };
     let x_len = m
         .checked_mul(kk)
-        .ok_or("bitnet.onnx BitLinear: X too large")?;
+        .ok_or_else(|| format!("bitnet.onnx {op}: X too large"))?;
     // SAFETY: the shapes were checked against these lengths; ORT keeps inputs alive and
     // unwritten during compute.
     let (x, w, c) = unsafe {
         (
-            slice::<f32>(ins[0].1, x_len, "input X")?,
-            slice::<u8>(ins[1].1, n * rb, "input W")?,
-            slice::<f32>(ins[2].1, k.op.groups, "input C")?,
+            slice::<f32>(ins[0].1, x_len, op, "input X")?,
+            slice::<u8>(ins[1].1, w_len, op, "input W")?,
+            slice::<f32>(ins[2].1, c_len, op, &format!("input {}", names[2]))?,
         )
     };
     let mut out: *mut sys::OrtValue = ptr::null_mut();
@@ -464,7 +554,7 @@ unsafe fn compute(
             (api.KernelContext_GetOutput)(ctx, 0, out_shape.as_ptr(), out_shape.len(), &mut out),
         )?;
         if out.is_null() {
-            return Err("bitnet.onnx BitLinear: no output tensor".into());
+            return Err(format!("bitnet.onnx {op}: no output tensor"));
         }
         take(api, (api.GetTensorMutableData)(out, &mut ydata))?;
     }
@@ -473,7 +563,7 @@ unsafe fn compute(
         return Ok(());
     }
     if ydata.is_null() || !(ydata as usize).is_multiple_of(std::mem::align_of::<f32>()) {
-        return Err("bitnet.onnx BitLinear: output has no aligned data".into());
+        return Err(format!("bitnet.onnx {op}: output has no aligned data"));
     }
     // SAFETY: the output was allocated by the runtime with `out_shape`, `m * n` floats, and
     // is written only by this call.
@@ -497,15 +587,21 @@ unsafe fn compute(
             crate::op::serial(tasks, f);
         }
     };
-    k.op.compute(k.path, x, m, w, c, y, &par)
-        .map_err(|e| e.to_string())
+    match &k.op {
+        Node::Bit(b) => b
+            .compute(k.path, x, m, w, c, y, &par)
+            .map_err(|e| e.to_string()),
+        Node::Q8(q) => q
+            .compute(k.path, x, m, w, c, y, &par)
+            .map_err(|e| e.to_string()),
+    }
 }
 
 /// Runs task `i` of the closure `data` points at (`&&(dyn Fn(usize) + Sync)`).
 unsafe extern "system" fn trampoline(data: *mut c_void, i: usize) {
     // SAFETY: `data` is the `&f` passed to ParallelFor in `compute`, alive during the call.
     let f = unsafe { *(data as *const &(dyn Fn(usize) + Sync)) };
-    // The task catches its own panics (op::BitLinear::compute); this is the last guard, as
+    // The task catches its own panics (op::BitLinear::compute, q8::Q8Linear::compute); this is the last guard, as
     // unwinding into the runtime's C++ would abort the process.
     let _ = catch_unwind(AssertUnwindSafe(|| f(i)));
 }

@@ -1,7 +1,10 @@
-//! `bitnet-ortops`: an ONNX Runtime custom-op library with one op, `bitnet.onnx::BitLinear`,
+//! `bitnet-ortops`: an ONNX Runtime custom-op library with two ops. `bitnet.onnx::BitLinear`,
 //! BitNet b1.58's linear layer: per-token int8 activation quantization, ternary weights stored
 //! 2 bits each, exact integer dot products over all of `K`, and one rescale per output in the
 //! order of the model's own class (see [`op`] for the contract and [`layout`] for the weights).
+//! `bitnet.onnx::Q8Linear`, the 8-bit LM head: the block-quantized table `MatMulNBits` reads,
+//! per-block int8 activations and integer block products, as `MatMulNBits` computes them at
+//! `accuracy_level` 4 but for the order of the float sums (see [`q8`]).
 //!
 //! Built as a `cdylib` that ONNX Runtime loads (`RegisterCustomOps`, in [`ffi`]) and as an
 //! `rlib` that `bitnet-build` uses to write weights in [`layout`] and the tests use to compare
@@ -15,4 +18,7 @@ pub mod ffi;
 pub mod kernel;
 pub mod layout;
 pub mod op;
+pub mod q8;
+#[cfg(target_arch = "x86_64")]
+mod q8_avx2;
 pub mod quant;

@@ -55,13 +55,19 @@ fn loads_in_onnxruntime_and_refuses_malformed_models() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let cases = v["cases"].as_array().expect("cases");
-    let (mut correct, mut malformed) = (0, 0);
+    let (mut correct, mut malformed, mut q8) = (0, 0, 0);
     for c in cases {
         match c["kind"].as_str() {
             Some("correct") => {
                 correct += 1;
                 assert_eq!(c["shape_ok"], true, "{c}");
                 assert_eq!(c["bit_identical"], true, "{c}");
+            }
+            Some("q8") => {
+                q8 += 1;
+                assert_eq!(c["shape_ok"], true, "{c}");
+                assert_eq!(c["within_rounding"], true, "{c}");
+                assert_eq!(c["threads_identical"], true, "{c}");
             }
             Some("malformed") => {
                 malformed += 1;
@@ -76,7 +82,7 @@ fn loads_in_onnxruntime_and_refuses_malformed_models() {
             _ => panic!("unknown case {c}"),
         }
     }
-    assert_eq!((correct, malformed), (6, 10), "{v}");
+    assert_eq!((correct, malformed, q8), (6, 17, 4), "{v}");
     // Our own messages, naming the input or attribute, reach the caller.
     let msg = |name: &str| {
         cases
@@ -89,4 +95,8 @@ fn loads_in_onnxruntime_and_refuses_malformed_models() {
     assert!(msg("wrong K at run").contains("input X has last dimension 129"));
     assert!(msg("truncated weight").contains("input W has shape [8, 63]"));
     assert!(msg("missing attribute divide").contains("attribute divide"));
+    assert!(msg("Q8Linear wrong K at run").contains("Q8Linear: input X has last dimension 69"));
+    assert!(msg("Q8Linear truncated weight").contains("input W has shape [9, 3, 31]"));
+    assert!(msg("Q8Linear missing attribute block_size").contains("attribute block_size"));
+    assert!(msg("Q8Linear scale count").contains("input S has shape [9, 2]"));
 }

@@ -1,0 +1,104 @@
+//! The AVX2 + FMA path of [`crate::q8`]: four weight rows at a time (four memory streams that
+//! share each chunk's activation load), per 32-code chunk `w - 128` as a signed byte (`xor
+//! 0x80`), its magnitude as an unsigned byte (`abs`, which gives 128 for -128) and the
+//! activation's sign flipped where `w` is negative (`sign`; activations are within -127..=127,
+//! so the flip never overflows); `_mm256_maddubs_epi16` of the two is `w * a` in pairs, at most
+//! `2 * 128 * 127 = 32512` (no saturation), and `_mm256_madd_epi16` with ones gives the 8 lanes
+//! of 4 consecutive codes the reference sums. Lanes are summed over the block in `i32`
+//! (exact), converted once per block and accumulated with one fused multiply-add by the
+//! block's `S * sa`, then reduced in [`crate::q8::hsum`]'s order: bit-identical to
+//! [`crate::q8::reference_row`].
+
+use std::arch::x86_64::*;
+
+/// Rows per pass.
+const ROWS: usize = 4;
+/// How far ahead (bytes) each row stream prefetches.
+const PREFETCH: usize = 512;
+
+/// As [`crate::q8::rows_dot`].
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `bsz` is a positive multiple of 32; `codes.len() == sa.len() *
+/// bsz`; `w.len() == out.len() * codes.len()`; `s.len() == out.len() * sa.len()`. Every load
+/// below is then inside `w`, `s`, `codes` or `sa` (the offsets are stated at each).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn rows(w: &[u8], s: &[f32], codes: &[i8], sa: &[f32], bsz: usize, out: &mut [f32]) {
+    let n = out.len();
+    let mut r = 0;
+    while r + ROWS <= n {
+        // SAFETY: rows r..r + 4 exist (r + 4 <= n), each `kp` codes and `nb` scales.
+        let v = unsafe { group::<ROWS>(w, s, r, codes, sa, bsz) };
+        out[r..r + ROWS].copy_from_slice(&v);
+        r += ROWS;
+    }
+    while r < n {
+        // SAFETY: row r exists.
+        out[r] = unsafe { group::<1>(w, s, r, codes, sa, bsz) }[0];
+        r += 1;
+    }
+}
+
+/// Rows `r0 .. r0 + R` against one token.
+///
+/// # Safety
+/// As [`rows`], and `r0 + R` rows exist in `w` and `s`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn group<const R: usize>(
+    w: &[u8],
+    s: &[f32],
+    r0: usize,
+    codes: &[i8],
+    sa: &[f32],
+    bsz: usize,
+) -> [f32; R] {
+    let kp = codes.len();
+    let nb = sa.len();
+    let chunks = bsz / 32;
+    let flip = _mm256_set1_epi8(-128);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); R];
+    let wp: [*const u8; R] = std::array::from_fn(|i| w[(r0 + i) * kp..].as_ptr());
+    let sp: [*const f32; R] = std::array::from_fn(|i| s[(r0 + i) * nb..].as_ptr());
+    let ap = codes.as_ptr();
+    for b in 0..nb {
+        let mut isum = [_mm256_setzero_si256(); R];
+        for c in 0..chunks {
+            let off = b * bsz + 32 * c;
+            // SAFETY: off + 32 <= nb * bsz = kp, so the 32 codes at `off` are inside `codes`
+            // and inside each row (row i spans kp bytes from wp[i]). A prefetch never faults;
+            // its address is formed with `wrapping_add`.
+            unsafe {
+                let a = _mm256_loadu_si256(ap.add(off) as *const __m256i);
+                for i in 0..R {
+                    if c == 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(wp[i].wrapping_add(off + PREFETCH) as *const i8);
+                    }
+                    let q = _mm256_loadu_si256(wp[i].add(off) as *const __m256i);
+                    let sw = _mm256_xor_si256(q, flip);
+                    let p = _mm256_maddubs_epi16(_mm256_abs_epi8(sw), _mm256_sign_epi8(a, sw));
+                    isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(p, ones));
+                }
+            }
+        }
+        // SAFETY: b < nb, inside `sa` and each row's `nb` scales.
+        let sab = unsafe { *sa.get_unchecked(b) };
+        for i in 0..R {
+            // SAFETY: as above.
+            let d = unsafe { *sp[i].add(b) } * sab;
+            acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum[i]), acc[i]);
+        }
+    }
+    std::array::from_fn(|i| hsum(acc[i]))
+}
+
+/// [`crate::q8::hsum`]'s order: lanes `i + 4` onto `i`, then `(0 + 2) + (1 + 3)`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let t = _mm_add_ps(s, _mm_movehl_ps(s, s)); // [s0 + s2, s1 + s3, ..]
+    let u = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1)); // (s0 + s2) + (s1 + s3)
+    _mm_cvtss_f32(u)
+}
