@@ -214,7 +214,7 @@ def main() -> int:
 
     bw = max(bw0, bw1)
     names = {"ort": "`build` (stock, 2-bit `MatMulNBits`)",
-             "bitnet": "`build --kernel bitnet` (`bitnet.onnx::BitLinear`)",
+             "bitnet": "`build --kernel bitnet` (`BitLinear`, `Q8Linear` head)",
              "llama.cpp": "llama.cpp TQ2_0, Q6_K tied head (`llama-bench`)"}
     sizes = {k: model_bytes(f) for k, f in folders.items()}
     if llama:

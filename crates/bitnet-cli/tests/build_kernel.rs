@@ -177,6 +177,12 @@ fn kernel_build_records_the_kernel() {
         "{info}"
     );
     assert_eq!(info["opsets"]["bitnet.onnx"], 1, "{info}");
+    // Q8Linear takes 8-bit tables only: a 4-bit head stays MatMulNBits, and the report says so.
+    let int4 = dir.path().join("bitnet-int4");
+    let r = build_kernel(&checkpoint("packed"), &int4, &["--head", "int4", "--json"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let rep: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(rep["head_op"], "com.microsoft::MatMulNBits", "{rep}");
 
     let stock = dir.path().join("ort");
     let r = bin()
