@@ -303,30 +303,46 @@ pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Buil
             c.rms_norm_eps,
         );
         h = sum;
-        let gu = linears(
-            ck,
-            opts,
-            g,
-            &mut built,
-            &format!("{p}/mlp"),
-            "gate_up_proj",
-            &x2,
-            l,
-            &[Proj::Gate, Proj::Up],
-            true,
-        )?;
-        let act = match c.activation {
-            Activation::Relu2 => {
-                let r = g.op("Relu", &format!("{p}/mlp/act_fn/Relu"), &[&gu[0]]);
-                g.op("Mul", &format!("{p}/mlp/act_fn/Square"), &[&r, &r])
-            }
-            Activation::Silu => {
-                // torch's silu: `x * sigmoid(x)`.
-                let s = g.op("Sigmoid", &format!("{p}/mlp/act_fn/Sigmoid"), &[&gu[0]]);
-                g.op("Mul", &format!("{p}/mlp/act_fn/Mul"), &[&gu[0], &s])
-            }
+        let mut m = if glu_in_op(ck, opts) {
+            // The op applies relu(gate)^2 * up itself: the same three float operations as the
+            // nodes below, without the Split and three nodes per layer.
+            bitlinear(
+                ck,
+                opts,
+                g,
+                &mut built,
+                &format!("{p}/mlp/gate_up_proj"),
+                &x2,
+                l,
+                &[Proj::Gate, Proj::Up],
+                true,
+            )?
+        } else {
+            let gu = linears(
+                ck,
+                opts,
+                g,
+                &mut built,
+                &format!("{p}/mlp"),
+                "gate_up_proj",
+                &x2,
+                l,
+                &[Proj::Gate, Proj::Up],
+                true,
+            )?;
+            let act = match c.activation {
+                Activation::Relu2 => {
+                    let r = g.op("Relu", &format!("{p}/mlp/act_fn/Relu"), &[&gu[0]]);
+                    g.op("Mul", &format!("{p}/mlp/act_fn/Square"), &[&r, &r])
+                }
+                Activation::Silu => {
+                    // torch's silu: `x * sigmoid(x)`.
+                    let s = g.op("Sigmoid", &format!("{p}/mlp/act_fn/Sigmoid"), &[&gu[0]]);
+                    g.op("Mul", &format!("{p}/mlp/act_fn/Mul"), &[&gu[0], &s])
+                }
+            };
+            g.op("Mul", &format!("{p}/mlp/Mul"), &[&act, &gu[1]])
         };
-        let mut m = g.op("Mul", &format!("{p}/mlp/Mul"), &[&act, &gu[1]]);
         if let Some(rel) = n.ffn_sub_norm {
             let fsub = norm_weight(ck, g, &Names::layer_weight(l, rel))?;
             m = rms_norm(
@@ -565,6 +581,17 @@ fn head_norm(
     g.op("Reshape", &format!("{name}/Flatten"), &[&y, &flat])
 }
 
+/// Whether the gate/up `BitLinear` computes the MLP's activation itself (its `glu` attribute):
+/// with `--kernel bitnet`, a squared-ReLU MLP (the op computes exactly the stock nodes' float
+/// operations; SiLU's `Sigmoid` is ONNX Runtime's own approximation, which the op does not
+/// reproduce), and gate and up fused into one node (no per-projection input norm).
+fn glu_in_op(ck: &Checkpoint, opts: &BuildOptions) -> bool {
+    matches!(opts.kernel, Kernel::Bitnet { .. })
+        && ck.config.activation == Activation::Relu2
+        && ck.config.linear_norm_eps.is_none()
+        && ck.config.linear != LinearForm::FloatTernary
+}
+
 /// The projections `parts` of layer `layer` reading `x`. Without a norm inside each linear
 /// layer they share one activation quantization and one `MatMulNBits` (`{prefix}/{fused}`),
 /// whose output is returned whole, or split into one output per part with `split`. With the
@@ -601,6 +628,7 @@ fn linears(
                 &xn,
                 layer,
                 &[part],
+                false,
             )?);
         }
         return Ok(outs);
@@ -614,6 +642,7 @@ fn linears(
         x,
         layer,
         parts,
+        false,
     )?;
     if !split || parts.len() == 1 {
         return Ok(vec![y]);
@@ -631,7 +660,8 @@ fn linears(
 }
 
 /// BitNet linear layers reading `x`, as one 2-bit `MatMulNBits` with BitNet's exact int8
-/// activations (see the module docs). Returns the output (the parts' outputs concatenated).
+/// activations (see the module docs). Returns the output (the parts' outputs concatenated; with
+/// `glu`, only for `--kernel bitnet` on gate and up, `relu(gate)^2 * up`).
 #[allow(clippy::too_many_arguments)]
 fn bitlinear(
     ck: &Checkpoint,
@@ -642,6 +672,7 @@ fn bitlinear(
     x: &str,
     layer: usize,
     parts: &[Proj],
+    glu: bool,
 ) -> Result<String> {
     if ck.config.linear == LinearForm::FloatTernary {
         return float_linear(ck, opts, g, built, name, x, layer, parts);
@@ -685,7 +716,9 @@ fn bitlinear(
     let n = col_scales.len();
     if let Kernel::Bitnet { .. } = opts.kernel {
         let divide = matches!(kind, Some(Rescale::Divide(_)));
-        return bitlinear_op(ck, g, built, name, x, k, &codes, &groups, divide, &weights);
+        return bitlinear_op(
+            ck, g, built, name, x, k, &codes, &groups, divide, glu, &weights,
+        );
     }
     let nb = hf::reserved_blocks(k, bs);
     let packed = hf::pack_2bit_reserved(&codes, n, k, bs)
@@ -895,6 +928,7 @@ fn bitlinear_op(
     codes: &[i8],
     groups: &[(usize, f32)],
     divide: bool,
+    glu: bool,
     weights: &[String],
 ) -> Result<String> {
     let n: usize = groups.iter().map(|(c, _)| c).sum();
@@ -929,6 +963,7 @@ fn bitlinear_op(
                     Attr::Ints(groups.iter().map(|&(c, _)| c as i64).collect()),
                 ),
                 ("divide", Attr::Int(divide as i64)),
+                ("glu", Attr::Int(glu as i64)),
             ],
         )
         .remove(0);

@@ -177,6 +177,11 @@ fn kernel_build_records_the_kernel() {
         "{info}"
     );
     assert_eq!(info["opsets"]["bitnet.onnx"], 1, "{info}");
+    // The gate/up op computes relu(gate)^2 * up itself (its glu attribute): no Split, Relu or
+    // Mul nodes are left in the MLP.
+    for op in ["Split", "Relu", "Mul"] {
+        assert!(info["ops"].get(op).is_none(), "{op}: {info}");
+    }
     // Q8Linear takes 8-bit tables only: a 4-bit head stays MatMulNBits, and the report says so.
     let int4 = dir.path().join("bitnet-int4");
     let r = build_kernel(&checkpoint("packed"), &int4, &["--head", "int4", "--json"]);

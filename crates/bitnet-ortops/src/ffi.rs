@@ -293,15 +293,20 @@ unsafe extern "system" fn create_kernel(
             Node::Q8(Q8Linear::new(k, n, block).map_err(|e| e.to_string())?)
         } else {
             // SAFETY: `info` is valid for this call.
-            let (k, n, groups, divide) = unsafe {
+            let (k, n, groups, divide, glu) = unsafe {
                 (
                     attr_i64(table, info, opname, c"K")?,
                     attr_i64(table, info, opname, c"N")?,
                     attr_i64s(table, info, opname, c"group_sizes")?,
                     attr_i64(table, info, opname, c"divide")?,
+                    optional_attr_i64(table, info, opname, c"glu")?.unwrap_or(0),
                 )
             };
-            Node::Bit(BitLinear::new(k, n, &groups, divide).map_err(|e| e.to_string())?)
+            Node::Bit(
+                BitLinear::new(k, n, &groups, divide)
+                    .and_then(|b| b.with_glu(glu))
+                    .map_err(|e| e.to_string())?,
+            )
         };
         let kernel = Box::new(Kernel {
             api,
@@ -354,6 +359,34 @@ unsafe fn attr_i64(
         )
     })?;
     Ok(v)
+}
+
+/// An attribute the node may leave out: `None` when ONNX Runtime has no attribute of that
+/// name (its message says so), an error for anything else (a wrong type, say).
+///
+/// # Safety
+/// `info` valid; `name` NUL-terminated.
+unsafe fn optional_attr_i64(
+    api: &sys::OrtApi,
+    info: *const sys::OrtKernelInfo,
+    op: &str,
+    name: &CStr,
+) -> Result<Option<i64>, String> {
+    let mut v = 0i64;
+    // SAFETY: valid info, name and out pointer.
+    match unsafe {
+        take(
+            api,
+            (api.KernelInfoGetAttribute_int64)(info, name.as_ptr(), &mut v),
+        )
+    } {
+        Ok(()) => Ok(Some(v)),
+        Err(e) if e.contains("No attribute") => Ok(None),
+        Err(e) => Err(format!(
+            "bitnet.onnx {op}: attribute {}: {e}",
+            name.to_string_lossy()
+        )),
+    }
 }
 
 /// # Safety
@@ -529,8 +562,14 @@ unsafe fn compute(
             .map_err(|e| e.to_string())?,
     };
     // Element counts of W and C/S, and K and N, from the checked attributes.
+    // `n` here is the output's last dimension (half of N with a GLU).
     let (kk, n, w_len, c_len) = match &k.op {
-        Node::Bit(b) => (b.k, b.n, b.n * crate::layout::row_bytes(b.k), b.groups),
+        Node::Bit(b) => (
+            b.k,
+            b.outputs(),
+            b.n * crate::layout::row_bytes(b.k),
+            b.groups,
+        ),
         Node::Q8(q) => (q.k, q.n, q.n * q.blocks() * q.block, q.n * q.blocks()),
     };
     let x_len = m

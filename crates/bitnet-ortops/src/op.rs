@@ -4,7 +4,10 @@
 //! `C` float32 `[G]`, one constant per column group. Attributes: `K`, `N`, `group_sizes`
 //! (G positive counts summing to `N`: the fused projections, q/k/v or gate/up, each with its
 //! own constant), `divide` (1: `y / (s * c)`, `BitLinear`'s order; 0: `(y / s) * c`,
-//! `AutoBitLinear`'s). Output: `Y` float32 `[..., N]`.
+//! `AutoBitLinear`'s), and optionally `glu` (0, the default: none; 1: the two groups are a
+//! gated MLP's gate and up projections, and the op returns `relu(gate)^2 * up`, BitNet's
+//! squared-ReLU GLU, as the stock graph's `Relu`, `Mul(r, r)` and `Mul(., up)` compute it, one
+//! float operation for one). Output: `Y` float32 `[..., N]` (`[..., N / 2]` with `glu`).
 //!
 //! Per token: the codes and scale `s` of [`crate::quant::quantize_row`], the exact `i32`
 //! product `y` of the codes with the ternary weights, then `y` as float32 rescaled in the
@@ -56,6 +59,16 @@ pub enum Order {
     Multiply,
 }
 
+/// The activation the op applies to its output, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Glu {
+    /// The projections' outputs as they are.
+    None,
+    /// `relu(gate)^2 * up`, gate the first group, up the second: `max(g, 0)`, its square, times
+    /// `u` (three float32 roundings, as the stock graph's three nodes).
+    Relu2,
+}
+
 /// One op instance, its attributes checked.
 #[derive(Clone, Debug)]
 pub struct BitLinear {
@@ -63,8 +76,10 @@ pub struct BitLinear {
     pub n: usize,
     /// Group of each output column.
     column_group: Vec<u32>,
+    group_sizes: Vec<usize>,
     pub groups: usize,
     pub order: Order,
+    pub glu: Glu,
 }
 
 impl BitLinear {
@@ -103,9 +118,37 @@ impl BitLinear {
             k: k as usize,
             n: n as usize,
             column_group,
+            group_sizes: group_sizes.iter().map(|&c| c as usize).collect(),
             groups: group_sizes.len(),
             order,
+            glu: Glu::None,
         })
+    }
+
+    /// The `glu` attribute: 0 none, 1 `relu(gate)^2 * up` over two groups of equal size.
+    pub fn with_glu(mut self, glu: i64) -> Result<Self, OpError> {
+        self.glu = match glu {
+            0 => Glu::None,
+            1 if self.group_sizes.len() == 2 && self.group_sizes[0] == self.group_sizes[1] => {
+                Glu::Relu2
+            }
+            1 => {
+                return err(format!(
+                "attribute glu = 1 needs two groups of equal size (gate, up), not group_sizes {:?}",
+                self.group_sizes
+            ))
+            }
+            g => return err(format!("attribute glu = {g} is neither 0 nor 1")),
+        };
+        Ok(self)
+    }
+
+    /// Output columns: `N`, or `N / 2` with a GLU.
+    pub fn outputs(&self) -> usize {
+        match self.glu {
+            Glu::None => self.n,
+            Glu::Relu2 => self.n / 2,
+        }
     }
 
     /// Checks the inputs' shapes; returns the number of tokens `M` and the output shape.
@@ -145,7 +188,7 @@ impl BitLinear {
             ));
         }
         let mut out = lead.to_vec();
-        out.push(self.n as i64);
+        out.push(self.outputs() as i64);
         Ok((m, out))
     }
 
@@ -153,6 +196,39 @@ impl BitLinear {
     /// Lengths must match [`BitLinear::check`]'s shapes.
     #[allow(clippy::too_many_arguments)]
     pub fn compute(
+        &self,
+        path: Path,
+        x: &[f32],
+        m: usize,
+        w: &[u8],
+        c: &[f32],
+        y: &mut [f32],
+        par: Parallel<'_>,
+    ) -> Result<(), OpError> {
+        if self.glu == Glu::None {
+            return self.project(path, x, m, w, c, y, par);
+        }
+        if y.len() != m * self.outputs() {
+            return err("internal: buffer lengths do not match the checked shapes");
+        }
+        let mut full = vec![0f32; m * self.n];
+        self.project(path, x, m, w, c, &mut full, par)?;
+        let half = self.n / 2;
+        for (yr, fr) in y.chunks_exact_mut(half).zip(full.chunks_exact(self.n)) {
+            let (gate, up) = fr.split_at(half);
+            for ((o, &g), &u) in yr.iter_mut().zip(gate).zip(up) {
+                // ONNX Relu is max(x, 0); then Mul(r, r) and Mul(r2, u), each rounded.
+                let r = if g > 0.0 { g } else { 0.0 };
+                let r2 = r * r;
+                *o = r2 * u;
+            }
+        }
+        Ok(())
+    }
+
+    /// The projections' outputs `[m, N]` (no GLU).
+    #[allow(clippy::too_many_arguments)]
+    fn project(
         &self,
         path: Path,
         x: &[f32],

@@ -173,3 +173,71 @@ fn non_finite_tokens_give_nan_rows_only() {
     assert!(y[..3].iter().all(|v| v.is_nan()));
     assert!(y[3..].iter().all(|v| *v == 1.0));
 }
+
+/// `glu = 1`: the op's output is `relu(gate)^2 * up` of its own two groups, in the stock
+/// graph's three float operations, bit for bit, on every path; `[..., N / 2]` out.
+#[test]
+fn relu2_glu_is_the_graph_s_three_nodes() {
+    let (k, half, m) = (300, 37, 5);
+    let n = 2 * half;
+    let mut rng = Rng(11);
+    let codes: Vec<i8> = (0..n * k).map(|_| rng.ternary()).collect();
+    let w = layout::pack(&codes, n, k).unwrap();
+    let c = [0.7f32, 1.3];
+    let x: Vec<f32> = (0..m * k).map(|_| rng.float()).collect();
+    let sizes = [half as i64, half as i64];
+    let plain = BitLinear::new(k as i64, n as i64, &sizes, 1).unwrap();
+    let glu = plain.clone().with_glu(1).unwrap();
+    assert_eq!(glu.outputs(), half);
+    assert_eq!(
+        glu.check(&[1, m as i64, k as i64], &[n as i64, 96], &[2])
+            .unwrap()
+            .1,
+        vec![1, m as i64, half as i64]
+    );
+    for path in Path::available() {
+        let mut full = vec![0f32; m * n];
+        plain
+            .compute(path, &x, m, &w, &c, &mut full, &serial)
+            .unwrap();
+        let mut y = vec![0f32; m * half];
+        glu.compute(path, &x, m, &w, &c, &mut y, &serial).unwrap();
+        let mut zeros = 0;
+        for t in 0..m {
+            for j in 0..half {
+                let (g, u) = (full[t * n + j], full[t * n + half + j]);
+                let r = g.max(0.0);
+                let want = (r * r) * u;
+                zeros += (g <= 0.0) as usize;
+                assert_eq!(
+                    y[t * half + j].to_bits(),
+                    want.to_bits(),
+                    "{} {t} {j}",
+                    path.name()
+                );
+            }
+        }
+        assert!(
+            zeros > 0 && zeros < m * half,
+            "both signs of the gate are exercised"
+        );
+    }
+    // Two groups of equal size only, and 0 or 1.
+    assert!(BitLinear::new(8, 5, &[2, 3], 1)
+        .unwrap()
+        .with_glu(1)
+        .is_err());
+    assert!(BitLinear::new(8, 4, &[4], 1).unwrap().with_glu(1).is_err());
+    assert!(BitLinear::new(8, 6, &[2, 2, 2], 1)
+        .unwrap()
+        .with_glu(1)
+        .is_err());
+    assert!(BitLinear::new(8, 4, &[2, 2], 1)
+        .unwrap()
+        .with_glu(2)
+        .is_err());
+    assert!(BitLinear::new(8, 4, &[2, 2], 1)
+        .unwrap()
+        .with_glu(0)
+        .is_ok());
+}

@@ -82,7 +82,7 @@ fn loads_in_onnxruntime_and_refuses_malformed_models() {
             _ => panic!("unknown case {c}"),
         }
     }
-    assert_eq!((correct, malformed, q8), (6, 17, 4), "{v}");
+    assert_eq!((correct, malformed, q8), (7, 19, 4), "{v}");
     // Our own messages, naming the input or attribute, reach the caller.
     let msg = |name: &str| {
         cases
@@ -95,6 +95,7 @@ fn loads_in_onnxruntime_and_refuses_malformed_models() {
     assert!(msg("wrong K at run").contains("input X has last dimension 129"));
     assert!(msg("truncated weight").contains("input W has shape [8, 63]"));
     assert!(msg("missing attribute divide").contains("attribute divide"));
+    assert!(msg("glu over unequal groups").contains("two groups of equal size"));
     assert!(msg("Q8Linear wrong K at run").contains("Q8Linear: input X has last dimension 69"));
     assert!(msg("Q8Linear truncated weight").contains("input W has shape [9, 3, 31]"));
     assert!(msg("Q8Linear missing attribute block_size").contains("attribute block_size"));
