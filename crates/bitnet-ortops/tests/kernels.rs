@@ -241,3 +241,35 @@ fn relu2_glu_is_the_graph_s_three_nodes() {
         .with_glu(0)
         .is_ok());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The AVX2 activation quantization (what `quantize_row` runs here) is the scalar
+    /// definition bit for bit: any length (tails past whole 32s), padding, half-way products
+    /// (a row whose largest value is 127 has scale 1, so `k + 0.5` is an exact tie), NaN and
+    /// infinities anywhere.
+    #[test]
+    fn activation_quantization_matches_the_scalar_definition(len in 0usize..300, pad in 0usize..40, ties in any::<bool>(), special in 0usize..4, seed in 1u64..u64::MAX) {
+        let mut rng = Rng(seed);
+        let mut x: Vec<f32> = (0..len).map(|_| {
+            if ties {
+                (rng.next() % 255) as f32 - 127.0 + 0.5
+            } else {
+                rng.float()
+            }
+        }).collect();
+        if ties && len > 0 {
+            x[0] = 127.0;
+        }
+        if len > 0 && special > 0 {
+            let at = (rng.next() as usize) % len;
+            x[at] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][special - 1];
+        }
+        let (mut a, mut b) = (vec![7i8; len + pad], vec![7i8; len + pad]);
+        let want = bitnet_ortops::quant::quantize_row_scalar(&x, &mut a);
+        let got = bitnet_ortops::quant::quantize_row(&x, &mut b);
+        prop_assert_eq!(got.map(|(s, n)| (s.to_bits(), n)), want.map(|(s, n)| (s.to_bits(), n)));
+        prop_assert_eq!(b, a);
+    }
+}
