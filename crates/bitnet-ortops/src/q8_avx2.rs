@@ -38,9 +38,9 @@ pub unsafe fn rows(w: &[u8], s: &[f32], codes: &[i8], sa: &[f32], bsz: usize, ou
             out[i] = v;
         }
     }
-    for r in ROWS * quarter..n {
+    for (r, o) in out.iter_mut().enumerate().skip(ROWS * quarter) {
         // SAFETY: row r < n exists.
-        out[r] = unsafe { group(w, s, [r], codes, sa, bsz) }[0];
+        *o = unsafe { group(w, s, [r], codes, sa, bsz) }[0];
     }
 }
 
@@ -77,7 +77,7 @@ unsafe fn group<const R: usize>(
             unsafe {
                 let a = _mm256_loadu_si256(ap.add(off) as *const __m256i);
                 for i in 0..R {
-                    if off % 64 == 0 {
+                    if off.is_multiple_of(64) {
                         _mm_prefetch::<_MM_HINT_T0>(wp[i].wrapping_add(off + PREFETCH) as *const i8);
                     }
                     let q = _mm256_loadu_si256(wp[i].add(off) as *const __m256i);
