@@ -210,16 +210,13 @@ impl Q8Linear {
             let rows = out.len() / m;
             let wt = &w[r0 * kp..(r0 + rows) * kp];
             let st = &s[r0 * nb..(r0 + rows) * nb];
-            let mut col = vec![0f32; rows];
-            // Token by token over the task's rows, which stay in cache between tokens.
-            for (t, q) in tokens.iter().enumerate() {
-                match &q.scales {
-                    Some(sa) => rows_dot(simd, wt, st, &q.codes, sa, bsz, &mut col),
-                    None => col.fill(f32::NAN),
+            if m == 1 {
+                match &tokens[0].scales {
+                    Some(sa) => rows_dot(simd, wt, st, &tokens[0].codes, sa, bsz, &mut out),
+                    None => out.fill(f32::NAN),
                 }
-                for (r, &v) in col.iter().enumerate() {
-                    out[r * m + t] = v;
-                }
+            } else {
+                tile_dot(simd, wt, st, &tokens, bsz, &mut out);
             }
         };
         let run = |i: usize| {
@@ -302,6 +299,81 @@ pub fn rows_dot(
             sa,
             bsz,
         );
+    }
+}
+
+/// `out[r * m + t]` for the rows of `w` (scales `s`) and the `m` tokens (several tokens: the
+/// weights are read from cache for all but the first, so the AVX2 path takes 2 rows and 2
+/// tokens at a time, sharing each weight chunk's unpacking and each activation load; NaN for a
+/// non-finite token).
+pub fn tile_dot(
+    simd: bool,
+    w: &[u8],
+    s: &[f32],
+    tokens: &[Quantized],
+    bsz: usize,
+    out: &mut [f32],
+) {
+    let m = tokens.len();
+    let rows = out.len() / m.max(1);
+    assert_eq!(out.len(), rows * m, "output is not rows x tokens");
+    let finite: Vec<usize> = (0..m).filter(|&t| tokens[t].scales.is_some()).collect();
+    for t in (0..m).filter(|t| tokens[*t].scales.is_none()) {
+        for r in 0..rows {
+            out[r * m + t] = f32::NAN;
+        }
+    }
+    let Some(&first) = finite.first() else { return };
+    let kp = tokens[first].codes.len();
+    let nb = kp / bsz;
+    assert!(
+        bsz >= 32 && bsz.is_multiple_of(32) && bsz <= MAX_BLOCK && kp == nb * bsz,
+        "activation codes are not whole blocks of a valid size"
+    );
+    assert!(
+        finite.iter().all(|&t| tokens[t].codes.len() == kp
+            && tokens[t].scales.as_ref().is_some_and(|sa| sa.len() == nb)),
+        "tokens of different lengths"
+    );
+    assert_eq!(w.len(), rows * kp, "weights are not whole rows");
+    assert_eq!(s.len(), rows * nb, "scales are not one per block");
+    let codes: Vec<&[i8]> = finite.iter().map(|&t| &tokens[t].codes[..]).collect();
+    let scales: Vec<&[f32]> = finite
+        .iter()
+        .filter_map(|&t| tokens[t].scales.as_deref())
+        .collect();
+    let mut vals = vec![0f32; rows * finite.len()];
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        assert!(
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma"),
+            "AVX2 path on a CPU without AVX2 and FMA"
+        );
+        // SAFETY: AVX2 and FMA are present (checked above); every token has `nb` blocks of
+        // `bsz` codes and `nb` scales, `w` and `s` hold `rows` rows of them, `vals` is rows x
+        // tokens (asserted above).
+        unsafe { crate::q8_avx2::tile(w, s, &codes, &scales, bsz, &mut vals) };
+    }
+    if !simd || !cfg!(target_arch = "x86_64") {
+        let f = finite.len();
+        for r in 0..rows {
+            for (i, (c, sa)) in codes.iter().zip(&scales).enumerate() {
+                vals[r * f + i] = reference_row(
+                    &w[r * kp..(r + 1) * kp],
+                    &s[r * nb..(r + 1) * nb],
+                    c,
+                    sa,
+                    bsz,
+                );
+            }
+        }
+    }
+    let f = finite.len();
+    for r in 0..rows {
+        for (i, &t) in finite.iter().enumerate() {
+            out[r * m + t] = vals[r * f + i];
+        }
     }
 }
 

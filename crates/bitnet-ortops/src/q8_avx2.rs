@@ -107,3 +107,142 @@ fn hsum(v: __m256) -> f32 {
     let u = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1)); // (s0 + s2) + (s1 + s3)
     _mm_cvtss_f32(u)
 }
+
+/// Rows of `w` against several tokens: `vals[r * T + i]` for row `r` and token `i` of `codes`
+/// / `sa` (each `nb` blocks of `bsz` codes and `nb` scales). Tiles of 2 adjacent rows and 2
+/// tokens (the rows are in cache after the first tokens), then the remainders one by one;
+/// every value is computed in [`crate::q8::reference_row`]'s order.
+///
+/// # Safety
+/// AVX2 and FMA; `bsz` a positive multiple of 32; every `codes[i].len() == nb * bsz` and
+/// `sa[i].len() == nb`, with `nb = s.len() / rows`; `w.len() == rows * nb * bsz`;
+/// `vals.len() == rows * codes.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn tile(
+    w: &[u8],
+    s: &[f32],
+    codes: &[&[i8]],
+    sa: &[&[f32]],
+    bsz: usize,
+    vals: &mut [f32],
+) {
+    let t = codes.len();
+    if t == 0 {
+        return;
+    }
+    let rows = vals.len() / t;
+    let (r2, t2) = (rows / 2 * 2, t / 2 * 2);
+    for r in (0..rows).step_by(2) {
+        let nr = if r < r2 { 2 } else { 1 };
+        for i in (0..t).step_by(2) {
+            let nt = if i < t2 { 2 } else { 1 };
+            // SAFETY: rows r .. r + nr and tokens i .. i + nt exist (the contract).
+            unsafe {
+                match (nr, nt) {
+                    (2, 2) => {
+                        let v = tile_of::<2, 2>(
+                            w,
+                            s,
+                            [r, r + 1],
+                            [codes[i], codes[i + 1]],
+                            [sa[i], sa[i + 1]],
+                            bsz,
+                        );
+                        vals[r * t + i] = v[0][0];
+                        vals[r * t + i + 1] = v[0][1];
+                        vals[(r + 1) * t + i] = v[1][0];
+                        vals[(r + 1) * t + i + 1] = v[1][1];
+                    }
+                    (2, _) => {
+                        let v = tile_of::<2, 1>(w, s, [r, r + 1], [codes[i]], [sa[i]], bsz);
+                        vals[r * t + i] = v[0][0];
+                        vals[(r + 1) * t + i] = v[1][0];
+                    }
+                    (_, 2) => {
+                        let v = tile_of::<1, 2>(
+                            w,
+                            s,
+                            [r],
+                            [codes[i], codes[i + 1]],
+                            [sa[i], sa[i + 1]],
+                            bsz,
+                        );
+                        vals[r * t + i] = v[0][0];
+                        vals[r * t + i + 1] = v[0][1];
+                    }
+                    _ => {
+                        vals[r * t + i] =
+                            tile_of::<1, 1>(w, s, [r], [codes[i]], [sa[i]], bsz)[0][0];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `R` rows against `T` tokens: each weight chunk unpacked (`xor`, `abs`) once for the `T`
+/// tokens, each activation chunk loaded once for the `R` rows.
+///
+/// # Safety
+/// As [`tile`], for the rows and tokens given.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::needless_range_loop)] // `b` indexes rows, tokens' scales and code offsets alike
+unsafe fn tile_of<const R: usize, const T: usize>(
+    w: &[u8],
+    s: &[f32],
+    rows: [usize; R],
+    codes: [&[i8]; T],
+    sa: [&[f32]; T],
+    bsz: usize,
+) -> [[f32; T]; R] {
+    let kp = codes[0].len();
+    let nb = sa[0].len();
+    let chunks = bsz / 32;
+    let flip = _mm256_set1_epi8(-128);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let wp: [*const u8; R] = std::array::from_fn(|i| w[rows[i] * kp..].as_ptr());
+    let sp: [*const f32; R] = std::array::from_fn(|i| s[rows[i] * nb..].as_ptr());
+    for b in 0..nb {
+        let mut isum = [[_mm256_setzero_si256(); T]; R];
+        for c in 0..chunks {
+            let off = b * bsz + 32 * c;
+            // SAFETY: off + 32 <= nb * bsz = kp: inside every row and every token's codes.
+            unsafe {
+                let mut sw = [_mm256_setzero_si256(); R];
+                let mut aw = [_mm256_setzero_si256(); R];
+                for i in 0..R {
+                    sw[i] = _mm256_xor_si256(
+                        _mm256_loadu_si256(wp[i].add(off) as *const __m256i),
+                        flip,
+                    );
+                    aw[i] = _mm256_abs_epi8(sw[i]);
+                }
+                for j in 0..T {
+                    let a = _mm256_loadu_si256(codes[j].as_ptr().add(off) as *const __m256i);
+                    for i in 0..R {
+                        let p = _mm256_maddubs_epi16(aw[i], _mm256_sign_epi8(a, sw[i]));
+                        isum[i][j] = _mm256_add_epi32(isum[i][j], _mm256_madd_epi16(p, ones));
+                    }
+                }
+            }
+        }
+        for i in 0..R {
+            // SAFETY: b < nb, inside each row's scales.
+            let sw = unsafe { *sp[i].add(b) };
+            for j in 0..T {
+                let d = sw * sa[j][b];
+                acc[i][j] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum[i][j]), acc[i][j]);
+            }
+        }
+    }
+    let mut out = [[0f32; T]; R];
+    for i in 0..R {
+        for j in 0..T {
+            out[i][j] = hsum(acc[i][j]);
+        }
+    }
+    out
+}
