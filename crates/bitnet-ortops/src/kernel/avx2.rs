@@ -32,17 +32,19 @@
 //! |---|---|
 //! | 2 rows, both accumulators widened every 4 blocks (the previous path) | 19.8-20.2 |
 //! | 2 rows, widened every 20 (fields 0, 2) and 5 (fields 1, 3) blocks | 20.2-21.2 |
-//! | 3 rows, the same widening | 21.6-23.2 |
-//! | 4 rows, the same widening (this path) | 22.7-23.0 |
-//! | the `ceiling`: 4 rows' `maddubs` and adds without the shift and masks (wrong sums) | 27.5-29.5 |
+//! | 3 rows, the same widening (this path) | 21.6-23.2 |
+//! | 4 rows, the same widening | 22.7-23.0 |
+//! | `ceiling`: 2 rows' `maddubs` and adds, no shift or masks (wrong sums) | 27.5-29.5 |
 //!
 //! So this layout's arithmetic on `maddubs` caps one core near 23 GB/s: the extraction is 5 of
 //! the 13 operations, and no cheaper exact extraction was found (masks without the shift give
 //! field 3 as `64 c`, whose `maddubs` pair saturates; `vpsignb` forms miscount code 3 and need
 //! a second widening multiply). With 4 rows the 12 accumulators, 4 activation vectors and 2
-//! masks exceed the 16 ymm registers: LLVM spills one accumulator and re-broadcasts the masks
-//! each block, and 4 rows still match or beat 3 in the table. Four streams per thread also keep more cache lines in flight when the weights come from
-//! memory; the two-thread figures over 2B-4T's 30 layers are in `docs/kernel.md`.
+//! masks exceed the 16 ymm registers (LLVM spills an accumulator and re-broadcasts the masks
+//! each block); 3 rows fit. Over the whole op (`examples/kernel_speed.rs`, 2B-4T's 30 layers,
+//! two threads) 2, 3 and 4 streams and 1 or 2 KiB of prefetch all measured within the noise of
+//! the shared machine (docs/benchmarks.md); 3 is kept for the arithmetic.
+
 use std::arch::x86_64::*;
 
 use crate::layout::{BLOCK, BLOCK_BYTES};
@@ -51,7 +53,7 @@ use crate::layout::{BLOCK, BLOCK_BYTES};
 /// per block, see the module docs).
 const BLOCKS_PER_WIDEN: usize = 4;
 /// Decode: rows read together, each from its own part of the slice (see the module docs).
-const STREAMS: usize = 4;
+const STREAMS: usize = 3;
 /// Decode: blocks summed in the fields-1-and-3 accumulator before widening (see the bounds in
 /// the module docs; LO_BLOCKS is a multiple of it, so both widen at the same block).
 const HI_BLOCKS: usize = 5;
