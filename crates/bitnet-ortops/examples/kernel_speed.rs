@@ -121,9 +121,9 @@ fn run_tasks(job: &Job) {
     }
 }
 
-/// Sums the bytes of `b` with AVX2, reading its two halves together: two memory streams, as
-/// the decode kernel reads rows from the two halves of its task (one stream per thread reads
-/// markedly slower on the development machine, see docs/benchmarks.md).
+/// Sums the bytes of `b` with AVX2, reading its two halves together: two memory streams (one
+/// stream per thread reads markedly slower on the development machine, see
+/// docs/benchmarks.md; the decode kernel reads three, from the thirds of its task).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn read_sum(b: &[u8]) -> u64 {

@@ -27,11 +27,12 @@ pub const MAX_K: usize = 132_000;
 
 /// Output rows (weight rows) per parallel task with several tokens.
 const ROWS_PER_TASK: usize = 64;
-/// Output rows per parallel task with one token (decode): longer tasks keep the AVX2 path's two
-/// row streams (rows i and i + half of the task) long and far apart; with 256, 2B-4T's layers
-/// split into 10 to 54 tasks, enough to balance a few threads. Measured per CPU second on 80 MB
-/// of rows (`examples/kernel_speed.rs` and variants): tasks of 256 rows 15-17.6 GB, of 64 rows
-/// 12.9-15 GB.
+/// Output rows per parallel task with one token (decode): longer tasks keep the AVX2 path's row
+/// streams (rows i, i + third and i + 2 thirds of the task) long and far apart; with 256,
+/// 2B-4T's layers split into 10 to 54 tasks, enough to balance a few threads. Measured per CPU
+/// second on 80 MB of rows (`examples/kernel_speed.rs` and variants, with two streams): tasks
+/// of 256 rows 15-17.6 GB, of 64 rows 12.9-15 GB; with three streams, 512 rows measured within
+/// the shared machine's noise of 256 (docs/benchmarks.md).
 const DECODE_ROWS_PER_TASK: usize = 256;
 
 /// Why the op refused its attributes or inputs.

@@ -273,3 +273,35 @@ proptest! {
         prop_assert_eq!(b, a);
     }
 }
+
+/// The extremes of the `i16` accumulators' bounds (see `kernel/avx2.rs`): every code 3 (the
+/// largest field) against every activation -128 (the largest product) or 127, one token and
+/// several, over rows long enough for many widening periods, with row counts that leave
+/// unpaired rows. A sum that saturated or wrapped would differ from the reference.
+#[test]
+fn extreme_codes_and_activations_match_reference() {
+    for kp in [128, 640, 2560, 6912, 13824] {
+        for act in [-128i8, 127] {
+            for (fill, n) in [(0xFFu8, 7usize), (0xAA, 5), (0x55, 3)] {
+                let w = vec![fill; n * kp / 4];
+                for m in [1usize, 3] {
+                    let acts = vec![act; m * kp];
+                    let mut want = vec![0i32; n * m];
+                    kernel::dots(Path::Reference, &w, kp, &acts, m, &mut want);
+                    let code = (fill & 3) as i32;
+                    assert_eq!(want[0], code * act as i32 * kp as i32, "reference itself");
+                    for path in Path::available() {
+                        let mut got = vec![0i32; n * m];
+                        kernel::dots(path, &w, kp, &acts, m, &mut got);
+                        assert_eq!(
+                            got,
+                            want,
+                            "path {} Kp {kp} a {act} byte {fill:#x} m {m}",
+                            path.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
