@@ -281,6 +281,39 @@ impl BitLinear {
             let rows = out.len() / m;
             let mut dots = vec![0i32; rows * m];
             kernel::dots(path, &w[r0 * rb..(r0 + rows) * rb], kp, &acts, m, &mut dots);
+            if m == 1 {
+                // One token: the same float operations over runs of columns of one group, in
+                // loops the compiler vectorizes (lane by lane the same IEEE operations).
+                let Some((s, sum)) = scales[0] else {
+                    out.fill(f32::NAN);
+                    return;
+                };
+                let mut r = 0;
+                while r < rows {
+                    let g = self.column_group[r0 + r];
+                    let mut end = r + 1;
+                    while end < rows && self.column_group[r0 + end] == g {
+                        end += 1;
+                    }
+                    let cst = c[g as usize];
+                    let (o, d) = (&mut out[r..end], &dots[r..end]);
+                    match self.order {
+                        Order::Divide => {
+                            let den = s * cst;
+                            for (o, &d) in o.iter_mut().zip(d) {
+                                *o = (d - sum) as f32 / den;
+                            }
+                        }
+                        Order::Multiply => {
+                            for (o, &d) in o.iter_mut().zip(d) {
+                                *o = ((d - sum) as f32 / s) * cst;
+                            }
+                        }
+                    }
+                    r = end;
+                }
+                return;
+            }
             for r in 0..rows {
                 let cst = c[self.column_group[r0 + r] as usize];
                 for t in 0..m {
