@@ -1,8 +1,9 @@
 //! `bitnet-onnx build --kernel bitnet`: the ternary layers as `bitnet.onnx::BitLinear` and the
 //! int8 head as `bitnet.onnx::Q8Linear` from the bitnet-ortops custom-op library, copied into
-//! the folder and named in genai_config.json. Each sample checkpoint's kernel build, run by the
-//! pinned onnxruntime-genai, generates what its stock (`--kernel ort`, MatMulNBits) build
-//! generates, token for token. With a float head (the same `Gemm` in both builds) the
+//! the folder and named in genai_config.json. Each sample checkpoint's kernel build (the three
+//! BitNet forms, and two SiLU families: Llama-architecture BitNet and Qwen3 with per-linear
+//! norms), run by the pinned onnxruntime-genai, generates what its stock (`--kernel ort`,
+//! MatMulNBits) build generates, token for token. With a float head (the same `Gemm` in both builds) the
 //! prompt-step logits are the same bits: the ternary layers compute BitNet's exact integer
 //! products and then the same float operations (see bitnet-build's decoder). With the default
 //! int8 head they are within float rounding (`Q8Linear` sums the same integer block products
@@ -69,10 +70,16 @@ fn kernel_build_generates_the_stock_tokens_and_logits() {
         ("packed_untied", &[][..]),
         ("packed", &["--head", "float"][..]),
         ("packed_untied", &["--head", "float"][..]),
+        // SiLU MLPs (no fused GLU): Llama-architecture BitNet, and Qwen3 with an input norm in
+        // every linear layer (each projection its own op).
+        ("families/llama_bitlinear", &[][..]),
+        ("families/llama_bitlinear", &["--head", "float"][..]),
+        ("families/qwen3_autobitlinear", &[][..]),
     ];
     for (i, (form, flags)) in cases.into_iter().enumerate() {
-        let stock = dir.path().join(format!("{form}-{i}-ort"));
-        let kern = dir.path().join(format!("{form}-{i}-bitnet"));
+        let tag = form.replace('/', "-");
+        let stock = dir.path().join(format!("{tag}-{i}-ort"));
+        let kern = dir.path().join(format!("{tag}-{i}-bitnet"));
         let r = build(&checkpoint(form), &stock, flags);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
         let r = build_kernel(&checkpoint(form), &kern, flags);
