@@ -15,6 +15,7 @@
 //! `MatMulNBits` (whose output is that same exact integer, see `bitnet-build`'s decoder).
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use crate::kernel::{self, Path};
@@ -254,30 +255,12 @@ impl BitLinear {
         for (xr, qr) in x.chunks_exact(k).zip(acts.chunks_exact_mut(kp)) {
             scales.push(quantize_row(xr, qr));
         }
-        // Output columns in tasks of `per_task` weight rows; each task owns its slice of
-        // a column-major result ([n][m]; for m = 1 that is `y` itself) behind its own lock,
-        // taken once, so the tasks share nothing mutable.
-        let mut transposed = if m == 1 {
-            Vec::new()
-        } else {
-            vec![0f32; n * m]
-        };
-        let target: &mut [f32] = if m == 1 { y } else { &mut transposed };
         let per_task = if m == 1 {
             DECODE_ROWS_PER_TASK
         } else {
             ROWS_PER_TASK
         };
-        let tasks: Vec<Mutex<&mut [f32]>> =
-            target.chunks_mut(per_task * m).map(Mutex::new).collect();
-        let failed = std::sync::atomic::AtomicBool::new(false);
-        let task = |i: usize| {
-            let Some(slot) = tasks.get(i) else { return };
-            let Ok(mut out) = slot.lock() else {
-                failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                return;
-            };
-            let r0 = i * per_task;
+        let task = |r0: usize, out: &mut [f32]| {
             let rows = out.len() / m;
             let mut dots = vec![0i32; rows * m];
             kernel::dots(path, &w[r0 * rb..(r0 + rows) * rb], kp, &acts, m, &mut dots);
@@ -330,27 +313,63 @@ impl BitLinear {
                 }
             }
         };
-        // A panic in a task (a broken invariant) must not unwind into the runtime's threads.
-        let run = |i: usize| {
-            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(i)));
-            if res.is_err() {
-                failed.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        };
-        par(tasks.len(), &run);
-        if failed.load(std::sync::atomic::Ordering::Relaxed) {
+        if !row_tasks(n, m, per_task, y, par, &task) {
             return err("internal: a parallel task failed");
-        }
-        drop(tasks);
-        if m > 1 {
-            for (col, vals) in transposed.chunks_exact(m).enumerate() {
-                for (t, &v) in vals.iter().enumerate() {
-                    y[t * n + col] = v;
-                }
-            }
         }
         Ok(())
     }
+}
+
+/// Runs `task(r0, out)` for the output rows of an `[m, n]` result `y` in tasks of `per_task`
+/// rows: `out` is the task's rows `r0 ..` of a column-major copy (`out[r * m + t]`; for
+/// `m = 1` that is `y` itself), written back in `y`'s order when every task has run. Each
+/// task's slice sits behind its own lock, taken once, so the tasks share nothing mutable; a
+/// panic in a task (a broken invariant) is caught, as it must not unwind into the runtime's
+/// threads. Returns whether every task ran to its end. Both ops share this.
+pub(crate) fn row_tasks(
+    n: usize,
+    m: usize,
+    per_task: usize,
+    y: &mut [f32],
+    par: Parallel<'_>,
+    task: &(dyn Fn(usize, &mut [f32]) + Sync),
+) -> bool {
+    let mut transposed = if m == 1 {
+        Vec::new()
+    } else {
+        vec![0f32; n * m]
+    };
+    let target: &mut [f32] = if m == 1 { y } else { &mut transposed };
+    let tasks: Vec<Mutex<&mut [f32]>> = target.chunks_mut(per_task * m).map(Mutex::new).collect();
+    let failed = AtomicBool::new(false);
+    let run = |i: usize| {
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let Some(slot) = tasks.get(i) else {
+                return true;
+            };
+            let Ok(mut out) = slot.lock() else {
+                return false;
+            };
+            task(i * per_task, &mut out);
+            true
+        }));
+        if !matches!(ok, Ok(true)) {
+            failed.store(true, Ordering::Relaxed);
+        }
+    };
+    par(tasks.len(), &run);
+    drop(tasks);
+    if failed.load(Ordering::Relaxed) {
+        return false;
+    }
+    if m > 1 {
+        for (col, vals) in transposed.chunks_exact(m).enumerate() {
+            for (t, &v) in vals.iter().enumerate() {
+                y[t * n + col] = v;
+            }
+        }
+    }
+    true
 }
 
 /// How the op runs its tasks: `par(tasks, f)` calls `f(i)` once for each `i` in `0..tasks`.

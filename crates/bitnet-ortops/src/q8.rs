@@ -29,11 +29,9 @@
 //!
 //! A token holding a NaN or an infinity gets NaN outputs.
 
-use std::fmt;
-use std::sync::Mutex;
-
 use crate::kernel::Path;
 use crate::op::Parallel;
+use std::fmt;
 
 /// Largest accepted block (`B`): a lane's integer sum over a block stays below 2^24.
 pub const MAX_BLOCK: usize = 1024;
@@ -184,58 +182,19 @@ impl Q8Linear {
         }
         let tokens: Vec<Quantized> = x.chunks_exact(k).map(|r| quantize(r, bsz)).collect();
         let simd = use_simd(path);
-        // Tasks own disjoint column ranges of a column-major result ([n][m]; for m = 1 that is
-        // `y` itself), each behind its own lock taken once.
-        let mut transposed = if m == 1 {
-            Vec::new()
-        } else {
-            vec![0f32; n * m]
-        };
-        let target: &mut [f32] = if m == 1 { y } else { &mut transposed };
         let per_task = if m == 1 {
             DECODE_ROWS_PER_TASK
         } else {
             ROWS_PER_TASK
         };
-        let tasks: Vec<Mutex<&mut [f32]>> =
-            target.chunks_mut(per_task * m).map(Mutex::new).collect();
-        let failed = std::sync::atomic::AtomicBool::new(false);
-        let task = |i: usize| {
-            let Some(slot) = tasks.get(i) else { return };
-            let Ok(mut out) = slot.lock() else {
-                failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                return;
-            };
-            let r0 = i * per_task;
+        let task = |r0: usize, out: &mut [f32]| {
             let rows = out.len() / m;
             let wt = &w[r0 * kp..(r0 + rows) * kp];
             let st = &s[r0 * nb..(r0 + rows) * nb];
-            if m == 1 {
-                match &tokens[0].scales {
-                    Some(sa) => rows_dot(simd, wt, st, &tokens[0].codes, sa, bsz, &mut out),
-                    None => out.fill(f32::NAN),
-                }
-            } else {
-                tile_dot(simd, wt, st, &tokens, bsz, &mut out);
-            }
+            rows_dot(simd, wt, st, &tokens, bsz, out);
         };
-        let run = |i: usize| {
-            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(i)));
-            if res.is_err() {
-                failed.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        };
-        par(tasks.len(), &run);
-        if failed.load(std::sync::atomic::Ordering::Relaxed) {
+        if !crate::op::row_tasks(n, m, per_task, y, par, &task) {
             return err("internal: a parallel task failed");
-        }
-        drop(tasks);
-        if m > 1 {
-            for (c, vals) in transposed.chunks_exact(m).enumerate() {
-                for (t, &v) in vals.iter().enumerate() {
-                    y[t * n + c] = v;
-                }
-            }
         }
         Ok(())
     }
@@ -257,56 +216,13 @@ fn use_simd(path: Path) -> bool {
     }
 }
 
-/// `out[r] = y` of row `r` of `w` (`out.len()` rows of `kp = codes.len()` codes, scales `s`
-/// of `kp / bsz` per row) against one token's `codes` and block scales `sa`.
+/// `out[r * m + t]` for the rows of `w` (scales `s`, `kp / bsz` per row) and the `m` tokens;
+/// NaN for a non-finite token. The AVX2 path takes one token 4 distant rows at a time
+/// ([`crate::q8_avx2::rows`]) and several 2 rows x 2 tokens at a time, sharing each weight
+/// chunk's unpacking and each activation load (the rows are in cache after the first tokens).
 ///
 /// Panics (caught by the op's task guard) when the lengths disagree.
 pub fn rows_dot(
-    simd: bool,
-    w: &[u8],
-    s: &[f32],
-    codes: &[i8],
-    sa: &[f32],
-    bsz: usize,
-    out: &mut [f32],
-) {
-    let kp = codes.len();
-    let nb = sa.len();
-    assert!(
-        bsz >= 32 && bsz.is_multiple_of(32) && bsz <= MAX_BLOCK && kp == nb * bsz,
-        "activation codes are not whole blocks of a valid size"
-    );
-    assert_eq!(w.len(), out.len() * kp, "weights are not whole rows");
-    assert_eq!(s.len(), out.len() * nb, "scales are not one per block");
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        assert!(
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma"),
-            "AVX2 path on a CPU without AVX2 and FMA"
-        );
-        // SAFETY: AVX2 and FMA are present (checked above) and the lengths satisfy
-        // `rows`' contract (asserted above).
-        unsafe { crate::q8_avx2::rows(w, s, codes, sa, bsz, out) };
-        return;
-    }
-    let _ = simd;
-    for (r, o) in out.iter_mut().enumerate() {
-        *o = reference_row(
-            &w[r * kp..(r + 1) * kp],
-            &s[r * nb..(r + 1) * nb],
-            codes,
-            sa,
-            bsz,
-        );
-    }
-}
-
-/// `out[r * m + t]` for the rows of `w` (scales `s`) and the `m` tokens (several tokens: the
-/// weights are read from cache for all but the first, so the AVX2 path takes 2 rows and 2
-/// tokens at a time, sharing each weight chunk's unpacking and each activation load; NaN for a
-/// non-finite token).
-pub fn tile_dot(
     simd: bool,
     w: &[u8],
     s: &[f32],
@@ -342,7 +258,16 @@ pub fn tile_dot(
         .iter()
         .filter_map(|&t| tokens[t].scales.as_deref())
         .collect();
-    let mut vals = vec![0f32; rows * finite.len()];
+    let f = finite.len();
+    // Rows x finite tokens; with every token finite that is `out` itself.
+    let mut gathered = Vec::new();
+    let vals: &mut [f32] = if f == m {
+        out
+    } else {
+        gathered.resize(rows * f, 0f32);
+        &mut gathered
+    };
+    let mut done = false;
     #[cfg(target_arch = "x86_64")]
     if simd {
         assert!(
@@ -353,10 +278,17 @@ pub fn tile_dot(
         // SAFETY: AVX2 and FMA are present (checked above); every token has `nb` blocks of
         // `bsz` codes and `nb` scales, `w` and `s` hold `rows` rows of them, `vals` is rows x
         // tokens (asserted above).
-        unsafe { crate::q8_avx2::tile(w, s, &codes, &scales, bsz, &mut vals) };
+        unsafe {
+            if f == 1 {
+                crate::q8_avx2::rows(w, s, codes[0], scales[0], bsz, vals);
+            } else {
+                crate::q8_avx2::tile(w, s, &codes, &scales, bsz, vals);
+            }
+        }
+        done = true;
     }
-    if !simd || !cfg!(target_arch = "x86_64") {
-        let f = finite.len();
+    if !done {
+        let _ = simd;
         for r in 0..rows {
             for (i, (c, sa)) in codes.iter().zip(&scales).enumerate() {
                 vals[r * f + i] = reference_row(
@@ -369,10 +301,11 @@ pub fn tile_dot(
             }
         }
     }
-    let f = finite.len();
-    for r in 0..rows {
-        for (i, &t) in finite.iter().enumerate() {
-            out[r * m + t] = vals[r * f + i];
+    if f < m {
+        for r in 0..rows {
+            for (i, &t) in finite.iter().enumerate() {
+                out[r * m + t] = gathered[r * f + i];
+            }
         }
     }
 }

@@ -19,7 +19,7 @@ const ROWS: usize = 4;
 /// How far ahead (bytes) each row stream prefetches, one hint per 64-byte line.
 const PREFETCH: usize = 1024;
 
-/// As [`crate::q8::rows_dot`].
+/// One token: [`crate::q8::rows_dot`] for `m = 1` (`out[r]` for row `r`).
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; `bsz` is a positive multiple of 32; `codes.len() == sa.len() *
