@@ -20,23 +20,8 @@
 use bitnet_ortops::kernel::{self, Path};
 use bitnet_ortops::layout::{self, BLOCK, BLOCK_BYTES};
 
-#[repr(C)]
-struct Timespec {
-    sec: i64,
-    nsec: i64,
-}
-
-extern "C" {
-    fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
-}
-
-/// CPU seconds of the calling thread (clock 3 is CLOCK_THREAD_CPUTIME_ID on Linux).
-fn thread_seconds() -> f64 {
-    let mut t = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: `t` is a valid out-pointer.
-    unsafe { clock_gettime(3, &mut t) };
-    t.sec as f64 + t.nsec as f64 * 1e-9
-}
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
 
 /// The ceiling loop over every row of `w` (see the module docs), two rows at a time.
 ///
@@ -125,19 +110,19 @@ fn main() {
     let (mut best_dots, mut best_ceiling) = (0f64, 0f64);
     let mut sink = 0i32;
     for _ in 0..5 {
-        let t = thread_seconds();
+        let t = cpu_time::thread_seconds();
         for _ in 0..reps {
             kernel::dots(Path::Avx2, std::hint::black_box(&w), k, &a, 1, &mut got);
             sink = sink.wrapping_add(got[0]);
         }
-        best_dots = best_dots.max(gb / (thread_seconds() - t));
-        let t = thread_seconds();
+        best_dots = best_dots.max(gb / (cpu_time::thread_seconds() - t));
+        let t = cpu_time::thread_seconds();
         for _ in 0..reps {
             // SAFETY: AVX2 was checked above; `w` is whole pairs of rows of k / 4 bytes and
             // `a` is k codes, a multiple of 128.
             sink = sink.wrapping_add(unsafe { ceiling(std::hint::black_box(&w), &a) });
         }
-        best_ceiling = best_ceiling.max(gb / (thread_seconds() - t));
+        best_ceiling = best_ceiling.max(gb / (cpu_time::thread_seconds() - t));
     }
     std::hint::black_box(sink);
     println!("dots (the decode path): {best_dots:.2} GB per CPU second");

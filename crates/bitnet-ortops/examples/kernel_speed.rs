@@ -20,6 +20,9 @@ use bitnet_ortops::kernel::Path;
 use bitnet_ortops::layout;
 use bitnet_ortops::op::BitLinear;
 
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+
 /// 2B-4T's ternary layers as (K, N, groups).
 const SHAPES: [(usize, usize, &[i64]); 4] = [
     (2560, 3840, &[2560, 640, 640]),
@@ -156,25 +159,6 @@ unsafe fn read_sum(b: &[u8]) -> u64 {
     out.iter().sum()
 }
 
-#[repr(C)]
-struct Timespec {
-    sec: i64,
-    nsec: i64,
-}
-
-extern "C" {
-    fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
-}
-
-/// CPU seconds this process has used (Linux `CLOCK_PROCESS_CPUTIME_ID`): on a shared machine
-/// the bytes per CPU second of one thread say what the code does, whatever others take.
-fn cpu_seconds() -> f64 {
-    let mut t = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: `t` is a valid out-pointer; clock 2 is CLOCK_PROCESS_CPUTIME_ID on Linux.
-    unsafe { clock_gettime(2, &mut t) };
-    t.sec as f64 + t.nsec as f64 * 1e-9
-}
-
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
@@ -250,20 +234,20 @@ fn main() {
     );
     for round in 0..3 {
         run_read();
-        let (t, c) = (Instant::now(), cpu_seconds());
+        let (t, c) = (Instant::now(), cpu_time::process_seconds());
         for _ in 0..tokens {
             run_read();
         }
         let read = (bytes * tokens) as f64 / t.elapsed().as_secs_f64();
-        let read_cpu = (bytes * tokens) as f64 / (cpu_seconds() - c);
+        let read_cpu = (bytes * tokens) as f64 / (cpu_time::process_seconds() - c);
         run_kernel(&mut y);
-        let (t, c) = (Instant::now(), cpu_seconds());
+        let (t, c) = (Instant::now(), cpu_time::process_seconds());
         for _ in 0..tokens {
             run_kernel(&mut y);
         }
         let secs = t.elapsed().as_secs_f64() / tokens as f64;
         let kern = bytes as f64 / secs;
-        let kern_cpu = (bytes * tokens) as f64 / (cpu_seconds() - c);
+        let kern_cpu = (bytes * tokens) as f64 / (cpu_time::process_seconds() - c);
         println!(
             "round {round}: read (two streams) {:.2} GB/s, kernel {:.2} GB/s ({:.1} ms per step, {:.2} steps/s), kernel / read {:.3}; per CPU second: read {:.2} GB, kernel {:.2} GB",
             read / 1e9,
