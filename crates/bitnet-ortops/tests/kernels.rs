@@ -7,29 +7,8 @@ use bitnet_ortops::layout;
 use bitnet_ortops::op::{serial, BitLinear, Order};
 use proptest::prelude::*;
 
-/// A deterministic stream of values (xorshift), so one proptest case makes large buffers.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn ternary(&mut self) -> i8 {
-        (self.next() % 3) as i8 - 1
-    }
-    fn float(&mut self) -> f32 {
-        // Mostly small values with a few large ones, as activations are.
-        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        let v = (u * 2.0 - 1.0) as f32;
-        if self.next().is_multiple_of(50) {
-            v * 40.0
-        } else {
-            v
-        }
-    }
-}
+mod common;
+use common::Rng;
 
 /// The stock graph's computation for one token and one column, from unpacked ternary codes.
 fn expected(x: &[f32], t: &[i8], c: f32, order: Order) -> f32 {

@@ -8,24 +8,8 @@ use bitnet_ortops::op::serial;
 use bitnet_ortops::q8::{self, Q8Linear};
 use proptest::prelude::*;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn float(&mut self) -> f32 {
-        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        let v = (u * 2.0 - 1.0) as f32;
-        if self.next().is_multiple_of(50) {
-            v * 40.0
-        } else {
-            v
-        }
-    }
-}
+mod common;
+use common::Rng;
 
 /// A random problem: the op, `x` `[m, k]`, codes `[n, nb * b]` and scales `[n, nb]`.
 fn problem(
