@@ -57,14 +57,16 @@ def reference(x: np.ndarray, t: np.ndarray, c_cols: np.ndarray, divide: bool) ->
     return (y / s) * c_cols
 
 
-def model(k, n, groups, divide, w, c, x_shape, attrs_drop=(), attrs_override=None, w_type=None):
-    attrs = {"K": k, "N": n, "group_sizes": groups, "divide": divide}
+def one_node(op, const, attrs, w, c, x_shape, attrs_drop=(), attrs_override=None, w_type=None):
+    """A one-node model of `bitnet.onnx::<op>` with inputs X, W (uint8 unless w_type) and the
+    float constant `const` (C or S), the attributes overridden or dropped as asked."""
+    attrs = dict(attrs)
     attrs.update(attrs_override or {})
     for a in attrs_drop:
         attrs.pop(a)
-    node = helper.make_node("BitLinear", ["X", "W", "C"], ["Y"], domain="bitnet.onnx", **attrs)
+    node = helper.make_node(op, ["X", "W", const], ["Y"], domain="bitnet.onnx", **attrs)
     w_init = helper.make_tensor("W", w_type or TensorProto.UINT8, w.shape, w.flatten().tolist())
-    c_init = helper.make_tensor("C", TensorProto.FLOAT, c.shape, c.flatten().tolist())
+    c_init = helper.make_tensor(const, TensorProto.FLOAT, c.shape, c.flatten().tolist())
     g = helper.make_graph(
         [node], "g",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)],
@@ -74,6 +76,11 @@ def model(k, n, groups, divide, w, c, x_shape, attrs_drop=(), attrs_override=Non
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("bitnet.onnx", 1)])
     m.ir_version = 10
     return m.SerializeToString()
+
+
+def model(k, n, groups, divide, w, c, x_shape, **kw):
+    return one_node("BitLinear", "C", {"K": k, "N": n, "group_sizes": groups, "divide": divide},
+                    w, c, x_shape, **kw)
 
 
 def q8_quantize(x: np.ndarray, b: int):
@@ -110,23 +117,8 @@ def q8_reference(x: np.ndarray, w: np.ndarray, s: np.ndarray, b: int):
     return terms.sum(axis=(-1, -2)), bound
 
 
-def q8_model(k, n, b, w, s, x_shape, attrs_drop=(), attrs_override=None, w_type=None):
-    attrs = {"K": k, "N": n, "block_size": b}
-    attrs.update(attrs_override or {})
-    for a in attrs_drop:
-        attrs.pop(a)
-    node = helper.make_node("Q8Linear", ["X", "W", "S"], ["Y"], domain="bitnet.onnx", **attrs)
-    w_init = helper.make_tensor("W", w_type or TensorProto.UINT8, w.shape, w.flatten().tolist())
-    s_init = helper.make_tensor("S", TensorProto.FLOAT, s.shape, s.flatten().tolist())
-    g = helper.make_graph(
-        [node], "g",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-        [w_init, s_init],
-    )
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("bitnet.onnx", 1)])
-    m.ir_version = 10
-    return m.SerializeToString()
+def q8_model(k, n, b, w, s, x_shape, **kw):
+    return one_node("Q8Linear", "S", {"K": k, "N": n, "block_size": b}, w, s, x_shape, **kw)
 
 
 def q8_cases(lib, rng):
