@@ -344,21 +344,13 @@ unsafe fn attr_i64(
     op: &str,
     name: &CStr,
 ) -> Result<i64, String> {
-    let mut v = 0i64;
-    // SAFETY: valid info, name and out pointer.
-    unsafe {
-        take(
-            api,
-            (api.KernelInfoGetAttribute_int64)(info, name.as_ptr(), &mut v),
-        )
-    }
-    .map_err(|e| {
+    // SAFETY: the caller's contract.
+    unsafe { optional_attr_i64(api, info, op, name) }?.ok_or_else(|| {
         format!(
-            "bitnet.onnx {op}: attribute {}: {e}",
+            "bitnet.onnx {op}: attribute {}: missing",
             name.to_string_lossy()
         )
-    })?;
-    Ok(v)
+    })
 }
 
 /// An attribute the node may leave out: `None` when ONNX Runtime has no attribute of that
