@@ -1,8 +1,8 @@
 //! The AVX2 + FMA path of [`crate::q8`]: four weight rows at a time, one from each quarter of
 //! the task's rows (four distant memory streams that share each chunk's activation load; four
-//! adjacent rows read as interleaved streams 2.5 KB apart ran at half the speed: 8.4 against
-//! 17.2-20.2 GB per CPU second on one thread, a scratch comparison on the development machine,
-//! AMD EPYC Zen 3), per 32-code chunk `w - 128` as a signed byte (`xor
+//! adjacent rows, read as interleaved streams 2.5 KB apart, were slower than ONNX Runtime's
+//! `MatMulNBits` on 2B-4T's head, where four distant rows take 0.71 of its time: see
+//! docs/benchmarks.md), per 32-code chunk `w - 128` as a signed byte (`xor
 //! 0x80`), its magnitude as an unsigned byte (`abs`, which gives 128 for -128) and the
 //! activation's sign flipped where `w` is negative (`sign`; activations are within -127..=127,
 //! so the flip never overflows); `_mm256_maddubs_epi16` of the two is `w * a` in pairs, at most
