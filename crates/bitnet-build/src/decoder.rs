@@ -1280,7 +1280,7 @@ fn web_embedding(
 /// `MatMulNBits` computes at `accuracy_level` 4 (per-block int8 activations, integer block
 /// products) but for the order of its float sums: logits within float rounding of the stock
 /// head's. Other tables keep `MatMulNBits`.
-pub fn head_runs_q8(opts: &BuildOptions, t: &BlockTable) -> bool {
+fn head_runs_q8(opts: &BuildOptions, t: &BlockTable) -> bool {
     matches!(opts.kernel, Kernel::Bitnet { .. })
         && t.bits == TableBits::Int8
         && t.block_size.is_multiple_of(32)
