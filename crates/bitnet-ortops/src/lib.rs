@@ -14,6 +14,7 @@
 //! or VNNI path: none was written, as the machine this was developed on has neither and an
 //! untested path is not shipped.
 
+pub mod attention;
 pub mod ffi;
 pub mod kernel;
 pub mod layout;
