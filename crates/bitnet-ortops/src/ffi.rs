@@ -1,5 +1,6 @@
-//! The ONNX Runtime ABI: `RegisterCustomOps` and the ops' C callbacks (`BitLinear` and
-//! `Q8Linear` share every callback but their name; a kernel knows which op it computes).
+//! The ONNX Runtime ABI: `RegisterCustomOps` and the ops' C callbacks (`BitLinear`, `Q8Linear`
+//! and `GroupQueryAttention` share every callback but their name; the callbacks tell them apart
+//! by it, and a kernel knows which op it computes).
 //!
 //! What this relies on (ONNX Runtime 1.32's C API, `onnxruntime_c_api.h`, and its custom-op
 //! registry, `custom_ops.cc`):
@@ -27,6 +28,7 @@ use std::ptr;
 
 use ort_sys as sys;
 
+use crate::attention;
 use crate::kernel::Path;
 use crate::op::BitLinear;
 use crate::q8::Q8Linear;
@@ -35,6 +37,7 @@ use crate::q8::Q8Linear;
 pub const DOMAIN: &CStr = c"bitnet.onnx";
 pub const OP_TYPE: &CStr = c"BitLinear";
 pub const Q8_OP_TYPE: &CStr = c"Q8Linear";
+pub const GQA_OP_TYPE: &CStr = c"GroupQueryAttention";
 /// The API version requested from the runtime and declared in `OrtCustomOp.version`.
 const API_VERSION: u32 = sys::ORT_API_VERSION;
 
@@ -42,13 +45,22 @@ const FLOAT: sys::ONNXTensorElementDataType =
     sys::ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 const UINT8: sys::ONNXTensorElementDataType =
     sys::ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+const INT32: sys::ONNXTensorElementDataType =
+    sys::ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
 const INPUTS: [sys::ONNXTensorElementDataType; 3] = [FLOAT, UINT8, FLOAT];
+/// `GroupQueryAttention`: packed q/k/v, past key, past value, seqlens_k, total_sequence_length,
+/// cos cache, sin cache (ONNX Runtime's op's inputs without its separate key and value).
+const GQA_INPUTS: [sys::ONNXTensorElementDataType; 7] = [FLOAT, FLOAT, FLOAT, INT32, INT32, FLOAT, FLOAT];
+const GQA_INPUT_NAMES: [&str; 7] = [
+    "query", "past_key", "past_value", "seqlens_k", "total_sequence_length", "cos_cache", "sin_cache",
+];
 
 /// The ops' descriptions. Statics: they must outlive every session, and hold no runtime state.
 /// Both have the same input and output types (float32, uint8, float32 in; float32 out); the
 /// callbacks they share tell them apart by name ([`is_q8`]).
 static OP: sys::OrtCustomOp = describe(get_name);
 static Q8_OP: sys::OrtCustomOp = describe(get_q8_name);
+static GQA_OP: sys::OrtCustomOp = describe(get_gqa_name);
 
 type NameFn = unsafe extern "system" fn(*const sys::OrtCustomOp) -> *const c_char;
 
@@ -83,17 +95,29 @@ const fn describe(name: NameFn) -> sys::OrtCustomOp {
     }
 }
 
-/// Whether a callback was called for `Q8Linear` (by the description's own name callback, so
-/// it does not rely on the two statics having distinct addresses).
-fn is_q8(op: *const sys::OrtCustomOp) -> bool {
+/// Which op a callback was called for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Bit,
+    Q8,
+    Gqa,
+}
+
+/// The op a callback was called for, by the description's own name callback (so it does not
+/// rely on the statics having distinct addresses).
+fn kind(op: *const sys::OrtCustomOp) -> Kind {
     if op.is_null() {
-        return false;
+        return Kind::Bit;
     }
-    // SAFETY: the runtime passes back one of our two static descriptions.
+    // SAFETY: the runtime passes back one of our static descriptions.
     match unsafe { (*op).GetName } {
         // SAFETY: our own callback, which returns a static C string.
-        Some(f) => (unsafe { CStr::from_ptr(f(op)) }) == Q8_OP_TYPE,
-        None => false,
+        Some(f) => match unsafe { CStr::from_ptr(f(op)) } {
+            n if n == Q8_OP_TYPE => Kind::Q8,
+            n if n == GQA_OP_TYPE => Kind::Gqa,
+            _ => Kind::Bit,
+        },
+        None => Kind::Bit,
     }
 }
 
@@ -134,7 +158,7 @@ pub unsafe extern "C" fn RegisterCustomOps(
             ) {
                 return status(api, &e);
             }
-            for op in [&OP, &Q8_OP] {
+            for op in [&OP, &Q8_OP, &GQA_OP] {
                 if let Err(e) = take(api, (api.CustomOpDomain_Add)(domain, op)) {
                     return status(api, &e);
                 }
@@ -181,22 +205,34 @@ unsafe extern "system" fn get_q8_name(_: *const sys::OrtCustomOp) -> *const c_ch
     Q8_OP_TYPE.as_ptr()
 }
 
+unsafe extern "system" fn get_gqa_name(_: *const sys::OrtCustomOp) -> *const c_char {
+    GQA_OP_TYPE.as_ptr()
+}
+
 unsafe extern "system" fn get_provider(_: *const sys::OrtCustomOp) -> *const c_char {
     c"CPUExecutionProvider".as_ptr()
 }
 
+fn input_types(op: *const sys::OrtCustomOp) -> &'static [sys::ONNXTensorElementDataType] {
+    if kind(op) == Kind::Gqa {
+        &GQA_INPUTS
+    } else {
+        &INPUTS
+    }
+}
+
 unsafe extern "system" fn get_input_type(
-    _: *const sys::OrtCustomOp,
+    op: *const sys::OrtCustomOp,
     i: usize,
 ) -> sys::ONNXTensorElementDataType {
-    INPUTS
+    input_types(op)
         .get(i)
         .copied()
         .unwrap_or(sys::ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED)
 }
 
-unsafe extern "system" fn get_input_count(_: *const sys::OrtCustomOp) -> usize {
-    INPUTS.len()
+unsafe extern "system" fn get_input_count(op: *const sys::OrtCustomOp) -> usize {
+    input_types(op).len()
 }
 
 unsafe extern "system" fn get_output_type(
@@ -206,8 +242,12 @@ unsafe extern "system" fn get_output_type(
     FLOAT
 }
 
-unsafe extern "system" fn get_output_count(_: *const sys::OrtCustomOp) -> usize {
-    1
+unsafe extern "system" fn get_output_count(op: *const sys::OrtCustomOp) -> usize {
+    if kind(op) == Kind::Gqa {
+        3
+    } else {
+        1
+    }
 }
 
 unsafe extern "system" fn get_characteristic(
@@ -241,6 +281,16 @@ unsafe extern "system" fn get_end_version(_: *const sys::OrtCustomOp) -> i32 {
 enum Node {
     Bit(BitLinear),
     Q8(Q8Linear),
+    Gqa(Gqa),
+}
+
+/// `GroupQueryAttention`'s attributes.
+struct Gqa {
+    heads: usize,
+    kv_heads: usize,
+    /// 0: `1 / sqrt(head size)`, as ONNX Runtime's op.
+    scale: f32,
+    interleaved: bool,
 }
 
 impl Node {
@@ -248,14 +298,16 @@ impl Node {
         match self {
             Node::Bit(_) => "BitLinear",
             Node::Q8(_) => "Q8Linear",
+            Node::Gqa(_) => "GroupQueryAttention",
         }
     }
 
     /// The inputs' names, for messages.
-    fn inputs(&self) -> [&'static str; 3] {
+    fn inputs(&self) -> &'static [&'static str] {
         match self {
-            Node::Bit(_) => ["X", "W", "C"],
-            Node::Q8(_) => ["X", "W", "S"],
+            Node::Bit(_) => &["X", "W", "C"],
+            Node::Q8(_) => &["X", "W", "S"],
+            Node::Gqa(_) => &GQA_INPUT_NAMES,
         }
     }
 }
@@ -278,10 +330,43 @@ unsafe extern "system" fn create_kernel(
     }
     // SAFETY: the runtime hands a valid table, kernel info and out pointer.
     let table = unsafe { &*api };
-    let q8 = is_q8(this);
-    let opname = if q8 { "Q8Linear" } else { "BitLinear" };
+    let which = kind(this);
+    let opname = match which {
+        Kind::Bit => "BitLinear",
+        Kind::Q8 => "Q8Linear",
+        Kind::Gqa => "GroupQueryAttention",
+    };
     let res = catch_unwind(AssertUnwindSafe(|| -> Result<*mut c_void, String> {
-        let op = if q8 {
+        let op = if which == Kind::Gqa {
+            // SAFETY: `info` is valid for this call.
+            let (heads, kv_heads, scale, interleaved) = unsafe {
+                (
+                    attr_i64(table, info, opname, c"num_heads")?,
+                    attr_i64(table, info, opname, c"kv_num_heads")?,
+                    optional_attr_f32(table, info, opname, c"scale")?.unwrap_or(0.0),
+                    optional_attr_i64(table, info, opname, c"rotary_interleaved")?.unwrap_or(0),
+                )
+            };
+            let bad = |what: &str, v: i64| format!("bitnet.onnx {opname}: attribute {what} = {v}");
+            if !(1..=4096).contains(&heads) {
+                return Err(bad("num_heads", heads));
+            }
+            if !(1..=4096).contains(&kv_heads) || heads % kv_heads != 0 {
+                return Err(bad("kv_num_heads", kv_heads));
+            }
+            if !(0..=1).contains(&interleaved) {
+                return Err(bad("rotary_interleaved", interleaved));
+            }
+            if !scale.is_finite() || scale < 0.0 {
+                return Err(format!("bitnet.onnx {opname}: attribute scale = {scale}"));
+            }
+            Node::Gqa(Gqa {
+                heads: heads as usize,
+                kv_heads: kv_heads as usize,
+                scale,
+                interleaved: interleaved == 1,
+            })
+        } else if which == Kind::Q8 {
             // SAFETY: `info` is valid for this call.
             let (k, n, block) = unsafe {
                 (
@@ -370,6 +455,33 @@ unsafe fn optional_attr_i64(
         take(
             api,
             (api.KernelInfoGetAttribute_int64)(info, name.as_ptr(), &mut v),
+        )
+    } {
+        Ok(()) => Ok(Some(v)),
+        Err(e) if e.contains("No attribute") => Ok(None),
+        Err(e) => Err(format!(
+            "bitnet.onnx {op}: attribute {}: {e}",
+            name.to_string_lossy()
+        )),
+    }
+}
+
+/// A float attribute the node may leave out (as [`optional_attr_i64`]).
+///
+/// # Safety
+/// `info` valid; `name` NUL-terminated.
+unsafe fn optional_attr_f32(
+    api: &sys::OrtApi,
+    info: *const sys::OrtKernelInfo,
+    op: &str,
+    name: &CStr,
+) -> Result<Option<f32>, String> {
+    let mut v = 0f32;
+    // SAFETY: valid info, name and out pointer.
+    match unsafe {
+        take(
+            api,
+            (api.KernelInfoGetAttribute_float)(info, name.as_ptr(), &mut v),
         )
     } {
         Ok(()) => Ok(Some(v)),
@@ -522,6 +634,10 @@ unsafe fn compute(
     k: &Kernel,
     ctx: *mut sys::OrtKernelContext,
 ) -> Result<(), String> {
+    if let Node::Gqa(a) = &k.op {
+        // SAFETY: the caller's contract.
+        return unsafe { compute_gqa(api, k, a, ctx) };
+    }
     let op = k.op.name();
     let names = k.op.inputs();
     let mut count = 0usize;
@@ -552,6 +668,7 @@ unsafe fn compute(
         Node::Q8(q) => q
             .check(&ins[0].0, &ins[1].0, &ins[2].0)
             .map_err(|e| e.to_string())?,
+        Node::Gqa(_) => unreachable!("handled above"),
     };
     // Element counts of W and C/S, and K and N, from the checked attributes.
     // `n` here is the output's last dimension (half of N with a GLU).
@@ -563,6 +680,7 @@ unsafe fn compute(
             b.groups,
         ),
         Node::Q8(q) => (q.k, q.n, q.n * q.blocks() * q.block, q.n * q.blocks()),
+        Node::Gqa(_) => unreachable!("handled above"),
     };
     let x_len = m
         .checked_mul(kk)
@@ -625,6 +743,7 @@ unsafe fn compute(
         Node::Q8(q) => q
             .compute(k.path, x, m, w, c, y, &par)
             .map_err(|e| e.to_string()),
+        Node::Gqa(_) => unreachable!("handled above"),
     }
 }
 
@@ -635,4 +754,251 @@ unsafe extern "system" fn trampoline(data: *mut c_void, i: usize) {
     // The task catches its own panics (op::BitLinear::compute, q8::Q8Linear::compute); this is the last guard, as
     // unwinding into the runtime's C++ would abort the process.
     let _ = catch_unwind(AssertUnwindSafe(|| f(i)));
+}
+
+/// A pointer the attention tasks share; each task writes its own rows of the output only.
+struct Rows(*mut f32);
+// SAFETY: tasks write disjoint ranges (see `compute_gqa`), and the pointer outlives them.
+unsafe impl Sync for Rows {}
+
+impl Rows {
+    /// The pointer `i` floats on (a method, so closures capture the `Sync` wrapper whole).
+    fn at(&self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// `GroupQueryAttention`: checks the seven inputs against each other and the attributes,
+/// sizes the outputs (`[B, S, H * D]`, and the two caches `[B, G, max(total, past length), D]`),
+/// copies the past into the present caches unless the runtime handed the same buffers (as
+/// onnxruntime-genai does with `past_present_share_buffer`), writes the new keys and values,
+/// then runs one task per sequence, new position and key/value head on the intra-op threads.
+///
+/// # Safety
+/// `ctx` valid for this compute call.
+unsafe fn compute_gqa(
+    api: &sys::OrtApi,
+    k: &Kernel,
+    a: &Gqa,
+    ctx: *mut sys::OrtKernelContext,
+) -> Result<(), String> {
+    let op = "GroupQueryAttention";
+    let fail = |m: String| format!("bitnet.onnx {op}: {m}");
+    let mut count = 0usize;
+    // SAFETY: valid context and out pointer.
+    unsafe { take(api, (api.KernelContext_GetInputCount)(ctx, &mut count)) }?;
+    if count != GQA_INPUTS.len() {
+        return Err(fail(format!(
+            "{count} inputs, expected 7 ({})",
+            GQA_INPUT_NAMES.join(", ")
+        )));
+    }
+    let mut ins = Vec::with_capacity(7);
+    for (i, want) in GQA_INPUTS.iter().enumerate() {
+        // SAFETY: valid context.
+        let (ty, dims, data) = unsafe { input(api, ctx, &k.op, i) }?;
+        if ty != *want {
+            return Err(fail(format!(
+                "input {} has element type {}, expected {}",
+                GQA_INPUT_NAMES[i], ty as i32, *want as i32
+            )));
+        }
+        ins.push((dims, data));
+    }
+    let shape = |i: usize| ins[i].0.as_slice();
+    let dim = |v: i64| usize::try_from(v).ok();
+    let (b, s, w) = match shape(0) {
+        &[b, s, w] => match (dim(b), dim(s), dim(w)) {
+            (Some(b), Some(s), Some(w)) => (b, s, w),
+            _ => return Err(fail(format!("input query has shape {:?}", shape(0)))),
+        },
+        d => return Err(fail(format!("input query has shape {d:?}, expected [batch, sequence, width]"))),
+    };
+    let heads_total = a.heads + 2 * a.kv_heads;
+    if w % heads_total != 0 {
+        return Err(fail(format!(
+            "input query's width {w} is not (num_heads + 2 kv_num_heads) = {heads_total} heads"
+        )));
+    }
+    let d = w / heads_total;
+    let past = shape(1).to_vec();
+    if past.len() != 4 || shape(2) != past.as_slice() {
+        return Err(fail(format!(
+            "inputs past_key {past:?} and past_value {:?} must be one shape [batch, kv_num_heads, length, head size]",
+            shape(2)
+        )));
+    }
+    let lp = dim(past[2]).ok_or_else(|| fail(format!("input past_key has shape {past:?}")))?;
+    if past[0] != b as i64 || past[1] != a.kv_heads as i64 || past[3] != d as i64 {
+        return Err(fail(format!(
+            "input past_key has shape {past:?}, expected [{b}, {}, length, {d}]",
+            a.kv_heads
+        )));
+    }
+    if shape(3) != [b as i64] {
+        return Err(fail(format!("input seqlens_k has shape {:?}, expected [{b}]", shape(3))));
+    }
+    if !(shape(4).is_empty() || shape(4) == [1]) {
+        return Err(fail(format!(
+            "input total_sequence_length has shape {:?}, expected one value",
+            shape(4)
+        )));
+    }
+    let (rows, half) = match shape(5) {
+        &[p, r] if shape(6) == [p, r] => match (dim(p), dim(r)) {
+            (Some(p), Some(r)) if r >= 1 => (p, r),
+            _ => return Err(fail(format!("input cos_cache has shape {:?}", shape(5)))),
+        },
+        _ => {
+            return Err(fail(format!(
+                "inputs cos_cache {:?} and sin_cache {:?} must be one shape [positions, rotary half]",
+                shape(5),
+                shape(6)
+            )))
+        }
+    };
+    // SAFETY: shapes checked above; the runtime keeps inputs alive during compute.
+    let (seqlens, total) = unsafe {
+        (
+            slice::<i32>(ins[3].1, b, op, "input seqlens_k")?,
+            slice::<i32>(ins[4].1, 1, op, "input total_sequence_length")?[0],
+        )
+    };
+    let cache = lp.max(usize::try_from(total).unwrap_or(0));
+    let dims = attention::Dims {
+        batch: b,
+        seq: s,
+        heads: a.heads,
+        kv_heads: a.kv_heads,
+        head: d,
+        cache,
+        rotary: half,
+        rotary_rows: rows,
+        interleaved: a.interleaved,
+        scale: if a.scale == 0.0 {
+            1.0 / (d as f32).sqrt()
+        } else {
+            a.scale
+        },
+    };
+    let plan = dims.plan(seqlens, total).map_err(|e| e.to_string())?;
+    let too_big = || fail("tensor sizes overflow".into());
+    let q_len = b.checked_mul(s).and_then(|x| x.checked_mul(w)).ok_or_else(too_big)?;
+    let out_len = b
+        .checked_mul(s)
+        .and_then(|x| x.checked_mul(a.heads * d))
+        .ok_or_else(too_big)?;
+    let kv_len = |l: usize| {
+        b.checked_mul(a.kv_heads)
+            .and_then(|x| x.checked_mul(l))
+            .and_then(|x| x.checked_mul(d))
+            .ok_or_else(too_big)
+    };
+    let (past_len, cache_len) = (kv_len(lp)?, kv_len(cache)?);
+    let rot_len = rows.checked_mul(half).ok_or_else(too_big)?;
+    // SAFETY: lengths from the checked shapes; inputs alive and unwritten during compute (the
+    // past caches are read only before the present ones are written, below).
+    let (qkv, cos, sin) = unsafe {
+        (
+            slice::<f32>(ins[0].1, q_len, op, "input query")?,
+            slice::<f32>(ins[5].1, rot_len, op, "input cos_cache")?,
+            slice::<f32>(ins[6].1, rot_len, op, "input sin_cache")?,
+        )
+    };
+    let out_shape = [b as i64, s as i64, (a.heads * d) as i64];
+    let cache_shape = [b as i64, a.kv_heads as i64, cache as i64, d as i64];
+    let mut ptrs = [ptr::null_mut::<c_void>(); 3];
+    for (i, sh) in [&out_shape[..], &cache_shape[..], &cache_shape[..]].into_iter().enumerate() {
+        let mut v: *mut sys::OrtValue = ptr::null_mut();
+        // SAFETY: valid context, shape array and out pointers.
+        unsafe {
+            take(api, (api.KernelContext_GetOutput)(ctx, i, sh.as_ptr(), sh.len(), &mut v))?;
+            if v.is_null() {
+                return Err(fail(format!("no output {i}")));
+            }
+            take(api, (api.GetTensorMutableData)(v, &mut ptrs[i]))?;
+        }
+        let len = if i == 0 { out_len } else { cache_len };
+        if len > 0 && (ptrs[i].is_null() || !(ptrs[i] as usize).is_multiple_of(4)) {
+            return Err(fail(format!("output {i} has no aligned data")));
+        }
+    }
+    if out_len == 0 {
+        return Ok(());
+    }
+    for (i, past_in) in [(1usize, ins[1].1), (2, ins[2].1)] {
+        if ptrs[i] == past_in {
+            if lp != cache {
+                return Err(fail(format!(
+                    "past and present {} share a buffer of {lp} positions, {cache} needed",
+                    if i == 1 { "keys" } else { "values" }
+                )));
+            }
+            continue;
+        }
+        // SAFETY: a distinct buffer of `past_len` floats, alive during compute.
+        let from = unsafe { slice::<f32>(past_in, past_len, op, GQA_INPUT_NAMES[i]) }?;
+        // SAFETY: the runtime's output of `cache_len` floats, written only here.
+        let to = unsafe { std::slice::from_raw_parts_mut(ptrs[i] as *mut f32, cache_len) };
+        to.fill(0.0);
+        if lp > 0 {
+            for (dst, src) in to.chunks_exact_mut(cache * d).zip(from.chunks_exact(lp * d)) {
+                dst[..lp * d].copy_from_slice(src);
+            }
+        }
+    }
+    // SAFETY: the present caches, `cache_len` floats each, distinct outputs; no other slice of
+    // them is alive (the past inputs, when they share these buffers, were not made slices).
+    let (keys, values) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(ptrs[1] as *mut f32, cache_len),
+            std::slice::from_raw_parts_mut(ptrs[2] as *mut f32, cache_len),
+        )
+    };
+    attention::store(&dims, &plan, qkv, cos, sin, keys, values);
+    let (keys, values) = (&*keys, &*values);
+    let per = a.heads / a.kv_heads;
+    let out = Rows(ptrs[0] as *mut f32);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let tasks = b * s * a.kv_heads;
+    let (path, kv_heads, heads) = (k.path, a.kv_heads, a.heads);
+    let task = |t: usize| {
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let (bs, kv) = (t / kv_heads, t % kv_heads);
+            let at = (bs * heads + kv * per) * d;
+            // SAFETY: task `t` alone writes floats `at .. at + per * d` of the output
+            // (`out_len` floats: `bs < b * s`, `kv * per + per <= heads`).
+            let o = unsafe { std::slice::from_raw_parts_mut(out.at(at), per * d) };
+            let mut scratch = Vec::new();
+            attention::attend_task(
+                path,
+                &dims,
+                &plan,
+                qkv,
+                cos,
+                sin,
+                keys,
+                values,
+                (bs / s, kv, bs % s),
+                o,
+                &mut scratch,
+            );
+        }));
+        if r.is_err() {
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    let f: &(dyn Fn(usize) + Sync) = &task;
+    // SAFETY: `f` outlives the call (ParallelFor returns when every task has run).
+    let st = unsafe {
+        (api.KernelContext_ParallelFor)(ctx, trampoline, tasks, 0, &f as *const _ as *mut c_void)
+    };
+    // SAFETY: a status from this runtime.
+    if unsafe { take(api, st) }.is_err() {
+        crate::op::serial(tasks, f);
+    }
+    if failed.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(fail("panic in an attention task".into()));
+    }
+    Ok(())
 }
