@@ -16,7 +16,11 @@ and of `bitnet.onnx::Q8Linear` (the 8-bit head):
   codes 0 and 255 included) against a float64 evaluation of its formula (per-block int8
   activations as ONNX Runtime's MatMulNBits quantizes them, exact integer block products):
   within the bound of its float32 roundings, and the same bits with 1 and 2 threads;
-- malformed ones, each an ONNX Runtime error.
+- malformed ones, each an ONNX Runtime error;
+and of `bitnet.onnx::GroupQueryAttention` against ONNX Runtime's own `GroupQueryAttention` on
+the same inputs (decode, first and later prompts, batches, a right-padded prompt, shared and
+separate caches, both rotary layouts): outputs within float rounding, the same cache rows, the
+same bits with 1 and 2 threads; and malformed ones, each an ONNX Runtime error.
 Prints JSON: one record per case; exit 0 when the script ran (the caller judges the records).
 """
 from __future__ import annotations
@@ -167,6 +171,127 @@ def q8_cases(lib, rng):
     return cases
 
 
+GQA_H, GQA_G, GQA_D = 8, 2, 64
+
+
+def gqa_model(dom, interleaved=0, attrs_drop=(), rot_rows=512):
+    """One GroupQueryAttention node: ONNX Runtime's (com.microsoft) or ours (bitnet.onnx, the
+    same inputs without the separate key and value)."""
+    ins = ["qkv", "", "", "pk", "pv", "sk", "tl", "cos", "sin"] if dom == "com.microsoft" else \
+        ["qkv", "pk", "pv", "sk", "tl", "cos", "sin"]
+    attrs = dict(num_heads=GQA_H, kv_num_heads=GQA_G, scale=0.0, rotary_interleaved=interleaved)
+    if dom == "com.microsoft":
+        attrs.update(do_rotary=1, local_window_size=-1, softcap=0.0)
+    for a in attrs_drop:
+        attrs.pop(a)
+    node = helper.make_node("GroupQueryAttention", ins, ["o", "prk", "prv"], domain=dom, **attrs)
+    f = TensorProto.FLOAT
+    g = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("qkv", f, ["B", "S", None]),
+         helper.make_tensor_value_info("pk", f, None), helper.make_tensor_value_info("pv", f, None),
+         helper.make_tensor_value_info("sk", TensorProto.INT32, None),
+         helper.make_tensor_value_info("tl", TensorProto.INT32, []),
+         helper.make_tensor_value_info("cos", f, [rot_rows, GQA_D // 2]),
+         helper.make_tensor_value_info("sin", f, [rot_rows, GQA_D // 2])],
+        [helper.make_tensor_value_info(n, f, None) for n in ("o", "prk", "prv")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(dom, 1)]).SerializeToString()
+
+
+def gqa_run(sess, feeds, shared):
+    """Runs one attention node; with `shared`, past and present caches are one bound buffer
+    (onnxruntime-genai's past_present_share_buffer). Returns output, keys, values."""
+    if not shared:
+        return sess.run(None, feeds)
+    keep = [feeds["pk"].copy(), feeds["pv"].copy()]
+    kv = [ort.OrtValue.ortvalue_from_numpy(x) for x in keep]
+    io = sess.io_binding()
+    for name, v in feeds.items():
+        if name in ("pk", "pv"):
+            io.bind_ortvalue_input(name, kv[0 if name == "pk" else 1])
+        else:
+            io.bind_cpu_input(name, v)
+    io.bind_output("o")
+    io.bind_ortvalue_output("prk", kv[0])
+    io.bind_ortvalue_output("prv", kv[1])
+    sess.run_with_iobinding(io)
+    return [io.get_outputs()[0].numpy(), keep[0], keep[1]]
+
+
+def gqa_cases(lib, rng):
+    """Ours against ONNX Runtime's GroupQueryAttention on the same inputs: decode, first and later
+    prompts, two sequences of different lengths, a right-padded prompt (its padding rows are
+    not compared: ONNX Runtime leaves them unspecified), shared and separate caches, both rotary
+    layouts; and the same bits with 1 and 2 threads."""
+    d = GQA_D
+    ang = np.outer(np.arange(512), 1 / 10000 ** (np.arange(d // 2) * 2 / d)).astype(np.float32)
+    rot = dict(cos=np.cos(ang), sin=np.sin(ang))
+    cases = []
+    for name, b, s, sk, total, length, shared, inter, valid in [
+        ("decode, shared cache", 1, 1, [199], 200, 256, True, 0, None),
+        ("decode, two sequences", 2, 1, [99, 50], 100, 128, True, 0, None),
+        ("first prompt", 1, 9, [8], 9, 16, True, 0, None),
+        ("first prompt, no past", 1, 9, [8], 9, 0, False, 0, None),
+        ("later prompt, interleaved", 1, 5, [40], 41, 64, True, 1, None),
+        ("decode, separate caches", 1, 1, [30], 31, 31, False, 0, None),
+        ("decode, interleaved", 1, 1, [60], 61, 64, True, 1, None),
+        ("right-padded prompt", 2, 9, [8, 5], 9, 16, True, 0, [9, 6]),
+    ]:
+        feeds = dict(qkv=rng.standard_normal((b, s, (GQA_H + 2 * GQA_G) * d), dtype=np.float32),
+                     pk=rng.standard_normal((b, GQA_G, length, d), dtype=np.float32),
+                     pv=rng.standard_normal((b, GQA_G, length, d), dtype=np.float32),
+                     sk=np.array(sk, np.int32), tl=np.array(total, np.int32), **rot)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 2
+        theirs = ort.InferenceSession(gqa_model("com.microsoft", inter), so, providers=["CPUExecutionProvider"])
+        want = gqa_run(theirs, feeds, shared)
+        got = gqa_run(session(lib, gqa_model("bitnet.onnx", inter), 2), feeds, shared)
+        got1 = gqa_run(session(lib, gqa_model("bitnet.onnx", inter), 1), feeds, shared)
+        shapes = [list(x.shape) for x in got] == [list(x.shape) for x in want]
+        o_diff, k_diff, v_diff = 0.0, 0.0, 0.0
+        if shapes:
+            for bi in range(b):
+                n = valid[bi] if valid else s
+                o_diff = max(o_diff, float(np.abs(got[0][bi, :n] - want[0][bi, :n]).max()))
+                past = 0 if total == s else sk[bi] + 1 - s
+                k_diff = max(k_diff, float(np.abs(got[1][bi, :, :past + n] - want[1][bi, :, :past + n]).max()))
+                v_diff = max(v_diff, float(np.abs(got[2][bi, :, :past + n] - want[2][bi, :, :past + n]).max()))
+        top = float(np.abs(want[0]).max())
+        cases.append({
+            "case": f"GroupQueryAttention {name}",
+            "kind": "gqa",
+            "shapes_ok": shapes,
+            # Float rounding: measured at most 6.6e-7 with outputs up to 4; keys 2.4e-7 (ONNX
+            # Runtime's rotary rounds once more or less), values copied exactly.
+            "output_within_rounding": bool(shapes and o_diff <= 4e-6 * max(top, 1.0)),
+            "keys_within_rounding": bool(shapes and k_diff <= 1e-6 * 8),
+            "values_identical": bool(shapes and v_diff == 0.0),
+            "max_output_diff": o_diff,
+            "threads_identical": all(np.array_equal(x.view(np.uint32), y.view(np.uint32)) for x, y in zip(got, got1)),
+        })
+    good = dict(qkv=rng.standard_normal((1, 1, (GQA_H + 2 * GQA_G) * d), dtype=np.float32),
+                pk=np.zeros((1, GQA_G, 16, d), np.float32), pv=np.zeros((1, GQA_G, 16, d), np.float32),
+                sk=np.array([9], np.int32), tl=np.array(10, np.int32), **rot)
+    bad = [
+        ("GroupQueryAttention query width", dict(qkv=good["qkv"][..., :-8].copy()), {}),
+        ("GroupQueryAttention past shapes", dict(pv=np.zeros((1, GQA_G, 15, d), np.float32)), {}),
+        ("GroupQueryAttention seqlens_k out of range", dict(sk=np.array([10], np.int32)), {}),
+        ("GroupQueryAttention seqlens_k count", dict(sk=np.array([9, 9], np.int32)), {}),
+        ("GroupQueryAttention missing attribute num_heads", {}, dict(attrs_drop=("num_heads",))),
+        ("GroupQueryAttention rotary rows", dict(cos=rot["cos"][:8].copy(), sin=rot["sin"][:8].copy()), dict(rot_rows=8)),
+    ]
+    for name, over, model_kw in bad:
+        feeds = dict(good)
+        feeds.update(over)
+        err = None
+        try:
+            session(lib, gqa_model("bitnet.onnx", **model_kw)).run(None, feeds)
+        except Exception as e:  # ONNX Runtime raises its own exception types
+            err = f"{type(e).__name__}: {e}"
+        cases.append({"case": name, "kind": "malformed", "error": err})
+    return cases
+
+
 def session(lib, m, threads=1):
     so = ort.SessionOptions()
     so.register_custom_ops_library(lib)
@@ -243,6 +368,7 @@ def main() -> int:
             err = f"{type(e).__name__}: {e}"
         cases.append({"case": name, "kind": "malformed", "error": err})
     cases += q8_cases(lib, rng)
+    cases += gqa_cases(lib, rng)
     json.dump({"ort": ort.__version__, "onnx": onnx.__version__, "cases": cases}, sys.stdout, indent=1)
     print()
     return 0

@@ -68,6 +68,9 @@ pub struct Built {
     /// The op computing the LM head: `Gemm` (float table), `MatMulNBits` or
     /// `bitnet.onnx::Q8Linear`.
     pub head_op: String,
+    /// The attention op: `com.microsoft::GroupQueryAttention` or
+    /// `bitnet.onnx::GroupQueryAttention`.
+    pub attention_op: String,
 }
 
 /// Rows of a table read per band (each band's rows are quantized in parallel).
@@ -246,26 +249,48 @@ pub fn build(ck: &Checkpoint, opts: &BuildOptions, g: &mut Graph) -> Result<Buil
             format!("past_key_values.{l}.key"),
             format!("past_key_values.{l}.value"),
         );
-        g.node_to(
-            "GroupQueryAttention",
-            MS,
-            &gqa,
-            &[
-                &q_in, &k_in, &v_in, &pk, &pv, &seqlens_k, &total_len, &cos, &sin,
-            ],
-            &outputs,
-            &[
-                ("num_heads", Attr::Int(c.num_heads as i64)),
-                ("kv_num_heads", Attr::Int(c.num_kv_heads as i64)),
-                // transformers' `head_dim**-0.5`, a Python float (double) that the attention
-                // kernel rounds to float32 once.
-                ("scale", Attr::Float((c.head_dim as f64).powf(-0.5) as f32)),
-                ("do_rotary", Attr::Int(1)),
-                ("rotary_interleaved", Attr::Int(0)),
-                ("local_window_size", Attr::Int(-1)),
-                ("softcap", Attr::Float(0.0)),
-            ],
-        );
+        // transformers' `head_dim**-0.5`, a Python float (double) that the attention kernel
+        // rounds to float32 once.
+        let scale = (c.head_dim as f64).powf(-0.5) as f32;
+        let (nh, nkv) = (c.num_heads as i64, c.num_kv_heads as i64);
+        if attention_in_op(opts) && k_in.is_empty() {
+            // Our op: ONNX Runtime's inputs without the separate key and value (packed q/k/v
+            // only), rotary always, no local window or softcap (bitnet-ortops' `attention`).
+            g.node_to(
+                "GroupQueryAttention",
+                crate::BITNET_DOMAIN,
+                &gqa,
+                &[&q_in, &pk, &pv, &seqlens_k, &total_len, &cos, &sin],
+                &outputs,
+                &[
+                    ("num_heads", Attr::Int(nh)),
+                    ("kv_num_heads", Attr::Int(nkv)),
+                    ("scale", Attr::Float(scale)),
+                    ("rotary_interleaved", Attr::Int(0)),
+                ],
+            );
+            built.attention_op = "bitnet.onnx::GroupQueryAttention".into();
+        } else {
+            g.node_to(
+                "GroupQueryAttention",
+                MS,
+                &gqa,
+                &[
+                    &q_in, &k_in, &v_in, &pk, &pv, &seqlens_k, &total_len, &cos, &sin,
+                ],
+                &outputs,
+                &[
+                    ("num_heads", Attr::Int(nh)),
+                    ("kv_num_heads", Attr::Int(nkv)),
+                    ("scale", Attr::Float(scale)),
+                    ("do_rotary", Attr::Int(1)),
+                    ("rotary_interleaved", Attr::Int(0)),
+                    ("local_window_size", Attr::Int(-1)),
+                    ("softcap", Attr::Float(0.0)),
+                ],
+            );
+            built.attention_op = "com.microsoft::GroupQueryAttention".into();
+        }
         let mut a = outputs[0].clone();
         if padded {
             a = unpad_heads(g, &format!("{p}/attn/unpad"), &a, c.num_heads, c);
@@ -579,6 +604,14 @@ fn head_norm(
     let y = rms_norm(g, name, &xh, w, eps);
     let flat = g.i64s(&[0, 0, (heads * head_dim) as i64]);
     g.op("Reshape", &format!("{name}/Flatten"), &[&y, &flat])
+}
+
+/// Whether attention is `bitnet.onnx::GroupQueryAttention` (with `--kernel bitnet`, when q, k
+/// and v are one packed input): ONNX Runtime's semantics, each cached key and value row read
+/// once for the query heads that share it; the float sums in another order, so its outputs
+/// differ from ONNX Runtime's by float rounding.
+fn attention_in_op(opts: &BuildOptions) -> bool {
+    matches!(opts.kernel, Kernel::Bitnet { .. }) && !opts.ort_attention
 }
 
 /// Whether the gate/up `BitLinear` computes the MLP's activation itself (its `glu` attribute):

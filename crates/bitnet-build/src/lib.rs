@@ -122,6 +122,9 @@ pub struct BuildOptions {
     /// token that is not the pad token); the other rows of `logits` are 0.
     pub last_logits: bool,
     pub kernel: Kernel,
+    /// Keep ONNX Runtime's `com.microsoft::GroupQueryAttention` with `Kernel::Bitnet` (without
+    /// it, attention on packed q/k/v is `bitnet.onnx::GroupQueryAttention`).
+    pub ort_attention: bool,
     /// Attention heads run at `head_dim` rounded up to a multiple of this (zero-padded, exact).
     /// Not a `build` flag: [`config::GQA_HEAD_MULTIPLE`] (16, what ONNX Runtime needs) is the
     /// only value users need; tests set a larger multiple of 16 to pad a checkpoint whose heads
@@ -137,6 +140,7 @@ impl Default for BuildOptions {
             // validation loss), see the README's table-fidelity figures.
             embeddings: TableMode::Int8,
             head: TableMode::Int8,
+            ort_attention: false,
             table_block_size: 32,
             block_size: 128,
             last_logits: true,
@@ -207,6 +211,9 @@ pub struct BuildReport {
     /// The op computing the LM head: `Gemm` (float table), `com.microsoft::MatMulNBits`, or
     /// `bitnet.onnx::Q8Linear` (`--kernel bitnet` with an 8-bit head).
     pub head_op: String,
+    /// The attention op: `com.microsoft::GroupQueryAttention`, or
+    /// `bitnet.onnx::GroupQueryAttention` (`--kernel bitnet`, packed q/k/v).
+    pub attention_op: String,
     pub activations: String,
     pub tables: Vec<metadata::TableSpec>,
     pub table_shared: bool,
@@ -434,6 +441,7 @@ pub fn build(checkpoint_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Resu
         kernel: opts.kernel.name().into(),
         kernel_library: lib_name,
         head_op: built.head_op.clone(),
+        attention_op: built.attention_op.clone(),
         activations: activations(c.linear, opts).into(),
         tables: built.tables,
         table_shared: built.table_shared,

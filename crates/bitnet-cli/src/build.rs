@@ -84,6 +84,13 @@ pub struct BuildArgs {
     /// table and integer block products as `MatMulNBits`; logits within float rounding).
     #[arg(long, value_enum, default_value = "ort")]
     pub kernel: KernelArg,
+    /// Attention op: `bitnet` (with --kernel bitnet, the default there) computes
+    /// GroupQueryAttention in the same library (ONNX Runtime's semantics, each cached key/value
+    /// row read once for the query heads sharing it; outputs within float rounding of ONNX
+    /// Runtime's); `ort` keeps ONNX Runtime's own `com.microsoft::GroupQueryAttention` (the
+    /// only choice with --kernel ort).
+    #[arg(long, value_enum)]
+    pub attention: Option<KernelArg>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -179,6 +186,13 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
                 library: locate_library()?,
             },
         },
+        ort_attention: match (args.kernel, args.attention) {
+            (KernelArg::Ort, Some(KernelArg::Bitnet)) => {
+                anyhow::bail!("--attention bitnet needs --kernel bitnet (the op is in its library)")
+            }
+            (KernelArg::Ort, _) | (_, Some(KernelArg::Ort)) => true,
+            (KernelArg::Bitnet, _) => false,
+        },
         // Not a flag: ONNX Runtime's multiple is the only one users need.
         ..BuildOptions::default()
     };
@@ -242,6 +256,7 @@ pub fn run(args: &BuildArgs) -> Result<u8> {
     }
     println!("  activations: {}", report.activations);
     println!("  LM head computed by {}", report.head_op);
+    println!("  attention computed by {}", report.attention_op);
     for t in &report.tables {
         println!(
             "  {}: {} blocks of {} (rel. error {:.4}){}",

@@ -108,16 +108,22 @@ impl Dims {
     /// Checks the attributes and the sizes among themselves.
     pub fn check(&self) -> Result<(), AttentionError> {
         if self.batch == 0 || self.seq == 0 {
-            return err(format!("empty query: batch {} and sequence {}", self.batch, self.seq));
+            return err(format!(
+                "empty query: batch {} and sequence {}",
+                self.batch, self.seq
+            ));
         }
-        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return err(format!(
                 "num_heads {} is not a multiple of kv_num_heads {}",
                 self.heads, self.kv_heads
             ));
         }
-        if self.head == 0 || self.head % 8 != 0 {
-            return err(format!("head size {} is not a positive multiple of 8", self.head));
+        if self.head == 0 || !self.head.is_multiple_of(8) {
+            return err(format!(
+                "head size {} is not a positive multiple of 8",
+                self.head
+            ));
         }
         if 2 * self.rotary > self.head {
             return err(format!(
@@ -141,7 +147,11 @@ impl Dims {
     pub fn plan(&self, seqlens_k: &[i32], total: i32) -> Result<Plan, AttentionError> {
         self.check()?;
         if seqlens_k.len() != self.batch {
-            return err(format!("seqlens_k has {} values for batch {}", seqlens_k.len(), self.batch));
+            return err(format!(
+                "seqlens_k has {} values for batch {}",
+                seqlens_k.len(),
+                self.batch
+            ));
         }
         if total < 1 {
             return err(format!("total_sequence_length {total} is below 1"));
@@ -178,7 +188,11 @@ impl Dims {
                     self.cache
                 ));
             }
-            let last_pos = if first_prompt { self.seq.max(2) - 1 } else { p + self.seq - 1 };
+            let last_pos = if first_prompt {
+                self.seq.max(2) - 1
+            } else {
+                p + self.seq - 1
+            };
             if self.rotary > 0 && last_pos >= self.rotary_rows {
                 return err(format!(
                     "sequence {b} needs rotary position {last_pos}, the tables have {} rows",
@@ -188,7 +202,11 @@ impl Dims {
             past.push(p);
             valid.push(v);
         }
-        Ok(Plan { past, valid, first_prompt })
+        Ok(Plan {
+            past,
+            valid,
+            first_prompt,
+        })
     }
 
     fn position(&self, plan: &Plan, b: usize, s: usize) -> usize {
@@ -213,7 +231,11 @@ fn rotate(d: &Dims, cos: &[f32], sin: &[f32], p: usize, x: &[f32], out: &mut [f3
     }
     let (c, n) = (&cos[p * r..(p + 1) * r], &sin[p * r..(p + 1) * r]);
     for i in 0..r {
-        let (a, b) = if d.interleaved { (2 * i, 2 * i + 1) } else { (i, i + r) };
+        let (a, b) = if d.interleaved {
+            (2 * i, 2 * i + 1)
+        } else {
+            (i, i + r)
+        };
         out[a] = x[a] * c[i] - x[b] * n[i];
         out[b] = x[b] * c[i] + x[a] * n[i];
     }
@@ -321,7 +343,14 @@ pub fn attend_task(
     let p = d.position(plan, b, s);
     for i in 0..per {
         let h = kv * per + i;
-        rotate(d, cos, sin, p, &row[h * dh..(h + 1) * dh], &mut q[i * dh..(i + 1) * dh]);
+        rotate(
+            d,
+            cos,
+            sin,
+            p,
+            &row[h * dh..(h + 1) * dh],
+            &mut q[i * dh..(i + 1) * dh],
+        );
     }
     match path {
         #[cfg(target_arch = "x86_64")]
@@ -438,18 +467,23 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn exp8(x: __m256) -> __m256 {
-        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33)), _mm256_set1_ps(88.72));
-        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-            x,
-            _mm256_set1_ps(std::f32::consts::LOG2_E),
-        ));
+        let x = _mm256_min_ps(
+            _mm256_max_ps(x, _mm256_set1_ps(-87.33)),
+            _mm256_set1_ps(88.72),
+        );
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
         let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), x);
         let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), r);
         let mut p = _mm256_set1_ps(EXP_C[7]);
         for &c in EXP_C[..7].iter().rev() {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
         }
-        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
         _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
     }
 
@@ -468,9 +502,15 @@ mod avx2 {
         probs: &mut [f32],
         out: &mut [f32],
     ) {
-        debug_assert!(dh % 8 == 0 && q.len() >= per * dh && probs.len() >= per * len);
+        debug_assert!(dh.is_multiple_of(8) && q.len() >= per * dh && probs.len() >= per * len);
         debug_assert!(keys.len() >= len * dh && values.len() >= len * dh && out.len() >= per * dh);
-        let (qp, kp, vp, pp, op) = (q.as_ptr(), keys.as_ptr(), values.as_ptr(), probs.as_mut_ptr(), out.as_mut_ptr());
+        let (qp, kp, vp, pp, op) = (
+            q.as_ptr(),
+            keys.as_ptr(),
+            values.as_ptr(),
+            probs.as_mut_ptr(),
+            out.as_mut_ptr(),
+        );
         let chunks = dh / 8;
         // Scores: heads in groups of up to 4 (4 accumulators plus the key chunk stay in registers).
         let mut h0 = 0;
@@ -482,7 +522,8 @@ mod avx2 {
                 for c in 0..chunks {
                     let kc = _mm256_loadu_ps(k.add(c * 8));
                     for (i, a) in acc.iter_mut().enumerate().take(hn) {
-                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add((h0 + i) * dh + c * 8)), kc, *a);
+                        *a =
+                            _mm256_fmadd_ps(_mm256_loadu_ps(qp.add((h0 + i) * dh + c * 8)), kc, *a);
                     }
                 }
                 for (i, a) in acc.iter().enumerate().take(hn) {
@@ -547,7 +588,11 @@ mod avx2 {
                     for t in t0..t0 + tn {
                         let vc = _mm256_loadu_ps(vp.add(t * dh + c * 8));
                         for (i, a) in acc.iter_mut().enumerate().take(hn) {
-                            *a = _mm256_fmadd_ps(_mm256_set1_ps(*pp.add((h0 + i) * len + t)), vc, *a);
+                            *a = _mm256_fmadd_ps(
+                                _mm256_set1_ps(*pp.add((h0 + i) * len + t)),
+                                vc,
+                                *a,
+                            );
                         }
                     }
                     for (i, a) in acc.iter().enumerate().take(hn) {

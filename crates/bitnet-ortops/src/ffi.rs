@@ -50,9 +50,16 @@ const INT32: sys::ONNXTensorElementDataType =
 const INPUTS: [sys::ONNXTensorElementDataType; 3] = [FLOAT, UINT8, FLOAT];
 /// `GroupQueryAttention`: packed q/k/v, past key, past value, seqlens_k, total_sequence_length,
 /// cos cache, sin cache (ONNX Runtime's op's inputs without its separate key and value).
-const GQA_INPUTS: [sys::ONNXTensorElementDataType; 7] = [FLOAT, FLOAT, FLOAT, INT32, INT32, FLOAT, FLOAT];
+const GQA_INPUTS: [sys::ONNXTensorElementDataType; 7] =
+    [FLOAT, FLOAT, FLOAT, INT32, INT32, FLOAT, FLOAT];
 const GQA_INPUT_NAMES: [&str; 7] = [
-    "query", "past_key", "past_value", "seqlens_k", "total_sequence_length", "cos_cache", "sin_cache",
+    "query",
+    "past_key",
+    "past_value",
+    "seqlens_k",
+    "total_sequence_length",
+    "cos_cache",
+    "sin_cache",
 ];
 
 /// The ops' descriptions. Statics: they must outlive every session, and hold no runtime state.
@@ -812,10 +819,14 @@ unsafe fn compute_gqa(
             (Some(b), Some(s), Some(w)) => (b, s, w),
             _ => return Err(fail(format!("input query has shape {:?}", shape(0)))),
         },
-        d => return Err(fail(format!("input query has shape {d:?}, expected [batch, sequence, width]"))),
+        d => {
+            return Err(fail(format!(
+                "input query has shape {d:?}, expected [batch, sequence, width]"
+            )))
+        }
     };
     let heads_total = a.heads + 2 * a.kv_heads;
-    if w % heads_total != 0 {
+    if !w.is_multiple_of(heads_total) {
         return Err(fail(format!(
             "input query's width {w} is not (num_heads + 2 kv_num_heads) = {heads_total} heads"
         )));
@@ -836,7 +847,10 @@ unsafe fn compute_gqa(
         )));
     }
     if shape(3) != [b as i64] {
-        return Err(fail(format!("input seqlens_k has shape {:?}, expected [{b}]", shape(3))));
+        return Err(fail(format!(
+            "input seqlens_k has shape {:?}, expected [{b}]",
+            shape(3)
+        )));
     }
     if !(shape(4).is_empty() || shape(4) == [1]) {
         return Err(fail(format!(
@@ -851,10 +865,10 @@ unsafe fn compute_gqa(
         },
         _ => {
             return Err(fail(format!(
-                "inputs cos_cache {:?} and sin_cache {:?} must be one shape [positions, rotary half]",
-                shape(5),
-                shape(6)
-            )))
+            "inputs cos_cache {:?} and sin_cache {:?} must be one shape [positions, rotary half]",
+            shape(5),
+            shape(6)
+        )))
         }
     };
     // SAFETY: shapes checked above; the runtime keeps inputs alive during compute.
@@ -883,7 +897,10 @@ unsafe fn compute_gqa(
     };
     let plan = dims.plan(seqlens, total).map_err(|e| e.to_string())?;
     let too_big = || fail("tensor sizes overflow".into());
-    let q_len = b.checked_mul(s).and_then(|x| x.checked_mul(w)).ok_or_else(too_big)?;
+    let q_len = b
+        .checked_mul(s)
+        .and_then(|x| x.checked_mul(w))
+        .ok_or_else(too_big)?;
     let out_len = b
         .checked_mul(s)
         .and_then(|x| x.checked_mul(a.heads * d))
@@ -908,11 +925,17 @@ unsafe fn compute_gqa(
     let out_shape = [b as i64, s as i64, (a.heads * d) as i64];
     let cache_shape = [b as i64, a.kv_heads as i64, cache as i64, d as i64];
     let mut ptrs = [ptr::null_mut::<c_void>(); 3];
-    for (i, sh) in [&out_shape[..], &cache_shape[..], &cache_shape[..]].into_iter().enumerate() {
+    for (i, sh) in [&out_shape[..], &cache_shape[..], &cache_shape[..]]
+        .into_iter()
+        .enumerate()
+    {
         let mut v: *mut sys::OrtValue = ptr::null_mut();
         // SAFETY: valid context, shape array and out pointers.
         unsafe {
-            take(api, (api.KernelContext_GetOutput)(ctx, i, sh.as_ptr(), sh.len(), &mut v))?;
+            take(
+                api,
+                (api.KernelContext_GetOutput)(ctx, i, sh.as_ptr(), sh.len(), &mut v),
+            )?;
             if v.is_null() {
                 return Err(fail(format!("no output {i}")));
             }
@@ -942,7 +965,10 @@ unsafe fn compute_gqa(
         let to = unsafe { std::slice::from_raw_parts_mut(ptrs[i] as *mut f32, cache_len) };
         to.fill(0.0);
         if lp > 0 {
-            for (dst, src) in to.chunks_exact_mut(cache * d).zip(from.chunks_exact(lp * d)) {
+            for (dst, src) in to
+                .chunks_exact_mut(cache * d)
+                .zip(from.chunks_exact(lp * d))
+            {
                 dst[..lp * d].copy_from_slice(src);
             }
         }

@@ -39,7 +39,10 @@ fn case(d: Dims, seqlens: &[i32], total: i32, seed: u64) -> Case {
     let plan = d.plan(seqlens, total).expect("plan");
     let n = |len: usize, rng: &mut Rng| (0..len).map(|_| rng.float()).collect::<Vec<f32>>();
     let angles: Vec<f64> = (0..d.rotary_rows * d.rotary)
-        .map(|i| (i / d.rotary.max(1)) as f64 / 10000f64.powf((i % d.rotary.max(1)) as f64 / d.rotary.max(1) as f64))
+        .map(|i| {
+            (i / d.rotary.max(1)) as f64
+                / 10000f64.powf((i % d.rotary.max(1)) as f64 / d.rotary.max(1) as f64)
+        })
         .collect();
     Case {
         qkv: n(d.batch * d.seq * d.qkv_width(), &mut rng),
@@ -55,7 +58,9 @@ fn case(d: Dims, seqlens: &[i32], total: i32, seed: u64) -> Case {
 fn compute(c: &Case, path: Path) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (mut k, mut v) = (c.keys.clone(), c.values.clone());
     let mut out = vec![f32::NAN; c.d.batch * c.d.seq * c.d.heads * c.d.head];
-    run(path, &c.d, &c.plan, &c.qkv, &c.cos, &c.sin, &mut k, &mut v, &mut out);
+    run(
+        path, &c.d, &c.plan, &c.qkv, &c.cos, &c.sin, &mut k, &mut v, &mut out,
+    );
     (out, k, v)
 }
 
@@ -68,7 +73,11 @@ fn oracle(c: &Case) -> Vec<f64> {
     let rot = |x: &[f32], p: usize| -> Vec<f64> {
         let mut o: Vec<f64> = x.iter().map(|&v| v as f64).collect();
         for i in 0..r {
-            let (a, b) = if d.interleaved { (2 * i, 2 * i + 1) } else { (i, i + r) };
+            let (a, b) = if d.interleaved {
+                (2 * i, 2 * i + 1)
+            } else {
+                (i, i + r)
+            };
             let (cs, sn) = (c.cos[p * r + i] as f64, c.sin[p * r + i] as f64);
             o[a] = x[a] as f64 * cs - x[b] as f64 * sn;
             o[b] = x[b] as f64 * cs + x[a] as f64 * sn;
@@ -101,7 +110,12 @@ fn oracle(c: &Case) -> Vec<f64> {
                     let s = t - c.plan.past[b];
                     let row = &c.qkv[(b * d.seq + s) * w..][..w];
                     keys.push(rot(&row[(d.heads + kv) * dh..][..dh], pos(b, s)));
-                    values.push(row[(d.heads + g + kv) * dh..][..dh].iter().map(|&v| v as f64).collect());
+                    values.push(
+                        row[(d.heads + g + kv) * dh..][..dh]
+                            .iter()
+                            .map(|&v| v as f64)
+                            .collect(),
+                    );
                 }
             }
             for s in 0..d.seq {
@@ -111,7 +125,9 @@ fn oracle(c: &Case) -> Vec<f64> {
                     let h = kv * per + i;
                     let q = rot(&row[h * dh..(h + 1) * dh], pos(b, s));
                     let scores: Vec<f64> = (0..len)
-                        .map(|t| q.iter().zip(&keys[t]).map(|(a, b)| a * b).sum::<f64>() * d.scale as f64)
+                        .map(|t| {
+                            q.iter().zip(&keys[t]).map(|(a, b)| a * b).sum::<f64>() * d.scale as f64
+                        })
                         .collect();
                     let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
@@ -133,17 +149,27 @@ fn check_case(c: &Case) {
     let (reference, rk, rv) = compute(c, Path::Reference);
     for path in Path::available() {
         let (o, k, v) = compute(c, path);
-        assert_eq!(o.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                   reference.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{path:?} output");
+        assert_eq!(
+            o.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            reference.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            "{path:?} output"
+        );
         assert_eq!(k, rk, "{path:?} key cache");
         assert_eq!(v, rv, "{path:?} value cache");
     }
     let want = oracle(c);
     // Values are averages of value rows (|v| up to 40): allow float32 rounding of the scores,
     // the exponential and the sums, relative to the largest value.
-    let vmax = c.values.iter().chain(&c.qkv).fold(0f64, |m, &x| m.max(x.abs() as f64));
+    let vmax = c
+        .values
+        .iter()
+        .chain(&c.qkv)
+        .fold(0f64, |m, &x| m.max(x.abs() as f64));
     for (i, (&g, &w)) in reference.iter().zip(&want).enumerate() {
-        assert!((g as f64 - w).abs() <= 2e-5 * vmax.max(1.0), "output {i}: {g} against {w}");
+        assert!(
+            (g as f64 - w).abs() <= 2e-5 * vmax.max(1.0),
+            "output {i}: {g} against {w}"
+        );
     }
     // Cache rows outside the new positions are untouched.
     let d = &c.d;
@@ -154,8 +180,16 @@ fn check_case(c: &Case) {
                     continue;
                 }
                 let at = ((b * d.kv_heads + kv) * d.cache + t) * d.head;
-                assert_eq!(rk[at..at + d.head], c.keys[at..at + d.head], "key row {t} of {b}/{kv}");
-                assert_eq!(rv[at..at + d.head], c.values[at..at + d.head], "value row {t} of {b}/{kv}");
+                assert_eq!(
+                    rk[at..at + d.head],
+                    c.keys[at..at + d.head],
+                    "key row {t} of {b}/{kv}"
+                );
+                assert_eq!(
+                    rv[at..at + d.head],
+                    c.values[at..at + d.head],
+                    "value row {t} of {b}/{kv}"
+                );
             }
         }
     }
@@ -206,19 +240,50 @@ fn later_prompt_after_a_past() {
 #[test]
 fn plan_refuses_what_would_leave_the_buffers() {
     let d = dims(1, 1, 2, 1, 16, 8);
-    assert!(d.plan(&[8], 9).unwrap_err().0.contains("cache rows up to 9"));
-    assert!(d.plan(&[-1], 1).unwrap_err().0.contains("seqlens_k[0] = -1"));
+    assert!(d
+        .plan(&[8], 9)
+        .unwrap_err()
+        .0
+        .contains("cache rows up to 9"));
+    assert!(d
+        .plan(&[-1], 1)
+        .unwrap_err()
+        .0
+        .contains("seqlens_k[0] = -1"));
     assert!(d.plan(&[3], 3).unwrap_err().0.contains("outside 0..3"));
-    assert!(d.plan(&[0, 0], 1).unwrap_err().0.contains("2 values for batch 1"));
+    assert!(d
+        .plan(&[0, 0], 1)
+        .unwrap_err()
+        .0
+        .contains("2 values for batch 1"));
     let later = dims(2, 3, 2, 1, 16, 8);
-    assert!(later.plan(&[4, 4], 5).unwrap_err().0.contains("need batch 1"));
+    assert!(later
+        .plan(&[4, 4], 5)
+        .unwrap_err()
+        .0
+        .contains("need batch 1"));
     let mut short = dims(1, 1, 2, 1, 16, 64);
     short.rotary_rows = 10;
-    assert!(short.plan(&[10], 11).unwrap_err().0.contains("rotary position 10"));
-    let odd = Dims { head: 12, ..dims(1, 1, 2, 1, 16, 8) };
+    assert!(short
+        .plan(&[10], 11)
+        .unwrap_err()
+        .0
+        .contains("rotary position 10"));
+    let odd = Dims {
+        head: 12,
+        ..dims(1, 1, 2, 1, 16, 8)
+    };
     assert!(odd.check().unwrap_err().0.contains("multiple of 8"));
-    let heads = Dims { heads: 3, kv_heads: 2, ..dims(1, 1, 2, 1, 16, 8) };
-    assert!(heads.check().unwrap_err().0.contains("not a multiple of kv_num_heads"));
+    let heads = Dims {
+        heads: 3,
+        kv_heads: 2,
+        ..dims(1, 1, 2, 1, 16, 8)
+    };
+    assert!(heads
+        .check()
+        .unwrap_err()
+        .0
+        .contains("not a multiple of kv_num_heads"));
 }
 
 proptest! {

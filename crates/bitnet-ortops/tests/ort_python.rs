@@ -2,7 +2,8 @@
 //! through `SessionOptions.register_custom_ops_library`, bit-identical to numpy's evaluation
 //! of the stock graph's formula over several shapes and thread counts, and an ONNX Runtime
 //! error (not a crash) for each malformed model: a wrong K, a truncated weight, missing or bad
-//! attributes, a wrong element type, a wrong scale count.
+//! attributes, a wrong element type, a wrong scale count; and `GroupQueryAttention` within
+//! float rounding of ONNX Runtime's own on the same inputs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,7 +56,7 @@ fn loads_in_onnxruntime_and_refuses_malformed_models() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let cases = v["cases"].as_array().expect("cases");
-    let (mut correct, mut malformed, mut q8) = (0, 0, 0);
+    let (mut correct, mut malformed, mut q8, mut gqa) = (0, 0, 0, 0);
     for c in cases {
         match c["kind"].as_str() {
             Some("correct") => {
@@ -67,6 +68,14 @@ fn loads_in_onnxruntime_and_refuses_malformed_models() {
                 q8 += 1;
                 assert_eq!(c["shape_ok"], true, "{c}");
                 assert_eq!(c["within_rounding"], true, "{c}");
+                assert_eq!(c["threads_identical"], true, "{c}");
+            }
+            Some("gqa") => {
+                gqa += 1;
+                assert_eq!(c["shapes_ok"], true, "{c}");
+                assert_eq!(c["output_within_rounding"], true, "{c}");
+                assert_eq!(c["keys_within_rounding"], true, "{c}");
+                assert_eq!(c["values_identical"], true, "{c}");
                 assert_eq!(c["threads_identical"], true, "{c}");
             }
             Some("malformed") => {
@@ -82,7 +91,7 @@ fn loads_in_onnxruntime_and_refuses_malformed_models() {
             _ => panic!("unknown case {c}"),
         }
     }
-    assert_eq!((correct, malformed, q8), (7, 19, 4), "{v}");
+    assert_eq!((correct, malformed, q8, gqa), (7, 25, 4, 8), "{v}");
     // Our own messages, naming the input or attribute, reach the caller.
     let msg = |name: &str| {
         cases
@@ -100,4 +109,11 @@ fn loads_in_onnxruntime_and_refuses_malformed_models() {
     assert!(msg("Q8Linear truncated weight").contains("input W has shape [9, 3, 31]"));
     assert!(msg("Q8Linear missing attribute block_size").contains("attribute block_size"));
     assert!(msg("Q8Linear scale count").contains("input S has shape [9, 2]"));
+    let gqa_msg = |name: &str| msg(&format!("GroupQueryAttention {name}"));
+    assert!(gqa_msg("query width").contains("width 760 is not (num_heads + 2 kv_num_heads)"));
+    assert!(gqa_msg("past shapes").contains("past_value [1, 2, 15, 64]"));
+    assert!(gqa_msg("seqlens_k out of range").contains("seqlens_k[0] = 10"));
+    assert!(gqa_msg("seqlens_k count").contains("input seqlens_k has shape [2]"));
+    assert!(gqa_msg("missing attribute num_heads").contains("attribute num_heads: missing"));
+    assert!(gqa_msg("rotary rows").contains("rotary position 9, the tables have 8 rows"));
 }
