@@ -4,7 +4,8 @@ GroupQueryAttention alone at microsoft/bitnet-b1.58-2B-4T's attention shape, and
 a genai folder's decode speed at the same contexts (not a test; nothing it writes is committed).
 
     .venv/bin/python bench/attention_context.py [--contexts 8,64,160,256,512,1024,2048]
-        [--layers 30] [--threads 2] [--folder DIR [--new-tokens 64]]
+        [--layers 30] [--threads 2] [--library target/release/libbitnet_ortops.so]
+        [--folder DIR [--new-tokens 64]]
 
 Needs numpy, onnx and onnxruntime (and onnxruntime-genai for --folder).
 
@@ -17,6 +18,8 @@ Needs numpy, onnx and onnxruntime (and onnxruntime-genai for --folder).
    attention), and the key/value bytes a step reads (layers x T x 5 heads x 128 x 4 bytes x 2)
    over that time. The buffers are reused call after call, so they sit in the caches for small
    T: a decode step, which reads every layer's cache once, cannot be faster than this.
+   With --library: the same for `bitnet.onnx::GroupQueryAttention` from that bitnet-ortops
+   library (the same inputs but the separate key and value; the calls alternate by context).
 2. With --folder: onnxruntime-genai decodes --new-tokens greedy tokens after a prompt of T - 1
    tokens (token ids 1..T-1), best of 3, and prints decode tokens/s and ms per token.
 """
@@ -31,14 +34,19 @@ import numpy as np
 HEADS, KV_HEADS, HEAD = 20, 5, 128
 
 
-def gqa_session(threads: int, buffer: int):
+def gqa_session(threads: int, buffer: int, library: str | None = None):
     import onnxruntime as ort
     from onnx import TensorProto as TP, helper
 
+    if library:
+        domain, extra = "bitnet.onnx", {}
+        inputs = ["qkv", "past_k", "past_v", "seqlens_k", "total", "cos", "sin"]
+    else:
+        domain, extra = "com.microsoft", dict(do_rotary=1, local_window_size=-1, softcap=0.0)
+        inputs = ["qkv", "", "", "past_k", "past_v", "seqlens_k", "total", "cos", "sin"]
     node = helper.make_node(
-        "GroupQueryAttention", ["qkv", "", "", "past_k", "past_v", "seqlens_k", "total", "cos", "sin"],
-        ["out", "present_k", "present_v"], domain="com.microsoft", num_heads=HEADS, kv_num_heads=KV_HEADS,
-        scale=float(1 / np.sqrt(HEAD)), do_rotary=1, rotary_interleaved=0, local_window_size=-1, softcap=0.0)
+        "GroupQueryAttention", inputs, ["out", "present_k", "present_v"], domain=domain, num_heads=HEADS,
+        kv_num_heads=KV_HEADS, scale=float(1 / np.sqrt(HEAD)), rotary_interleaved=0, **extra)
     kv = [1, KV_HEADS, buffer, HEAD]
     f = TP.FLOAT
     graph = helper.make_graph(
@@ -51,16 +59,17 @@ def gqa_session(threads: int, buffer: int):
          helper.make_tensor_value_info("sin", f, [buffer, HEAD // 2])],
         [helper.make_tensor_value_info("out", f, [1, 1, HEADS * HEAD]),
          helper.make_tensor_value_info("present_k", f, kv), helper.make_tensor_value_info("present_v", f, kv)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                     helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)])
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    if library:
+        so.register_custom_ops_library(library)
     return ort, ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def time_gqa(threads: int, t: int) -> float:
+def time_gqa(threads: int, t: int, library: str | None = None) -> float:
     """Best seconds per call of one decode step's attention at context t."""
-    ort, sess = gqa_session(threads, t)
+    ort, sess = gqa_session(threads, t, library)
     rng = np.random.default_rng(0)
     kv = [ort.OrtValue.ortvalue_from_numpy(rng.standard_normal((1, KV_HEADS, t, HEAD), dtype=np.float32))
           for _ in range(2)]
@@ -113,6 +122,7 @@ def main() -> int:
     ap.add_argument("--contexts", default="8,64,160,256,512,1024,2048")
     ap.add_argument("--layers", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--library", default=None, help="also time bitnet.onnx::GroupQueryAttention from it")
     ap.add_argument("--folder", default=None, help="a genai folder to decode at the same contexts")
     ap.add_argument("--new-tokens", type=int, default=64)
     a = ap.parse_args()
@@ -124,6 +134,9 @@ def main() -> int:
     print()
     head = "| context | attention per call (us) | x layers (ms per step) | key/value GB/s |"
     rule = "|---|---|---|---|"
+    if a.library:
+        head += " ours per call (us) | x layers (ms per step) | key/value GB/s |"
+        rule += "---|---|---|"
     if a.folder:
         head += " decode tok/s | ms per token |"
         rule += "---|---|"
@@ -133,6 +146,9 @@ def main() -> int:
         s = time_gqa(a.threads, t)
         kv_bytes = a.layers * t * KV_HEADS * HEAD * 4 * 2
         row = f"| {t} | {s * 1e6:.1f} | {s * a.layers * 1e3:.2f} | {kv_bytes / (s * a.layers) / 1e9:.1f} |"
+        if a.library:
+            o = time_gqa(a.threads, t, a.library)
+            row += f" {o * 1e6:.1f} | {o * a.layers * 1e3:.2f} | {kv_bytes / (o * a.layers) / 1e9:.1f} |"
         if a.folder:
             d = genai_decode(a.folder, a.threads, t, a.new_tokens)
             row += f" {d:.2f} | {1e3 / d:.1f} |"

@@ -39,8 +39,8 @@ $BITNET_ONNX_KERNEL_LIBRARY): build both with `cargo build --release -p bitnet-c
    (new - 1) / the rest), and both bandwidths again.
    The two folders' greedy tokens are compared and the identical leading tokens printed: the
    kernel build's ternary layers compute the stock build's numbers exactly, but its int8 head
-   (`Q8Linear`) sums in another float order, so on random weights a near-tie may pick another
-   token (the tests check tokens and logits on trained checkpoints). --wait-idle S waits up to S s before each
+   (`Q8Linear`) and its attention sum in other float orders, so on random weights (where
+   BitNet's per-token rounding amplifies any difference) the tokens may part after a few (the tests check tokens and logits on trained checkpoints). --wait-idle S waits up to S s before each
    timed run and bandwidth measurement for other processes to use under 0.2 cores (genai_speed's
    wait_idle; it measures anyway after S s); each row reports the cores others used meanwhile.
 5. With --llama-cpp (bench/llamacpp.py): llama.cpp built once from the source vendored in the
@@ -270,7 +270,7 @@ def main() -> int:
     bw = max(bw0, bw1)
     sb = max(sb0, sb1)
     names = {"ort": "`build` (stock, 2-bit `MatMulNBits`)",
-             "bitnet": "`build --kernel bitnet` (`BitLinear`, `Q8Linear` head)",
+             "bitnet": "`build --kernel bitnet` (`BitLinear`, `Q8Linear` head, our attention)",
              "llama.cpp": "llama.cpp TQ2_0, Q6_K tied head (`llama-bench`)"}
     sizes = {k: model_bytes(f) for k, f in folders.items()}
     if llama:

@@ -1,8 +1,8 @@
 //! Grouped-query attention with rotary embeddings over a key/value cache, the computation of
 //! ONNX Runtime's CPU `com.microsoft::GroupQueryAttention` as `build` writes it (packed q/k/v,
 //! rotary inside the node, past and present caches in one buffer), free of ONNX Runtime types.
-//! Not registered as an op yet: this module is the arithmetic and the cache semantics, with
-//! their tests; the op, its checks and `build`'s use of it come next.
+//! The op's input checks and buffers are in [`crate::ffi`]; `build --kernel bitnet` writes it
+//! for packed q/k/v (docs/kernel.md).
 //!
 //! Why: ONNX Runtime 1.32's CPU kernel multiplies one query head at a time by the cached keys,
 //! and the probabilities by the cached values, with general matrix code (Eigen's, SSE in the

@@ -128,7 +128,7 @@ fn kind(op: *const sys::OrtCustomOp) -> Kind {
     }
 }
 
-/// Registers the `bitnet.onnx` domain with its two ops on the session options.
+/// Registers the `bitnet.onnx` domain with its three ops on the session options.
 ///
 /// # Safety
 /// Called by ONNX Runtime with valid (or null) pointers.
