@@ -361,6 +361,7 @@ def build(
     logits: str | None = None,
     for_: str | None = None,
     kernel: str | None = None,
+    attention: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Build an onnxruntime-genai model folder from a transformers checkpoint of a ternary
@@ -372,6 +373,7 @@ def build(
     ``kernel="bitnet"`` computes the ternary layers with this package's own ONNX Runtime
     kernel (a custom-op library installed beside the binary, copied into the folder and named
     in its ``genai_config.json``); the default ``"ort"`` keeps the folder stock ONNX Runtime.
+    With ``kernel="bitnet"`` attention comes from the same library unless ``attention="ort"``.
 
     `checkpoint` is a local directory or, with the ``bitnet-onnx[hub]`` extra, a Hugging Face
     Hub id such as ``"microsoft/bitnet-b1.58-2B-4T"`` (resolved through the local Hub cache,
@@ -389,7 +391,7 @@ def build(
             raise HubError(str(e), 2, f"error: {e}\n", ["build", ckpt]) from None
     flags = dict(
         target=target, embeddings=embeddings, head=head, table_block_size=table_block_size,
-        block_size=block_size, logits=logits, for_=for_, kernel=kernel,
+        block_size=block_size, logits=logits, for_=for_, kernel=kernel, attention=attention,
         **options,
     )  # fmt: skip
     args = ["build", ckpt, "-o", os.fspath(output), "--json", *_flag_args(flags)]

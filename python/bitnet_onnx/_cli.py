@@ -20,7 +20,7 @@ from ._binary import find_binary
 BUILD_VALUE_OPTIONS = frozenset(
     [
         "-o", "--output", "--target", "--embeddings", "--head", "--table-block-size", "--block-size",
-        "--logits", "--for", "--kernel",
+        "--logits", "--for", "--kernel", "--attention",
     ]  # fmt: skip
 )
 _SHORT_WITH_VALUE = "o"
