@@ -112,38 +112,38 @@ print(n * a.nbytes / (time.time() - t0), t0 - start)
 """
 
 
-def bandwidth(gb: float, procs: int) -> float:
-    """Total read rate (bytes/s) of `procs` processes each streaming a `gb` GB matrix."""
+def _workers(code: str, args: list[str], procs: int) -> list[str]:
+    """Standard output of `procs` processes running `code` with `args`, started together, one
+    BLAS thread each."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    ps = [subprocess.Popen([sys.executable, "-c", BW_CODE, str(gb)], stdout=subprocess.PIPE, env=env, text=True)
+    ps = [subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, env=env, text=True)
           for _ in range(procs)]
-    rates = []
+    outs = []
     for p in ps:
         out, _ = p.communicate()
         if p.returncode != 0:
             raise SystemExit("bandwidth worker failed")
-        rates.append(float(out.strip()))
-    return sum(rates)
+        outs.append(out)
+    return outs
+
+
+def bandwidth(gb: float, procs: int) -> float:
+    """Total read rate (bytes/s) of `procs` processes each streaming a `gb` GB matrix."""
+    return sum(float(out.strip()) for out in _workers(BW_CODE, [str(gb)], procs))
 
 
 def sustained_bandwidth(gb: float, procs: int, window: float = 3.0) -> float:
     """Total read rate (bytes/s) of `procs` processes streaming a `gb` GB matrix each over one
     common `window` seconds (SYNC_CODE): what the cores read at the same time."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     # Long enough for every process to start, import numpy and fill its matrix first.
     start = time.time() + 3.0 + 1.5 * gb
-    ps = [subprocess.Popen([sys.executable, "-c", SYNC_CODE, str(gb), repr(start), str(window)],
-                           stdout=subprocess.PIPE, env=env, text=True) for _ in range(procs)]
-    rates = []
-    for p in ps:
-        out, _ = p.communicate()
-        if p.returncode != 0:
-            raise SystemExit("sustained bandwidth worker failed")
+    total = 0.0
+    for out in _workers(SYNC_CODE, [str(gb), repr(start), str(window)], procs):
         rate, late = (float(x) for x in out.split())
         if late > 0.2:
             raise SystemExit(f"sustained bandwidth: a worker began {late:.2f} s after the common start")
-        rates.append(rate)
-    return sum(rates)
+        total += rate
+    return total
 
 
 def model_bytes(folder: str) -> dict:

@@ -487,8 +487,8 @@ mod avx2 {
         _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
     }
 
-    /// The reference's `attend_ref`: each key row is loaded once per chunk for all `per` query
-    /// heads (up to 8 at a time), each value row once per chunk of 8 output dims for all heads.
+    /// The reference's `attend_ref`: each key row is loaded once per chunk for up to 4 query
+    /// heads at a time, each value row once per chunk of 8 output dims for up to 4 heads.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn attend(

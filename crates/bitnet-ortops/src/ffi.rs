@@ -456,21 +456,8 @@ unsafe fn optional_attr_i64(
     op: &str,
     name: &CStr,
 ) -> Result<Option<i64>, String> {
-    let mut v = 0i64;
-    // SAFETY: valid info, name and out pointer.
-    match unsafe {
-        take(
-            api,
-            (api.KernelInfoGetAttribute_int64)(info, name.as_ptr(), &mut v),
-        )
-    } {
-        Ok(()) => Ok(Some(v)),
-        Err(e) if e.contains("No attribute") => Ok(None),
-        Err(e) => Err(format!(
-            "bitnet.onnx {op}: attribute {}: {e}",
-            name.to_string_lossy()
-        )),
-    }
+    // SAFETY: the caller's contract.
+    unsafe { optional_attr(api, info, op, name, api.KernelInfoGetAttribute_int64) }
 }
 
 /// A float attribute the node may leave out (as [`optional_attr_i64`]).
@@ -483,14 +470,28 @@ unsafe fn optional_attr_f32(
     op: &str,
     name: &CStr,
 ) -> Result<Option<f32>, String> {
-    let mut v = 0f32;
+    // SAFETY: the caller's contract.
+    unsafe { optional_attr(api, info, op, name, api.KernelInfoGetAttribute_float) }
+}
+
+/// Reads one scalar attribute with the runtime's getter `get`.
+///
+/// # Safety
+/// `info` valid; `name` NUL-terminated; `get` one of the runtime's attribute getters for `T`.
+unsafe fn optional_attr<T: Default>(
+    api: &sys::OrtApi,
+    info: *const sys::OrtKernelInfo,
+    op: &str,
+    name: &CStr,
+    get: unsafe extern "system" fn(
+        *const sys::OrtKernelInfo,
+        *const c_char,
+        *mut T,
+    ) -> sys::OrtStatusPtr,
+) -> Result<Option<T>, String> {
+    let mut v = T::default();
     // SAFETY: valid info, name and out pointer.
-    match unsafe {
-        take(
-            api,
-            (api.KernelInfoGetAttribute_float)(info, name.as_ptr(), &mut v),
-        )
-    } {
+    match unsafe { take(api, get(info, name.as_ptr(), &mut v)) } {
         Ok(()) => Ok(Some(v)),
         Err(e) if e.contains("No attribute") => Ok(None),
         Err(e) => Err(format!(
@@ -587,6 +588,67 @@ unsafe fn input(
     }
 }
 
+/// Every input's shape and data pointer, after checking their count and element types against
+/// `types` (the node's own input list, named by `node.inputs()`).
+///
+/// # Safety
+/// `ctx` valid for this compute call.
+unsafe fn inputs(
+    api: &sys::OrtApi,
+    ctx: *mut sys::OrtKernelContext,
+    node: &Node,
+    types: &[sys::ONNXTensorElementDataType],
+) -> Result<Vec<(Vec<i64>, *mut c_void)>, String> {
+    let (op, names) = (node.name(), node.inputs());
+    let mut count = 0usize;
+    // SAFETY: valid context and out pointer.
+    unsafe { take(api, (api.KernelContext_GetInputCount)(ctx, &mut count)) }?;
+    if count != types.len() {
+        return Err(format!(
+            "bitnet.onnx {op}: {count} inputs, expected {} ({})",
+            types.len(),
+            names.join(", ")
+        ));
+    }
+    let mut ins = Vec::with_capacity(count);
+    for (i, want) in types.iter().enumerate() {
+        // SAFETY: valid context.
+        let (ty, dims, data) = unsafe { input(api, ctx, node, i) }?;
+        if ty != *want {
+            return Err(format!(
+                "bitnet.onnx {op}: input {} has element type {}, expected {}",
+                names[i], ty as i32, *want as i32
+            ));
+        }
+        ins.push((dims, data));
+    }
+    Ok(ins)
+}
+
+/// Runs tasks `0..tasks` of `f` on the session's intra-op threads
+/// (`KernelContext_ParallelFor`), or here one after another when the runtime has no pool or
+/// refuses: every task writes all of its outputs, so running them all again gives the same
+/// result.
+///
+/// # Safety
+/// `ctx` valid for this compute call.
+unsafe fn parallel(
+    api: &sys::OrtApi,
+    ctx: *mut sys::OrtKernelContext,
+    tasks: usize,
+    f: &(dyn Fn(usize) + Sync),
+) {
+    // SAFETY: `f` outlives the call (ParallelFor returns when every task has run);
+    // `trampoline` only reads it.
+    let st = unsafe {
+        (api.KernelContext_ParallelFor)(ctx, trampoline, tasks, 0, &f as *const _ as *mut c_void)
+    };
+    // SAFETY: a status from this runtime.
+    if unsafe { take(api, st) }.is_err() {
+        crate::op::serial(tasks, f);
+    }
+}
+
 /// A typed slice over a tensor's data, checked for null and alignment.
 ///
 /// # Safety
@@ -647,27 +709,8 @@ unsafe fn compute(
     }
     let op = k.op.name();
     let names = k.op.inputs();
-    let mut count = 0usize;
-    // SAFETY: valid context and out pointer.
-    unsafe { take(api, (api.KernelContext_GetInputCount)(ctx, &mut count)) }?;
-    if count != 3 {
-        return Err(format!(
-            "bitnet.onnx {op}: {count} inputs, expected 3 ({})",
-            names.join(", ")
-        ));
-    }
-    let mut ins = Vec::with_capacity(3);
-    for (i, want) in INPUTS.iter().enumerate() {
-        // SAFETY: valid context.
-        let (ty, dims, data) = unsafe { input(api, ctx, &k.op, i) }?;
-        if ty != *want {
-            return Err(format!(
-                "bitnet.onnx {op}: input {} has element type {}, expected {}",
-                names[i], ty as i32, *want as i32
-            ));
-        }
-        ins.push((dims, data));
-    }
+    // SAFETY: the caller's contract.
+    let ins = unsafe { inputs(api, ctx, &k.op, &INPUTS) }?;
     let (m, out_shape) = match &k.op {
         Node::Bit(b) => b
             .check(&ins[0].0, &ins[1].0, &ins[2].0)
@@ -724,25 +767,8 @@ unsafe fn compute(
     // SAFETY: the output was allocated by the runtime with `out_shape`, `m * n` floats, and
     // is written only by this call.
     let y = unsafe { std::slice::from_raw_parts_mut(ydata as *mut f32, y_len) };
-    let par = |tasks: usize, f: &(dyn Fn(usize) + Sync)| {
-        // SAFETY: `f` outlives the call (ParallelFor returns when every task has run);
-        // `trampoline` only reads it.
-        let st = unsafe {
-            (api.KernelContext_ParallelFor)(
-                ctx,
-                trampoline,
-                tasks,
-                0,
-                &f as *const _ as *mut c_void,
-            )
-        };
-        // SAFETY: a status from this runtime.
-        if unsafe { take(api, st) }.is_err() {
-            // No pool (or it refused): every task writes all of its outputs, so running them all
-            // again here gives the same result.
-            crate::op::serial(tasks, f);
-        }
-    };
+    // SAFETY: `ctx` is valid for this compute call.
+    let par = |tasks: usize, f: &(dyn Fn(usize) + Sync)| unsafe { parallel(api, ctx, tasks, f) };
     match &k.op {
         Node::Bit(b) => b
             .compute(k.path, x, m, w, c, y, &par)
@@ -791,27 +817,8 @@ unsafe fn compute_gqa(
 ) -> Result<(), String> {
     let op = "GroupQueryAttention";
     let fail = |m: String| format!("bitnet.onnx {op}: {m}");
-    let mut count = 0usize;
-    // SAFETY: valid context and out pointer.
-    unsafe { take(api, (api.KernelContext_GetInputCount)(ctx, &mut count)) }?;
-    if count != GQA_INPUTS.len() {
-        return Err(fail(format!(
-            "{count} inputs, expected 7 ({})",
-            GQA_INPUT_NAMES.join(", ")
-        )));
-    }
-    let mut ins = Vec::with_capacity(7);
-    for (i, want) in GQA_INPUTS.iter().enumerate() {
-        // SAFETY: valid context.
-        let (ty, dims, data) = unsafe { input(api, ctx, &k.op, i) }?;
-        if ty != *want {
-            return Err(fail(format!(
-                "input {} has element type {}, expected {}",
-                GQA_INPUT_NAMES[i], ty as i32, *want as i32
-            )));
-        }
-        ins.push((dims, data));
-    }
+    // SAFETY: the caller's contract.
+    let ins = unsafe { inputs(api, ctx, &k.op, &GQA_INPUTS) }?;
     let shape = |i: usize| ins[i].0.as_slice();
     let dim = |v: i64| usize::try_from(v).ok();
     let (b, s, w) = match shape(0) {
@@ -1014,15 +1021,8 @@ unsafe fn compute_gqa(
             failed.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     };
-    let f: &(dyn Fn(usize) + Sync) = &task;
-    // SAFETY: `f` outlives the call (ParallelFor returns when every task has run).
-    let st = unsafe {
-        (api.KernelContext_ParallelFor)(ctx, trampoline, tasks, 0, &f as *const _ as *mut c_void)
-    };
-    // SAFETY: a status from this runtime.
-    if unsafe { take(api, st) }.is_err() {
-        crate::op::serial(tasks, f);
-    }
+    // SAFETY: `ctx` is valid for this compute call.
+    unsafe { parallel(api, ctx, tasks, &task) };
     if failed.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(fail("panic in an attention task".into()));
     }
