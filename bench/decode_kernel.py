@@ -33,10 +33,13 @@ $BITNET_ONNX_KERNEL_LIBRARY): build both with `cargo build --release -p bitnet-c
    the sum of the two rates (the issue's definition, the bound of the table's first ratio). Then
    the same reads synchronized: the processes start at one wall-clock instant and read for a common
    3 s window; the sum of their bytes / window is a rate the cores sustained together (the second
-   ratio; the best-of-3 sum can add bests that did not overlap, so it can exceed it). Then each
+   ratio; the best-of-3 sum can add bests that did not overlap, so it can exceed it). Then, in
+   a process of its own, ONNX Runtime's float32 MatMul at M = 1 over a --bandwidth-gb GB
+   constant matrix on the benchmark's threads, best of 5 (ORT_CODE: a plain stream of weights in
+   one session, what a decode step in ONNX Runtime can read at most; the third ratio). Then each
    folder in a process of its own (genai_speed's genai worker: one warm-up generation, then
    --reps timed ones; prompt tok/s = prompt tokens / time to the first new token, decode tok/s =
-   (new - 1) / the rest), and both bandwidths again.
+   (new - 1) / the rest), and all three rates again.
    The two folders' greedy tokens are compared and the identical leading tokens printed: the
    kernel build's ternary layers compute the stock build's numbers exactly, but its int8 head
    (`Q8Linear`) and its attention sum in other float orders, so on random weights (where
@@ -55,8 +58,8 @@ $BITNET_ONNX_KERNEL_LIBRARY): build both with `cargo build --release -p bitnet-c
    whole tied table). llama.cpp's bitnet graph has a SiLU FFN where 2B-4T has squared ReLU: the
    same bytes and work, not the same outputs, so its tokens are not compared.
 Prints the CPU model and flags, the bandwidth, and a Markdown table whose last column is each
-row's decode tok/s over its own bound (the higher measured bandwidth / its bytes per token), and
-over the bound from the higher sustained rate.
+row's decode tok/s over its own bound (the higher measured bandwidth / its bytes per token),
+over the bound from the higher sustained rate, and over the one from ONNX Runtime's stream.
 """
 from __future__ import annotations
 
@@ -110,6 +113,46 @@ while time.time() < start + window:
     n += 1
 print(n * a.nbytes / (time.time() - t0), t0 - start)
 """
+
+# A third reference, one process: ONNX Runtime's own float32 MatMul at M = 1 over a constant
+# --bandwidth-gb GB matrix on the benchmark's intra-op threads, best of 5 after a warm-up. It
+# streams its weights with no arithmetic worth the name (one multiply-add per 4 bytes), so its
+# rate is what a decode step in one ONNX Runtime session can read at most on these threads; a step
+# also runs attention, norms and onnxruntime-genai's own work between its weight reads.
+ORT_CODE = r"""
+import sys, time
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto as T, helper as h, numpy_helper as nh
+gb, threads = float(sys.argv[1]), int(sys.argv[2])
+k = 2560
+n = int(gb * 1e9 / 4 / k)
+w = np.random.default_rng(0).standard_normal((k, n), dtype=np.float32)
+g = h.make_graph([h.make_node("MatMul", ["x", "W"], ["y"])], "read",
+                 [h.make_tensor_value_info("x", T.FLOAT, [1, k])],
+                 [h.make_tensor_value_info("y", T.FLOAT, [1, n])], [nh.from_array(w, "W")])
+m = h.make_model(g, opset_imports=[h.make_opsetid("", 21)]).SerializeToString()
+del w, g
+so = ort.SessionOptions()
+so.intra_op_num_threads = threads
+s = ort.InferenceSession(m, so, providers=["CPUExecutionProvider"])
+del m
+x = np.ones((1, k), np.float32)
+s.run(None, {"x": x})
+best = 0.0
+for _ in range(5):
+    t0 = time.perf_counter()
+    s.run(None, {"x": x})
+    best = max(best, k * n * 4 / (time.perf_counter() - t0))
+print(best)
+"""
+
+
+def ort_stream(gb: float, threads: int) -> float:
+    """ORT_CODE's rate (bytes/s) in a process of its own."""
+    out = subprocess.run([sys.executable, "-c", ORT_CODE, str(gb), str(threads)], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    return float(out.strip())
 
 
 def _workers(code: str, args: list[str], procs: int) -> list[str]:
@@ -243,6 +286,9 @@ def main() -> int:
     print(f"read bandwidth ({a.threads} processes): {bw0 / 1e9:.1f} GB/s", flush=True)
     sb0 = sustained_bandwidth(a.bandwidth_gb, a.threads)
     print(f"read bandwidth, sustained together: {sb0 / 1e9:.1f} GB/s", flush=True)
+    os0 = ort_stream(a.bandwidth_gb, a.threads)
+    print(f"ONNX Runtime float32 MatMul at M = 1, one process, {a.threads} threads: {os0 / 1e9:.1f} GB/s",
+          flush=True)
     res = {}
     for k, f in folders.items():
         gs.wait_idle(a.wait_idle)
@@ -262,6 +308,8 @@ def main() -> int:
     print(f"read bandwidth again: {bw1 / 1e9:.1f} GB/s", flush=True)
     sb1 = sustained_bandwidth(a.bandwidth_gb, a.threads)
     print(f"read bandwidth, sustained together, again: {sb1 / 1e9:.1f} GB/s", flush=True)
+    os1 = ort_stream(a.bandwidth_gb, a.threads)
+    print(f"ONNX Runtime float32 MatMul at M = 1 again: {os1 / 1e9:.1f} GB/s", flush=True)
     same = res["ort"]["tokens"] == res["bitnet"]["tokens"]
     ta, tb = res["ort"]["tokens"], res["bitnet"]["tokens"]
     lead = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
@@ -269,6 +317,7 @@ def main() -> int:
 
     bw = max(bw0, bw1)
     sb = max(sb0, sb1)
+    osb = max(os0, os1)
     names = {"ort": "`build` (stock, 2-bit `MatMulNBits`)",
              "bitnet": "`build --kernel bitnet` (`BitLinear`, `Q8Linear` head, our attention)",
              "llama.cpp": "llama.cpp TQ2_0, Q6_K tied head (`llama-bench`)"}
@@ -278,18 +327,21 @@ def main() -> int:
     print()
     print(f"{a.layers} layers at 2B-4T shape, {a.threads} threads, {a.prompt_tokens}-token prompt, "
           f"{a.new_tokens} new tokens, {a.reps} runs (median, range); bound = {bw / 1e9:.1f} GB/s / bytes per token; "
-          f"sustained bound = {sb / 1e9:.1f} GB/s / bytes per token")
+          f"sustained bound = {sb / 1e9:.1f} GB/s / bytes per token; ONNX Runtime's stream = {osb / 1e9:.1f} GB/s "
+          f"({osb / bw:.2f} of the bandwidth) / bytes per token")
     print()
     print("| system | bytes read per token (ternary layers) | prompt tok/s | decode tok/s | decode / its bandwidth bound "
-          "| decode / its sustained bound |")
-    print("|---|---|---|---|---|---|")
+          "| decode / its sustained bound | decode / ONNX Runtime's stream |")
+    print("|---|---|---|---|---|---|---|")
     for k, b in sizes.items():
         bound = bw / b["per_token"]
         dec = statistics.median(res[k]["decode"])
         print(f"| {names[k]} | {gs.mib(b['per_token'])} MiB ({gs.mib(b['ternary'])} MiB) | {gs.cell(res[k]['prompt'])} | "
               f"{gs.cell(res[k]['decode'])} | {dec / bound:.2f} (of {bound:.1f} tok/s) | "
-              f"{dec * b['per_token'] / sb:.2f} (of {sb / b['per_token']:.1f} tok/s) |")
-    json.dump(dict(cpu=cpu, flags=flags, bandwidth=[bw0, bw1], sustained_bandwidth=[sb0, sb1], same_tokens=same,
+              f"{dec * b['per_token'] / sb:.2f} (of {sb / b['per_token']:.1f} tok/s) | "
+              f"{dec * b['per_token'] / osb:.2f} (of {osb / b['per_token']:.1f} tok/s) |")
+    json.dump(dict(cpu=cpu, flags=flags, bandwidth=[bw0, bw1], sustained_bandwidth=[sb0, sb1],
+                   ort_stream=[os0, os1], same_tokens=same,
                    bytes=sizes, llama_cpp=llama and dict(commit=llama["tools"]["commit"],
                                                          sdist=llama["tools"]["sdist"], gguf=llama["gguf"],
                                                          logits_check=llama["logits"]),
