@@ -2,14 +2,14 @@
 """The LM head alone at BitNet-b1.58-2B-4T width (128256 x 2560) in ONNX Runtime (not a test;
 nothing it writes is kept): float32 MatMul against MatMulNBits with 4- and 8-bit codes in each
 block size of --blocks (accuracy_level 4, as `--head int4|int8` writes it), at 1 and 128
-positions, 2 intra-op threads, minimum of --reps runs after a warm-up, the float32 run repeated
-last so a machine whose load changed shows it. Seeded random weights. Prints each layout's
+positions, --threads intra-op threads (default 2), minimum of --reps runs after a warm-up, the
+float32 run repeated last so a machine whose load changed shows it. Seeded random weights. Prints each layout's
 bits per weight in the file (codes + one float32 scale per block) and its speed as a ratio of
 float32's in the same run. With --library (the bitnet-ortops custom-op library, as `build
 --kernel bitnet` puts it in a folder), each 8-bit layout is also run as `bitnet.onnx::Q8Linear`
 on the same codes and scales, the head `build --kernel bitnet` writes.
 
-    .venv/bin/python bench/head_kernels.py [--reps 10] [--blocks 32,64,128,256]
+    .venv/bin/python bench/head_kernels.py [--reps 10] [--blocks 32,64,128,256] [--threads 2]
         [--library target/release/libbitnet_ortops.so]
 """
 import argparse
@@ -58,9 +58,9 @@ def model(nodes, inits):
                                           h.make_opsetid("bitnet.onnx", 1)])
 
 
-def time_ms(m, x, reps, library=None):
+def time_ms(m, x, reps, threads, library=None):
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
+    so.intra_op_num_threads = threads
     if library:
         so.register_custom_ops_library(library)
     s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -77,19 +77,20 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--blocks", default="32,64,128,256")
+    ap.add_argument("--threads", type=int, default=2, help="intra-op threads of every session")
     ap.add_argument("--library", help="bitnet-ortops library: also time bitnet.onnx::Q8Linear")
     a = ap.parse_args()
     blocks = [int(b) for b in a.blocks.split(",")]
     rng = np.random.default_rng(0)
     w = rng.standard_normal((V, H), dtype=np.float32) * 0.02
     xs = {p: rng.standard_normal((1, p, H), dtype=np.float32) for p in (1, 128)}
-    print(f"CPU: {cpu()}; ONNX Runtime {ort.__version__}; 2 threads; min of {a.reps}")
+    print(f"CPU: {cpu()}; ONNX Runtime {ort.__version__}; {a.threads} threads; min of {a.reps}")
     print()
     print("| head | bits/weight in file | 1 position ms | x float32 | 128 positions ms | x float32 |")
     print("|---|---|---|---|---|---|")
     f32 = model([h.make_node("MatMul", ["x", "W"], ["y"])], [nh.from_array(np.ascontiguousarray(w.T), "W")])
     reps128 = max(2, a.reps // 3)
-    base = (time_ms(f32, xs[1], a.reps), time_ms(f32, xs[128], reps128))
+    base = (time_ms(f32, xs[1], a.reps, a.threads), time_ms(f32, xs[128], reps128, a.threads))
     print(f"| float32 MatMul | 32 | {base[0]:.1f} | 1.00 | {base[1]:.1f} | 1.00 |", flush=True)
     for bits in (4, 8):
         for bs in blocks:
@@ -97,7 +98,7 @@ def main() -> int:
             node = h.make_node("MatMulNBits", ["x", "B", "S"], ["y"], domain="com.microsoft",
                                K=H, N=V, bits=bits, block_size=bs, accuracy_level=4)
             m = model([node], [nh.from_array(b, "B"), nh.from_array(d.reshape(-1), "S")])
-            t1, t128 = time_ms(m, xs[1], a.reps), time_ms(m, xs[128], reps128)
+            t1, t128 = time_ms(m, xs[1], a.reps, a.threads), time_ms(m, xs[128], reps128, a.threads)
             bpw = bits + 32 / bs
             print(f"| MatMulNBits {bits}-bit, blocks of {bs} | {bpw:.2f} | {t1:.1f} | "
                   f"{base[0] / t1:.2f} | {t128:.1f} | {base[1] / t128:.2f} |", flush=True)
@@ -105,12 +106,12 @@ def main() -> int:
                 node = h.make_node("Q8Linear", ["x", "B", "S"], ["y"], domain="bitnet.onnx",
                                    K=H, N=V, block_size=bs)
                 m = model([node], [nh.from_array(b, "B"), nh.from_array(d.reshape(V, -1), "S")])
-                t1 = time_ms(m, xs[1], a.reps, a.library)
-                t128 = time_ms(m, xs[128], reps128, a.library)
+                t1 = time_ms(m, xs[1], a.reps, a.threads, a.library)
+                t128 = time_ms(m, xs[128], reps128, a.threads, a.library)
                 print(f"| bitnet.onnx Q8Linear, blocks of {bs} | {bpw:.2f} | {t1:.1f} | "
                       f"{base[0] / t1:.2f} | {t128:.1f} | {base[1] / t128:.2f} |", flush=True)
             del m, b, d
-    again = time_ms(f32, xs[1], a.reps)
+    again = time_ms(f32, xs[1], a.reps, a.threads)
     print(f"\nfloat32 at 1 position again, after the others: {again:.1f} ms "
           f"(first: {base[0]:.1f} ms)")
     return 0
